@@ -1,0 +1,293 @@
+"""Direct kernel boot: an ELF ``vmlinux`` through its PVH entry note, or a ``bzImage``
+through the 64-bit boot protocol, with an initrd and a command line.
+
+References: Linux ``Documentation/x86/boot.rst`` (setup header, boot_params, 64-bit entry),
+the Xen PVH ABI (``XEN_ELFNOTE_PHYS32_ENTRY``, ``struct hvm_start_info``) and the ELF spec.
+Everything read from the image is checked, so a broken or hostile kernel file is a
+:class:`~microvm.errors.BootError` with a message naming the problem, never a traceback.
+"""
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import layout
+from ..errors import BootError, GuestMemoryError
+from ..memory import GuestMemory
+from .e820 import E820Entry
+
+XEN_ELFNOTE_PHYS32_ENTRY = 18
+HVM_START_MAGIC = 0x336EC578
+PT_LOAD = 1
+PT_NOTE = 4
+#: x86 Linux's COMMAND_LINE_SIZE: the PVH ABI has no limit of its own, the kernel truncates here
+PVH_CMDLINE_MAX = 2048
+XLF_KERNEL_64 = 1 << 0
+LOADED_HIGH = 0x01
+CAN_USE_HEAP = 0x80
+BOOT_FLAG_MAGIC = 0xAA55
+HDRS_MAGIC = b"HdrS"
+
+
+@dataclass
+class EntryPoint:
+    """How the boot vCPU starts: ``mode`` is ``"pvh"`` (32-bit protected mode, paging off,
+    ``ebx`` = start_info) or ``"linux64"`` (long mode, identity paging, ``rsi`` = boot_params)."""
+
+    mode: str
+    rip: int
+    boot_info: int
+    kernel_end: int
+
+
+def _read_file(path: str | os.PathLike[str], what: str) -> bytes:
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise BootError(f"{what} {path}: no such file") from None
+    except IsADirectoryError:
+        raise BootError(f"{what} {path}: is a directory") from None
+    except OSError as e:
+        raise BootError(f"{what} {path}: {e.strerror}") from None
+    if not data:
+        raise BootError(f"{what} {path}: file is empty")
+    return data
+
+
+def _put(memory: GuestMemory, gpa: int, data: bytes, what: str) -> None:
+    try:
+        memory.write(gpa, data)
+    except GuestMemoryError:
+        raise BootError(
+            f"{what} [{gpa:#x}, {gpa + len(data):#x}) does not fit in guest RAM ({memory.size >> 20} MiB)"
+        ) from None
+
+
+def detect(image: bytes) -> str:
+    if image[:4] == b"\x7fELF":
+        return "elf"
+    if len(image) > 0x206 and image[0x202:0x206] == HDRS_MAGIC:
+        return "bzimage"
+    raise BootError("not a kernel image: neither an ELF vmlinux nor a bzImage (no 'HdrS' setup header)")
+
+
+# ---------------------------------------------------------------------------------------
+# ELF + PVH
+# ---------------------------------------------------------------------------------------
+def _elf_segments(image: bytes) -> tuple[list[tuple[int, int, int, int, int]], int]:
+    """Return ([(type, offset, paddr, filesz, memsz)], e_entry) for a 32- or 64-bit ELF."""
+    if len(image) < 52:
+        raise BootError("ELF kernel: file too short for an ELF header")
+    ei_class, ei_data = image[4], image[5]
+    if ei_data != 1:
+        raise BootError("ELF kernel: not little-endian")
+    if ei_class == 2:
+        if len(image) < 64:
+            raise BootError("ELF kernel: file too short for an ELF64 header")
+        e_entry, e_phoff = struct.unpack_from("<QQ", image, 24)
+        e_phentsize, e_phnum = struct.unpack_from("<HH", image, 54)
+        fmt, want = "<IIQQQQQQ", 56
+    elif ei_class == 1:
+        e_entry, e_phoff = struct.unpack_from("<II", image, 24)
+        e_phentsize, e_phnum = struct.unpack_from("<HH", image, 42)
+        fmt, want = "<IIIIIIII", 32
+    else:
+        raise BootError(f"ELF kernel: unknown ELF class {ei_class}")
+    if e_phentsize != want or e_phnum == 0 or e_phoff + e_phnum * e_phentsize > len(image):
+        raise BootError("ELF kernel: program headers are missing or truncated")
+    segs = []
+    for i in range(e_phnum):
+        f = struct.unpack_from(fmt, image, e_phoff + i * e_phentsize)
+        if ei_class == 2:
+            p_type, _flags, off, _vaddr, paddr, filesz, memsz, _align = f
+        else:
+            p_type, off, _vaddr, paddr, filesz, memsz, _flags, _align = f
+        if p_type in (PT_LOAD, PT_NOTE):
+            if off + filesz > len(image) or filesz > memsz and p_type == PT_LOAD:
+                raise BootError(f"ELF kernel: segment {i} points outside the file (truncated image?)")
+            segs.append((p_type, off, paddr, filesz, memsz))
+    return segs, e_entry
+
+
+def _pvh_entry(image: bytes, notes: list[tuple[int, int]]) -> int | None:
+    for off, size in notes:
+        p, end = off, off + size
+        while p + 12 <= end:
+            namesz, descsz, ntype = struct.unpack_from("<III", image, p)
+            name_off = p + 12
+            desc_off = name_off + ((namesz + 3) & ~3)
+            nxt = desc_off + ((descsz + 3) & ~3)
+            if nxt > end:
+                break
+            if image[name_off : name_off + namesz].rstrip(b"\0") == b"Xen" and ntype == XEN_ELFNOTE_PHYS32_ENTRY:
+                if descsz == 4:
+                    return struct.unpack_from("<I", image, desc_off)[0]
+                if descsz == 8:
+                    return struct.unpack_from("<Q", image, desc_off)[0]
+            p = nxt
+    return None
+
+
+def load_elf(memory: GuestMemory, image: bytes) -> tuple[int, int]:
+    """Load PT_LOAD segments at their physical addresses; return (PVH entry, end of kernel)."""
+    segs, _ = _elf_segments(image)
+    entry = _pvh_entry(image, [(o, fs) for t, o, _, fs, _ in segs if t == PT_NOTE])
+    if entry is None:
+        raise BootError(
+            "ELF kernel has no PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY): build it with CONFIG_PVH=y, or boot the bzImage"
+        )
+    end = 0
+    loads = [s for s in segs if s[0] == PT_LOAD]
+    if not loads:
+        raise BootError("ELF kernel: no loadable segment")
+    for _, off, paddr, filesz, memsz in loads:
+        if paddr < 0xA0000 and memsz:
+            raise BootError(f"ELF kernel: segment at {paddr:#x} overlaps base memory below 640 KiB, where the boot data lives")
+        _put(memory, paddr, image[off : off + filesz], "kernel segment")
+        if memsz > filesz:
+            try:
+                memory.fill(paddr + filesz, memsz - filesz)
+            except GuestMemoryError:
+                raise BootError(f"kernel segment at {paddr:#x} (+{memsz:#x}) does not fit in guest RAM") from None
+        end = max(end, paddr + memsz)
+    return entry, end
+
+
+def write_pvh_start_info(
+    memory: GuestMemory, cmdline_addr: int, e820: list[E820Entry], initrd: tuple[int, int] | None
+) -> int:
+    """Write ``struct hvm_start_info`` (version 1), its module list and memory map."""
+    memmap = b"".join(struct.pack("<QQII", e.addr, e.size, e.type, 0) for e in e820)
+    memory.write(layout.PVH_MEMMAP_ADDR, memmap)
+    nr_modules, modlist = 0, 0
+    if initrd:
+        memory.write(layout.PVH_MODLIST_ADDR, struct.pack("<QQQQ", initrd[0], initrd[1], 0, 0))
+        nr_modules, modlist = 1, layout.PVH_MODLIST_ADDR
+    info = struct.pack(
+        "<IIIIQQQQII",
+        HVM_START_MAGIC, 1, 0, nr_modules, modlist, cmdline_addr, 0, layout.PVH_MEMMAP_ADDR, len(e820), 0,
+    )
+    memory.write(layout.PVH_START_INFO_ADDR, info)
+    return layout.PVH_START_INFO_ADDR
+
+
+# ---------------------------------------------------------------------------------------
+# bzImage
+# ---------------------------------------------------------------------------------------
+@dataclass
+class SetupHeader:
+    setup_sects: int
+    version: int
+    loadflags: int
+    initrd_addr_max: int
+    cmdline_size: int
+    xloadflags: int
+    init_size: int
+    header_end: int
+
+
+def parse_setup_header(image: bytes) -> SetupHeader:
+    if len(image) < 0x268 or image[0x202:0x206] != HDRS_MAGIC:
+        raise BootError("bzImage: no 'HdrS' setup header (not a bzImage, or truncated)")
+    if struct.unpack_from("<H", image, 0x1FE)[0] != BOOT_FLAG_MAGIC:
+        raise BootError("bzImage: boot flag 0xAA55 missing (corrupt image)")
+    version = struct.unpack_from("<H", image, 0x206)[0]
+    if version < 0x20C:
+        raise BootError(f"bzImage: boot protocol {version >> 8}.{version & 0xff:02} is too old for 64-bit boot (need 2.12)")
+    setup_sects = image[0x1F1] or 4
+    xloadflags = struct.unpack_from("<H", image, 0x236)[0]
+    if not xloadflags & XLF_KERNEL_64:
+        raise BootError("bzImage: kernel has no 64-bit entry point (XLF_KERNEL_64 unset; is it a 32-bit kernel?)")
+    hdr = SetupHeader(
+        setup_sects=setup_sects,
+        version=version,
+        loadflags=image[0x211],
+        initrd_addr_max=struct.unpack_from("<I", image, 0x22C)[0],
+        cmdline_size=struct.unpack_from("<I", image, 0x238)[0],
+        xloadflags=xloadflags,
+        init_size=struct.unpack_from("<I", image, 0x260)[0],
+        header_end=0x202 + image[0x201],
+    )
+    if (setup_sects + 1) * 512 >= len(image):
+        raise BootError("bzImage: truncated (no protected-mode kernel after the setup sectors)")
+    return hdr
+
+
+def load_bzimage(memory: GuestMemory, image: bytes) -> tuple[SetupHeader, int, int]:
+    """Load the protected-mode kernel at 1 MiB; return (header, 64-bit entry, end of kernel)."""
+    hdr = parse_setup_header(image)
+    kernel = image[(hdr.setup_sects + 1) * 512 :]
+    load = layout.BZIMAGE_LOAD_ADDR
+    need = max(len(kernel), hdr.init_size)
+    if not memory.contains(load, need):
+        raise BootError(
+            f"bzImage needs {need >> 20} MiB from {load:#x} to decompress, more than guest RAM ({memory.size >> 20} MiB) holds"
+        )
+    _put(memory, load, kernel, "bzImage kernel")
+    return hdr, load + 0x200, load + need
+
+
+def write_boot_params(
+    memory: GuestMemory, image: bytes, hdr: SetupHeader, cmdline_addr: int, cmdline_len: int,
+    e820: list[E820Entry], initrd: tuple[int, int] | None,
+) -> int:
+    """Write the zero page (``struct boot_params``) for the 64-bit entry."""
+    zp = bytearray(4096)
+    zp[0x1F1 : hdr.header_end] = image[0x1F1 : hdr.header_end]
+    zp[0x210] = 0xFF                                   # type_of_loader: undefined boot loader
+    zp[0x211] = (hdr.loadflags | LOADED_HIGH | CAN_USE_HEAP) & 0xFF
+    struct.pack_into("<H", zp, 0x224, 0xFE00)          # heap_end_ptr
+    struct.pack_into("<I", zp, 0x228, cmdline_addr)
+    if initrd:
+        struct.pack_into("<II", zp, 0x218, initrd[0], initrd[1])
+    if len(e820) > 128:
+        raise BootError("too many e820 entries")
+    zp[0x1E8] = len(e820)
+    for i, e in enumerate(e820):
+        struct.pack_into("<QQI", zp, 0x2D0 + 20 * i, e.addr, e.size, e.type)
+    memory.write(layout.ZERO_PAGE_ADDR, bytes(zp))
+    return layout.ZERO_PAGE_ADDR
+
+
+# ---------------------------------------------------------------------------------------
+def place_initrd(memory: GuestMemory, data: bytes, kernel_end: int, addr_max: int) -> tuple[int, int]:
+    """Put the initrd as high as allowed in low RAM, page aligned, above the kernel."""
+    low_end = memory.regions[0].end
+    top = min(low_end, addr_max + 1)
+    addr = (top - len(data)) & ~(layout.INITRD_ALIGN - 1)
+    if addr < kernel_end:
+        raise BootError(
+            f"initrd ({len(data)} bytes) does not fit in guest RAM between the kernel end ({kernel_end:#x}) "
+            f"and {top:#x}; give the guest more memory with -m"
+        )
+    memory.write(addr, data)
+    return addr, len(data)
+
+
+def load(
+    memory: GuestMemory, kernel_path: str | os.PathLike[str], initrd_path: str | os.PathLike[str] | None,
+    cmdline: str, e820: list[E820Entry],
+) -> EntryPoint:
+    """Load kernel, initrd and command line; return where and how the boot vCPU starts."""
+    image = _read_file(kernel_path, "kernel")
+    initrd_data = _read_file(initrd_path, "initrd") if initrd_path is not None else None
+    kind = detect(image)
+    raw_cmdline = cmdline.encode() + b"\0"
+    if kind == "elf":
+        entry, kernel_end = load_elf(memory, image)
+        if len(raw_cmdline) > PVH_CMDLINE_MAX:
+            raise BootError(f"kernel command line is {len(raw_cmdline) - 1} bytes; x86 Linux accepts at most {PVH_CMDLINE_MAX - 1}")
+        memory.write(layout.CMDLINE_ADDR, raw_cmdline)
+        initrd = place_initrd(memory, initrd_data, kernel_end, 0xFFFFFFFF) if initrd_data else None
+        info = write_pvh_start_info(memory, layout.CMDLINE_ADDR, e820, initrd)
+        return EntryPoint("pvh", entry, info, kernel_end)
+    hdr, entry, kernel_end = load_bzimage(memory, image)
+    limit = hdr.cmdline_size if hdr.version >= 0x206 else 255
+    if len(raw_cmdline) - 1 > limit:
+        raise BootError(f"kernel command line is {len(raw_cmdline) - 1} bytes; this kernel accepts at most {limit}")
+    memory.write(layout.CMDLINE_ADDR, raw_cmdline)
+    initrd = place_initrd(memory, initrd_data, kernel_end, hdr.initrd_addr_max or 0x37FFFFFF) if initrd_data else None
+    zp = write_boot_params(memory, image, hdr, layout.CMDLINE_ADDR, len(raw_cmdline), e820, initrd)
+    return EntryPoint("linux64", entry, zp, kernel_end)

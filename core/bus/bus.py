@@ -1,0 +1,109 @@
+"""An address bus mapping ranges to devices.
+
+As in Firecracker's ``vstate/bus.rs``, a device sees only the offset of an access inside its
+own range, never its base: placement belongs to the bus (and the core's layout module).
+Ranges may not overlap and may not be empty. An access that hits no device is logged at
+debug level and reads as all ones (an undriven ISA data bus floats high) or all zeros on the
+MMIO bus, as the bus was built to.
+"""
+from __future__ import annotations
+
+import bisect
+import logging
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from ..errors import BusError
+
+log = logging.getLogger("microvm.bus")
+
+
+@runtime_checkable
+class BusDevice(Protocol):
+    """What a bus calls. ``data`` is a writable memoryview for reads, bytes for writes."""
+
+    def read(self, offset: int, data: memoryview) -> None: ...
+
+    def write(self, offset: int, data: bytes) -> None: ...
+
+
+@dataclass(frozen=True)
+class Mapping:
+    base: int
+    length: int
+    device: BusDevice
+    name: str
+
+    @property
+    def end(self) -> int:
+        return self.base + self.length
+
+
+class Bus:
+    """A sorted, non-overlapping set of :class:`Mapping`. Lookups are O(log n), lock-free.
+
+    Inserting is done while the machine is built; the vCPU threads only look up, and each
+    insert swaps in new lists atomically, so readers never see a half-made table.
+    """
+
+    def __init__(self, name: str, unmapped_read: int = 0xFF, limit: int = 1 << 64) -> None:
+        self.name = name
+        self.unmapped_read = unmapped_read
+        self.limit = limit
+        self._bases: list[int] = []
+        self._maps: list[Mapping] = []
+
+    def insert(self, device: BusDevice, base: int, length: int, name: str | None = None) -> Mapping:
+        label = name or type(device).__name__
+        if length <= 0:
+            raise BusError(f"{self.name} bus: {label} has an empty range at {base:#x}")
+        if base < 0 or base + length > self.limit:
+            raise BusError(f"{self.name} bus: {label} range [{base:#x}, +{length:#x}) is outside the bus")
+        m = Mapping(base, length, device, label)
+        i = bisect.bisect_right(self._bases, base)
+        for other in self._maps[max(i - 1, 0) : i + 1]:
+            if m.base < other.end and other.base < m.end:
+                raise BusError(
+                    f"{self.name} bus: {label} [{base:#x}, {m.end:#x}) overlaps {other.name} [{other.base:#x}, {other.end:#x})"
+                )
+        bases, maps = list(self._bases), list(self._maps)
+        bases.insert(i, base)
+        maps.insert(i, m)
+        self._bases, self._maps = bases, maps
+        return m
+
+    def remove(self, base: int) -> None:
+        i = bisect.bisect_left(self._bases, base)
+        if i == len(self._bases) or self._bases[i] != base:
+            raise BusError(f"{self.name} bus: nothing mapped at {base:#x}")
+        bases, maps = list(self._bases), list(self._maps)
+        del bases[i], maps[i]
+        self._bases, self._maps = bases, maps
+
+    def find(self, addr: int) -> Mapping | None:
+        maps = self._maps
+        i = bisect.bisect_right(self._bases, addr) - 1
+        if i >= 0:
+            m = maps[i]
+            if addr < m.end:
+                return m
+        return None
+
+    def mappings(self) -> list[Mapping]:
+        return list(self._maps)
+
+    def read(self, addr: int, data: memoryview) -> None:
+        """Fill ``data`` from the device at ``addr``; unmapped reads float to ``unmapped_read``."""
+        m = self.find(addr)
+        if m is None or addr + len(data) > m.end:
+            log.debug("%s bus: read of %d bytes at unmapped %#x", self.name, len(data), addr)
+            data[:] = bytes([self.unmapped_read]) * len(data)
+            return
+        m.device.read(addr - m.base, data)
+
+    def write(self, addr: int, data: bytes) -> None:
+        m = self.find(addr)
+        if m is None or addr + len(data) > m.end:
+            log.debug("%s bus: write of %s at unmapped %#x ignored", self.name, bytes(data).hex(), addr)
+            return
+        m.device.write(addr - m.base, data)

@@ -1,0 +1,174 @@
+"""Character-device backends: where a serial port's or a console's bytes go on the host.
+
+Kept in the core because several devices share them (16550, virtconsole); they are host I/O,
+not guest-visible devices. Backends register by name through ``register_backends``
+(``"chardev"`` kind); the core registers ``stdio``, ``null`` and ``file``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import select
+import sys
+import threading
+from typing import Callable, Protocol
+
+log = logging.getLogger("microvm.chardev")
+
+Receiver = Callable[[bytes], None]
+
+
+class Chardev(Protocol):
+    """Host side of a character device. ``write`` may be called from any vCPU thread."""
+
+    def write(self, data: bytes) -> None: ...
+
+    def set_receiver(self, receiver: Receiver | None, on_break: Callable[[], None] | None = None) -> None: ...
+
+    def start(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class NullChardev:
+    """Discards output and never produces input (``-serial null``)."""
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def set_receiver(self, receiver: Receiver | None, on_break: Callable[[], None] | None = None) -> None:
+        pass
+
+    def start(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class FdChardev:
+    """Output to one fd, input from another, read by a daemon thread.
+
+    ``stdio`` is this on fds 1 and 0. When the input is a terminal it is put in raw mode (and
+    restored on close), and as in QEMU's ``-nographic`` mux, Ctrl-A is an escape: ``C-a x``
+    ends the VMM, ``C-a b`` sends a BREAK (Magic SysRq on a 16550), ``C-a C-a`` sends one C-a.
+    """
+
+    ESCAPE = 0x01
+
+    def __init__(self, out_fd: int, in_fd: int | None, on_quit: Callable[[], None] | None = None) -> None:
+        self.out_fd = out_fd
+        self.in_fd = in_fd
+        self.on_quit = on_quit
+        self._receiver: Receiver | None = None
+        self._on_break: Callable[[], None] | None = None
+        self._thread: threading.Thread | None = None
+        self._stop_r, self._stop_w = os.pipe()
+        self._saved_tty: list | None = None
+        self._lock = threading.Lock()
+        self._escape = False
+
+    def write(self, data: bytes) -> None:
+        with self._lock:
+            view = memoryview(data)
+            while view:
+                try:
+                    n = os.write(self.out_fd, view)
+                except BlockingIOError:
+                    select.select([], [self.out_fd], [])
+                    continue
+                except OSError as e:  # output closed (e.g. a pipe reader went away): drop
+                    log.debug("chardev output dropped: %s", e)
+                    return
+                view = view[n:]
+
+    def set_receiver(self, receiver: Receiver | None, on_break: Callable[[], None] | None = None) -> None:
+        self._receiver = receiver
+        self._on_break = on_break
+
+    def start(self) -> None:
+        if self.in_fd is None or self._thread is not None:
+            return
+        if os.isatty(self.in_fd):
+            import termios
+            import tty
+
+            self._saved_tty = termios.tcgetattr(self.in_fd)
+            tty.setraw(self.in_fd, termios.TCSANOW)
+            # keep output post-processing so "\n" still returns the carriage
+            attrs = termios.tcgetattr(self.in_fd)
+            attrs[1] |= termios.OPOST | termios.ONLCR
+            termios.tcsetattr(self.in_fd, termios.TCSANOW, attrs)
+        self._thread = threading.Thread(target=self._reader, name="chardev-in", daemon=True)
+        self._thread.start()
+
+    def _feed(self, data: bytes) -> None:
+        if self._saved_tty is None:  # not a terminal: no escape processing, pass bytes through
+            if self._receiver:
+                self._receiver(data)
+            return
+        out = bytearray()
+        for b in data:
+            if self._escape:
+                self._escape = False
+                if b in (ord("x"), ord("X")):
+                    if self.on_quit:
+                        self.on_quit()
+                    continue
+                if b in (ord("b"), ord("B")):
+                    if out and self._receiver:
+                        self._receiver(bytes(out))
+                    out.clear()
+                    if self._on_break:
+                        self._on_break()
+                    continue
+                if b != self.ESCAPE:
+                    out.append(self.ESCAPE)
+                out.append(b)
+            elif b == self.ESCAPE:
+                self._escape = True
+            else:
+                out.append(b)
+        if out and self._receiver:
+            self._receiver(bytes(out))
+
+    def _reader(self) -> None:
+        assert self.in_fd is not None
+        while True:
+            try:
+                r, _, _ = select.select([self.in_fd, self._stop_r], [], [])
+            except (OSError, ValueError):
+                return
+            if self._stop_r in r:
+                return
+            try:
+                data = os.read(self.in_fd, 4096)
+            except BlockingIOError:
+                continue
+            except OSError:
+                return
+            if not data:  # EOF: no more input, the guest keeps running
+                return
+            try:
+                self._feed(data)
+            except Exception:  # a device bug must not kill input forever silently
+                log.exception("chardev input handler failed")
+
+    def close(self) -> None:
+        try:
+            os.write(self._stop_w, b"x")
+        except OSError:
+            pass
+        if self._thread is not None:
+            self._thread.join(timeout=1)
+            self._thread = None
+        if self._saved_tty is not None and self.in_fd is not None:
+            import termios
+
+            termios.tcsetattr(self.in_fd, termios.TCSADRAIN, self._saved_tty)
+            self._saved_tty = None
+
+
+def stdio_chardev(on_quit: Callable[[], None] | None = None) -> FdChardev:
+    sys.stdout.flush()
+    return FdChardev(1, 0, on_quit)

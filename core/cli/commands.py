@@ -1,0 +1,96 @@
+"""What the commands do, shared by the fast path and typer."""
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+from .main import error, setup_logging
+
+log = logging.getLogger("microvm.cli")
+
+
+def run_command(
+    kernel: str | None, initrd: str | None, append: str | None, memory: str, smp: int, no_reboot: bool,
+    machine: list[str], device: list[str], drive: list[str], chardev: list[str], netdev: list[str],
+    serial: list[str], verbose: int,
+) -> int:
+    setup_logging(verbose)
+    from ..errors import MicrovmError, UserError
+    from ..spec import MachineSpec, parse_size
+
+    try:
+        spec = MachineSpec(
+            kernel=kernel, initrd=initrd, append=append or "", mem_size=parse_size(memory), smp=smp,
+            no_reboot=no_reboot, machine=list(machine), devices=list(device), drives=list(drive),
+            chardevs=list(chardev), netdevs=list(netdev), serial=list(serial) or ["stdio"],
+        )
+        spec.validate()
+        if kernel is None:
+            from ..guest import GuestBuildError, GuestNotBuilt, default_guest
+
+            try:
+                g = default_guest(build=True, progress=lambda s: sys.stderr.write(f"microvm: guest build: {s}\n"))
+            except (GuestNotBuilt, GuestBuildError) as e:
+                return error(str(e))
+            spec.kernel = str(g.kernel)
+            if initrd is None:
+                spec.initrd = str(g.initramfs)
+            if append is None:
+                spec.append = g.cmdline
+        from ..machine import run_spec
+
+        return run_spec(spec)
+    except UserError as e:
+        return error(str(e))
+    except MicrovmError as e:
+        sys.stderr.write(f"microvm: {e}\n")
+        return 1
+    except OSError as e:  # /dev/kvm missing, KVM ioctls refused
+        sys.stderr.write(f"microvm: {e}\n")
+        return 1
+
+
+def plugins_command() -> int:
+    from ..plugins import plugin_host
+
+    rows = plugin_host().describe()
+    width = max((len(r["name"]) for r in rows), default=4)
+    dwidth = max((len(f"{r['dist']} {r['version']}") for r in rows), default=4)
+    for r in rows:
+        dist = f"{r['dist']} {r['version']}"
+        print(f"{r['name']:<{width}}  {dist:<{dwidth}}  {', '.join(r['hooks'])}")
+    return 0
+
+
+def machine_command() -> int:
+    from ..plugins import plugin_host
+
+    host = plugin_host()
+    opts = host.options.options
+    print("microvm machine options (-M microvm,KEY=VALUE,...):")
+    for name in sorted(opts):
+        o = opts[name]
+        default = {True: "on", False: "off", None: "auto"}.get(o.default, o.default) if not isinstance(o.default, int) or isinstance(o.default, bool) else o.default
+        kind = o.kind if o.kind != "choice" else "|".join(o.choices)
+        line = f"  {name}={kind} (default {default}"
+        if o.auto_means:
+            line += f"; auto means {o.auto_means}"
+        line += f") [{o.plugin}]\n      {o.help}"
+        print(line)
+    if host.irqchips:
+        print("kernel-irqchip values: " + ", ".join(f"{n} ({r.help})" for n, r in sorted(host.irqchips.items())))
+    if host.device_types:
+        print("device types: " + ", ".join(sorted(host.device_types)))
+    return 0
+
+
+def guest_build_command(force: bool) -> int:
+    from ..guest import GuestBuildError, build
+
+    try:
+        g = build(force=force, progress=lambda s: sys.stderr.write(f"microvm: guest build: {s}\n"))
+    except GuestBuildError as e:
+        return error(str(e))
+    print(f"kernel    {g.kernel}\nvmlinux   {g.vmlinux}\ninitramfs {g.initramfs}\ncmdline   {g.cmdline}")
+    return 0

@@ -1,0 +1,160 @@
+"""Emulation assist: step over instructions an emulating host hypervisor cannot execute.
+
+On hosts where the guest's kernel code is emulated instruction by instruction (nested,
+page-table based hypervisors such as ``kvm_pvm``; see HOST.md), some instructions come back as
+``KVM_EXIT_INTERNAL_ERROR`` / ``KVM_INTERNAL_ERROR_EMULATION``. Linux executes INT3 in its
+``int3_selftest()`` and FWAIT in FPU code on every boot, so without help a stock kernel stops.
+Handled here, as a real CPU would execute them:
+
+* ``INT3`` (CC): RIP += 1, then inject #BP (vector 3) through ``KVM_SET_VCPU_EVENTS``;
+* ``FWAIT`` (9B): RIP += 1 (no pending x87 exception can exist at that point here);
+* ``CLAC``/``STAC`` (0F 01 CA/CB): clear/set RFLAGS.AC;
+* ``POPCNT r, r`` (F3 [REX] 0F B8 /r, register form).
+
+Anything else returns False and the caller reports the failure with a register dump.
+QEMU has no such assist, which is why it stops on these hosts.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from .errors import GuestMemoryError
+
+log = logging.getLogger("microvm.emulation")
+_seen: set[str] = set()
+RFLAGS_AC = 1 << 18
+_GPR = ["rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15"]
+
+
+def _walk(memory: Any, cr3: int, cr4: int, efer: int, linear: int) -> int | None:
+    """Translate with the guest's 4-level (or 32-bit non-PAE) page tables, in software."""
+    try:
+        if efer & (1 << 10):  # IA-32e: 4-level paging
+            table = cr3 & 0x000FFFFFFFFFF000
+            for level, shift in ((4, 39), (3, 30), (2, 21), (1, 12)):
+                e = memory.read_u64(table + ((linear >> shift) & 0x1FF) * 8)
+                if not e & 1:
+                    return None
+                if level in (3, 2) and e & 0x80:  # 1 GiB / 2 MiB page
+                    mask = (1 << shift) - 1
+                    return (e & 0x000FFFFFFFFFF000 & ~mask) | (linear & mask)
+                table = e & 0x000FFFFFFFFFF000
+            return table | (linear & 0xFFF)
+        if cr4 & (1 << 5):  # PAE 32-bit
+            pdpte = memory.read_u64((cr3 & 0xFFFFFFE0) + ((linear >> 30) & 3) * 8)
+            if not pdpte & 1:
+                return None
+            pde = memory.read_u64((pdpte & 0x000FFFFFFFFFF000) + ((linear >> 21) & 0x1FF) * 8)
+            if not pde & 1:
+                return None
+            if pde & 0x80:
+                return (pde & 0x000FFFFFFFE00000) | (linear & 0x1FFFFF)
+            pte = memory.read_u64((pde & 0x000FFFFFFFFFF000) + ((linear >> 12) & 0x1FF) * 8)
+            return None if not pte & 1 else (pte & 0x000FFFFFFFFFF000) | (linear & 0xFFF)
+        pde = memory.read_u32((cr3 & 0xFFFFF000) + ((linear >> 22) & 0x3FF) * 4)
+        if not pde & 1:
+            return None
+        if pde & 0x80 and cr4 & (1 << 4):
+            return (pde & 0xFFC00000) | (linear & 0x3FFFFF)
+        pte = memory.read_u32((pde & 0xFFFFF000) + ((linear >> 12) & 0x3FF) * 4)
+        return None if not pte & 1 else (pte & 0xFFFFF000) | (linear & 0xFFF)
+    except GuestMemoryError:
+        return None
+
+
+def linear_to_phys(vcpu: Any, memory: Any, sregs: Any, linear: int) -> int | None:
+    if not sregs.cr0 & (1 << 31):  # paging off
+        return linear
+    return _walk(memory, sregs.cr3, sregs.cr4, sregs.efer, linear)
+
+
+def fetch_code(vcpu: Any, memory: Any, regs: Any, sregs: Any, n: int = 15) -> bytes | None:
+    """Up to ``n`` bytes at CS:RIP (stopping at an unmapped page)."""
+    linear = (sregs.cs.base + regs.rip) & 0xFFFFFFFFFFFFFFFF
+    out = bytearray()
+    while len(out) < n:
+        pa = linear_to_phys(vcpu, memory, sregs, linear + len(out))
+        if pa is None:
+            break
+        chunk = min(n - len(out), 0x1000 - (pa & 0xFFF))
+        try:
+            out += memory.read(pa, chunk)
+        except GuestMemoryError:
+            break
+    return bytes(out) or None
+
+
+def _note(kind: str, rip: int) -> None:
+    if kind not in _seen:
+        _seen.add(kind)
+        log.info("emulation assist: stepped over %s at %#x (the host cannot emulate it)", kind, rip)
+    else:
+        log.debug("emulation assist: %s at %#x", kind, rip)
+
+
+def assist(vcpu: Any, memory: Any, run: Any) -> bool:
+    """Try to complete the instruction that failed emulation. True when the guest can go on."""
+    from .kvm import lib
+
+    if run.internal.suberror != lib.KVM_INTERNAL_ERROR_EMULATION:
+        return False
+    regs = vcpu.get_regs()
+    sregs = vcpu.get_sregs()
+    code = fetch_code(vcpu, memory, regs, sregs)
+    if not code:
+        return False
+    long_mode = bool(sregs.cs.l)
+    i = 0
+    rex = 0
+    rep = False
+    while i < len(code) and code[i] in (0x66, 0x67, 0xF2, 0xF3, 0x2E, 0x36, 0x3E, 0x26, 0x64, 0x65, 0xF0):
+        rep = rep or code[i] == 0xF3
+        i += 1
+    if long_mode and i < len(code) and 0x40 <= code[i] <= 0x4F:
+        rex = code[i]
+        i += 1
+    op = code[i:]
+    if op[:1] == b"\xcc":
+        regs.rip += i + 1
+        vcpu.set_regs(regs)
+        ev = vcpu.get_vcpu_events()
+        ev.exception.injected = 1
+        ev.exception.nr = 3
+        ev.exception.has_error_code = 0
+        ev.exception.error_code = 0
+        ev.flags = 0
+        vcpu.set_vcpu_events(ev)
+        _note("INT3", regs.rip - i - 1)
+        return True
+    if op[:1] == b"\x9b":
+        regs.rip += i + 1
+        vcpu.set_regs(regs)
+        _note("FWAIT", regs.rip - i - 1)
+        return True
+    if op[:3] in (b"\x0f\x01\xca", b"\x0f\x01\xcb"):
+        if op[2] == 0xCA:
+            regs.rflags &= ~RFLAGS_AC
+        else:
+            regs.rflags |= RFLAGS_AC
+        regs.rip += i + 3
+        vcpu.set_regs(regs)
+        _note("CLAC/STAC", regs.rip - i - 3)
+        return True
+    if rep and op[:2] == b"\x0f\xb8" and len(op) >= 3 and op[2] >> 6 == 3:
+        modrm = op[2]
+        dst = ((modrm >> 3) & 7) | (8 if rex & 4 else 0)
+        src = (modrm & 7) | (8 if rex & 1 else 0)
+        width = 64 if rex & 8 else (16 if 0x66 in code[:i] else 32)
+        value = getattr(regs, _GPR[src]) & ((1 << width) - 1)
+        count = bin(value).count("1")
+        if width == 16:
+            count |= getattr(regs, _GPR[dst]) & ~0xFFFF
+        setattr(regs, _GPR[dst], count)
+        # POPCNT: ZF = (source == 0), OF SF AF CF PF cleared
+        regs.rflags = (regs.rflags & ~0x8D5) | (0x40 if value == 0 else 0)
+        regs.rip += i + 3
+        vcpu.set_regs(regs)
+        _note("POPCNT", regs.rip - i - 3)
+        return True
+    return False

@@ -1,0 +1,138 @@
+"""The vCPU loop: one thread per vCPU, ``KVM_RUN`` with the GIL released, and dispatch of exits.
+
+The loop stays dumb (Firecracker's rule): port I/O goes to the PIO bus, MMIO to the MMIO bus,
+a triple fault ends or resets the machine, and every other exit is handled explicitly or
+offered to the ``handle_exit`` hook; an exit nobody handles stops the machine with a register
+dump. :mod:`microvm.emulation` steps over the instructions an emulating host cannot execute.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from typing import TYPE_CHECKING, Any
+
+from .kvm import Vcpu, ffi, lib
+
+if TYPE_CHECKING:
+    from .machine import Machine
+
+log = logging.getLogger("microvm.vcpu")
+
+_EXIT_NAMES = {getattr(lib, n): n for n in dir(lib) if n.startswith("KVM_EXIT_") and n not in ("KVM_EXIT_IO_IN", "KVM_EXIT_IO_OUT")}
+_MMIO_DATA_OFFSET = ffi.offsetof("struct kvm_run", "mmio") + 8
+
+
+def exit_name(reason: int) -> str:
+    return _EXIT_NAMES.get(reason, f"exit {reason}")
+
+
+def register_dump(vcpu: Vcpu, memory: Any = None) -> str:
+    """Registers, control registers and the bytes at RIP, for an error report."""
+    try:
+        r = vcpu.get_regs()
+        s = vcpu.get_sregs()
+    except OSError as e:
+        return f"(registers unavailable: {e})"
+    lines = [
+        f"vCPU {vcpu.id}:",
+        f" RIP={r.rip:016x} RFLAGS={r.rflags:08x} RSP={r.rsp:016x} RBP={r.rbp:016x}",
+        f" RAX={r.rax:016x} RBX={r.rbx:016x} RCX={r.rcx:016x} RDX={r.rdx:016x}",
+        f" RSI={r.rsi:016x} RDI={r.rdi:016x} R8 ={r.r8:016x} R9 ={r.r9:016x}",
+        f" R10={r.r10:016x} R11={r.r11:016x} R12={r.r12:016x} R13={r.r13:016x}",
+        f" R14={r.r14:016x} R15={r.r15:016x}",
+        f" CS={s.cs.selector:04x} (base {s.cs.base:x}, l={s.cs.l} db={s.cs.db}) SS={s.ss.selector:04x}",
+        f" CR0={s.cr0:08x} CR2={s.cr2:016x} CR3={s.cr3:016x} CR4={s.cr4:08x} EFER={s.efer:x}",
+    ]
+    if memory is not None:
+        from .emulation import fetch_code
+
+        code = fetch_code(vcpu, memory, r, s, 16)
+        lines.append(" code at RIP: " + (code.hex(" ") if code else "(not readable)"))
+    return "\n".join(lines)
+
+
+class VcpuThread(threading.Thread):
+    """Runs one vCPU until the machine stops."""
+
+    def __init__(self, machine: "Machine", vcpu: Vcpu) -> None:
+        super().__init__(name=f"vcpu{vcpu.id}", daemon=True)
+        self.machine = machine
+        self.vcpu = vcpu
+        self.run_ptr = vcpu.run_ptr
+        self.run_view = memoryview(vcpu.run_buf)
+
+    def kick(self) -> None:
+        """Make KVM_RUN return soon: immediate_exit for the next entry, a signal for this one."""
+        self.run_ptr.immediate_exit = 1
+        self.machine.signal_thread(self)
+
+    def run(self) -> None:
+        m = self.machine
+        try:
+            self._loop()
+        except Exception as e:  # a bug in a device must stop the VM cleanly, with a report
+            log.exception("vCPU %d: unexpected error", self.vcpu.id)
+            m.request_stop(1, f"vCPU {self.vcpu.id} failed: {e}")
+
+    def _loop(self) -> None:
+        m = self.machine
+        vcpu = self.vcpu
+        run = self.run_ptr
+        view = self.run_view
+        pio, mmio = m.pio_bus, m.mmio_bus
+        EXIT_IO, EXIT_MMIO = lib.KVM_EXIT_IO, lib.KVM_EXIT_MMIO
+        IO_OUT = lib.KVM_EXIT_IO_OUT
+        while not m.stopping:
+            if vcpu.run() < 0:  # EINTR/EAGAIN: a kick; look at the stop flag
+                run.immediate_exit = 0
+                continue
+            reason = run.exit_reason
+            if reason == EXIT_IO:
+                io = run.io
+                size, port, off = io.size, io.port, io.data_offset
+                if io.direction == IO_OUT:
+                    for i in range(io.count):
+                        pio.write(port, bytes(view[off + i * size : off + (i + 1) * size]))
+                else:
+                    for i in range(io.count):
+                        pio.read(port, view[off + i * size : off + (i + 1) * size])
+            elif reason == EXIT_MMIO:
+                mm = run.mmio
+                n = mm.len
+                if mm.is_write:
+                    mmio.write(mm.phys_addr, bytes(view[_MMIO_DATA_OFFSET : _MMIO_DATA_OFFSET + n]))
+                else:
+                    mmio.read(mm.phys_addr, view[_MMIO_DATA_OFFSET : _MMIO_DATA_OFFSET + n])
+            else:
+                self._other_exit(reason)
+
+    def _other_exit(self, reason: int) -> None:
+        m = self.machine
+        run = self.run_ptr
+        if reason == lib.KVM_EXIT_SHUTDOWN:
+            log.info("vCPU %d: triple fault (KVM_EXIT_SHUTDOWN)", self.vcpu.id)
+            m.guest_reset("triple fault")
+        elif reason == lib.KVM_EXIT_SYSTEM_EVENT:
+            t = run.system_event.type
+            if t == lib.KVM_SYSTEM_EVENT_RESET:
+                m.guest_reset("system reset event")
+            elif t == lib.KVM_SYSTEM_EVENT_SHUTDOWN:
+                m.request_stop(0, "guest powered off")
+            else:
+                m.request_stop(1, f"guest crashed (system event {t})")
+        elif reason == lib.KVM_EXIT_INTR:
+            pass
+        elif reason == lib.KVM_EXIT_INTERNAL_ERROR:
+            from .emulation import assist
+
+            if not (m.emulation_assist and assist(self.vcpu, m.memory, run)):
+                sub = run.internal.suberror
+                m.request_stop(
+                    1,
+                    f"KVM internal error (suberror {sub}) on vCPU {self.vcpu.id}\n" + register_dump(self.vcpu, m.memory),
+                )
+        elif reason == lib.KVM_EXIT_HLT:
+            # with the in-kernel LAPIC KVM handles HLT itself; an exit means no irqchip woke it
+            m.request_stop(0, f"vCPU {self.vcpu.id} halted")
+        elif not m.hook.handle_exit(machine=m, vcpu=self.vcpu, exit_reason=reason):
+            m.request_stop(1, f"unhandled KVM exit {exit_name(reason)} on vCPU {self.vcpu.id}\n" + register_dump(self.vcpu, m.memory))

@@ -1,0 +1,1 @@
+"""KVM in-kernel irqchip (kernel-irqchip=on) for microvm."""

@@ -1,0 +1,1 @@
+"""kvmclock for microvm."""

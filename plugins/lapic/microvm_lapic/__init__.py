@@ -1,0 +1,1 @@
+"""Local APIC set-up for microvm."""

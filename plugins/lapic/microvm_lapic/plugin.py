@@ -1,0 +1,46 @@
+"""Hook glue: LAPIC LINT0/LINT1 as a BIOS leaves them, and the MP table's CPU entries.
+
+LINT0 is ExtINT (the 8259's INTR reaches the BSP in virtual-wire mode) and LINT1 is NMI,
+as the MP spec's default configuration and Firecracker's ``set_lint`` have it.
+"""
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+from microvm import hookimpl
+from microvm.boot.mptable import MP_EXTINT, MP_NMI, ALL_LAPICS, LocalInterrupt, Processor
+
+APIC_LVT0 = 0x350
+APIC_LVT1 = 0x360
+APIC_MODE_NMI = 0x4
+APIC_MODE_EXTINT = 0x7
+
+
+def set_delivery_mode(regs: bytearray, offset: int, mode: int) -> None:
+    """Set the delivery-mode field (bits 8-10) of an LVT register in a KVM_GET_LAPIC page."""
+    value = struct.unpack_from("<I", regs, offset)[0]
+    struct.pack_into("<I", regs, offset, (value & ~0x700) | (mode << 8))
+
+
+@hookimpl
+def configure_vcpu(machine: Any, vcpu: Any) -> None:
+    if machine.irqchip is None:
+        return
+    from microvm.kvm import ffi
+
+    lapic = vcpu.get_lapic()
+    regs = bytearray(ffi.buffer(lapic.regs))
+    set_delivery_mode(regs, APIC_LVT0, APIC_MODE_EXTINT)
+    set_delivery_mode(regs, APIC_LVT1, APIC_MODE_NMI)
+    ffi.buffer(lapic.regs)[:] = bytes(regs)
+    vcpu.set_lapic(lapic)
+
+
+@hookimpl
+def mptable_entries(machine: Any) -> list[Any]:
+    cpus: list[Any] = [Processor(apic_id=i, bsp=(i == 0)) for i in range(machine.smp)]
+    return cpus + [
+        LocalInterrupt(MP_EXTINT, dst_lint=0, dst_lapic=ALL_LAPICS),
+        LocalInterrupt(MP_NMI, dst_lint=1, dst_lapic=ALL_LAPICS),
+    ]
