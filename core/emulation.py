@@ -9,7 +9,9 @@ Handled here, as a real CPU would execute them:
 * ``INT3`` (CC): RIP += 1, then inject #BP (vector 3) through ``KVM_SET_VCPU_EVENTS``;
 * ``FWAIT`` (9B): RIP += 1 (no pending x87 exception can exist at that point here);
 * ``CLAC``/``STAC`` (0F 01 CA/CB): clear/set RFLAGS.AC;
-* ``POPCNT r, r`` (F3 [REX] 0F B8 /r, register form).
+* ``POPCNT r, r`` (F3 [REX] 0F B8 /r, register form);
+* ``IRET`` in 32-bit protected mode to the same code segment (seen failing here in 32-bit
+  guests; 64-bit ``IRETQ`` is emulated by the host).
 
 Anything else returns False and the caller reports the failure with a register dump.
 QEMU has no such assist, which is why it stops on these hosts.
@@ -140,6 +142,20 @@ def assist(vcpu: Any, memory: Any, run: Any) -> bool:
         regs.rip += i + 3
         vcpu.set_regs(regs)
         _note("CLAC/STAC", regs.rip - i - 3)
+        return True
+    if op[:1] == b"\xcf" and not long_mode and sregs.cr0 & 1 and sregs.cs.db and i == 0:
+        esp = regs.rsp & 0xFFFFFFFF
+        try:
+            eip, cs, eflags = (memory.read_u32(sregs.ss.base + esp + 4 * k) for k in range(3))
+        except GuestMemoryError:
+            return False
+        if (cs & 0xFFFF) != sregs.cs.selector:
+            return False  # a far return to another segment or privilege level: not assisted
+        regs.rip = eip
+        regs.rflags = (eflags & 0x3F7FD7) | 0x2
+        regs.rsp = (regs.rsp & ~0xFFFFFFFF) | ((esp + 12) & 0xFFFFFFFF)
+        vcpu.set_regs(regs)
+        _note("IRET (32-bit)", eip)
         return True
     if rep and op[:2] == b"\x0f\xb8" and len(op) >= 3 and op[2] >> 6 == 3:
         modrm = op[2]

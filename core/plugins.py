@@ -96,6 +96,9 @@ def discover() -> list[EntryPointInfo]:
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps({"version": INDEX_VERSION, "entry_points": [e.__dict__ for e in eps]}))
         os.replace(tmp, path)
+        for old in path.parent.glob("plugin-index-*.json"):  # one index per environment state
+            if old != path:
+                old.unlink(missing_ok=True)
     except OSError as e:  # a read-only home is no reason to fail
         log.debug("plugin index not cached: %s", e)
     return eps

@@ -1,0 +1,52 @@
+"""Helpers for tests that run real guests on /dev/kvm.
+
+Test guests are assembled from ``tests/guests/*.S`` at test time (``as`` + ``ld``, from
+binutils), cached by content hash, never committed as binaries.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+GUESTS = Path(__file__).parent / "guests"
+REPO = Path(__file__).parent.parent
+MICROVM = [sys.executable, "-m", "microvm.cli"] if not (REPO / ".venv/bin/microvm").exists() else [str(REPO / ".venv/bin/microvm")]
+
+
+def kvm_reason() -> str | None:
+    from microvm.kvm import kvm_available
+
+    return kvm_available()
+
+
+requires_kvm = pytest.mark.skipif(kvm_reason() is not None, reason=f"needs KVM: {kvm_reason()}")
+
+
+def build_guest(name: str, cache: Path) -> Path:
+    """Assemble and link ``tests/guests/NAME.S`` into a PVH ELF (cached by source hash)."""
+    if not shutil.which("as") or not shutil.which("ld"):
+        pytest.skip("needs binutils (as, ld) to build the test guests")
+    src = GUESTS / f"{name}.S"
+    h = hashlib.sha256(src.read_bytes() + (GUESTS / "common.inc").read_bytes()).hexdigest()[:12]
+    out = cache / f"{name}-{h}.elf"
+    if not out.exists():
+        obj = cache / f"{name}-{h}.o"
+        subprocess.run(["as", "--64", "-I", str(GUESTS), str(src), "-o", str(obj)], check=True)
+        subprocess.run(["ld", "-Ttext=0x100000", str(obj), "-o", str(out)], check=True)
+    return out
+
+
+def microvm_cmd(*args: str) -> list[str]:
+    return [*MICROVM, *args]
+
+
+def run_microvm(*args: str, input: bytes | None = None, timeout: float = 60, env: dict | None = None) -> subprocess.CompletedProcess:
+    e = dict(os.environ)
+    e.update(env or {})
+    return subprocess.run(microvm_cmd(*args), input=input, capture_output=True, timeout=timeout, env=e)
