@@ -1,0 +1,168 @@
+"""The core on /dev/kvm, in-process: GIL release in KVM_RUN, stopping a spinning vCPU,
+ioctl errors, and the machine-time hooks called during a real boot."""
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import microvm
+from kvm_helpers import build_guest, requires_kvm
+from microvm.errors import BootError
+from microvm.kvm import Kvm, KvmError
+from microvm.machine import Machine
+from microvm.spec import MachineSpec
+
+pytestmark = [pytest.mark.kvm, requires_kvm]
+
+
+@pytest.fixture(scope="module")
+def guest_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("guests-core")
+
+
+def test_kvm_error_names_the_ioctl_and_errno():
+    kvm = Kvm()
+    vm = kvm.create_vm()
+    try:
+        with pytest.raises(KvmError) as ei:
+            # a memory slot at an unaligned guest address is refused with EINVAL
+            vm.set_user_memory_region(0, 0x123, 0x1000, 0x1000)
+        assert ei.value.ioctl == "KVM_SET_USER_MEMORY_REGION"
+        assert ei.value.errno == 22
+        assert "KVM_SET_USER_MEMORY_REGION failed: [Errno 22]" in str(ei.value)
+    finally:
+        vm.close()
+        kvm.close()
+
+
+def test_kvm_run_releases_the_gil_and_stop_kicks_a_spinning_vcpu(guest_cache, capfd):
+    """While the vCPU spins inside KVM_RUN, another Python thread keeps running (the GIL is
+    released); request_stop then interrupts KVM_RUN (signal + immediate_exit)."""
+    elf = build_guest("spin", guest_cache)
+    m = Machine(MachineSpec(kernel=str(elf), serial=["stdio"], no_reboot=True))
+    counts = []
+
+    def watcher():
+        # wait until the guest is spinning, then count Python iterations for 0.3 s
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not m.threads:
+            time.sleep(0.01)
+        time.sleep(0.3)
+        n, t_end = 0, time.monotonic() + 0.3
+        while time.monotonic() < t_end:
+            n += 1
+        counts.append(n)
+        m.request_stop(0, "test done")
+
+    t = threading.Thread(target=watcher)
+    t.start()
+    t0 = time.monotonic()
+    status = m.run()
+    t.join()
+    assert status == 0
+    assert m.stop_reason == "test done"
+    assert time.monotonic() - t0 < 15
+    assert counts and counts[0] > 1000, counts
+    assert "SPIN" in capfd.readouterr().out
+    assert all(not th.is_alive() for th in m.threads)
+
+
+class Recorder:
+    """A plugin that records every machine-time hook call."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    @microvm.hookimpl
+    def create_devices(self, machine):
+        self.calls.append("create_devices")
+
+    @microvm.hookimpl
+    def cpuid(self, machine, vcpu_id, entries):
+        self.calls.append(f"cpuid:{vcpu_id}")
+        assert any(e["function"] == 1 for e in entries)
+
+    @microvm.hookimpl
+    def configure_vcpu(self, machine, vcpu):
+        self.calls.append(f"configure_vcpu:{vcpu.id}")
+
+    @microvm.hookimpl
+    def kernel_cmdline(self, machine):
+        self.calls.append("kernel_cmdline")
+        return ["recorder.flag=1"]
+
+    @microvm.hookimpl
+    def mptable_entries(self, machine):
+        from microvm.boot.mptable import IoInterrupt
+
+        self.calls.append("mptable_entries")
+        return [IoInterrupt(src_irq=7, dst_ioapic=machine.ioapic_id, dst_pin=7)]
+
+    @microvm.hookimpl
+    def machine_start(self, machine):
+        self.calls.append("machine_start")
+
+    @microvm.hookimpl
+    def machine_stop(self, machine):
+        self.calls.append("machine_stop")
+
+    @microvm.hookimpl
+    def handle_exit(self, machine, vcpu, exit_reason):
+        self.calls.append(f"handle_exit:{exit_reason}")
+        return exit_reason == 4242
+
+
+def test_machine_hooks_are_called_in_order_during_a_boot(guest_cache):
+    from microvm.boot import mptable
+    from microvm import layout
+
+    elf = build_guest("hello-pvh", guest_cache)
+    rec = Recorder()
+    m = Machine(MachineSpec(kernel=str(elf), append="console=ttyS0", smp=2, no_reboot=True,
+                            serial=["null"], extra_plugins=[rec]))
+    m.build()
+    # the contributions reached the guest: command line in memory, MP table entry present
+    raw = m.memory.read(layout.CMDLINE_ADDR, 200).split(b"\0")[0].decode()
+    assert raw.startswith("console=ttyS0 ") and "recorder.flag=1" in raw.split()
+    entries = mptable.parse(m.memory.read(layout.MPTABLE_ADDR, 1024), layout.MPTABLE_ADDR)
+    assert mptable.IoInterrupt(src_irq=7, dst_ioapic=m.ioapic_id, dst_pin=7) in entries
+    assert sum(isinstance(e, mptable.Processor) for e in entries) == 2
+    # an exit the core does not know goes to handle_exit; True means handled
+    from microvm.vcpu import VcpuThread
+
+    VcpuThread(m, m.vcpus[0])._other_exit(4242)
+    assert not m.stopping
+    VcpuThread(m, m.vcpus[0])._other_exit(4243)  # nobody handles it: the machine stops
+    assert m.stopping and m.exit_status == 1 and "unhandled KVM exit" in m.stop_reason
+    m.stopping = False
+    m._stop_event.clear()
+    assert m.run() == 0
+    assert rec.calls == [
+        "create_devices",
+        "cpuid:0", "configure_vcpu:0", "cpuid:1", "configure_vcpu:1",
+        "kernel_cmdline", "mptable_entries",
+        "handle_exit:4242", "handle_exit:4243",
+        "machine_start", "machine_stop",
+    ]
+
+
+def test_bad_kernel_is_a_boot_error_not_a_crash(tmp_path):
+    bad = tmp_path / "vmlinux"
+    bad.write_bytes(b"\x7fELF" + b"\x02\x01" + bytes(100))
+    m = Machine(MachineSpec(kernel=str(bad), serial=["null"]))
+    with pytest.raises(BootError, match="ELF kernel"):
+        m.build()
+    m.close()
+
+
+def test_guest_ram_is_registered_in_two_slots_above_3g():
+    """-m 3200M: 3 GiB below the hole, the rest from 4 GiB, both visible to KVM (a slot
+    each); building must not touch the memory (mmap is lazy)."""
+    m = Machine(MachineSpec(kernel="/nonexistent", mem_size=3200 << 20, serial=["null"]))
+    with pytest.raises(BootError):
+        m.build()
+    assert [(r.gpa, r.size) for r in m.memory.regions] == [(0, 3 << 30), (4 << 30, 128 << 20)]
+    m.close()
