@@ -50,13 +50,17 @@ class FdChardev:
     """Output to one fd, input from another, read by a daemon thread.
 
     ``stdio`` is this on fds 1 and 0. When the input is a terminal it is put in raw mode (and
-    restored on close), and as in QEMU's ``-nographic`` mux, Ctrl-A is an escape: ``C-a x``
-    ends the VMM, ``C-a b`` sends a BREAK (Magic SysRq on a 16550), ``C-a C-a`` sends one C-a.
+    restored on close). With ``escapes`` (stdio), as in QEMU's ``-nographic`` mux and whether
+    the input is a terminal or a pipe, Ctrl-A is an escape: ``C-a x`` ends the VMM, ``C-a b``
+    sends a BREAK (Magic SysRq on a 16550), ``C-a C-a`` sends one C-a.
     """
 
     ESCAPE = 0x01
 
-    def __init__(self, out_fd: int, in_fd: int | None, on_quit: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self, out_fd: int, in_fd: int | None, on_quit: Callable[[], None] | None = None, escapes: bool = False
+    ) -> None:
+        self.escapes = escapes
         self.out_fd = out_fd
         self.in_fd = in_fd
         self.on_quit = on_quit
@@ -103,7 +107,7 @@ class FdChardev:
         self._thread.start()
 
     def _feed(self, data: bytes) -> None:
-        if self._saved_tty is None:  # not a terminal: no escape processing, pass bytes through
+        if not self.escapes:  # a plain byte stream: pass bytes through
             if self._receiver:
                 self._receiver(data)
             return
@@ -155,6 +159,8 @@ class FdChardev:
                 log.exception("chardev input handler failed")
 
     def close(self) -> None:
+        if self._stop_w < 0:
+            return
         try:
             os.write(self._stop_w, b"x")
         except OSError:
@@ -162,6 +168,9 @@ class FdChardev:
         if self._thread is not None:
             self._thread.join(timeout=1)
             self._thread = None
+        os.close(self._stop_r)
+        os.close(self._stop_w)
+        self._stop_r = self._stop_w = -1
         if self._saved_tty is not None and self.in_fd is not None:
             import termios
 
@@ -171,4 +180,4 @@ class FdChardev:
 
 def stdio_chardev(on_quit: Callable[[], None] | None = None) -> FdChardev:
     sys.stdout.flush()
-    return FdChardev(1, 0, on_quit)
+    return FdChardev(1, 0, on_quit, escapes=True)

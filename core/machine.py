@@ -34,7 +34,8 @@ def host_is_emulating() -> bool:
 class Machine:
     """One boot of one VM. Build with :meth:`build` (done by :meth:`run` if needed)."""
 
-    def __init__(self, spec: MachineSpec, host: Any = None) -> None:
+    def __init__(self, spec: MachineSpec, host: Any = None, images: Any = None) -> None:
+        from .boot.loader import read_images
         from .plugins import PluginHost, plugin_host
 
         spec.validate()
@@ -44,6 +45,10 @@ class Machine:
         self.host = host
         self.hook = host.hook
         self.options: dict[str, Any] = host.options.parse_machine(spec.machine)
+        if spec.kernel is None:
+            raise ConfigError("no kernel given (--kernel FILE)")
+        #: kernel and initrd bytes (microvm.boot.loader.BootImages), checked before KVM is touched
+        self.images = images or read_images(spec.kernel, spec.initrd)
         self.smp = spec.smp
         self.ram_size = spec.mem_size
         self.devices: dict[str, Any] = {}
@@ -72,7 +77,8 @@ class Machine:
         self.mptable: list[Any] = []
         self.emulation_assist = bool(self.options.get("x-emulation-assist", True))
         self.ioapic_id = 0
-        self.virtio_transports: list[Any] = []
+        self._virtio: Any = None  # microvm.virtio.slots.VirtioSlots, imported on first use
+        self._virtio_legacy: bool | None = None
         self.supported_cpuid: list[dict[str, int]] = []
         self._built = False
         self._stopped_hooks = False
@@ -107,6 +113,23 @@ class Machine:
         except KeyError:
             known = ", ".join(sorted(self.drives)) or "none"
             raise ConfigError(f"drive {drive_id!r} not found (defined drives: {known})") from None
+
+    @property
+    def virtio_transports(self) -> list[Any]:
+        """The placed virtio-mmio slots (base, irq, transport), in placement order."""
+        return self._virtio.slots if self._virtio is not None else []
+
+    def add_virtio_device(self, backend: Any, name: str) -> Any:
+        """Wrap a :class:`microvm.virtio.VirtioBackend` in a virtio-mmio transport and place it
+        in the next free slot (QEMU's order: the highest first). Returns the slot."""
+        assert self.memory is not None, "virtio devices are created in create_devices"
+        legacy = True if self._virtio_legacy is None else self._virtio_legacy
+        self._virtio_legacy = None
+        if self._virtio is None:
+            from .virtio.slots import VirtioSlots
+
+            self._virtio = VirtioSlots(self)
+        return self._virtio.add(backend, name, legacy)
 
     def add_cleanup(self, fn: Callable[[], None]) -> None:
         self._cleanups.append(fn)
@@ -242,7 +265,17 @@ class Machine:
             if reg is None or reg.factory is None:
                 known = ", ".join(sorted(self.host.device_types)) or "none installed"
                 raise ConfigError(f"--device {driver}: unknown device type (available: {known})")
+            # virtio-mmio's force-legacy (QEMU: -global virtio-mmio.force-legacy=...), on by
+            # default as in QEMU 7.2; a transport property, so the core consumes it
+            legacy = props.pop("force-legacy", None)
+            if legacy is not None:
+                from .options import MachineOption
+
+                self._virtio_legacy = MachineOption("force-legacy", "bool", True, "").parse(legacy)
             reg.factory(self, props)
+            if self._virtio_legacy is not None:
+                self._virtio_legacy = None
+                raise ConfigError(f"--device {driver}: force-legacy applies to virtio devices only")
 
     def _load_kernel(self) -> None:
         from .boot import cpu as bootcpu
@@ -259,10 +292,8 @@ class Machine:
                 log.info("host KVM is kvm_pvm (emulating): adding %r to the guest command line", " ".join(extra))
                 words.extend(extra)
         self.cmdline = " ".join(w for w in words if w)
-        if self.spec.kernel is None:
-            raise ConfigError("no kernel given (--kernel FILE)")
         e820 = e820_map([(r.gpa, r.size) for r in self.memory.regions])
-        self.entry = loader.load(self.memory, self.spec.kernel, self.spec.initrd, self.cmdline, e820)
+        self.entry = loader.load(self.memory, self.images, self.cmdline, e820)
         entries: list[Any] = [mptable.Bus(mptable.ISA_BUS_ID, "ISA")]
         for contrib in self.hook.mptable_entries(machine=self):
             entries.extend(contrib or [])
@@ -323,6 +354,8 @@ class Machine:
                 self.build()
             self._install_kick_handler()
             self.hook.machine_start(machine=self)
+            if self._virtio is not None:
+                self._virtio.start()
             self.threads = [VcpuThread(self, v) for v in self.vcpus]
             for t in self.threads:
                 t.start()
@@ -346,6 +379,11 @@ class Machine:
                 self.hook.machine_stop(machine=self)
             except Exception:
                 log.exception("machine_stop hook failed")
+        if self._virtio is not None:
+            try:
+                self._virtio.close()  # closes the backends' files and releases their locks
+            except Exception:
+                log.exception("closing virtio devices failed")
         for ch in self._chardevs.values():
             try:
                 ch.close()
@@ -365,8 +403,10 @@ class Machine:
 
 def run_spec(spec: MachineSpec, host: Any = None) -> int:
     """Run a machine, rebuilding it after each guest reset unless --no-reboot."""
+    images = None
     while True:
-        m = Machine(spec, host)
+        m = Machine(spec, host, images)
+        images = m.images
         status = m.run()
         if not m.reset_requested:
             return status

@@ -1,0 +1,102 @@
+"""The interface a virtio device backend implements (blk, net, console, a third party's rng).
+
+The transport (:class:`microvm.virtio.mmio.VirtioMmioTransport`) owns the register file,
+feature negotiation, the virtqueues and the interrupt; a backend only says what it is
+(``device_id``, ``num_queues``, ``queue_max_size``, ``device_features()``), serves its
+configuration space and processes its queues. ``docs/virtio-backend.md`` has a worked
+example.
+
+Threading: ``config_read``/``config_write`` run on a vCPU thread; ``activate``,
+``process_queue`` and ``reset`` are serialised by the transport (never two at once) and
+``process_queue`` runs on the device's worker thread (or inline on the vCPU thread when the
+VMM has no ioeventfd).
+"""
+from __future__ import annotations
+
+import abc
+import logging
+from typing import TYPE_CHECKING, Callable, ClassVar
+
+if TYPE_CHECKING:
+    from ..memory import GuestMemory
+    from .queue import Virtqueue
+
+log = logging.getLogger("microvm.virtio")
+
+
+class VirtioBackend(abc.ABC):
+    """Base class of a virtio device model. Subclass it and fill in the abstract methods.
+
+    Class attributes to set:
+
+    * ``device_id`` -- the virtio device ID (§5, e.g. ``VIRTIO_ID_BLOCK`` = 2);
+    * ``num_queues`` -- how many virtqueues the device has;
+    * ``queue_max_size`` -- QueueNumMax for every queue (a power of two, at most 32768).
+
+    After negotiation ``acked_features`` holds the features the driver accepted (device and
+    transport bits together), set by :meth:`ack_features` before :meth:`activate`.
+    """
+
+    device_id: ClassVar[int]
+    num_queues: int = 1
+    queue_max_size: int = 256
+    acked_features: int = 0
+    _config_notifier: Callable[[], None] | None = None
+
+    # -- what the device is ---------------------------------------------------------------
+    @abc.abstractmethod
+    def device_features(self) -> int:
+        """The device-specific feature bits offered (bits 0-23 and any above 41). The
+        transport adds VIRTIO_F_VERSION_1, VIRTIO_F_RING_EVENT_IDX and VIRTIO_F_INDIRECT_DESC."""
+
+    def ack_features(self, features: int) -> None:
+        """The driver accepted ``features`` (a subset of what was offered, FEATURES_OK set)."""
+        self.acked_features = features
+
+    # -- configuration space (§4.2.2 "Config", offset 0x100 of the window) -----------------
+    def config_space(self) -> bytes:
+        """The current configuration structure, little endian. The default ``config_read``
+        serves it; bytes past its end read as zero."""
+        return b""
+
+    def config_read(self, offset: int, data: memoryview) -> None:
+        """Fill ``data`` with ``len(data)`` bytes of configuration space at ``offset``."""
+        blob = self.config_space()[offset : offset + len(data)]
+        data[: len(blob)] = blob
+        data[len(blob) :] = bytes(len(data) - len(blob))
+
+    def config_write(self, offset: int, data: bytes) -> None:
+        """The driver wrote ``data`` at ``offset`` of configuration space (most devices' config
+        is read-only: the default ignores the write)."""
+        log.debug("%s: write of %s to read-only config offset %#x ignored", type(self).__name__, data.hex(), offset)
+
+    def config_changed(self) -> None:
+        """Call after changing configuration space on your own (a disk resize, a link going
+        down): the transport bumps ConfigGeneration and sends a configuration-change
+        interrupt once the driver is up."""
+        if self._config_notifier is not None:
+            self._config_notifier()
+
+    # -- lifecycle ------------------------------------------------------------------------
+    @abc.abstractmethod
+    def activate(self, queues: list["Virtqueue"], interrupt: Callable[[], None], memory: "GuestMemory") -> None:
+        """The driver set DRIVER_OK. ``queues[i]`` is virtqueue ``i`` (``q.ready`` is False for
+        a queue the driver did not enable); ``interrupt()`` asks the transport for a
+        used-buffer notification, which it sends only if the driver wants one (event idx,
+        NO_INTERRUPT). Start host-side I/O here (e.g. register a tap fd with a poller)."""
+
+    @abc.abstractmethod
+    def process_queue(self, index: int) -> None:
+        """The driver notified queue ``index``: pop chains, do the I/O, push used entries,
+        then call ``interrupt()`` once. Raise :class:`~microvm.virtio.queue.QueueError` (or
+        let one from the queue propagate) when the driver broke the ring rules: the transport
+        sets DEVICE_NEEDS_RESET. Return an I/O error to the guest in the device's own status
+        format rather than raising."""
+
+    def reset(self) -> None:
+        """The driver reset the device (Status = 0) or it is being torn down: drop the queues
+        and any in-flight state. Host resources (the disk file) stay open for the next
+        activation."""
+
+    def close(self) -> None:
+        """The machine is going away: release host resources (files, sockets)."""

@@ -1,0 +1,141 @@
+"""Placement of virtio-mmio transports in the machine, and their notification workers.
+
+QEMU's microvm creates eight transports, 512 bytes apart from ``VIRTIO_MMIO_BASE``, on GSIs
+``VIRTIO_IRQ_BASE + n`` (5-12 without ACPI), and a ``-device`` lands on the highest free
+one: the first device is ``virtio-mmio-bus.7`` at 0xfeb00e00 on IRQ 12 (``info qtree`` on
+QEMU 7.2). microvm places devices the same way, so a guest sees the same addresses.
+
+Queue notifications arrive through ``KVM_IOEVENTFD`` (one eventfd per queue, datamatch on
+the queue index) and are processed on one worker thread per device, so a vCPU thread never
+does device I/O. Where the host refuses ioeventfd, the transport's QueueNotify write kicks
+the same eventfd from the vCPU thread.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import select
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import layout
+from ..errors import ConfigError
+from .mmio import VirtioMmioTransport
+
+log = logging.getLogger("microvm.virtio")
+
+
+def slot_address(slot: int) -> tuple[int, int]:
+    """(MMIO base, GSI) of transport ``slot``."""
+    return layout.VIRTIO_MMIO_BASE + slot * layout.VIRTIO_MMIO_SIZE, layout.VIRTIO_IRQ_BASE + slot
+
+
+@dataclass
+class VirtioSlot:
+    """One placed transport."""
+
+    slot: int
+    base: int
+    irq: int
+    name: str
+    transport: VirtioMmioTransport
+    eventfds: list[int] = field(default_factory=list)
+    worker: "NotifyWorker | None" = None
+
+    def cmdline_word(self) -> str:
+        """Linux's ``virtio_mmio.device=<size>@<base>:<irq>`` (CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES)."""
+        return f"virtio_mmio.device=512@{self.base:#x}:{self.irq}"
+
+    def kick(self, queue: int) -> None:
+        if 0 <= queue < len(self.eventfds):
+            os.eventfd_write(self.eventfds[queue], 1)
+
+    def close(self) -> None:
+        if self.worker is not None:
+            self.worker.stop()
+            self.worker = None
+        self.transport.close()
+        for fd in self.eventfds:
+            os.close(fd)
+        self.eventfds = []
+
+
+class NotifyWorker(threading.Thread):
+    """Waits on a device's queue eventfds and runs ``transport.notify(queue)``."""
+
+    def __init__(self, slot: VirtioSlot) -> None:
+        super().__init__(name=f"virtio-{slot.slot}", daemon=True)
+        self.slot = slot
+        self._stop_r, self._stop_w = os.pipe()
+
+    def stop(self) -> None:
+        os.write(self._stop_w, b"x")
+        if self.is_alive() and self is not threading.current_thread():
+            self.join(timeout=5)
+        os.close(self._stop_r)
+        os.close(self._stop_w)
+
+    def run(self) -> None:
+        fds = {fd: i for i, fd in enumerate(self.slot.eventfds)}
+        poller = select.poll()
+        for fd in fds:
+            poller.register(fd, select.POLLIN)
+        poller.register(self._stop_r, select.POLLIN)
+        transport = self.slot.transport
+        while True:
+            for fd, _ in poller.poll():
+                if fd == self._stop_r:
+                    return
+                try:
+                    os.eventfd_read(fd)
+                except BlockingIOError:
+                    continue
+                try:
+                    transport.notify(fds[fd])
+                except Exception:  # notify promises not to raise; a bug must not kill the worker
+                    log.exception("%s: queue %d processing failed", self.slot.name, fds[fd])
+
+
+class VirtioSlots:
+    """The machine's eight transport slots."""
+
+    def __init__(self, machine: Any) -> None:
+        self.machine = machine
+        self.slots: list[VirtioSlot] = []
+
+    def add(self, backend: Any, name: str, legacy: bool) -> VirtioSlot:
+        m = self.machine
+        used = {s.slot for s in self.slots}
+        free = [n for n in range(layout.VIRTIO_MMIO_SLOTS - 1, -1, -1) if n not in used]
+        if not free:
+            raise ConfigError(f"{name}: microvm has only {layout.VIRTIO_MMIO_SLOTS} virtio-mmio slots, all in use")
+        n = free[0]
+        base, gsi = slot_address(n)
+        eventfds = [os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK) for _ in range(backend.num_queues)]
+        slot_ref: list[VirtioSlot] = []
+        transport = VirtioMmioTransport(
+            backend, m.memory, m.irq(gsi), legacy=legacy, on_notify=lambda q: slot_ref[0].kick(q), name=name,
+        )
+        slot = VirtioSlot(n, base, gsi, name, transport, eventfds)
+        slot_ref.append(slot)
+        m.add_mmio_device(transport, base, transport.window_size, name)
+        if m.vm is not None:
+            for q, fd in enumerate(eventfds):
+                try:
+                    m.vm.ioeventfd(fd, base + transport.notify_offset, 4, datamatch=q)
+                except OSError as e:  # the transport's on_notify kicks the eventfd instead
+                    log.info("%s: KVM_IOEVENTFD refused (%s); notifications exit to userspace", name, e)
+                    break
+        self.slots.append(slot)
+        return slot
+
+    def start(self) -> None:
+        for s in self.slots:
+            s.worker = NotifyWorker(s)
+            s.worker.start()
+
+    def close(self) -> None:
+        for s in self.slots:
+            s.close()
+        self.slots = []
