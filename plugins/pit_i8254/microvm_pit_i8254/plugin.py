@@ -1,0 +1,1 @@
+"""Hook glue: written by the lead."""
