@@ -15,7 +15,7 @@ Order of calls for one boot (``docs/hooks.md`` has the same list, checked by a t
 3. ``cpuid(machine, vcpu_id, entries)`` and ``configure_vcpu(machine, vcpu)`` per vCPU;
 4. ``kernel_cmdline(machine)`` and ``mptable_entries(machine)`` while the kernel is loaded;
 5. ``machine_start(machine)`` just before the vCPU threads run;
-6. ``handle_exit(machine, vcpu, run)`` for each exit the core does not handle itself;
+6. ``handle_exit(machine, vcpu, exit_reason)`` for each exit the core does not handle itself;
 7. ``machine_stop(machine)`` when the machine stops or is reset (once per boot).
 """
 from __future__ import annotations

@@ -38,7 +38,7 @@ KVM_TSS_ADDR = 0xFEFFD000
 
 # ---- Low memory used by direct boot (below the 640 KiB EBDA, as firmware would) ----------
 BOOT_GDT_ADDR = 0x500
-BOOT_IDT_ADDR = 0x520
+BOOT_IDT_ADDR = 0x530       # after the 5-entry GDT (0x500-0x527)
 PVH_START_INFO_ADDR = 0x6000
 PVH_MODLIST_ADDR = 0x6040
 PVH_MEMMAP_ADDR = 0x7000      # hvm_memmap_table_entry[]
@@ -49,7 +49,8 @@ PDPT_ADDR = 0xA000
 PD_ADDR = 0xB000              # 4 pages: 0xB000-0xEFFF map the first 4 GiB with 2 MiB pages
 CMDLINE_ADDR = 0x20000
 CMDLINE_MAX = 0x10000         # 64 KiB of room; the protocol limit is the kernel's own
-MPTABLE_ADDR = 0x9FC00        # last KiB of base memory, where Linux's MP scan looks
+MPTABLE_ADDR = 0xF0000        # BIOS area, one of the three places Linux's MP scan looks; 64 KiB
+                              # of room (255 CPUs need ~5 KiB), inside the e820 hole 0xa0000-1 MiB
 EBDA_START = 0x9FC00
 HIMEM_START = 0x100000        # 1 MiB: kernels load here
 BZIMAGE_LOAD_ADDR = 0x100000

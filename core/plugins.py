@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+import pluggy
+
 from .errors import PluginError
 from .options import MachineOption, OptionRegistry
 
@@ -83,7 +85,8 @@ def discover() -> list[EntryPointInfo]:
     """The installed plugins' entry points, from the cache when sys.path is unchanged."""
     if os.environ.get("MICROVM_NO_PLUGIN_CACHE"):
         return _scan_entry_points()
-    path = _cache_dir() / f"plugin-index-{_fingerprint()}.json"
+    prefix = hashlib.sha256(sys.prefix.encode()).hexdigest()[:8]
+    path = _cache_dir() / f"plugin-index-{prefix}-{_fingerprint()}.json"
     try:
         data = json.loads(path.read_text())
         if data.get("version") == INDEX_VERSION:
@@ -96,7 +99,7 @@ def discover() -> list[EntryPointInfo]:
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps({"version": INDEX_VERSION, "entry_points": [e.__dict__ for e in eps]}))
         os.replace(tmp, path)
-        for old in path.parent.glob("plugin-index-*.json"):  # one index per environment state
+        for old in path.parent.glob(f"plugin-index-{prefix}-*.json"):  # one per environment
             if old != path:
                 old.unlink(missing_ok=True)
     except OSError as e:  # a read-only home is no reason to fail
@@ -123,8 +126,6 @@ class PluginHost:
     """The plugin manager plus everything the registration hooks declared."""
 
     def __init__(self, extra: Iterable[Any] = (), use_entry_points: bool = True) -> None:
-        import pluggy
-
         from . import hookspecs
 
         self.pm = pluggy.PluginManager(GROUP)
@@ -143,11 +144,14 @@ class PluginHost:
                     plugin = _load(ep)
                 except Exception as e:
                     raise PluginError(f"plugin {ep.name} ({ep.dist} {ep.version}) failed to load: {e}") from e
-                self.pm.register(plugin, name=ep.name)
+                self._register(plugin, ep.name, f"{ep.dist} {ep.version}")
                 self.entry_points[ep.name] = ep
         for i, plugin in enumerate(extra):
-            self.pm.register(plugin, name=getattr(plugin, "__name__", None) or f"extra-{i}")
-        self.pm.check_pending()
+            self._register(plugin, getattr(plugin, "__name__", None) or f"extra-{i}", "")
+        try:
+            self.pm.check_pending()
+        except pluggy.PluginValidationError as e:
+            raise PluginError(f"plugin {e.plugin!r}: {e}") from e
         if os.environ.get("MICROVM_TRACE_HOOKS"):
             self.pm.trace.root.setwriter(lambda s: sys.stderr.write("[hook] " + s))
             self.pm.enable_tracing()
@@ -157,6 +161,13 @@ class PluginHost:
         self.device_types: dict[str, Registered] = {}
         self.backends: dict[tuple[str, str], Registered] = {}
         self._collect()
+
+    def _register(self, plugin: Any, name: str, origin: str) -> None:
+        try:
+            self.pm.register(plugin, name=name)
+        except pluggy.PluginValidationError as e:
+            where = f" ({origin})" if origin else ""
+            raise PluginError(f"plugin {name}{where} does not match the hook specifications: {e}") from e
 
     # -- registration -------------------------------------------------------------------
     def _each_plugin(self, hookname: str) -> Iterable[tuple[str, Callable[..., Any]]]:

@@ -149,20 +149,17 @@ def test_machine_hooks_are_called_in_order_during_a_boot(guest_cache):
     ]
 
 
-def test_bad_kernel_is_a_boot_error_not_a_crash(tmp_path):
+def test_bad_kernel_is_a_boot_error_before_any_kvm_object(tmp_path):
     bad = tmp_path / "vmlinux"
     bad.write_bytes(b"\x7fELF" + b"\x02\x01" + bytes(100))
-    m = Machine(MachineSpec(kernel=str(bad), serial=["null"]))
     with pytest.raises(BootError, match="ELF kernel"):
-        m.build()
-    m.close()
+        Machine(MachineSpec(kernel=str(bad), serial=["null"]))
 
 
-def test_guest_ram_is_registered_in_two_slots_above_3g():
-    """-m 3200M: 3 GiB below the hole, the rest from 4 GiB, both visible to KVM (a slot
-    each); building must not touch the memory (mmap is lazy)."""
-    m = Machine(MachineSpec(kernel="/nonexistent", mem_size=3200 << 20, serial=["null"]))
-    with pytest.raises(BootError):
-        m.build()
+def test_guest_ram_is_registered_in_two_slots_above_3g(guest_cache):
+    """-m 3200M: 3 GiB below the hole, the rest from 4 GiB, a KVM slot each (mmap is lazy,
+    so this costs no host memory)."""
+    elf = build_guest("hello-pvh", guest_cache)
+    m = Machine(MachineSpec(kernel=str(elf), mem_size=3200 << 20, serial=["null"], no_reboot=True))
+    assert m.run() == 0
     assert [(r.gpa, r.size) for r in m.memory.regions] == [(0, 3 << 30), (4 << 30, 128 << 20)]
-    m.close()

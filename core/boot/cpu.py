@@ -171,7 +171,7 @@ def edit_cpuid(entries: list[dict[str, int]], vcpu_id: int, nr_vcpus: int, tsc_d
             e["eax"] &= ~KVM_CLOCK_FEATURES
         elif fn == 4:
             # cores per package - 1 in eax[31:26]; no thread sharing
-            e["eax"] = (e["eax"] & 0x03FFC3FF) | ((nr_vcpus - 1) << 26)
+            e["eax"] = (e["eax"] & 0x3FFF) | ((nr_vcpus - 1) << 26)
         elif fn == 0xB:
             e["edx"] = vcpu_id
             if idx == 0:      # SMT level: one thread per core

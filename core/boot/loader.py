@@ -266,14 +266,36 @@ def place_initrd(memory: GuestMemory, data: bytes, kernel_end: int, addr_max: in
     return addr, len(data)
 
 
-def load(
-    memory: GuestMemory, kernel_path: str | os.PathLike[str], initrd_path: str | os.PathLike[str] | None,
-    cmdline: str, e820: list[E820Entry],
-) -> EntryPoint:
-    """Load kernel, initrd and command line; return where and how the boot vCPU starts."""
+@dataclass(frozen=True)
+class BootImages:
+    """Kernel and initrd, read and checked once (before any KVM object exists, and reused
+    across guest resets)."""
+
+    kernel: bytes
+    initrd: bytes | None
+    kind: str  # "elf" or "bzimage"
+
+
+def read_images(kernel_path: str | os.PathLike[str], initrd_path: str | os.PathLike[str] | None) -> BootImages:
+    """Read the files and validate the kernel's headers, so a bad file is a one-line error
+    before a VM is created."""
     image = _read_file(kernel_path, "kernel")
-    initrd_data = _read_file(initrd_path, "initrd") if initrd_path is not None else None
+    initrd = _read_file(initrd_path, "initrd") if initrd_path is not None else None
     kind = detect(image)
+    if kind == "elf":
+        segs, _ = _elf_segments(image)
+        if _pvh_entry(image, [(o, fs) for t, o, _, fs, _ in segs if t == PT_NOTE]) is None:
+            raise BootError(
+                "ELF kernel has no PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY): build it with CONFIG_PVH=y, or boot the bzImage"
+            )
+    else:
+        parse_setup_header(image)
+    return BootImages(image, initrd, kind)
+
+
+def load(memory: GuestMemory, images: BootImages, cmdline: str, e820: list[E820Entry]) -> EntryPoint:
+    """Load kernel, initrd and command line; return where and how the boot vCPU starts."""
+    image, initrd_data, kind = images.kernel, images.initrd, images.kind
     raw_cmdline = cmdline.encode() + b"\0"
     if kind == "elf":
         entry, kernel_end = load_elf(memory, image)

@@ -102,6 +102,10 @@ def build(base: int, entries: Iterable[Entry], lapic_address: int = 0xFEE00000) 
     Entries are sorted by type as the spec requires (processors, buses, IOAPICs, I/O
     interrupts, local interrupts) and de-duplicated.
     """
+    entries = list(entries)
+    for e in entries:
+        if type(e) not in _ORDER:
+            raise TypeError(f"not an MP table entry: {e!r} (expected Processor, Bus, IoApic, IoInterrupt or LocalInterrupt)")
     unique = sorted(set(entries), key=lambda e: (_ORDER[type(e)], e))
     body = b"".join(_encode(e) for e in unique)
     header_len = 44

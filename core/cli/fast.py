@@ -68,6 +68,8 @@ def parse_run(argv: list[str]) -> dict[str, Any]:
             value = argv[i + 1]
             i += 2
         if kind == "int":
+            if not value.isascii():
+                raise NotFast  # int() takes other scripts' digits; typer does not
             try:
                 out[key] = int(value)
             except ValueError:
