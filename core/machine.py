@@ -78,6 +78,9 @@ class Machine:
         self.emulation_assist = bool(self.options.get("x-emulation-assist", True))
         self.ioapic_id = 0
         self._virtio: Any = None  # microvm.virtio.slots.VirtioSlots, imported on first use
+        self._timers: Any = None  # microvm.timers.TimerService, created on first use
+        #: the PIC's INTR line in split mode: see request_extint()
+        self.extint_source: Any = None
         self._virtio_legacy: bool | None = None
         self.supported_cpuid: list[dict[str, int]] = []
         self._built = False
@@ -130,6 +133,23 @@ class Machine:
 
             self._virtio = VirtioSlots(self)
         return self._virtio.add(backend, name, legacy)
+
+    @property
+    def timers(self) -> Any:
+        """The :class:`microvm.timers.TimerService` for devices with timed interrupts."""
+        if self._timers is None:
+            from .timers import TimerService
+
+            self._timers = TimerService()
+        return self._timers
+
+    def request_extint(self) -> None:
+        """The 8259's INTR went high (split irqchip): have the boot vCPU take the vector from
+        ``extint_source.acknowledge()`` through KVM_INTERRUPT when it can accept one, as the
+        LAPIC's LINT0 (ExtINT, virtual wire) would. Any thread may call this."""
+        if self.threads:
+            self.threads[0].extint_pending = True
+            self.threads[0].kick()
 
     def add_cleanup(self, fn: Callable[[], None]) -> None:
         self._cleanups.append(fn)
@@ -356,6 +376,8 @@ class Machine:
             self.hook.machine_start(machine=self)
             if self._virtio is not None:
                 self._virtio.start()
+            if self._timers is not None:
+                self._timers.start()
             self.threads = [VcpuThread(self, v) for v in self.vcpus]
             for t in self.threads:
                 t.start()
@@ -379,6 +401,8 @@ class Machine:
                 self.hook.machine_stop(machine=self)
             except Exception:
                 log.exception("machine_stop hook failed")
+        if self._timers is not None:
+            self._timers.stop()
         if self._virtio is not None:
             try:
                 self._virtio.close()  # closes the backends' files and releases their locks

@@ -60,6 +60,8 @@ class VcpuThread(threading.Thread):
         self.vcpu = vcpu
         self.run_ptr = vcpu.run_ptr
         self.run_view = memoryview(vcpu.run_buf)
+        #: set (with a kick) by Machine.request_extint when the 8259 has an interrupt for LINT0
+        self.extint_pending = False
 
     def kick(self) -> None:
         """Make KVM_RUN return soon: immediate_exit for the next entry, a signal for this one."""
@@ -83,6 +85,8 @@ class VcpuThread(threading.Thread):
         EXIT_IO, EXIT_MMIO = lib.KVM_EXIT_IO, lib.KVM_EXIT_MMIO
         IO_OUT = lib.KVM_EXIT_IO_OUT
         while not m.stopping:
+            if self.extint_pending:
+                self._inject_extint()
             if vcpu.run() < 0:  # EINTR/EAGAIN: a kick; look at the stop flag
                 run.immediate_exit = 0
                 continue
@@ -106,6 +110,26 @@ class VcpuThread(threading.Thread):
             else:
                 self._other_exit(reason)
 
+    def _inject_extint(self) -> None:
+        """Deliver the 8259's interrupt when the vCPU can take one; else ask KVM for an
+        interrupt-window exit (KVM_EXIT_IRQ_WINDOW_OPEN) and try again then, as QEMU does."""
+        run = self.run_ptr
+        src = self.machine.extint_source
+        if src is None or not src.has_interrupt():
+            self.extint_pending = False
+            run.request_interrupt_window = 0
+            return
+        if run.ready_for_interrupt_injection and run.if_flag:
+            self.extint_pending = False
+            run.request_interrupt_window = 0
+            self.vcpu.interrupt(src.acknowledge())
+            # the 8259 may have another request behind this one
+            self.extint_pending = src.has_interrupt()
+            if self.extint_pending:
+                run.request_interrupt_window = 1
+        else:
+            run.request_interrupt_window = 1
+
     def _other_exit(self, reason: int) -> None:
         m = self.machine
         run = self.run_ptr
@@ -120,8 +144,8 @@ class VcpuThread(threading.Thread):
                 m.request_stop(0, "guest powered off")
             else:
                 m.request_stop(1, f"guest crashed (system event {t})")
-        elif reason == lib.KVM_EXIT_INTR:
-            pass
+        elif reason in (lib.KVM_EXIT_INTR, lib.KVM_EXIT_IRQ_WINDOW_OPEN):
+            pass  # a kick, or the window requested by _inject_extint: the loop goes on
         elif reason == lib.KVM_EXIT_INTERNAL_ERROR:
             from .emulation import assist
 

@@ -51,6 +51,10 @@ def run_command(
     except OSError as e:  # /dev/kvm missing, KVM ioctls refused
         sys.stderr.write(f"microvm: {e}\n")
         return 1
+    except Exception as e:  # a bug: say so in one line; the traceback is for -v
+        log.debug("internal error", exc_info=True)
+        sys.stderr.write(f"microvm: internal error: {type(e).__name__}: {e} (run with -v -v for the traceback)\n")
+        return 1
 
 
 def plugins_command() -> int:

@@ -279,6 +279,10 @@ class Vcpu(_Fd):
         n = self.ioctl_ptr("KVM_GET_MSRS", buf)
         return {buf.entries[i].index: buf.entries[i].data for i in range(n)}
 
+    def interrupt(self, vector: int) -> None:
+        """KVM_INTERRUPT: queue an external (ExtINT) interrupt vector for this vCPU."""
+        self.ioctl_ptr("KVM_INTERRUPT", ffi.new("struct kvm_interrupt *", {"irq": vector}))
+
     def translate(self, linear: int) -> int | None:
         """KVM_TRANSLATE a guest linear address; None where it is not mapped."""
         tr = ffi.new("struct kvm_translation *", {"linear_address": linear})

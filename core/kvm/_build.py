@@ -160,9 +160,15 @@ struct kvm_ioeventfd { __u64 datamatch; __u64 addr; __u32 len; __s32 fd; __u32 f
 struct kvm_msi { __u32 address_lo; __u32 address_hi; __u32 data; __u32 flags; __u32 devid; ...; };
 struct kvm_irq_routing_irqchip { __u32 irqchip; __u32 pin; };
 struct kvm_irq_routing_msi { __u32 address_lo; __u32 address_hi; __u32 data; union { __u32 pad; __u32 devid; }; };
+struct kvm_irq_routing_s390_adapter {
+    __u64 ind_addr; __u64 summary_addr; __u64 ind_offset; __u32 summary_offset; __u32 adapter_id;
+};
 struct kvm_irq_routing_entry {
     __u32 gsi; __u32 type; __u32 flags; __u32 pad;
-    union { struct kvm_irq_routing_irqchip irqchip; struct kvm_irq_routing_msi msi; __u32 pad[8]; } u;
+    union {
+        struct kvm_irq_routing_irqchip irqchip; struct kvm_irq_routing_msi msi;
+        struct kvm_irq_routing_s390_adapter adapter; __u32 pad[8];
+    } u;
 };
 struct kvm_irq_routing { __u32 nr; __u32 flags; struct kvm_irq_routing_entry entries[]; };
 struct kvm_enable_cap { __u32 cap; __u32 flags; __u64 args[4]; __u8 pad[64]; };
@@ -172,6 +178,7 @@ struct kvm_translation {
 };
 struct kvm_clock_data { __u64 clock; __u32 flags; ...; };
 struct kvm_mp_state { __u32 mp_state; };
+struct kvm_interrupt { __u32 irq; };
 
 struct kvm_vcpu_events {
     struct { __u8 injected; __u8 nr; __u8 has_error_code; __u8 pending; __u32 error_code; } exception;

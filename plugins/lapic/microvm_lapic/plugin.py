@@ -39,8 +39,10 @@ def configure_vcpu(machine: Any, vcpu: Any) -> None:
 
 @hookimpl
 def mptable_entries(machine: Any) -> list[Any]:
-    cpus: list[Any] = [Processor(apic_id=i, bsp=(i == 0)) for i in range(machine.smp)]
-    return cpus + [
-        LocalInterrupt(MP_EXTINT, dst_lint=0, dst_lapic=ALL_LAPICS),
-        LocalInterrupt(MP_NMI, dst_lint=1, dst_lapic=ALL_LAPICS),
-    ]
+    entries: list[Any] = [Processor(apic_id=i, bsp=(i == 0)) for i in range(machine.smp)]
+    # LINT0 carries the 8259's INTR; with pic=off in split mode there is no 8259 to describe
+    # (KVM's in-kernel irqchip always has one)
+    if not (machine.irqchip_mode == "split" and machine.option("pic") == "off"):
+        entries.append(LocalInterrupt(MP_EXTINT, dst_lint=0, dst_lapic=ALL_LAPICS))
+    entries.append(LocalInterrupt(MP_NMI, dst_lint=1, dst_lapic=ALL_LAPICS))
+    return entries

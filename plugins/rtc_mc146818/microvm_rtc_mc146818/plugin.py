@@ -1,1 +1,69 @@
-"""Hook glue: written by the lead."""
+"""Hook glue: ``-M microvm,rtc=on|off|auto,rtc-base=utc|localtime|DATE`` and the MC146818.
+
+As in QEMU 7.2's microvm, ``auto`` means off under KVM (the guest relies on kvmclock), so
+the RTC appears only with ``rtc=on``. It works with either irqchip: IRQ 8 goes through the
+machine's interrupt interface. The CMOS memory-size bytes are filled as QEMU's
+``microvm_set_rtc`` fills them, for firmware.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+from typing import Any, Callable
+
+from microvm import hookimpl, layout
+from microvm.errors import ConfigError
+from microvm.options import MachineOption
+
+
+def rtc_enabled(machine: Any) -> bool:
+    return machine.option("rtc") == "on"
+
+
+def parse_base(text: str, now: _dt.datetime | None = None) -> _dt.datetime:
+    """``utc`` (default), ``localtime`` (the host's wall clock, as QEMU's -rtc base=localtime),
+    or a date in QEMU's formats ``2006-06-17T16:01:21`` / ``2006-06-17``, taken as UTC."""
+    now = now or _dt.datetime.now(_dt.timezone.utc)
+    if text in ("", "utc"):
+        return now
+    if text == "localtime":
+        return now.astimezone().replace(tzinfo=_dt.timezone.utc) + (now.astimezone().utcoffset() or _dt.timedelta())
+    for fmt in ("%Y-%m-%dT%H:%M:%S", "%Y-%m-%d"):
+        try:
+            return _dt.datetime.strptime(text, fmt).replace(tzinfo=_dt.timezone.utc)
+        except ValueError:
+            pass
+    raise ConfigError(f"rtc-base={text}: expected utc, localtime, or a date like 2006-06-17T16:01:21")
+
+
+@hookimpl
+def register_machine_options(register: Callable[[MachineOption], None]) -> None:
+    register(MachineOption("rtc", "OnOffAuto", "auto", "Enable MC146818 RTC",
+                           auto_means="off with KVM (QEMU 7.2 microvm: on only without KVM)", plugin="rtc_mc146818"))
+    register(MachineOption("rtc-base", "str", "utc", "RTC start time: utc, localtime or YYYY-MM-DD[THH:MM:SS]",
+                           plugin="rtc_mc146818"))
+
+
+@hookimpl
+def create_devices(machine: Any) -> None:
+    if not rtc_enabled(machine):
+        return
+    from .device import MC146818, cmos_memory_bytes
+
+    base = parse_base(machine.option("rtc-base") or "utc")
+    timers = machine.timers
+    rtc = MC146818(irq=machine.irq(layout.RTC_IRQ), base=base, on_timer_change=timers.wake)
+    regions = machine.memory.regions
+    below = regions[0].size
+    above = sum(r.size for r in regions[1:])
+    for index, value in cmos_memory_bytes(below, above).items():
+        rtc.set_memory(index, value)
+    machine.add_pio_device(rtc, layout.RTC_PORT, 2, "rtc")
+    timers.add(rtc)
+    machine.devices["rtc"] = rtc
+
+
+@hookimpl
+def mptable_entries(machine: Any) -> list[Any] | None:
+    if "rtc" not in machine.devices:
+        return None
+    return [machine.isa_irq_entry(layout.RTC_IRQ)]
