@@ -31,3 +31,11 @@ def plugin_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("MICROVM_CACHE", str(root))
     monkeypatch.delenv("MICROVM_NO_PLUGIN_CACHE", raising=False)
     return root
+
+
+@pytest.fixture(scope="session")
+def default_guest():
+    """The project's default Linux guest (built on first use, cached in ~/.cache/microvm)."""
+    from microvm.guest import default_guest as get
+
+    return get(build=True, progress=lambda s: print(f"guest build: {s}"))

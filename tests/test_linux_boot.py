@@ -16,13 +16,6 @@ pytestmark = [pytest.mark.kvm, pytest.mark.linux, requires_kvm]
 EMULATING = os.path.exists("/sys/module/kvm_pvm")
 
 
-@pytest.fixture(scope="session")
-def default_guest():
-    from microvm.guest import default_guest as get
-
-    return get(build=True, progress=lambda s: print(f"guest build: {s}"))
-
-
 def test_default_guest_boots_to_init_on_the_serial_console(default_guest):
     """`microvm run --no-reboot` (the README's main job) boots the default guest: the kernel
     log comes out of the 16550, the kernel reaches /init, and the VM ends by itself (guest
