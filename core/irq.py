@@ -41,6 +41,23 @@ class IrqChip(Protocol):
         """MP table entries (IOAPIC and interrupt assignments) this chip contributes."""
 
 
+class NullIrqLine:
+    """The line of a machine without an interrupt controller (no irqchip plugin installed):
+    nothing is connected, so the guest must poll, as with a masked interrupt."""
+
+    def __init__(self, gsi: int) -> None:
+        self.gsi = gsi
+
+    def set_level(self, level: bool) -> None:
+        pass
+
+    def pulse(self) -> None:
+        pass
+
+    def eventfd(self) -> int | None:
+        return None
+
+
 class RecordingIrqLine:
     """A fake line for device unit tests: records every level change and pulse."""
 

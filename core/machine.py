@@ -100,7 +100,10 @@ class Machine:
     def irq(self, gsi: int) -> Any:
         """The interrupt line for GSI ``gsi`` from the active irqchip."""
         if self.irqchip is None:
-            raise MicrovmError("no irqchip: interrupts need an irqchip plugin (kernel-irqchip=...)")
+            # no irqchip plugin installed: devices still work, polled (as with a masked line)
+            from .irq import NullIrqLine
+
+            return NullIrqLine(gsi)
         return self.irqchip.line(gsi)
 
     def isa_irq_entry(self, irq: int) -> Any:
