@@ -6,14 +6,14 @@ not guest-visible devices. Backends register by name through ``register_backends
 """
 from __future__ import annotations
 
-import logging
+from .log import get_logger
 import os
 import select
 import sys
 import threading
 from typing import Callable, Protocol
 
-log = logging.getLogger("microvm.chardev")
+log = get_logger("microvm.chardev")
 
 Receiver = Callable[[bytes], None]
 

@@ -18,12 +18,12 @@ QEMU has no such assist, which is why it stops on these hosts.
 """
 from __future__ import annotations
 
-import logging
+from .log import get_logger
 from typing import Any
 
 from .errors import GuestMemoryError
 
-log = logging.getLogger("microvm.emulation")
+log = get_logger("microvm.emulation")
 _seen: set[str] = set()
 RFLAGS_AC = 1 << 18
 _GPR = ["rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15"]

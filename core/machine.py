@@ -5,7 +5,7 @@ order of construction, the KVM objects, placement helpers and the run/stop/reset
 """
 from __future__ import annotations
 
-import logging
+from .log import get_logger
 import os
 import signal
 import threading
@@ -18,7 +18,7 @@ from .errors import ConfigError, MicrovmError
 from .memory import GuestMemory
 from .spec import MachineSpec, parse_props
 
-log = logging.getLogger("microvm.machine")
+log = get_logger("microvm.machine")
 KICK_SIGNAL = signal.SIGUSR1
 #: Guest command-line words that keep Linux off instructions an emulating host cannot run
 #: (HOST.md: no XSAVE; clearcpuid 151 = POPCNT, 308 = SMAP, by number since names need
@@ -338,7 +338,7 @@ class Machine:
             self.exit_status = status
             self.stop_reason = reason
             self.stopping = True
-            log.log(logging.ERROR if status else logging.INFO, "stopping: %s", reason)
+            log.log(40 if status else 20, "stopping: %s", reason)  # ERROR / INFO
         self._stop_event.set()
         for t in self.threads:
             if t is not threading.current_thread():

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import mmap
 import struct
-from dataclasses import dataclass
 from typing import Iterator
 
 from .errors import GuestMemoryError
@@ -25,13 +24,15 @@ BELOW_4G_MAX = 3 * GiB
 ABOVE_4G_START = 4 * GiB
 
 
-@dataclass
 class Region:
     """One contiguous range of guest RAM backed by one host mapping."""
 
-    gpa: int
-    size: int
-    mm: mmap.mmap
+    __slots__ = ("gpa", "size", "mm")
+
+    def __init__(self, gpa: int, size: int, mm: mmap.mmap) -> None:
+        self.gpa = gpa
+        self.size = size
+        self.mm = mm
 
     @property
     def end(self) -> int:

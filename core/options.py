@@ -6,8 +6,7 @@ exist and an unknown key is an error listing the known ones, as QEMU does.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Iterable, NamedTuple
 
 from .errors import ConfigError, PluginError
 
@@ -16,8 +15,7 @@ _TRUE = {"on", "yes", "true", "y"}
 _FALSE = {"off", "no", "false", "n"}
 
 
-@dataclass(frozen=True)
-class MachineOption:
+class MachineOption(NamedTuple):
     """One ``-M`` key.
 
     ``kind`` is ``"OnOffAuto"``, ``"bool"``, ``"str"``, ``"int"`` or ``"choice"`` (with
@@ -31,7 +29,7 @@ class MachineOption:
     help: str
     choices: tuple[str, ...] = ()
     auto_means: str = ""
-    plugin: str = field(default="", compare=False)
+    plugin: str = ""
 
     def parse(self, text: str) -> Any:
         t = text.strip()

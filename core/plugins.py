@@ -11,36 +11,32 @@ separated entry-point names) and trace hook calls with ``MICROVM_TRACE_HOOKS=1``
 """
 from __future__ import annotations
 
-import hashlib
 import importlib
-import json
-import logging
+import marshal
 import os
 import sys
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Iterable
+import zlib
+from typing import Any, Callable, Iterable, NamedTuple
 
 import pluggy
 
 from .errors import PluginError
+from .log import get_logger
 from .options import MachineOption, OptionRegistry
 
-log = logging.getLogger("microvm.plugins")
+log = get_logger("microvm.plugins")
 GROUP = "microvm"
-INDEX_VERSION = 1
+INDEX_VERSION = 2
 
 
-@dataclass(frozen=True)
-class EntryPointInfo:
+class EntryPointInfo(NamedTuple):
     name: str
     value: str
     dist: str
     version: str
 
 
-@dataclass
-class Registered:
+class Registered(NamedTuple):
     """A named thing a plugin registered (device type, backend, irqchip)."""
 
     name: str
@@ -49,20 +45,22 @@ class Registered:
     plugin: str
 
 
-def _cache_dir() -> Path:
-    return Path(os.environ.get("MICROVM_CACHE") or Path.home() / ".cache" / "microvm")
+def _cache_dir() -> str:
+    return os.environ.get("MICROVM_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "microvm")
 
 
 def _fingerprint() -> str:
-    h = hashlib.sha256()
-    h.update(sys.prefix.encode())
+    """The interpreter, and every sys.path directory with its mtime (installing or removing a
+    distribution changes its directory's mtime)."""
+    parts = [sys.prefix, sys.version]
     for p in sys.path:
+        if p in ("", "."):  # the current directory: not where distributions are installed
+            continue
         try:
-            st = os.stat(p or ".")
+            parts.append(f"{p}\0{os.stat(p).st_mtime_ns}")
         except OSError:
             continue
-        h.update(f"{p}\0{st.st_mtime_ns}\0".encode())
-    return h.hexdigest()[:20]
+    return "\n".join(parts)
 
 
 def _scan_entry_points() -> list[EntryPointInfo]:
@@ -82,26 +80,37 @@ def _scan_entry_points() -> list[EntryPointInfo]:
 
 
 def discover() -> list[EntryPointInfo]:
-    """The installed plugins' entry points, from the cache when sys.path is unchanged."""
+    """The installed plugins' entry points, from the cache when sys.path is unchanged.
+
+    The index is a ``marshal`` file (no ``json``/``hashlib`` import on the start-up path),
+    named by CRCs of the environment and of the fingerprint, and holding the full
+    fingerprint, which must match exactly.
+    """
     if os.environ.get("MICROVM_NO_PLUGIN_CACHE"):
         return _scan_entry_points()
-    prefix = hashlib.sha256(sys.prefix.encode()).hexdigest()[:8]
-    path = _cache_dir() / f"plugin-index-{prefix}-{_fingerprint()}.json"
+    fp = _fingerprint()
+    prefix = f"{zlib.crc32(sys.prefix.encode()):08x}"
+    path = os.path.join(_cache_dir(), f"plugin-index-{prefix}-{zlib.crc32(fp.encode()):08x}.marshal")
     try:
-        data = json.loads(path.read_text())
-        if data.get("version") == INDEX_VERSION:
-            return [EntryPointInfo(**e) for e in data["entry_points"]]
-    except (OSError, ValueError, KeyError, TypeError):
+        with open(path, "rb") as f:
+            data = marshal.load(f)
+        if data["version"] == INDEX_VERSION and data["fingerprint"] == fp:
+            return [EntryPointInfo(*e) for e in data["entry_points"]]
+    except (OSError, ValueError, EOFError, KeyError, TypeError):
         pass
     eps = _scan_entry_points()
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"version": INDEX_VERSION, "entry_points": [e.__dict__ for e in eps]}))
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "wb") as f:
+            marshal.dump({"version": INDEX_VERSION, "fingerprint": fp, "entry_points": [tuple(e) for e in eps]}, f)
         os.replace(tmp, path)
-        for old in path.parent.glob(f"plugin-index-{prefix}-*.json"):  # one per environment
-            if old != path:
-                old.unlink(missing_ok=True)
+        for name in os.listdir(os.path.dirname(path)):  # one index per environment
+            if name.startswith(f"plugin-index-{prefix}-") and name != os.path.basename(path):
+                try:
+                    os.unlink(os.path.join(os.path.dirname(path), name))
+                except OSError:
+                    pass
     except OSError as e:  # a read-only home is no reason to fail
         log.debug("plugin index not cached: %s", e)
     return eps
@@ -180,7 +189,7 @@ class PluginHost:
 
             def reg_option(option: MachineOption, _p: str = pname) -> None:
                 if isinstance(option, MachineOption) and not option.plugin:
-                    option = MachineOption(**{**option.__dict__, "plugin": _p})
+                    option = option._replace(plugin=_p)
                 self.options.register(option)
 
             fn(register=reg_option)

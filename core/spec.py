@@ -2,24 +2,29 @@
 program) produces and :class:`microvm.machine.Machine` builds from."""
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ConfigError
 
 MAX_SMP = 255
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)(?:i?[bB])?\s*$")
+_UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
 def parse_size(text: str, default_unit: str = "M") -> int:
-    """QEMU's ``-m`` syntax: a number with an optional K/M/G/T suffix, MiB when bare."""
-    m = _SIZE.match(str(text))
-    if not m:
+    """QEMU's ``-m`` syntax: a number with an optional K/M/G/T suffix (``B``/``iB`` may
+    follow), MiB when bare. Parsed by hand: ``re`` costs start-up time."""
+    t = str(text).strip()
+    for tail in ("iB", "ib", "B", "b"):
+        if t.endswith(tail) and len(t) > len(tail) and t[-len(tail) - 1].upper() in _UNITS:
+            t = t[: -len(tail)]
+            break
+    unit = default_unit
+    if t and t[-1].upper() in _UNITS:
+        unit, t = t[-1].upper(), t[:-1].rstrip()
+    whole, dot, frac = t.partition(".")
+    if not (t.isascii() and whole.isdigit() and (not dot or frac.isdigit())):
         raise ConfigError(f"invalid size {text!r}: expected a number with an optional K, M, G or T suffix")
-    unit = (m.group(2) or default_unit).upper()
-    value = float(m.group(1)) * {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}[unit]
-    return int(value)
+    return int(float(t) * _UNITS[unit])
 
 
 def parse_props(text: str, positional: str | None = None) -> dict[str, str]:
@@ -56,21 +61,41 @@ def parse_props(text: str, positional: str | None = None) -> dict[str, str]:
     return out
 
 
-@dataclass
 class MachineSpec:
-    kernel: str | None = None
-    initrd: str | None = None
-    append: str = ""
-    mem_size: int = 128 << 20       # QEMU's default -m
-    smp: int = 1
-    no_reboot: bool = False
-    machine: list[str] = field(default_factory=list)     # raw -M strings
-    devices: list[str] = field(default_factory=list)     # raw --device strings
-    drives: list[str] = field(default_factory=list)
-    chardevs: list[str] = field(default_factory=list)
-    netdevs: list[str] = field(default_factory=list)
-    serial: list[str] = field(default_factory=lambda: ["stdio"])
-    extra_plugins: list[Any] = field(default_factory=list)
+    """The machine to build (plain class: ``dataclasses`` costs start-up time)."""
+
+    def __init__(
+        self,
+        kernel: str | None = None,
+        initrd: str | None = None,
+        append: str = "",
+        mem_size: int = 128 << 20,        # QEMU's default -m
+        smp: int = 1,
+        no_reboot: bool = False,
+        machine: list[str] | None = None,    # raw -M strings
+        devices: list[str] | None = None,    # raw --device strings
+        drives: list[str] | None = None,
+        chardevs: list[str] | None = None,
+        netdevs: list[str] | None = None,
+        serial: list[str] | None = None,
+        extra_plugins: list[Any] | None = None,
+    ) -> None:
+        self.kernel = kernel
+        self.initrd = initrd
+        self.append = append
+        self.mem_size = mem_size
+        self.smp = smp
+        self.no_reboot = no_reboot
+        self.machine = list(machine or [])
+        self.devices = list(devices or [])
+        self.drives = list(drives or [])
+        self.chardevs = list(chardevs or [])
+        self.netdevs = list(netdevs or [])
+        self.serial = list(serial) if serial is not None else ["stdio"]
+        self.extra_plugins = list(extra_plugins or [])
+
+    def __repr__(self) -> str:
+        return f"MachineSpec({', '.join(f'{k}={v!r}' for k, v in vars(self).items())})"
 
     def validate(self) -> None:
         if self.mem_size <= 0:

@@ -8,12 +8,12 @@ host's clock, not a count of exits, as on a real board.
 """
 from __future__ import annotations
 
-import logging
+from .log import get_logger
 import threading
 import time
 from typing import Callable, Protocol
 
-log = logging.getLogger("microvm.timers")
+log = get_logger("microvm.timers")
 
 #: Shortest sleep between ticks. A guest can program a PIT period below a microsecond;
 #: the devices coalesce the edges a late tick missed, so sleeping at least this long keeps

@@ -7,7 +7,7 @@ dump. :mod:`microvm.emulation` steps over the instructions an emulating host can
 """
 from __future__ import annotations
 
-import logging
+from .log import get_logger
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -16,7 +16,7 @@ from .kvm import Vcpu, ffi, lib
 if TYPE_CHECKING:
     from .machine import Machine
 
-log = logging.getLogger("microvm.vcpu")
+log = get_logger("microvm.vcpu")
 
 _EXIT_NAMES = {getattr(lib, n): n for n in dir(lib) if n.startswith("KVM_EXIT_") and n not in ("KVM_EXIT_IO_IN", "KVM_EXIT_IO_OUT")}
 _MMIO_DATA_OFFSET = ffi.offsetof("struct kvm_run", "mmio") + 8

@@ -2,7 +2,7 @@
 registries' duplicate checks, the plugin index cache and the allow/deny lists."""
 from __future__ import annotations
 
-import json
+import marshal
 import os
 import sys
 import types
@@ -323,10 +323,11 @@ def refuse_scan() -> list[EntryPointInfo]:
 def test_discover_writes_an_index(plugin_cache, scan_count) -> None:
     assert plugins_mod.discover() == FAKE_EPS
     assert scan_count == [1]
-    (index,) = plugin_cache.glob("plugin-index-*.json")
-    data = json.loads(index.read_text())
+    (index,) = plugin_cache.glob("plugin-index-*.marshal")
+    data = marshal.loads(index.read_bytes())
     assert data["version"] == plugins_mod.INDEX_VERSION
-    assert [EntryPointInfo(**e) for e in data["entry_points"]] == FAKE_EPS
+    assert data["fingerprint"] == plugins_mod._fingerprint()
+    assert [EntryPointInfo(*e) for e in data["entry_points"]] == FAKE_EPS
     assert not list(plugin_cache.glob("*.tmp"))
 
 
@@ -343,12 +344,12 @@ def test_sys_path_change_invalidates_the_index(plugin_cache, scan_count, tmp_pat
     plugins_mod.discover()
     plugins_mod.discover()
     assert scan_count == [1]
-    (before,) = plugin_cache.glob("plugin-index-*.json")
+    (before,) = plugin_cache.glob("plugin-index-*.marshal")
     st = os.stat(site)
     os.utime(site, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))  # "a distribution was installed"
     plugins_mod.discover()
     assert scan_count == [2]
-    (after,) = plugin_cache.glob("plugin-index-*.json")  # the stale index is replaced
+    (after,) = plugin_cache.glob("plugin-index-*.marshal")  # the stale index is replaced
     assert after.name != before.name
     monkeypatch.setattr(plugins_mod, "_scan_entry_points", refuse_scan)
     assert plugins_mod.discover() == FAKE_EPS
@@ -365,11 +366,11 @@ def test_a_new_sys_path_entry_invalidates_the_index(plugin_cache, scan_count, tm
 
 def test_a_corrupt_index_is_rebuilt(plugin_cache, scan_count) -> None:
     plugins_mod.discover()
-    (index,) = plugin_cache.glob("plugin-index-*.json")
-    index.write_text("{not json")
+    (index,) = plugin_cache.glob("plugin-index-*.marshal")
+    index.write_bytes(b"{not marshal")
     assert plugins_mod.discover() == FAKE_EPS
     assert scan_count == [2]
-    assert json.loads(index.read_text())["version"] == plugins_mod.INDEX_VERSION
+    assert marshal.loads(index.read_bytes())["version"] == plugins_mod.INDEX_VERSION
 
 
 def test_no_plugin_cache_switch(plugin_cache, scan_count, monkeypatch) -> None:

@@ -1,7 +1,7 @@
 """The e820 memory map handed to the guest (boot_params or the PVH memmap)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .. import layout
 
@@ -9,8 +9,7 @@ E820_RAM = 1
 E820_RESERVED = 2
 
 
-@dataclass(frozen=True)
-class E820Entry:
+class E820Entry(NamedTuple):
     addr: int
     size: int
     type: int

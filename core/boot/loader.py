@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import os
 import struct
-from dataclasses import dataclass
-from pathlib import Path
+from typing import NamedTuple
 
 from .. import layout
 from ..errors import BootError, GuestMemoryError
@@ -31,8 +30,7 @@ BOOT_FLAG_MAGIC = 0xAA55
 HDRS_MAGIC = b"HdrS"
 
 
-@dataclass
-class EntryPoint:
+class EntryPoint(NamedTuple):
     """How the boot vCPU starts: ``mode`` is ``"pvh"`` (32-bit protected mode, paging off,
     ``ebx`` = start_info) or ``"linux64"`` (long mode, identity paging, ``rsi`` = boot_params)."""
 
@@ -44,7 +42,8 @@ class EntryPoint:
 
 def _read_file(path: str | os.PathLike[str], what: str) -> bytes:
     try:
-        data = Path(path).read_bytes()
+        with open(path, "rb") as f:
+            data = f.read()
     except FileNotFoundError:
         raise BootError(f"{what} {path}: no such file") from None
     except IsADirectoryError:
@@ -176,8 +175,7 @@ def write_pvh_start_info(
 # ---------------------------------------------------------------------------------------
 # bzImage
 # ---------------------------------------------------------------------------------------
-@dataclass
-class SetupHeader:
+class SetupHeader(NamedTuple):
     setup_sects: int
     version: int
     loadflags: int
@@ -266,8 +264,7 @@ def place_initrd(memory: GuestMemory, data: bytes, kernel_end: int, addr_max: in
     return addr, len(data)
 
 
-@dataclass(frozen=True)
-class BootImages:
+class BootImages(NamedTuple):
     """Kernel and initrd, read and checked once (before any KVM object exists, and reused
     across guest resets)."""
 

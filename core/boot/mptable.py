@@ -8,8 +8,7 @@ entry and writes the floating pointer and the configuration table at
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
-from typing import Iterable, Union
+from typing import Iterable, NamedTuple, Union
 
 # Interrupt types (MP spec table 4-12)
 MP_INT = 0
@@ -32,29 +31,25 @@ OEM_ID = b"MICROVM "
 PRODUCT_ID = b"MICROVM-MPTAB"[:12]
 
 
-@dataclass(frozen=True, order=True)
-class Processor:
+class Processor(NamedTuple):
     apic_id: int
     bsp: bool = False
     signature: int = 0x600    # family 6; Linux only prints it
     features: int = 0x201     # FPU | APIC
 
 
-@dataclass(frozen=True, order=True)
-class Bus:
+class Bus(NamedTuple):
     bus_id: int
     bus_type: str = "ISA"
 
 
-@dataclass(frozen=True, order=True)
-class IoApic:
+class IoApic(NamedTuple):
     apic_id: int
     address: int
     version: int = IOAPIC_VERSION
 
 
-@dataclass(frozen=True, order=True)
-class IoInterrupt:
+class IoInterrupt(NamedTuple):
     src_irq: int
     dst_ioapic: int
     dst_pin: int
@@ -63,8 +58,7 @@ class IoInterrupt:
     src_bus: int = ISA_BUS_ID
 
 
-@dataclass(frozen=True, order=True)
-class LocalInterrupt:
+class LocalInterrupt(NamedTuple):
     irq_type: int
     dst_lint: int
     dst_lapic: int = ALL_LAPICS
@@ -75,6 +69,26 @@ class LocalInterrupt:
 
 Entry = Union[Processor, Bus, IoApic, IoInterrupt, LocalInterrupt]
 _ORDER = {Processor: 0, Bus: 1, IoApic: 2, IoInterrupt: 3, LocalInterrupt: 4}
+
+
+def _typed_eq(self: tuple, other: object) -> bool:
+    return type(self) is type(other) and tuple.__eq__(self, other)  # type: ignore[arg-type]
+
+
+def _typed_ne(self: tuple, other: object) -> bool:
+    return not _typed_eq(self, other)
+
+
+def _typed_hash(self: tuple) -> int:
+    return hash((type(self).__name__, tuple(self)))
+
+
+# NamedTuples (cheap to define at start-up, unlike dataclasses) compare as plain tuples;
+# entries of different kinds must never be equal, so equality and hashing include the type.
+for _cls in _ORDER:
+    _cls.__eq__ = _typed_eq  # type: ignore[method-assign,assignment]
+    _cls.__ne__ = _typed_ne  # type: ignore[method-assign,assignment]
+    _cls.__hash__ = _typed_hash  # type: ignore[method-assign,assignment]
 
 
 def _checksum(data: bytes) -> int:

@@ -8,14 +8,13 @@ MMIO bus, as the bus was built to.
 """
 from __future__ import annotations
 
+from ..log import get_logger
 import bisect
-import logging
-from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import NamedTuple, Protocol, runtime_checkable
 
 from ..errors import BusError
 
-log = logging.getLogger("microvm.bus")
+log = get_logger("microvm.bus")
 
 
 @runtime_checkable
@@ -27,8 +26,7 @@ class BusDevice(Protocol):
     def write(self, offset: int, data: bytes) -> None: ...
 
 
-@dataclass(frozen=True)
-class Mapping:
+class Mapping(NamedTuple):
     base: int
     length: int
     device: BusDevice

@@ -1,13 +1,12 @@
 """What the commands do, shared by the fast path and typer."""
 from __future__ import annotations
 
-import logging
 import sys
-from typing import Any
 
+from ..log import get_logger
 from .main import error, setup_logging
 
-log = logging.getLogger("microvm.cli")
+log = get_logger("microvm.cli")
 
 
 def run_command(

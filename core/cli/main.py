@@ -8,13 +8,15 @@ the same options and agree on what they mean.
 """
 from __future__ import annotations
 
-import logging
 import sys
 
 
 def setup_logging(verbose: int) -> None:
-    level = logging.WARNING if verbose <= 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    logging.basicConfig(level=level, format="microvm: %(message)s", stream=sys.stderr)
+    """-v: info, -vv: debug. :mod:`logging` itself is imported only when a message is due."""
+    from ..log import DEBUG, INFO, WARNING, set_threshold
+
+    level = WARNING if verbose <= 0 else INFO if verbose == 1 else DEBUG
+    set_threshold(level, lambda logging: logging.basicConfig(level=level, format="microvm: %(message)s", stream=sys.stderr))
 
 
 def error(msg: str) -> int:

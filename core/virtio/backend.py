@@ -13,15 +13,15 @@ VMM has no ioeventfd).
 """
 from __future__ import annotations
 
+from ..log import get_logger
 import abc
-import logging
 from typing import TYPE_CHECKING, Callable, ClassVar
 
 if TYPE_CHECKING:
     from ..memory import GuestMemory
     from .queue import Virtqueue
 
-log = logging.getLogger("microvm.virtio")
+log = get_logger("microvm.virtio")
 
 
 class VirtioBackend(abc.ABC):

@@ -22,7 +22,7 @@ needed ``_dev_lock`` is taken first.
 """
 from __future__ import annotations
 
-import logging
+from ..log import get_logger
 import struct
 import threading
 from typing import TYPE_CHECKING, Callable
@@ -83,7 +83,7 @@ if TYPE_CHECKING:
     from ..irq import IrqLine
     from ..memory import GuestMemory
 
-log = logging.getLogger("microvm.virtio.mmio")
+log = get_logger("microvm.virtio.mmio")
 
 #: Offset of QueueNotify in the window: where the glue puts the per-queue ioeventfds.
 QUEUE_NOTIFY_OFFSET = VIRTIO_MMIO_QUEUE_NOTIFY

@@ -20,7 +20,7 @@ re-reading ``avail->idx``) go through :func:`full_barrier`.
 """
 from __future__ import annotations
 
-import logging
+from ..log import get_logger
 import struct
 import threading
 from dataclasses import dataclass, field
@@ -43,7 +43,7 @@ from .constants import (
 if TYPE_CHECKING:
     from ..memory import GuestMemory
 
-log = logging.getLogger("microvm.virtio.queue")
+log = get_logger("microvm.virtio.queue")
 
 #: Most descriptors an indirect table may hold. The spec bounds a chain by the queue size
 #: (§2.7.5.3.1), but Linux allocates indirect tables longer than a small ring; like QEMU

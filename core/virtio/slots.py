@@ -12,7 +12,7 @@ the same eventfd from the vCPU thread.
 """
 from __future__ import annotations
 
-import logging
+from ..log import get_logger
 import os
 import select
 import threading
@@ -23,7 +23,7 @@ from .. import layout
 from ..errors import ConfigError
 from .mmio import VirtioMmioTransport
 
-log = logging.getLogger("microvm.virtio")
+log = get_logger("microvm.virtio")
 
 
 def slot_address(slot: int) -> tuple[int, int]:

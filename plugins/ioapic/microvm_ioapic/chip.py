@@ -12,7 +12,7 @@ as QEMU's ``ioapic_update_kvm_routes`` does.
 """
 from __future__ import annotations
 
-import logging
+from microvm.log import get_logger
 import threading
 from typing import Any
 
@@ -21,7 +21,7 @@ from microvm.boot.mptable import IoApic as MpIoApic
 
 from .device import IoApic
 
-log = logging.getLogger("microvm.ioapic")
+log = get_logger("microvm.ioapic")
 DELIVERY_EXTINT = 7
 
 

@@ -43,12 +43,12 @@ can reprogram the KVM GSI route of that pin and the EOI exit bitmap.
 """
 from __future__ import annotations
 
-import logging
+from microvm.log import get_logger
 import threading
 from dataclasses import dataclass
 from typing import Callable
 
-log = logging.getLogger("microvm.ioapic")
+log = get_logger("microvm.ioapic")
 
 # MMIO offsets inside the 4 KiB page.
 IOREGSEL = 0x00

@@ -36,12 +36,12 @@ changes in order; it must not call back into the pair from another thread while 
 """
 from __future__ import annotations
 
-import logging
+from microvm.log import get_logger
 import threading
 
 from microvm.irq import IrqLine
 
-log = logging.getLogger("microvm.pic_i8259")
+log = get_logger("microvm.pic_i8259")
 
 # Port offsets within one 8259A (A0).
 PORT_CMD = 0    # ICW1, OCW2, OCW3 (write); IRR, ISR or poll word (read)

@@ -40,14 +40,14 @@ access may have moved :meth:`I8254.next_deadline`, so the timer thread can re-ar
 """
 from __future__ import annotations
 
-import logging
+from microvm.log import get_logger
 import threading
 import time
 from typing import Callable
 
 from microvm.irq import IrqLine
 
-log = logging.getLogger("microvm.pit_i8254")
+log = get_logger("microvm.pit_i8254")
 
 PIT_HZ = 1_193_182          # CLK input of every counter on a PC (14.31818 MHz / 12)
 NS_PER_S = 1_000_000_000

@@ -50,15 +50,15 @@ called after the lock is released whenever a guest access may have moved the dea
 """
 from __future__ import annotations
 
+from microvm.log import get_logger
 import datetime as _dt
-import logging
 import threading
 import time
 from typing import Callable
 
 from microvm.irq import IrqLine
 
-log = logging.getLogger("microvm.rtc_mc146818")
+log = get_logger("microvm.rtc_mc146818")
 
 NS_PER_S = 1_000_000_000
 RTC_CLOCK_RATE = 32768          # the time base DV2-DV0 = 010 selects

@@ -7,8 +7,8 @@ machine's interrupt interface. The CMOS memory-size bytes are filled as QEMU's
 """
 from __future__ import annotations
 
-import datetime as _dt
-from typing import Any, Callable
+
+from typing import TYPE_CHECKING, Any, Callable
 
 from microvm import hookimpl, layout
 from microvm.errors import ConfigError
@@ -19,9 +19,15 @@ def rtc_enabled(machine: Any) -> bool:
     return machine.option("rtc") == "on"
 
 
-def parse_base(text: str, now: _dt.datetime | None = None) -> _dt.datetime:
+if TYPE_CHECKING:
+    import datetime as _dt
+
+
+def parse_base(text: str, now: "_dt.datetime | None" = None) -> "_dt.datetime":
     """``utc`` (default), ``localtime`` (the host's wall clock, as QEMU's -rtc base=localtime),
     or a date in QEMU's formats ``2006-06-17T16:01:21`` / ``2006-06-17``, taken as UTC."""
+    import datetime as _dt  # only when the RTC is on: start-up stays cheap without it
+
     now = now or _dt.datetime.now(_dt.timezone.utc)
     if text in ("", "utc"):
         return now

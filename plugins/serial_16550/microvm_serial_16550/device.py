@@ -33,14 +33,14 @@ changes in order; they must not call back into the device.
 """
 from __future__ import annotations
 
-import logging
+from microvm.log import get_logger
 import threading
 from collections import deque
 from typing import Callable, Iterable
 
 from microvm.irq import IrqLine
 
-log = logging.getLogger("microvm.serial_16550")
+log = get_logger("microvm.serial_16550")
 
 # Register offsets (datasheet table II); DLAB is LCR bit 7.
 RBR = THR = DLL = 0  # Receiver Buffer (read) / Transmitter Holding (write); Divisor Latch LS

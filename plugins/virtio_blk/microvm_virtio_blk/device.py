@@ -13,10 +13,10 @@ broken ring (:class:`~microvm.virtio.QueueError`) does, through the transport.
 """
 from __future__ import annotations
 
+from microvm.log import get_logger
 import ctypes
 import errno
 import fcntl
-import logging
 import os
 import stat
 import struct
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from microvm.memory import GuestMemory
     from microvm.virtio.queue import DescriptorChain, Virtqueue
 
-log = logging.getLogger("microvm.virtio_blk")
+log = get_logger("microvm.virtio_blk")
 
 # ---- §5.2.3 feature bits -------------------------------------------------------------------
 VIRTIO_BLK_F_SIZE_MAX = 1
