@@ -155,6 +155,8 @@ class VcpuThread(threading.Thread):
                     1,
                     f"KVM internal error (suberror {sub}) on vCPU {self.vcpu.id}\n" + register_dump(self.vcpu, m.memory),
                 )
+        elif reason in m.exit_handlers:
+            m.exit_handlers[reason](self.vcpu)
         elif reason == lib.KVM_EXIT_HLT:
             # with the in-kernel LAPIC KVM handles HLT itself; an exit means no irqchip woke it
             m.request_stop(0, f"vCPU {self.vcpu.id} halted")

@@ -49,4 +49,5 @@ def microvm_cmd(*args: str) -> list[str]:
 def run_microvm(*args: str, input: bytes | None = None, timeout: float = 60, env: dict | None = None) -> subprocess.CompletedProcess:
     e = dict(os.environ)
     e.update(env or {})
-    return subprocess.run(microvm_cmd(*args), input=input, capture_output=True, timeout=timeout, env=e)
+    stdin = None if input is not None else subprocess.DEVNULL
+    return subprocess.run(microvm_cmd(*args), input=input, stdin=stdin, capture_output=True, timeout=timeout, env=e)

@@ -24,7 +24,21 @@ def error(msg: str) -> int:
     return 2
 
 
+def _ensure_std_fds() -> None:
+    """Started with stdin/stdout/stderr closed (a daemon, some CI runners), the next file
+    opened (/dev/kvm, a disk image) would become fd 0-2 and be read or written as a
+    console. Put /dev/null there first."""
+    import os
+
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            os.open(os.devnull, os.O_RDWR)  # lowest free descriptor: this one
+
+
 def main(argv: list[str] | None = None) -> int:
+    _ensure_std_fds()
     args = sys.argv[1:] if argv is None else list(argv)
     from . import fast
 

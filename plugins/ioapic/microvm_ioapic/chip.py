@@ -62,6 +62,9 @@ class SplitIrqChip:
         self._lines: dict[int, SplitIrqLine] = {}
         self._routes_lock = threading.Lock()
         self._update_routes()
+        from microvm.kvm import lib
+
+        machine.add_exit_handler(lib.KVM_EXIT_IOAPIC_EOI, self._eoi_exit)
 
     # -- what devices and other plugins use ---------------------------------------------
     def line(self, gsi: int) -> SplitIrqLine:
@@ -80,6 +83,10 @@ class SplitIrqChip:
 
     def eoi(self, vector: int) -> None:
         self.ioapic.eoi(vector)
+
+    def _eoi_exit(self, vcpu: Any) -> None:
+        """KVM_EXIT_IOAPIC_EOI: the guest EOI'd a level-triggered vector at its LAPIC."""
+        self.ioapic.eoi(vcpu.run_ptr.eoi.vector)
 
     def mptable_entries(self) -> list[Any]:
         return [MpIoApic(self.ioapic_id, layout.IOAPIC_ADDR, version=0x20)]
