@@ -12,8 +12,8 @@ pytestmark = [pytest.mark.kvm, pytest.mark.linux, requires_kvm]
 EMULATING = os.path.exists("/sys/module/kvm_pvm")
 
 
-def boot(default_guest, machine: str):
-    r = run_microvm("run", "--no-reboot", "-v", "-M", machine, timeout=600)
+def boot(default_guest, machine: str, *extra: str):
+    r = run_microvm("run", "--no-reboot", "-v", "-M", machine, *extra, timeout=600)
     out = r.stdout.decode(errors="replace")
     err = r.stderr.decode(errors="replace")
     assert "Run /init as init process" in out, out[-3000:] + err[-1000:]
@@ -21,8 +21,10 @@ def boot(default_guest, machine: str):
     return out
 
 
-def test_all_legacy_devices_with_the_userspace_ioapic(default_guest):
-    out = boot(default_guest, "microvm,kernel-irqchip=split,pit=on,pic=on,rtc=on")
+def test_all_legacy_devices_with_the_userspace_ioapic_and_two_vcpus(default_guest):
+    """Also --smp 2: the guest starts the AP itself (INIT/SIPI through the in-kernel LAPIC)."""
+    out = boot(default_guest, "microvm,kernel-irqchip=split,pit=on,pic=on,rtc=on", "--smp", "2")
+    assert "smp: Brought up 1 node, 2 CPUs" in out
     # our 82093AA reports version 0x20; KVM's in-kernel one 0x11
     assert "IOAPIC[0]: apic_id 1, version 32, address 0xfec00000, GSI 0-23" in out
     assert "rtc_cmos rtc_cmos: setting system clock to" in out
