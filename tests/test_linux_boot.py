@@ -36,3 +36,17 @@ def test_default_guest_boots_to_init_on_the_serial_console(default_guest):
         assert GUEST_OK_MARKER in out
     assert "triple fault" in err
     assert r.returncode == 0, err[-2000:]
+
+
+def test_bzimage_through_the_64bit_boot_protocol_with_the_in_kernel_irqchip(default_guest):
+    """The same guest's bzImage (setup header, boot_params, long-mode entry; its decompressor
+    runs first, about a minute on an emulating host) on KVM's in-kernel PIC/IOAPIC/PIT."""
+    r = run_microvm(
+        "run", "--kernel", str(default_guest.kernel), "--initrd", str(default_guest.initramfs),
+        "--append", default_guest.cmdline, "-M", "microvm,kernel-irqchip=on", "--no-reboot", "-v", timeout=900,
+    )
+    out = r.stdout.decode(errors="replace")
+    assert "Run /init as init process" in out, out[-3000:]
+    # KVM's in-kernel IOAPIC reports version 0x11 (ours: 0x20)
+    assert "IOAPIC[0]: apic_id 1, version 17, address 0xfec00000, GSI 0-23" in out
+    assert r.returncode == 0, r.stderr.decode(errors="replace")[-2000:]
