@@ -9,16 +9,19 @@ from .log import get_logger
 import os
 import signal
 import threading
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from . import layout
-from .bus import Bus, BusDevice
+from .bus import Bus
 from .chardev import Chardev, FdChardev, NullChardev, stdio_chardev
 from .errors import ConfigError, MicrovmError
 from .memory import GuestMemory
 from .spec import MachineSpec, parse_props
 
 log = get_logger("microvm.machine")
+
+if TYPE_CHECKING:
+    from .bus.protocol import BusDevice
 KICK_SIGNAL = signal.SIGUSR1
 #: Guest command-line words that keep Linux off instructions an emulating host cannot run
 #: (HOST.md: no XSAVE; clearcpuid 151 = POPCNT, 308 = SMAP, by number since names need

@@ -53,8 +53,11 @@ def _fingerprint() -> str:
     """The interpreter, and every sys.path directory with its mtime (installing or removing a
     distribution changes its directory's mtime)."""
     parts = [sys.prefix, sys.version]
-    for p in sys.path:
-        if p in ("", "."):  # the current directory: not where distributions are installed
+    # sys.path[0] is the script's directory (or the current one): never where distributions
+    # live, and different for `microvm` and `python -m ...`, which would then keep
+    # invalidating each other's index
+    for p in sys.path[1:]:
+        if p in ("", "."):
             continue
         try:
             parts.append(f"{p}\0{os.stat(p).st_mtime_ns}")

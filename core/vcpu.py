@@ -18,11 +18,14 @@ if TYPE_CHECKING:
 
 log = get_logger("microvm.vcpu")
 
-_EXIT_NAMES = {getattr(lib, n): n for n in dir(lib) if n.startswith("KVM_EXIT_") and n not in ("KVM_EXIT_IO_IN", "KVM_EXIT_IO_OUT")}
+_EXIT_NAMES: dict[int, str] = {}
 _MMIO_DATA_OFFSET = ffi.offsetof("struct kvm_run", "mmio") + 8
 
 
 def exit_name(reason: int) -> str:
+    if not _EXIT_NAMES:  # built on first use: dir() of the cffi lib is slow at start-up
+        skip = ("KVM_EXIT_IO_IN", "KVM_EXIT_IO_OUT")
+        _EXIT_NAMES.update({getattr(lib, n): n for n in dir(lib) if n.startswith("KVM_EXIT_") and n not in skip})
     return _EXIT_NAMES.get(reason, f"exit {reason}")
 
 

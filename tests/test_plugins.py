@@ -340,7 +340,8 @@ def test_discover_reads_the_index(plugin_cache, scan_count, monkeypatch) -> None
 def test_sys_path_change_invalidates_the_index(plugin_cache, scan_count, tmp_path, monkeypatch) -> None:
     site = tmp_path / "site-packages"
     site.mkdir()
-    monkeypatch.syspath_prepend(str(site))
+    # after sys.path[0] (the script's directory, which the fingerprint leaves out on purpose)
+    monkeypatch.setattr(sys, "path", [sys.path[0], str(site), *sys.path[1:]])
     plugins_mod.discover()
     plugins_mod.discover()
     assert scan_count == [1]
@@ -359,9 +360,17 @@ def test_a_new_sys_path_entry_invalidates_the_index(plugin_cache, scan_count, tm
     plugins_mod.discover()
     extra = tmp_path / "more"
     extra.mkdir()
-    monkeypatch.syspath_prepend(str(extra))
+    monkeypatch.setattr(sys, "path", [sys.path[0], str(extra), *sys.path[1:]])
     plugins_mod.discover()
     assert scan_count == [2]
+
+
+def test_the_script_directory_does_not_invalidate_the_index(plugin_cache, scan_count, tmp_path, monkeypatch) -> None:
+    """`microvm` (sys.path[0] = the venv's bin/) and `python -m` (the current directory) share one index."""
+    plugins_mod.discover()
+    monkeypatch.setattr(sys, "path", [str(tmp_path), *sys.path[1:]])
+    plugins_mod.discover()
+    assert scan_count == [1]
 
 
 def test_a_corrupt_index_is_rebuilt(plugin_cache, scan_count) -> None:

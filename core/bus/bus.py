@@ -10,20 +10,14 @@ from __future__ import annotations
 
 from ..log import get_logger
 import bisect
-from typing import NamedTuple, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, NamedTuple
 
 from ..errors import BusError
 
 log = get_logger("microvm.bus")
 
-
-@runtime_checkable
-class BusDevice(Protocol):
-    """What a bus calls. ``data`` is a writable memoryview for reads, bytes for writes."""
-
-    def read(self, offset: int, data: memoryview) -> None: ...
-
-    def write(self, offset: int, data: bytes) -> None: ...
+if TYPE_CHECKING:
+    from .protocol import BusDevice
 
 
 class Mapping(NamedTuple):

@@ -8,9 +8,12 @@ from microvm import hookimpl
 
 @hookimpl
 def register_irqchips(register: Callable[..., None]) -> None:
-    from .chip import KernelIrqChip
+    def kernel(machine: Any) -> Any:
+        from .chip import KernelIrqChip  # only when this irqchip is chosen
 
-    register("on", KernelIrqChip, "PIC, IOAPIC and PIT emulated inside KVM")
+        return KernelIrqChip(machine)
+
+    register("on", kernel, "PIC, IOAPIC and PIT emulated inside KVM")
 
 
 @hookimpl

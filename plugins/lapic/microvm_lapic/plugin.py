@@ -9,7 +9,6 @@ import struct
 from typing import Any
 
 from microvm import hookimpl
-from microvm.boot.mptable import MP_EXTINT, MP_NMI, ALL_LAPICS, LocalInterrupt, Processor
 
 APIC_LVT0 = 0x350
 APIC_LVT1 = 0x360
@@ -39,6 +38,8 @@ def configure_vcpu(machine: Any, vcpu: Any) -> None:
 
 @hookimpl
 def mptable_entries(machine: Any) -> list[Any]:
+    from microvm.boot.mptable import ALL_LAPICS, MP_EXTINT, MP_NMI, LocalInterrupt, Processor
+
     entries: list[Any] = [Processor(apic_id=i, bsp=(i == 0)) for i in range(machine.smp)]
     # LINT0 carries the 8259's INTR; with pic=off in split mode there is no 8259 to describe
     # (KVM's in-kernel irqchip always has one)

@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from microvm import hookimpl, layout
-from microvm.options import MachineOption
 
 
 class IntrToLint0:
@@ -37,7 +36,9 @@ def pic_enabled(machine: Any) -> bool:
 
 
 @hookimpl
-def register_machine_options(register: Callable[[MachineOption], None]) -> None:
+def register_machine_options(register: Callable[..., None]) -> None:
+    from microvm.options import MachineOption
+
     register(MachineOption("pic", "OnOffAuto", "auto", "Enable i8259 PIC", auto_means="on", plugin="pic_i8259"))
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from microvm import hookimpl, layout
-from microvm.options import MachineOption
 
 
 def pit_enabled(machine: Any) -> bool:
@@ -19,7 +18,9 @@ def pit_enabled(machine: Any) -> bool:
 
 
 @hookimpl
-def register_machine_options(register: Callable[[MachineOption], None]) -> None:
+def register_machine_options(register: Callable[..., None]) -> None:
+    from microvm.options import MachineOption
+
     register(MachineOption("pit", "OnOffAuto", "auto", "Enable i8254 PIT", auto_means="on", plugin="pit_i8254"))
 
 

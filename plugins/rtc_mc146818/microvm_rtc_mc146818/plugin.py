@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from microvm import hookimpl, layout
 from microvm.errors import ConfigError
-from microvm.options import MachineOption
 
 
 def rtc_enabled(machine: Any) -> bool:
@@ -42,7 +41,9 @@ def parse_base(text: str, now: "_dt.datetime | None" = None) -> "_dt.datetime":
 
 
 @hookimpl
-def register_machine_options(register: Callable[[MachineOption], None]) -> None:
+def register_machine_options(register: Callable[..., None]) -> None:
+    from microvm.options import MachineOption
+
     register(MachineOption("rtc", "OnOffAuto", "auto", "Enable MC146818 RTC",
                            auto_means="off with KVM (QEMU 7.2 microvm: on only without KVM)", plugin="rtc_mc146818"))
     register(MachineOption("rtc-base", "str", "utc", "RTC start time: utc, localtime or YYYY-MM-DD[THH:MM:SS]",
