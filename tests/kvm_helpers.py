@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import select
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -51,3 +53,35 @@ def run_microvm(*args: str, input: bytes | None = None, timeout: float = 60, env
     e.update(env or {})
     stdin = None if input is not None else subprocess.DEVNULL
     return subprocess.run(microvm_cmd(*args), input=input, stdin=stdin, capture_output=True, timeout=timeout, env=e)
+
+
+def read_until(proc: subprocess.Popen, out: bytearray, done, deadline: float) -> bool:
+    """Append ``proc``'s stdout to ``out`` until ``done(out)`` holds, EOF, or the deadline."""
+    while not done(out) and time.monotonic() < deadline:
+        r, _, _ = select.select([proc.stdout], [], [], 0.5)
+        if r:
+            chunk = os.read(proc.stdout.fileno(), 4096)
+            if not chunk:
+                break
+            out += chunk
+    return done(out)
+
+
+def converse(cmd: list[str], script: list[tuple[bytes, bytes]], timeout: float = 30) -> tuple[bytes, int]:
+    """Run ``cmd``; for each (wait_for, send) wait until ``wait_for`` was printed, then send
+    it; finally wait for the exit. Returns (all output, exit status)."""
+    p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out = bytearray()
+    deadline = time.monotonic() + timeout
+    try:
+        for marker, data in script:
+            ok = read_until(p, out, lambda o: marker in o, deadline)
+            assert ok, f"never saw {marker!r}; output {bytes(out)!r}; stderr {p.stderr.read1(4096)!r}"
+            p.stdin.write(data)
+            p.stdin.flush()
+        rc = p.wait(timeout=max(deadline - time.monotonic(), 1))
+        out += p.stdout.read()
+    finally:
+        p.kill()
+        p.wait()
+    return bytes(out), rc

@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import os
-import select
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from kvm_helpers import build_guest, microvm_cmd, requires_kvm, run_microvm
+from kvm_helpers import build_guest, converse, microvm_cmd, read_until, requires_kvm, run_microvm
 
 pytestmark = [pytest.mark.kvm, requires_kvm]
 
@@ -31,16 +30,9 @@ def test_triple_fault_without_no_reboot_resets_the_machine(guest_cache):
     """Without --no-reboot a triple fault reboots: the guest runs again from the start."""
     elf = build_guest("hello-pvh", guest_cache)
     p = subprocess.Popen(microvm_cmd("run", "--kernel", str(elf)), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    out = b""
-    deadline = time.monotonic() + 30
+    out = bytearray()
     try:
-        while out.count(b"HELLO\n") < 3 and time.monotonic() < deadline:
-            r, _, _ = select.select([p.stdout], [], [], 1)
-            if r:
-                chunk = os.read(p.stdout.fileno(), 4096)
-                if not chunk:
-                    break
-                out += chunk
+        read_until(p, out, lambda o: o.count(b"HELLO\n") >= 3, time.monotonic() + 30)
     finally:
         p.kill()
         p.wait()
@@ -50,37 +42,9 @@ def test_triple_fault_without_no_reboot_resets_the_machine(guest_cache):
 def test_serial_input_reaches_guest_through_interrupts(guest_cache):
     """Host input → 16550 RX FIFO → IRQ 4 → IOAPIC → LAPIC → guest handler, which echoes."""
     elf = build_guest("serial-echo", guest_cache)
-    p = subprocess.Popen(
-        microvm_cmd("run", "--kernel", str(elf), "--no-reboot"),
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    out, rc = converse(
+        microvm_cmd("run", "--kernel", str(elf), "--no-reboot"), [(b"READY\n", b"xy"), (b"[y]", b"q")]
     )
-    out = b""
-    deadline = time.monotonic() + 30
-
-    def read_until(marker: bytes) -> None:
-        nonlocal out
-        while marker not in out and time.monotonic() < deadline:
-            r, _, _ = select.select([p.stdout], [], [], 0.5)
-            if r:
-                chunk = os.read(p.stdout.fileno(), 4096)
-                if not chunk:
-                    return
-                out += chunk
-
-    try:
-        read_until(b"READY\n")
-        assert b"READY\n" in out
-        p.stdin.write(b"xy")
-        p.stdin.flush()
-        read_until(b"[y]")
-        p.stdin.write(b"q")
-        p.stdin.flush()
-        read_until(b"BYE")
-        rc = p.wait(timeout=20)
-        out += p.stdout.read()
-    finally:
-        p.kill()
-        p.wait()
     assert out == b"READY\n[x][y]\nBYE\n"
     assert rc == 0
 

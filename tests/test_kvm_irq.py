@@ -3,16 +3,14 @@ IOAPIC of kernel-irqchip=split with the PIT and the RTC, level-triggered re-deli
 8259 path (ExtINT through LINT0) in both irqchip modes."""
 from __future__ import annotations
 
-import os
 import re
-import select
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from kvm_helpers import build_guest, microvm_cmd, requires_kvm, run_microvm
+from kvm_helpers import build_guest, converse, microvm_cmd, requires_kvm, run_microvm
 
 pytestmark = [pytest.mark.kvm, requires_kvm]
 
@@ -20,31 +18,6 @@ pytestmark = [pytest.mark.kvm, requires_kvm]
 @pytest.fixture(scope="module")
 def guest_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("guests-irq")
-
-
-def converse(cmd: list[str], script: list[tuple[bytes, bytes]], timeout: float = 30) -> tuple[bytes, int]:
-    """Run ``cmd``; for each (wait_for, send) wait until ``wait_for`` was printed, then send."""
-    p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    out = b""
-    deadline = time.monotonic() + timeout
-    try:
-        for marker, data in script:
-            while marker not in out and time.monotonic() < deadline:
-                r, _, _ = select.select([p.stdout], [], [], 0.5)
-                if r:
-                    chunk = os.read(p.stdout.fileno(), 4096)
-                    if not chunk:
-                        break
-                    out += chunk
-            assert marker in out, f"never saw {marker!r}; output {out!r}; stderr {p.stderr.read1(4096)!r}"
-            p.stdin.write(data)
-            p.stdin.flush()
-        rc = p.wait(timeout=max(deadline - time.monotonic(), 1))
-        out += p.stdout.read()
-    finally:
-        p.kill()
-        p.wait()
-    return out, rc
 
 
 def test_pit_and_rtc_interrupts_reach_the_guest_through_the_userspace_ioapic(guest_cache):
