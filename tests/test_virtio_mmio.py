@@ -2,8 +2,6 @@
 handshake replayed register by register, interrupts, notifications and a hostile driver."""
 from __future__ import annotations
 
-import importlib.util
-import struct
 import threading
 from pathlib import Path
 from typing import Callable
@@ -15,12 +13,7 @@ from microvm.irq import RecordingIrqLine
 from microvm.memory import GuestMemory
 from microvm.virtio import QUEUE_NOTIFY_OFFSET, QueueError, VirtioBackend, VirtioMmioTransport, Virtqueue
 from microvm.virtio import constants as C
-
-_spec = importlib.util.spec_from_file_location("_virtio_queue_helpers", Path(__file__).with_name("test_virtio_queue.py"))
-_helpers = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_helpers)
-DriverQueue = _helpers.DriverQueue
-assert_only_changed = _helpers.assert_only_changed
+from microvm.virtio.testing import DriverQueue, MmioDriver, assert_only_changed
 
 MEM_SIZE = 16 << 20
 BUF = 0x100000
@@ -81,79 +74,11 @@ class ToyBackend(VirtioBackend):
 
 
 # -- a driver, register by register ------------------------------------------------------------
-class Driver:
-    """32-bit register accessors the way Linux's virtio_mmio.c uses readl/writel."""
-
-    def __init__(self, t: VirtioMmioTransport) -> None:
-        self.t = t
-
-    def r(self, off: int) -> int:
-        buf = bytearray(4)
-        self.t.read(off, memoryview(buf))
-        return struct.unpack("<I", buf)[0]
-
-    def w(self, off: int, value: int) -> None:
-        self.t.write(off, struct.pack("<I", value))
-
-    def add_status(self, bits: int) -> None:
-        self.w(C.VIRTIO_MMIO_STATUS, self.r(C.VIRTIO_MMIO_STATUS) | bits)
-
-    def features(self) -> int:
-        self.w(C.VIRTIO_MMIO_DEVICE_FEATURES_SEL, 1)
-        hi = self.r(C.VIRTIO_MMIO_DEVICE_FEATURES)
-        self.w(C.VIRTIO_MMIO_DEVICE_FEATURES_SEL, 0)
-        return hi << 32 | self.r(C.VIRTIO_MMIO_DEVICE_FEATURES)
-
-    def set_features(self, f: int) -> None:
-        self.w(C.VIRTIO_MMIO_DRIVER_FEATURES_SEL, 1)
-        self.w(C.VIRTIO_MMIO_DRIVER_FEATURES, f >> 32)
-        self.w(C.VIRTIO_MMIO_DRIVER_FEATURES_SEL, 0)
-        self.w(C.VIRTIO_MMIO_DRIVER_FEATURES, f & 0xFFFFFFFF)
-
-    def setup_queue(self, index: int, dq: DriverQueue) -> None:
-        """vm_setup_vq for Version 2."""
-        self.w(C.VIRTIO_MMIO_QUEUE_SEL, index)
-        assert self.r(C.VIRTIO_MMIO_QUEUE_READY) == 0
-        assert self.r(C.VIRTIO_MMIO_QUEUE_NUM_MAX) >= dq.size
-        self.w(C.VIRTIO_MMIO_QUEUE_NUM, dq.size)
-        for low, addr in ((C.VIRTIO_MMIO_QUEUE_DESC_LOW, dq.desc), (C.VIRTIO_MMIO_QUEUE_DRIVER_LOW, dq.avail), (C.VIRTIO_MMIO_QUEUE_DEVICE_LOW, dq.used)):
-            self.w(low, addr & 0xFFFFFFFF)
-            self.w(low + 4, addr >> 32)
-        self.w(C.VIRTIO_MMIO_QUEUE_READY, 1)
-        assert self.r(C.VIRTIO_MMIO_QUEUE_READY) == 1
-
-    def notify(self, index: int) -> None:
-        self.w(C.VIRTIO_MMIO_QUEUE_NOTIFY, index)
-
-    def ack_interrupt(self) -> int:
-        status = self.r(C.VIRTIO_MMIO_INTERRUPT_STATUS)
-        self.w(C.VIRTIO_MMIO_INTERRUPT_ACK, status)
-        return status
-
-
-def linux_probe(t: VirtioMmioTransport, mem: GuestMemory, driver_features: int | None = None, queues: int = 2, size: int = 8) -> tuple[Driver, list[DriverQueue]]:
+def linux_probe(t: VirtioMmioTransport, driver_features: int | None = None, queues: int = 2, size: int = 8) -> tuple[MmioDriver, list[DriverQueue]]:
     """vm_probe + virtio_dev_probe + find_vqs + virtio_device_ready, as Linux 6.1 does them."""
-    d = Driver(t)
-    assert d.r(C.VIRTIO_MMIO_MAGIC_VALUE) == 0x74726976
-    assert d.r(C.VIRTIO_MMIO_VERSION) == 2
-    assert d.r(C.VIRTIO_MMIO_DEVICE_ID) != 0
-    assert d.r(C.VIRTIO_MMIO_VENDOR_ID) == 0x554D4551
-    d.w(C.VIRTIO_MMIO_STATUS, 0)  # virtio_reset_device
-    d.add_status(ACK)
-    d.add_status(DRIVER)
-    offered = d.features()
-    accepted = offered if driver_features is None else driver_features
-    d.set_features(accepted)
-    d.add_status(FEATURES_OK)
-    if not d.r(C.VIRTIO_MMIO_STATUS) & FEATURES_OK:
-        return d, []
-    dqs = []
-    for i in range(queues):
-        dq = DriverQueue(mem, size=size, base=0x10000 + i * 0x4000)
-        d.setup_queue(i, dq)
-        dqs.append(dq)
-    d.add_status(DRIVER_OK)
-    return d, dqs
+    d = MmioDriver(t)
+    assert d.read(C.VIRTIO_MMIO_VENDOR_ID) == C.VIRTIO_MMIO_VENDOR_QEMU
+    return d, d.probe(driver_features, queues=queues, size=size)
 
 
 @pytest.fixture(scope="module")
@@ -175,34 +100,34 @@ def dev(mem):
 # -- registers ---------------------------------------------------------------------------------
 def test_identification_registers(dev):
     t, backend, irq = dev
-    d = Driver(t)
-    assert d.r(0x000) == C.VIRTIO_MMIO_MAGIC
-    assert d.r(0x004) == 2
-    assert d.r(0x008) == C.VIRTIO_ID_RNG
-    assert d.r(0x00C) == 0x554D4551
-    f = d.features()
+    d = MmioDriver(t)
+    assert d.read(0x000) == C.VIRTIO_MMIO_MAGIC
+    assert d.read(0x004) == 2
+    assert d.read(0x008) == C.VIRTIO_ID_RNG
+    assert d.read(0x00C) == 0x554D4551
+    f = d.device_features()
     assert f == (1 << 3) | (1 << C.VIRTIO_F_VERSION_1) | (1 << C.VIRTIO_F_RING_EVENT_IDX) | (1 << C.VIRTIO_F_INDIRECT_DESC)
-    d.w(C.VIRTIO_MMIO_DEVICE_FEATURES_SEL, 2)
-    assert d.r(C.VIRTIO_MMIO_DEVICE_FEATURES) == 0
+    d.write(C.VIRTIO_MMIO_DEVICE_FEATURES_SEL, 2)
+    assert d.read(C.VIRTIO_MMIO_DEVICE_FEATURES) == 0
     assert t.window_size == 0x200 and t.notify_offset == QUEUE_NOTIFY_OFFSET == 0x50
 
 
 def test_queue_num_max_and_sel(dev):
     t, _, _ = dev
-    d = Driver(t)
+    d = MmioDriver(t)
     for i in (0, 1):
-        d.w(C.VIRTIO_MMIO_QUEUE_SEL, i)
-        assert d.r(C.VIRTIO_MMIO_QUEUE_NUM_MAX) == 16
-    d.w(C.VIRTIO_MMIO_QUEUE_SEL, 2)
-    assert d.r(C.VIRTIO_MMIO_QUEUE_NUM_MAX) == 0
-    assert d.r(C.VIRTIO_MMIO_QUEUE_READY) == 0
-    d.w(C.VIRTIO_MMIO_QUEUE_NUM, 8)  # ignored, no crash
+        d.write(C.VIRTIO_MMIO_QUEUE_SEL, i)
+        assert d.read(C.VIRTIO_MMIO_QUEUE_NUM_MAX) == 16
+    d.write(C.VIRTIO_MMIO_QUEUE_SEL, 2)
+    assert d.read(C.VIRTIO_MMIO_QUEUE_NUM_MAX) == 0
+    assert d.read(C.VIRTIO_MMIO_QUEUE_READY) == 0
+    d.write(C.VIRTIO_MMIO_QUEUE_NUM, 8)  # ignored, no crash
 
 
 def test_no_shared_memory_regions(dev):
-    d = Driver(dev[0])
-    d.w(C.VIRTIO_MMIO_SHM_SEL, 0)
-    assert d.r(C.VIRTIO_MMIO_SHM_LEN_LOW) == d.r(C.VIRTIO_MMIO_SHM_LEN_HIGH) == 0xFFFFFFFF
+    d = MmioDriver(dev[0])
+    d.write(C.VIRTIO_MMIO_SHM_SEL, 0)
+    assert d.read(C.VIRTIO_MMIO_SHM_LEN_LOW) == d.read(C.VIRTIO_MMIO_SHM_LEN_HIGH) == 0xFFFFFFFF
 
 
 def test_unaligned_and_narrow_register_access(dev):
@@ -214,7 +139,7 @@ def test_unaligned_and_narrow_register_access(dev):
     t.read(0x002, memoryview(buf))
     assert buf == b"\0" * 4
     t.write(C.VIRTIO_MMIO_STATUS, b"\x01")  # byte write to Status: ignored
-    assert Driver(t).r(C.VIRTIO_MMIO_STATUS) == 0
+    assert MmioDriver(t).read(C.VIRTIO_MMIO_STATUS) == 0
     buf = bytearray(8)
     t.read(0x10, memoryview(buf))
     assert buf == bytes(8)
@@ -245,83 +170,83 @@ def test_through_the_bus(dev):
 
 
 # -- the handshake -----------------------------------------------------------------------------
-def test_linux_handshake(dev, mem):
+def test_linux_handshake(dev):
     t, backend, irq = dev
-    d, dqs = linux_probe(t, mem)
-    assert d.r(C.VIRTIO_MMIO_STATUS) == ACK | DRIVER | FEATURES_OK | DRIVER_OK
+    d, dqs = linux_probe(t)
+    assert d.read(C.VIRTIO_MMIO_STATUS) == ACK | DRIVER | FEATURES_OK | DRIVER_OK
     assert backend.calls == ["activate"]
     assert t.activated
-    assert backend.acked_features == d.features()
+    assert backend.acked_features == d.device_features()
     assert all(q.event_idx and q.ready for q in backend.queues)
     assert backend.queues[0].desc_addr == dqs[0].desc and backend.queues[1].used_addr == dqs[1].used
     # read back the (write-only in the spec) address registers as QEMU allows
-    d.w(C.VIRTIO_MMIO_QUEUE_SEL, 1)
-    assert d.r(C.VIRTIO_MMIO_QUEUE_DRIVER_LOW) == dqs[1].avail
+    d.write(C.VIRTIO_MMIO_QUEUE_SEL, 1)
+    assert d.read(C.VIRTIO_MMIO_QUEUE_DRIVER_LOW) == dqs[1].avail
     assert irq.events == []
 
 
-def test_feature_refusal_unoffered_bit(dev, mem):
+def test_feature_refusal_unoffered_bit(dev):
     t, backend, _ = dev
-    d, dqs = linux_probe(t, mem, driver_features=(1 << C.VIRTIO_F_VERSION_1) | (1 << 5))
+    d, dqs = linux_probe(t, driver_features=(1 << C.VIRTIO_F_VERSION_1) | (1 << 5))
     assert dqs == []
-    assert not d.r(C.VIRTIO_MMIO_STATUS) & FEATURES_OK
+    assert not d.read(C.VIRTIO_MMIO_STATUS) & FEATURES_OK
     d.add_status(DRIVER_OK)
     assert backend.calls == []
 
 
-def test_feature_refusal_without_version_1(dev, mem):
+def test_feature_refusal_without_version_1(dev):
     t, backend, _ = dev
-    d, dqs = linux_probe(t, mem, driver_features=1 << 3)
-    assert dqs == [] and not d.r(C.VIRTIO_MMIO_STATUS) & FEATURES_OK
+    d, dqs = linux_probe(t, driver_features=1 << 3)
+    assert dqs == [] and not d.read(C.VIRTIO_MMIO_STATUS) & FEATURES_OK
 
 
 def test_feature_refusal_high_select(dev, mem):
     t, _, _ = dev
-    d = Driver(t)
+    d = MmioDriver(t)
     d.add_status(ACK | DRIVER)
     d.set_features(1 << C.VIRTIO_F_VERSION_1)
-    d.w(C.VIRTIO_MMIO_DRIVER_FEATURES_SEL, 2)
-    d.w(C.VIRTIO_MMIO_DRIVER_FEATURES, 1)
+    d.write(C.VIRTIO_MMIO_DRIVER_FEATURES_SEL, 2)
+    d.write(C.VIRTIO_MMIO_DRIVER_FEATURES, 1)
     d.add_status(FEATURES_OK)
-    assert not d.r(C.VIRTIO_MMIO_STATUS) & FEATURES_OK
+    assert not d.read(C.VIRTIO_MMIO_STATUS) & FEATURES_OK
 
 
-def test_subset_of_features_without_event_idx(dev, mem):
+def test_subset_of_features_without_event_idx(dev):
     t, backend, _ = dev
-    linux_probe(t, mem, driver_features=1 << C.VIRTIO_F_VERSION_1)
+    linux_probe(t, driver_features=1 << C.VIRTIO_F_VERSION_1)
     assert backend.acked_features == 1 << C.VIRTIO_F_VERSION_1
     assert not any(q.event_idx for q in backend.queues)
 
 
 def test_driver_ok_without_features_ok_does_not_start(dev):
     t, backend, _ = dev
-    d = Driver(t)
+    d = MmioDriver(t)
     d.add_status(ACK | DRIVER | DRIVER_OK)
     assert backend.calls == [] and not t.activated
 
 
-def test_features_frozen_after_features_ok(dev, mem):
+def test_features_frozen_after_features_ok(dev):
     t, backend, _ = dev
-    d, _ = linux_probe(t, mem, driver_features=1 << C.VIRTIO_F_VERSION_1)
-    d.set_features(d.features())
+    d, _ = linux_probe(t, driver_features=1 << C.VIRTIO_F_VERSION_1)
+    d.set_features(d.device_features())
     assert backend.acked_features == 1 << C.VIRTIO_F_VERSION_1
 
 
 def test_queue_registers_frozen_while_ready(dev, mem):
     t, backend, _ = dev
-    d = Driver(t)
+    d = MmioDriver(t)
     d.add_status(ACK | DRIVER)
     dq = DriverQueue(mem, size=8)
     d.setup_queue(0, dq)
-    d.w(C.VIRTIO_MMIO_QUEUE_NUM, 4)
-    d.w(C.VIRTIO_MMIO_QUEUE_DESC_LOW, 0x5000)
+    d.write(C.VIRTIO_MMIO_QUEUE_NUM, 4)
+    d.write(C.VIRTIO_MMIO_QUEUE_DESC_LOW, 0x5000)
     assert t.queues[0].size == 8 and t.queues[0].desc_addr == dq.desc
 
 
 # -- notifications and interrupts --------------------------------------------------------------
 def test_notify_processes_and_interrupts(dev, mem):
     t, backend, irq = dev
-    d, dqs = linux_probe(t, mem, driver_features=(1 << C.VIRTIO_F_VERSION_1))
+    d, dqs = linux_probe(t, driver_features=(1 << C.VIRTIO_F_VERSION_1))
     head = dqs[1].add([(BUF, 4, False), (BUF + 0x100, 16, True)])
     d.notify(1)
     assert backend.calls[-1] == "process 1"
@@ -330,12 +255,12 @@ def test_notify_processes_and_interrupts(dev, mem):
     assert irq.level and irq.events == ["high"]
     assert d.ack_interrupt() == C.VIRTIO_MMIO_INT_VRING
     assert not irq.level and irq.events == ["high", "low"]
-    assert d.r(C.VIRTIO_MMIO_INTERRUPT_STATUS) == 0
+    assert d.read(C.VIRTIO_MMIO_INTERRUPT_STATUS) == 0
 
 
-def test_no_interrupt_when_driver_suppresses(dev, mem):
+def test_no_interrupt_when_driver_suppresses(dev):
     t, backend, irq = dev
-    d, dqs = linux_probe(t, mem)  # event idx negotiated
+    d, dqs = linux_probe(t)  # event idx negotiated
     dqs[0].set_used_event(5)
     dqs[0].add([(BUF, 16, True)])
     d.notify(0)
@@ -343,84 +268,84 @@ def test_no_interrupt_when_driver_suppresses(dev, mem):
     d.ack_interrupt()
     dqs[0].add([(BUF, 16, True)])
     d.notify(0)  # used idx 2, event 5: suppressed
-    assert irq.events == ["high", "low"] and d.r(C.VIRTIO_MMIO_INTERRUPT_STATUS) == 0
+    assert irq.events == ["high", "low"] and d.read(C.VIRTIO_MMIO_INTERRUPT_STATUS) == 0
     assert len(dqs[0].get_used()) == 2
 
 
-def test_partial_ack_keeps_line_high(dev, mem):
+def test_partial_ack_keeps_line_high(dev):
     t, backend, irq = dev
-    d, dqs = linux_probe(t, mem)
+    d, dqs = linux_probe(t)
     dqs[0].add([(BUF, 16, True)])
     d.notify(0)
     backend.config_changed()
-    assert d.r(C.VIRTIO_MMIO_INTERRUPT_STATUS) == C.VIRTIO_MMIO_INT_VRING | C.VIRTIO_MMIO_INT_CONFIG
-    d.w(C.VIRTIO_MMIO_INTERRUPT_ACK, C.VIRTIO_MMIO_INT_VRING)
+    assert d.read(C.VIRTIO_MMIO_INTERRUPT_STATUS) == C.VIRTIO_MMIO_INT_VRING | C.VIRTIO_MMIO_INT_CONFIG
+    d.write(C.VIRTIO_MMIO_INTERRUPT_ACK, C.VIRTIO_MMIO_INT_VRING)
     assert irq.level
-    d.w(C.VIRTIO_MMIO_INTERRUPT_ACK, C.VIRTIO_MMIO_INT_CONFIG)
+    d.write(C.VIRTIO_MMIO_INTERRUPT_ACK, C.VIRTIO_MMIO_INT_CONFIG)
     assert not irq.level
 
 
 def test_custom_on_notify(mem):
     seen = []
     t = VirtioMmioTransport(ToyBackend(), mem, RecordingIrqLine(), on_notify=seen.append)
-    Driver(t).notify(1)
+    MmioDriver(t).notify(1)
     assert seen == [1]
 
 
-def test_notify_before_activation_or_bad_index_is_ignored(dev, mem):
+def test_notify_before_activation_or_bad_index_is_ignored(dev):
     t, backend, _ = dev
     t.notify(0)
-    d, dqs = linux_probe(t, mem, queues=1)
+    d, dqs = linux_probe(t, queues=1)
     t.notify(1)  # queue 1 not enabled by the driver
     t.notify(7)
     assert backend.calls == ["activate"]
 
 
-def test_config_generation(dev, mem):
+def test_config_generation(dev):
     t, backend, irq = dev
-    d = Driver(t)
-    g0 = d.r(C.VIRTIO_MMIO_CONFIG_GENERATION)
+    d = MmioDriver(t)
+    g0 = d.read(C.VIRTIO_MMIO_CONFIG_GENERATION)
     backend.config_changed()  # before DRIVER_OK: generation moves, no interrupt
-    assert d.r(C.VIRTIO_MMIO_CONFIG_GENERATION) == g0 + 1
+    assert d.read(C.VIRTIO_MMIO_CONFIG_GENERATION) == g0 + 1
     assert not irq.level
-    linux_probe(t, mem)
+    linux_probe(t)
     backend.config_changed()
-    assert d.r(C.VIRTIO_MMIO_CONFIG_GENERATION) == g0 + 2
-    assert d.r(C.VIRTIO_MMIO_INTERRUPT_STATUS) == C.VIRTIO_MMIO_INT_CONFIG and irq.level
+    assert d.read(C.VIRTIO_MMIO_CONFIG_GENERATION) == g0 + 2
+    assert d.read(C.VIRTIO_MMIO_INTERRUPT_STATUS) == C.VIRTIO_MMIO_INT_CONFIG and irq.level
 
 
 def test_reset(dev, mem):
     t, backend, irq = dev
-    d, dqs = linux_probe(t, mem)
+    d, dqs = linux_probe(t)
     dqs[0].add([(BUF, 16, True)])
     d.notify(0)
     assert irq.level
-    d.w(C.VIRTIO_MMIO_STATUS, 0)
+    d.write(C.VIRTIO_MMIO_STATUS, 0)
     assert backend.calls[-1] == "reset"
-    assert d.r(C.VIRTIO_MMIO_STATUS) == 0 and d.r(C.VIRTIO_MMIO_INTERRUPT_STATUS) == 0
+    assert d.read(C.VIRTIO_MMIO_STATUS) == 0 and d.read(C.VIRTIO_MMIO_INTERRUPT_STATUS) == 0
     assert not irq.level and not t.activated
     assert all(not q.ready and q.next_used == 0 for q in t.queues)
-    d.w(C.VIRTIO_MMIO_QUEUE_SEL, 0)
-    assert d.r(C.VIRTIO_MMIO_QUEUE_READY) == 0
+    d.write(C.VIRTIO_MMIO_QUEUE_SEL, 0)
+    assert d.read(C.VIRTIO_MMIO_QUEUE_READY) == 0
     # and the driver can come back
     mem.fill(0x10000, 0x10000)
-    d2, dqs = linux_probe(t, mem)
+    d2, dqs = linux_probe(t)
     dqs[0].add([(BUF, 16, True)])
     d2.notify(0)
     assert len(dqs[0].get_used()) == 1
 
 
-def test_close(dev, mem):
+def test_close(dev):
     t, backend, _ = dev
-    linux_probe(t, mem)
+    linux_probe(t)
     t.close()
     assert backend.calls[-2:] == ["reset", "close"]
 
 
-def test_worker_thread_notify_races_with_vcpu(dev, mem):
+def test_worker_thread_notify_races_with_vcpu(dev):
     """The glue's worker thread notifies while the vCPU thread acks interrupts."""
     t, backend, irq = dev
-    d, dqs = linux_probe(t, mem, driver_features=1 << C.VIRTIO_F_VERSION_1, size=16)
+    d, dqs = linux_probe(t, driver_features=1 << C.VIRTIO_F_VERSION_1, size=16)
     done = threading.Event()
 
     def vcpu():
@@ -441,22 +366,22 @@ def test_worker_thread_notify_races_with_vcpu(dev, mem):
 
 # -- a hostile driver --------------------------------------------------------------------------
 def assert_needs_reset(t: VirtioMmioTransport, irq: RecordingIrqLine, driver_ok: bool = True) -> None:
-    d = Driver(t)
-    assert d.r(C.VIRTIO_MMIO_STATUS) & NEEDS_RESET
+    d = MmioDriver(t)
+    assert d.read(C.VIRTIO_MMIO_STATUS) & NEEDS_RESET
     if driver_ok:
-        assert d.r(C.VIRTIO_MMIO_INTERRUPT_STATUS) & C.VIRTIO_MMIO_INT_CONFIG and irq.level
+        assert d.read(C.VIRTIO_MMIO_INTERRUPT_STATUS) & C.VIRTIO_MMIO_INT_CONFIG and irq.level
 
 
 def test_bad_queue_size_at_driver_ok(dev, mem):
     t, backend, irq = dev
-    d = Driver(t)
+    d = MmioDriver(t)
     d.add_status(ACK | DRIVER)
-    d.set_features(d.features())
+    d.set_features(d.device_features())
     d.add_status(FEATURES_OK)
     d.setup_queue(0, DriverQueue(mem, size=8))
-    d.w(C.VIRTIO_MMIO_QUEUE_SEL, 1)
-    d.w(C.VIRTIO_MMIO_QUEUE_NUM, 6)  # not a power of two
-    d.w(C.VIRTIO_MMIO_QUEUE_READY, 1)
+    d.write(C.VIRTIO_MMIO_QUEUE_SEL, 1)
+    d.write(C.VIRTIO_MMIO_QUEUE_NUM, 6)  # not a power of two
+    d.write(C.VIRTIO_MMIO_QUEUE_READY, 1)
     d.add_status(DRIVER_OK)
     assert_needs_reset(t, irq)
     assert backend.calls == [] and not t.activated
@@ -464,9 +389,9 @@ def test_bad_queue_size_at_driver_ok(dev, mem):
 
 def test_queue_outside_ram_at_driver_ok(dev, mem):
     t, backend, irq = dev
-    d = Driver(t)
+    d = MmioDriver(t)
     d.add_status(ACK | DRIVER)
-    d.set_features(d.features())
+    d.set_features(d.device_features())
     d.add_status(FEATURES_OK)
     dq = DriverQueue(mem, size=8)
     dq.used = 0xFEE00000  # the LAPIC, not RAM
@@ -478,7 +403,7 @@ def test_queue_outside_ram_at_driver_ok(dev, mem):
 
 def test_descriptor_outside_ram_sets_needs_reset(dev, mem):
     t, backend, irq = dev
-    d, dqs = linux_probe(t, mem)
+    d, dqs = linux_probe(t)
     dqs[0].add([(BUF, 16, False), (MEM_SIZE - 4, 8, True)])
     before = mem.read(0, MEM_SIZE)
     d.notify(0)
@@ -491,14 +416,14 @@ def test_descriptor_outside_ram_sets_needs_reset(dev, mem):
     assert backend.calls.count("process 0") == 1
     # the driver's status writes keep the device-owned bit
     d.add_status(C.VIRTIO_CONFIG_S_FAILED)
-    assert d.r(C.VIRTIO_MMIO_STATUS) & NEEDS_RESET
-    d.w(C.VIRTIO_MMIO_STATUS, 0)
-    assert d.r(C.VIRTIO_MMIO_STATUS) == 0 and not irq.level
+    assert d.read(C.VIRTIO_MMIO_STATUS) & NEEDS_RESET
+    d.write(C.VIRTIO_MMIO_STATUS, 0)
+    assert d.read(C.VIRTIO_MMIO_STATUS) == 0 and not irq.level
 
 
 def test_loop_sets_needs_reset(dev, mem):
     t, backend, irq = dev
-    d, dqs = linux_probe(t, mem)
+    d, dqs = linux_probe(t)
     dqs[0].write_desc(0, BUF, 8, C.VIRTQ_DESC_F_NEXT, 0)
     dqs[0].publish(0)
     before = mem.read(0, MEM_SIZE)
@@ -508,22 +433,22 @@ def test_loop_sets_needs_reset(dev, mem):
 
 
 @pytest.mark.parametrize("exc", [QueueError("bad ring"), RuntimeError("backend bug"), ValueError("oops")])
-def test_backend_exceptions_never_escape(dev, mem, exc):
+def test_backend_exceptions_never_escape(dev, exc):
     t, backend, irq = dev
-    d, dqs = linux_probe(t, mem)
+    d, dqs = linux_probe(t)
     backend.fail_with = exc
     d.notify(0)  # must not raise into the vCPU thread
     assert_needs_reset(t, irq)
 
 
-def test_activation_failure(dev, mem):
+def test_activation_failure(dev):
     t, backend, irq = dev
 
     def boom(*a):
         raise OSError("no tap device")
 
     backend.activate = boom
-    linux_probe(t, mem)
+    linux_probe(t)
     assert_needs_reset(t, irq)
     assert not t.activated
 
@@ -534,23 +459,23 @@ def test_legacy_handshake(mem):
     backend = ToyBackend()
     irq = RecordingIrqLine()
     t = VirtioMmioTransport(backend, mem, irq, legacy=True)
-    d = Driver(t)
-    assert d.r(C.VIRTIO_MMIO_VERSION) == 1
-    d.w(C.VIRTIO_MMIO_GUEST_PAGE_SIZE, 4096)
-    d.w(C.VIRTIO_MMIO_STATUS, 0)
+    d = MmioDriver(t)
+    assert d.read(C.VIRTIO_MMIO_VERSION) == 1
+    d.write(C.VIRTIO_MMIO_GUEST_PAGE_SIZE, 4096)
+    d.write(C.VIRTIO_MMIO_STATUS, 0)
     d.add_status(ACK | DRIVER)
-    f = d.features()
+    f = d.device_features()
     assert not f & (1 << C.VIRTIO_F_VERSION_1)
     d.set_features(f)
     # legacy vm_setup_vq: QueueSel, check PFN == 0, QueueNumMax, QueueNum, QueueAlign, QueuePFN
-    d.w(C.VIRTIO_MMIO_QUEUE_SEL, 0)
-    assert d.r(C.VIRTIO_MMIO_QUEUE_PFN) == 0
-    assert d.r(C.VIRTIO_MMIO_QUEUE_NUM_MAX) == 16
-    d.w(C.VIRTIO_MMIO_QUEUE_NUM, 8)
-    d.w(C.VIRTIO_MMIO_QUEUE_ALIGN, 4096)
+    d.write(C.VIRTIO_MMIO_QUEUE_SEL, 0)
+    assert d.read(C.VIRTIO_MMIO_QUEUE_PFN) == 0
+    assert d.read(C.VIRTIO_MMIO_QUEUE_NUM_MAX) == 16
+    d.write(C.VIRTIO_MMIO_QUEUE_NUM, 8)
+    d.write(C.VIRTIO_MMIO_QUEUE_ALIGN, 4096)
     dq = DriverQueue(mem, size=8, base=0x20000)  # vring_init layout with 4 KiB alignment
-    d.w(C.VIRTIO_MMIO_QUEUE_PFN, 0x20000 >> 12)
-    assert d.r(C.VIRTIO_MMIO_QUEUE_PFN) == 0x20
+    d.write(C.VIRTIO_MMIO_QUEUE_PFN, 0x20000 >> 12)
+    assert d.read(C.VIRTIO_MMIO_QUEUE_PFN) == 0x20
     d.add_status(DRIVER_OK)  # no FEATURES_OK step in legacy
     assert t.activated
     q = backend.queues[0]
@@ -567,28 +492,32 @@ def test_legacy_bad_page_size(mem):
     backend = ToyBackend()
     irq = RecordingIrqLine()
     t = VirtioMmioTransport(backend, mem, irq, legacy=True)
-    d = Driver(t)
-    d.w(C.VIRTIO_MMIO_GUEST_PAGE_SIZE, 3000)
+    d = MmioDriver(t)
+    d.write(C.VIRTIO_MMIO_GUEST_PAGE_SIZE, 3000)
     d.add_status(ACK | DRIVER)
-    d.w(C.VIRTIO_MMIO_QUEUE_NUM, 8)
-    d.w(C.VIRTIO_MMIO_QUEUE_PFN, 0x20)
+    d.write(C.VIRTIO_MMIO_QUEUE_NUM, 8)
+    d.write(C.VIRTIO_MMIO_QUEUE_PFN, 0x20)
     d.add_status(DRIVER_OK)
     assert_needs_reset(t, irq)
 
 
 # -- the example in docs/virtio-backend.md -------------------------------------------------------
 def test_docs_example_backend(mem):
-    """The virtio-rng example of docs/virtio-backend.md runs as documented."""
+    """The virtio-rng example of docs/virtio-backend.md, and its test there, run as documented."""
     import re
 
     doc = (Path(__file__).parents[1] / "docs" / "virtio-backend.md").read_text()
-    code = next(b for b in re.findall(r"```python\n(.*?)```", doc, re.S) if "class VirtioRng" in b)
+    blocks = re.findall(r"```python\n(.*?)```", doc, re.S)
+    code = next(b for b in blocks if "class VirtioRng" in b)
     ns: dict = {}
     exec(compile(code, "docs/virtio-backend.md", "exec"), ns)
+    doc_test = next(b for b in blocks if "microvm.virtio.testing" in b)
+    exec(compile(doc_test, "docs/virtio-backend.md", "exec"), ns)
+    ns["test_virtio_rng_fills_buffers"]()
     mem.fill(0, MEM_SIZE)
     irq = RecordingIrqLine()
     t = VirtioMmioTransport(ns["VirtioRng"](), mem, irq)
-    d, dqs = linux_probe(t, mem, queues=1)
+    d, dqs = linux_probe(t, queues=1)
     mem.fill(BUF, 64, 0)
     head = dqs[0].add([(BUF, 64, True)])
     d.notify(0)

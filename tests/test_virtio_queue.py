@@ -1,11 +1,10 @@
 """Split virtqueue (virtio 1.2 §2.7), device side, against real GuestMemory and no KVM.
 
-``DriverQueue`` plays the guest driver: it lays the rings out as Linux's ``vring_init`` does,
-writes descriptors and publishes ``avail->idx`` last, and reads back the used ring.
+``microvm.virtio.testing.DriverQueue`` plays the guest driver: it lays the rings out as Linux's
+``vring_init`` does, writes descriptors and publishes ``avail->idx`` last, and reads back the
+used ring.
 """
 from __future__ import annotations
-
-import struct
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -17,112 +16,12 @@ from microvm.virtio.constants import (
     VIRTQ_AVAIL_F_NO_INTERRUPT,
     VIRTQ_DESC_F_INDIRECT,
     VIRTQ_DESC_F_NEXT,
-    VIRTQ_DESC_F_WRITE,
 )
+from microvm.virtio.testing import DriverQueue, assert_only_changed
 
 MEM_SIZE = 16 << 20
 RING = 0x10000
 BUF = 0x100000  # buffers from 1 MiB up
-
-
-class DriverQueue:
-    """The driver's half of a split virtqueue, written into guest memory."""
-
-    def __init__(self, mem: GuestMemory, size: int = 8, base: int = RING) -> None:
-        self.mem, self.size = mem, size
-        self.desc = base
-        self.avail = base + 16 * size
-        self.used = (self.avail + 6 + 2 * size + 4095) & ~4095
-        self.avail_idx = 0
-        self.last_used = 0
-        self.next_free = 0
-        mem.fill(base, self.used + 6 + 8 * size - base)
-
-    def attach(self, vq: Virtqueue, event_idx: bool = False) -> Virtqueue:
-        vq.size = self.size
-        vq.desc_addr, vq.avail_addr, vq.used_addr = self.desc, self.avail, self.used
-        vq.event_idx = event_idx
-        vq.ready = True
-        vq.validate()
-        return vq
-
-    def start_at(self, idx: int, vq: Virtqueue) -> None:
-        """Pretend 'idx' requests already went round (to test 16-bit wrap-around)."""
-        self.avail_idx = self.last_used = idx
-        vq.next_avail = vq.next_used = vq._signalled_used = idx
-        self.mem.write_u16(self.avail + 2, idx)
-        self.mem.write_u16(self.used + 2, idx)
-
-    def write_desc(self, i: int, addr: int, length: int, flags: int = 0, nxt: int = 0, table: int | None = None) -> None:
-        base = self.desc if table is None else table
-        self.mem.write(base + 16 * i, struct.pack("<QIHH", addr, length, flags, nxt))
-
-    def make_chain(self, bufs: list[tuple[int, int, bool]]) -> int:
-        idxs = [(self.next_free + k) % self.size for k in range(len(bufs))]
-        self.next_free = (self.next_free + len(bufs)) % self.size
-        for k, (addr, length, write) in enumerate(bufs):
-            last = k == len(bufs) - 1
-            flags = (VIRTQ_DESC_F_WRITE if write else 0) | (0 if last else VIRTQ_DESC_F_NEXT)
-            self.write_desc(idxs[k], addr, length, flags, 0 if last else idxs[k + 1])
-        return idxs[0]
-
-    def make_indirect(self, bufs: list[tuple[int, int, bool]], table: int) -> int:
-        for k, (addr, length, write) in enumerate(bufs):
-            last = k == len(bufs) - 1
-            flags = (VIRTQ_DESC_F_WRITE if write else 0) | (0 if last else VIRTQ_DESC_F_NEXT)
-            self.write_desc(k, addr, length, flags, 0 if last else k + 1, table=table)
-        head = self.next_free
-        self.next_free = (self.next_free + 1) % self.size
-        self.write_desc(head, table, 16 * len(bufs), VIRTQ_DESC_F_INDIRECT)
-        return head
-
-    def publish(self, *heads: int) -> None:
-        for h in heads:
-            self.mem.write_u16(self.avail + 4 + 2 * (self.avail_idx % self.size), h)
-            self.avail_idx = (self.avail_idx + 1) & 0xFFFF
-        self.mem.write_u16(self.avail + 2, self.avail_idx)
-
-    def add(self, bufs: list[tuple[int, int, bool]]) -> int:
-        head = self.make_chain(bufs)
-        self.publish(head)
-        return head
-
-    def get_used(self) -> list[tuple[int, int]]:
-        idx = self.mem.read_u16(self.used + 2)
-        out = []
-        while self.last_used != idx:
-            e = self.used + 4 + 8 * (self.last_used % self.size)
-            out.append((self.mem.read_u32(e), self.mem.read_u32(e + 4)))
-            self.last_used = (self.last_used + 1) & 0xFFFF
-        return out
-
-    def set_used_event(self, value: int) -> None:
-        self.mem.write_u16(self.avail + 4 + 2 * self.size, value)
-
-    def set_avail_flags(self, value: int) -> None:
-        self.mem.write_u16(self.avail, value)
-
-    @property
-    def avail_event(self) -> int:
-        return self.mem.read_u16(self.used + 4 + 8 * self.size)
-
-    def used_ring_range(self) -> tuple[int, int]:
-        return self.used, self.used + 6 + 8 * self.size
-
-
-def changed_offsets(before: bytes, after: bytes, chunk: int = 4096) -> list[int]:
-    out = []
-    for off in range(0, len(before), chunk):
-        a, b = before[off : off + chunk], after[off : off + chunk]
-        if a != b:
-            out.extend(off + i for i in range(len(a)) if a[i] != b[i])
-    return out
-
-
-def assert_only_changed(mem: GuestMemory, before: bytes, allowed: list[tuple[int, int]]) -> None:
-    after = mem.read(0, mem.size)
-    bad = [o for o in changed_offsets(before, after) if not any(lo <= o < hi for lo, hi in allowed)]
-    assert not bad, f"bytes changed outside the allowed ranges: {[hex(o) for o in bad[:8]]}"
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ from microvm.irq import RecordingIrqLine
 from microvm.memory import GuestMemory
 from microvm.virtio import QueueError, VirtioMmioTransport, Virtqueue
 from microvm.virtio import constants as C
+from microvm.virtio.testing import DriverQueue, MmioDriver, assert_only_changed
 from microvm_virtio_blk import device as D
 from microvm_virtio_blk.device import VirtioBlk
 from microvm_virtio_blk.plugin import create_virtio_blk, register_device_types
@@ -26,111 +27,34 @@ OK, IOERR, UNSUPP = D.VIRTIO_BLK_S_OK, D.VIRTIO_BLK_S_IOERR, D.VIRTIO_BLK_S_UNSU
 
 
 # -- a guest driver ---------------------------------------------------------------------------
-class DriverQueue:
-    """The driver half of a split virtqueue (vring_init layout), as in tests/test_virtio_queue.py."""
-
-    def __init__(self, mem: GuestMemory, size: int = 16, base: int = 0x10000) -> None:
-        self.mem, self.size = mem, size
-        self.desc, self.avail = base, base + 16 * size
-        self.used = (self.avail + 6 + 2 * size + 4095) & ~4095
-        self.avail_idx = self.last_used = self.next_free = 0
-        mem.fill(base, self.used + 6 + 8 * size - base)
-
-    def write_desc(self, i, addr, length, flags=0, nxt=0, table=None):
-        self.mem.write((self.desc if table is None else table) + 16 * i, struct.pack("<QIHH", addr, length, flags, nxt))
-
-    def make_chain(self, bufs):
-        idxs = [(self.next_free + k) % self.size for k in range(len(bufs))]
-        self.next_free = (self.next_free + len(bufs)) % self.size
-        for k, (addr, length, write) in enumerate(bufs):
-            last = k == len(bufs) - 1
-            flags = (C.VIRTQ_DESC_F_WRITE if write else 0) | (0 if last else C.VIRTQ_DESC_F_NEXT)
-            self.write_desc(idxs[k], addr, length, flags, 0 if last else idxs[k + 1])
-        return idxs[0]
-
-    def make_indirect(self, bufs, table):
-        for k, (addr, length, write) in enumerate(bufs):
-            last = k == len(bufs) - 1
-            flags = (C.VIRTQ_DESC_F_WRITE if write else 0) | (0 if last else C.VIRTQ_DESC_F_NEXT)
-            self.write_desc(k, addr, length, flags, 0 if last else k + 1, table=table)
-        head, self.next_free = self.next_free, (self.next_free + 1) % self.size
-        self.write_desc(head, table, 16 * len(bufs), C.VIRTQ_DESC_F_INDIRECT)
-        return head
-
-    def publish(self, *heads):
-        for h in heads:
-            self.mem.write_u16(self.avail + 4 + 2 * (self.avail_idx % self.size), h)
-            self.avail_idx = (self.avail_idx + 1) & 0xFFFF
-        self.mem.write_u16(self.avail + 2, self.avail_idx)
-
-    def get_used(self):
-        idx, out = self.mem.read_u16(self.used + 2), []
-        while self.last_used != idx:
-            e = self.used + 4 + 8 * (self.last_used % self.size)
-            out.append((self.mem.read_u32(e), self.mem.read_u32(e + 4)))
-            self.last_used = (self.last_used + 1) & 0xFFFF
-        return out
-
-    def used_ring_range(self):
-        return self.used, self.used + 6 + 8 * self.size
-
-
-class BlkDriver:
+class BlkDriver(MmioDriver):
     """Linux's probe over the mmio registers, then virtio_blk requests (header, data, status)."""
 
-    def __init__(self, t: VirtioMmioTransport, mem: GuestMemory) -> None:
-        self.t, self.mem = t, mem
+    dq: DriverQueue
+    capacity: int
 
-    def r(self, off: int, n: int = 4) -> int:
-        buf = bytearray(n)
-        self.t.read(off, memoryview(buf))
-        return int.from_bytes(buf, "little")
+    def driver_probe(self) -> None:
+        """virtblk_probe: reads the config with the generation check of virtio_cread."""
+        assert self.read(C.VIRTIO_MMIO_DEVICE_ID) == C.VIRTIO_ID_BLOCK
+        self.capacity = self.read_config(0, 8)
 
-    def w(self, off: int, value: int) -> None:
-        self.t.write(off, value.to_bytes(4, "little"))
-
-    def probe(self, size: int = 16) -> int:
-        assert self.r(C.VIRTIO_MMIO_MAGIC_VALUE) == C.VIRTIO_MMIO_MAGIC
-        assert self.r(C.VIRTIO_MMIO_VERSION) == 2
-        assert self.r(C.VIRTIO_MMIO_DEVICE_ID) == C.VIRTIO_ID_BLOCK
-        self.w(C.VIRTIO_MMIO_STATUS, 0)
-        for bit in (C.VIRTIO_CONFIG_S_ACKNOWLEDGE, C.VIRTIO_CONFIG_S_DRIVER):
-            self.w(C.VIRTIO_MMIO_STATUS, self.r(C.VIRTIO_MMIO_STATUS) | bit)
-        self.w(C.VIRTIO_MMIO_DEVICE_FEATURES_SEL, 1)
-        hi = self.r(C.VIRTIO_MMIO_DEVICE_FEATURES)
-        self.w(C.VIRTIO_MMIO_DEVICE_FEATURES_SEL, 0)
-        features = hi << 32 | self.r(C.VIRTIO_MMIO_DEVICE_FEATURES)
-        for sel in (1, 0):
-            self.w(C.VIRTIO_MMIO_DRIVER_FEATURES_SEL, sel)
-            self.w(C.VIRTIO_MMIO_DRIVER_FEATURES, (features >> (32 * sel)) & 0xFFFFFFFF)
-        self.w(C.VIRTIO_MMIO_STATUS, self.r(C.VIRTIO_MMIO_STATUS) | C.VIRTIO_CONFIG_S_FEATURES_OK)
-        assert self.r(C.VIRTIO_MMIO_STATUS) & C.VIRTIO_CONFIG_S_FEATURES_OK
-        # virtblk_probe reads the config with the generation check of virtio_cread
-        gen = self.r(C.VIRTIO_MMIO_CONFIG_GENERATION)
-        self.capacity = self.r(0x100, 8)
-        assert self.r(C.VIRTIO_MMIO_CONFIG_GENERATION) == gen
-        self.dq = DriverQueue(self.mem, size=size)
-        self.w(C.VIRTIO_MMIO_QUEUE_SEL, 0)
-        assert self.r(C.VIRTIO_MMIO_QUEUE_NUM_MAX) >= size
-        self.w(C.VIRTIO_MMIO_QUEUE_NUM, size)
-        for low, addr in ((0x80, self.dq.desc), (0x90, self.dq.avail), (0xA0, self.dq.used)):
-            self.w(low, addr & 0xFFFFFFFF)
-            self.w(low + 4, addr >> 32)
-        self.w(C.VIRTIO_MMIO_QUEUE_READY, 1)
-        self.w(C.VIRTIO_MMIO_STATUS, self.r(C.VIRTIO_MMIO_STATUS) | C.VIRTIO_CONFIG_S_DRIVER_OK)
-        assert self.t.activated
-        return features
+    def probe(self, features: int | None = None, queues: int = 1, size: int = 16, base: int = 0x10000) -> list[DriverQueue]:
+        dqs = super().probe(features, queues, size, base)
+        assert dqs, "FEATURES_OK refused"
+        assert self.transport.activated
+        self.dq = dqs[0]
+        return dqs
 
     def request(self, rtype: int, sector: int = 0, out: bytes = b"", in_len: int = 0, *, indirect: bool = False) -> tuple[int, int, bytes]:
         """Submit one request; returns (status, used length, data read)."""
-        self.mem.write(HDR, struct.pack("<IIQ", rtype, 0, sector))
-        self.mem.write_u8(STATUS, 0xFF)
+        self.memory.write(HDR, struct.pack("<IIQ", rtype, 0, sector))
+        self.memory.write_u8(STATUS, 0xFF)
         bufs = [(HDR, 16, False)]
         if out:
-            self.mem.write(DATA, out)
+            self.memory.write(DATA, out)
             bufs.append((DATA, len(out), False))
         if in_len:
-            self.mem.fill(DATA, in_len, 0xEE)
+            self.memory.fill(DATA, in_len, 0xEE)
             bufs.append((DATA, in_len, True))
         bufs.append((STATUS, 1, True))
         head = self.dq.make_indirect(bufs, table=0x80000) if indirect else self.dq.make_chain(bufs)
@@ -138,31 +62,14 @@ class BlkDriver:
 
     def submit(self, head: int, in_len: int = 0) -> tuple[int, int, bytes]:
         self.dq.publish(head)
-        self.w(C.VIRTIO_MMIO_QUEUE_NOTIFY, 0)
+        self.notify(0)
         used = self.dq.get_used()
         assert [h for h, _ in used] == [head]
-        return self.mem.read_u8(STATUS), used[0][1], self.mem.read(DATA, in_len)
-
-    def needs_reset(self) -> bool:
-        return bool(self.r(C.VIRTIO_MMIO_STATUS) & C.VIRTIO_CONFIG_S_DEVICE_NEEDS_RESET)
+        return self.memory.read_u8(STATUS), used[0][1], self.memory.read(DATA, in_len)
 
 
 def sector_pattern(n: int) -> bytes:
     return bytes([n & 0xFF]) * 256 + struct.pack("<I", n) * 64
-
-
-def changed_offsets(before: bytes, after: bytes) -> list[int]:
-    out = []
-    for off in range(0, len(before), 4096):
-        a, b = before[off : off + 4096], after[off : off + 4096]
-        if a != b:
-            out.extend(off + i for i in range(len(a)) if a[i] != b[i])
-    return out
-
-
-def assert_only_changed(mem: GuestMemory, before: bytes, allowed: list[tuple[int, int]]) -> None:
-    bad = [o for o in changed_offsets(before, mem.read(0, mem.size)) if not any(lo <= o < hi for lo, hi in allowed)]
-    assert not bad, f"bytes changed outside the request's buffers: {[hex(o) for o in bad[:8]]}"
 
 
 @pytest.fixture(scope="module")
@@ -183,7 +90,7 @@ def make(mem, image, **kw):
     mem.fill(0, MEM_SIZE)
     blk = VirtioBlk(image, **kw)
     t = VirtioMmioTransport(blk, mem, RecordingIrqLine(gsi=5), name="virtio-blk:test")
-    drv = BlkDriver(t, mem)
+    drv = BlkDriver(t)
     return blk, t, drv
 
 
@@ -198,22 +105,23 @@ def disk(mem, image):
 # -- configuration ----------------------------------------------------------------------------
 def test_features_and_config(mem, image):
     blk, t, drv = make(mem, image)
-    features = drv.probe()
+    drv.probe()
+    features = drv.features
     for bit in (D.VIRTIO_BLK_F_FLUSH, D.VIRTIO_BLK_F_SEG_MAX, D.VIRTIO_BLK_F_BLK_SIZE, C.VIRTIO_F_VERSION_1):
         assert features & (1 << bit)
     assert not features & (1 << D.VIRTIO_BLK_F_RO)
     assert drv.capacity == SECTORS
-    assert drv.r(0x100 + 12) == 256 - 2  # seg_max
-    assert drv.r(0x100 + 20) == 512  # blk_size
-    assert drv.r(0x100 + 34, 2) == 1  # num_queues
+    assert drv.read(0x100 + 12) == 256 - 2  # seg_max
+    assert drv.read(0x100 + 20) == 512  # blk_size
+    assert drv.read(0x100 + 34, 2) == 1  # num_queues
     if blk.can_punch:
         assert features & (1 << D.VIRTIO_BLK_F_DISCARD)
-        assert drv.r(0x100 + 36) == D.MAX_DISCARD_SECTORS and drv.r(0x100 + 40) == 1 and drv.r(0x100 + 44) == 1
+        assert drv.read(0x100 + 36) == D.MAX_DISCARD_SECTORS and drv.read(0x100 + 40) == 1 and drv.read(0x100 + 44) == 1
     if blk.can_punch or blk.can_zero:
         assert features & (1 << D.VIRTIO_BLK_F_WRITE_ZEROES)
-        assert drv.r(0x100 + 48) == D.MAX_DISCARD_SECTORS and drv.r(0x100 + 52) == 1
+        assert drv.read(0x100 + 48) == D.MAX_DISCARD_SECTORS and drv.read(0x100 + 52) == 1
     assert D.CONFIG.size == 72
-    assert drv.r(0x100 + 72) == 0  # past the structure
+    assert drv.read(0x100 + 72) == 0  # past the structure
     t.close()
 
 
@@ -227,7 +135,8 @@ def test_probe_changes_nothing(image):
 
 def test_readonly_features(mem, image):
     blk, t, drv = make(mem, image, readonly=True)
-    features = drv.probe()
+    drv.probe()
+    features = drv.features
     assert features & (1 << D.VIRTIO_BLK_F_RO)
     assert not features & ((1 << D.VIRTIO_BLK_F_DISCARD) | (1 << D.VIRTIO_BLK_F_WRITE_ZEROES))
     t.close()
@@ -268,7 +177,7 @@ def test_read_scattered_any_layout(disk, mem):
     bufs = [(HDR, 10, False), (HDR + 10, 6, False), (DATA, 100, True), (DATA + 0x1000, 312, True), (DATA + 0x2000, 101, True)]
     head = drv.dq.make_chain(bufs)
     drv.dq.publish(head)
-    drv.w(C.VIRTIO_MMIO_QUEUE_NOTIFY, 0)
+    drv.write(C.VIRTIO_MMIO_QUEUE_NOTIFY, 0)
     assert drv.dq.get_used() == [(head, 513)]
     got = mem.read(DATA, 100) + mem.read(DATA + 0x1000, 312) + mem.read(DATA + 0x2000, 100)
     assert got == sector_pattern(5)
@@ -409,7 +318,7 @@ def run_isolated(drv: BlkDriver, mem: GuestMemory, bufs):
     head = drv.dq.make_chain(bufs)
     drv.dq.publish(head)
     before = mem.read(0, MEM_SIZE)
-    drv.w(C.VIRTIO_MMIO_QUEUE_NOTIFY, 0)
+    drv.write(C.VIRTIO_MMIO_QUEUE_NOTIFY, 0)
     allowed = [(a, a + n) for a, n, w in bufs if w] + [drv.dq.used_ring_range()]
     assert_only_changed(mem, before, allowed)
     return drv.dq.get_used()
@@ -492,9 +401,9 @@ def broken(drv: BlkDriver, mem: GuestMemory, setup) -> None:
     head = setup(drv.dq)
     drv.dq.publish(head)
     snapshot_after_setup = mem.read(0, MEM_SIZE)
-    drv.w(C.VIRTIO_MMIO_QUEUE_NOTIFY, 0)
+    drv.write(C.VIRTIO_MMIO_QUEUE_NOTIFY, 0)
     assert drv.needs_reset()
-    assert drv.r(C.VIRTIO_MMIO_INTERRUPT_STATUS) & C.VIRTIO_MMIO_INT_CONFIG
+    assert drv.read(C.VIRTIO_MMIO_INTERRUPT_STATUS) & C.VIRTIO_MMIO_INT_CONFIG
     assert_only_changed(mem, snapshot_after_setup, [drv.dq.used_ring_range()])
 
 
