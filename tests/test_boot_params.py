@@ -57,6 +57,7 @@ def make_bzimage(
     setup[HEADER_END : HEADER_END + 8] = b"NOTHDR!!"      # must not be copied
     if payload is None:
         payload = bytes((i * 7 + 3) & 0xFF for i in range(8192))
+    struct.pack_into("<I", setup, 0x1F4, (len(payload) + 15) // 16)  # syssize, in paragraphs
     return bytes(setup) + payload
 
 
@@ -431,3 +432,10 @@ def test_pvh_command_line_limit(tmp_path, guest_memory) -> None:
     assert msg == "kernel command line is 2048 bytes; x86 Linux accepts at most 2047"
     load_paths(mem, write(tmp_path, "ok", make_elf()), None, "b" * 2047, e820_for(mem))
     assert mem.read(layout.CMDLINE_ADDR, 2048) == b"b" * 2047 + b"\0"
+
+
+def test_truncated_bzimage_is_refused_by_its_syssize(tmp_path, guest_memory) -> None:
+    """A bzImage cut short (a failed download) would otherwise boot into garbage and spin."""
+    image = make_bzimage()
+    with pytest.raises(BootError, match=r"bzImage: truncated \(the header says 8192 bytes of kernel, the file has 4096\)"):
+        loader.read_images(write(tmp_path, "k", image[: len(image) - 4096]), None)

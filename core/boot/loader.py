@@ -210,6 +210,11 @@ def parse_setup_header(image: bytes) -> SetupHeader:
     )
     if (setup_sects + 1) * 512 >= len(image):
         raise BootError("bzImage: truncated (no protected-mode kernel after the setup sectors)")
+    # syssize: the protected-mode kernel's size in 16-byte paragraphs (boot protocol 2.04+)
+    syssize = struct.unpack_from("<I", image, 0x1F4)[0] * 16
+    have = len(image) - (setup_sects + 1) * 512
+    if have < syssize:
+        raise BootError(f"bzImage: truncated (the header says {syssize} bytes of kernel, the file has {have})")
     return hdr
 
 
