@@ -192,3 +192,16 @@ def test_remove_needs_the_exact_base(pio: Bus) -> None:
     with pytest.raises(BusError, match="nothing mapped at 0x500"):
         pio.remove(0x500)
     assert len(pio.mappings()) == 1
+
+
+def test_unmapped_accesses_are_logged_once_per_address_and_counted(pio: Bus, caplog: pytest.LogCaptureFixture) -> None:
+    """A guest probing an absent port in a loop must not flood the log."""
+    caplog.set_level(logging.DEBUG, logger="microvm.bus")
+    buf = memoryview(bytearray(1))
+    for _ in range(100):
+        pio.read(0x2F8, buf)
+        pio.write(0x2F8, b"\x00")
+    pio.read(0x2F9, buf)
+    msgs = [r.getMessage() for r in caplog.records if r.name == "microvm.bus"]
+    assert msgs == ["pio bus: read of 1 bytes at unmapped 0x2f8", "pio bus: read of 1 bytes at unmapped 0x2f9"]
+    assert pio.unmapped_accesses == 201

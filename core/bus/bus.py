@@ -44,6 +44,10 @@ class Bus:
         self.limit = limit
         self._bases: list[int] = []
         self._maps: list[Mapping] = []
+        #: unmapped addresses already logged: a guest probing absent ports does so in loops
+        #: (Linux's 8250 autoconfig, 30,000 accesses per boot), so each is logged once
+        self._unmapped_seen: set[int] = set()
+        self.unmapped_accesses = 0
 
     def insert(self, device: BusDevice, base: int, length: int, name: str | None = None) -> Mapping:
         label = name or type(device).__name__
@@ -88,14 +92,21 @@ class Bus:
         """Fill ``data`` from the device at ``addr``; unmapped reads float to ``unmapped_read``."""
         m = self.find(addr)
         if m is None or addr + len(data) > m.end:
-            log.debug("%s bus: read of %d bytes at unmapped %#x", self.name, len(data), addr)
+            self._log_unmapped(addr, "%s bus: read of %d bytes at unmapped %#x", len(data))
             data[:] = bytes([self.unmapped_read]) * len(data)
             return
         m.device.read(addr - m.base, data)
 
+    def _log_unmapped(self, addr: int, fmt: str, arg: object) -> None:
+        """Debug-log the first access to each unmapped address; count them all."""
+        self.unmapped_accesses += 1
+        if addr not in self._unmapped_seen and len(self._unmapped_seen) < 4096:
+            self._unmapped_seen.add(addr)
+            log.debug(fmt, self.name, arg, addr)
+
     def write(self, addr: int, data: bytes) -> None:
         m = self.find(addr)
         if m is None or addr + len(data) > m.end:
-            log.debug("%s bus: write of %s at unmapped %#x ignored", self.name, bytes(data).hex(), addr)
+            self._log_unmapped(addr, "%s bus: write of %s at unmapped %#x ignored", bytes(data).hex())
             return
         m.device.write(addr - m.base, data)

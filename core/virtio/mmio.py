@@ -489,7 +489,7 @@ class VirtioMmioTransport:
             self.set_needs_reset("backend activation failed")
             return
         self._activated = True
-        log.debug("%s: activated with features %#x", self.name, features)
+        log.info("%s: activated with features %#x", self.name, features)
 
     def _reset_device(self) -> None:
         """Status = 0 (§2.4): back to the power-on state. ``_dev_lock`` held."""
