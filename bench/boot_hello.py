@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -21,25 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-
-
-def ensure_qemu() -> str:
-    q = shutil.which("qemu-system-x86_64")
-    if q:
-        return q
-    print("installing Debian's qemu-system-x86 ...", file=sys.stderr)
-    subprocess.run(["apt-get", "update", "-qq"], check=True)
-    subprocess.run(["apt-get", "install", "-y", "-qq", "qemu-system-x86"], check=True, stdout=subprocess.DEVNULL)
-    return shutil.which("qemu-system-x86_64") or sys.exit("qemu-system-x86_64 still not found")
-
-
-def build_hello(tmp: Path) -> Path:
-    src = REPO / "tests/guests/hello-pvh.S"
-    obj, elf = tmp / "hello.o", tmp / "hello.elf"
-    subprocess.run(["as", "--64", str(src), "-o", str(obj)], check=True)
-    subprocess.run(["ld", "-Ttext=0x100000", str(obj), "-o", str(elf)], check=True)
-    return elf
+from _common import REPO, assemble, ensure_qemu
 
 
 def measure(cmd: list[str], expect: bytes) -> tuple[float, int]:
@@ -59,10 +40,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-n", type=int, default=20, help="runs of each VMM (default 20)")
     args = ap.parse_args()
-    qemu = ensure_qemu()
+    qemu = ensure_qemu() or sys.exit("qemu-system-x86_64 is not available: nothing to compare with")
     microvm = str(REPO / ".venv/bin/microvm")
     with tempfile.TemporaryDirectory() as d:
-        elf = build_hello(Path(d))
+        elf = assemble(Path(d), "hello-pvh")
         cmds = {
             "microvm": [microvm, "run", "--kernel", str(elf), "--no-reboot", "-m", "128M",
                         "-M", "microvm,x-option-roms=off"],

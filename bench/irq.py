@@ -42,7 +42,6 @@ import argparse
 import os
 import re
 import select
-import shutil
 import statistics
 import subprocess
 import sys
@@ -51,34 +50,11 @@ import threading
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from _common import REPO, assemble, ensure_qemu
 COUNT_RE = re.compile(rb"COUNT=(\d+) IRQS=(\d+)\n")
 # Payload: letters without 'q' (the guest's stop byte) and without control characters (C-a is
 # the escape of microvm's stdio chardev, as of QEMU's -nographic mux).
 ALPHABET = bytes(c for c in range(ord("a"), ord("z") + 1) if c != ord("q"))
-
-
-def ensure_qemu() -> str | None:
-    q = shutil.which("qemu-system-x86_64")
-    if q:
-        return q
-    print("installing Debian's qemu-system-x86 ...", file=sys.stderr)
-    try:
-        subprocess.run(["apt-get", "update", "-qq"], check=True)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "qemu-system-x86"], check=True, stdout=subprocess.DEVNULL)
-    except (OSError, subprocess.CalledProcessError) as e:
-        print(f"could not install qemu-system-x86: {e}", file=sys.stderr)
-        return None
-    return shutil.which("qemu-system-x86_64")
-
-
-def build_guest(tmp: Path, name: str, defsyms: tuple[str, ...] = ()) -> Path:
-    guests = REPO / "tests/guests"
-    obj, elf = tmp / f"{name}.o", tmp / f"{name}.elf"
-    syms = [a for d in defsyms for a in ("--defsym", d)]
-    subprocess.run(["as", "--64", *syms, "-I", str(guests), str(guests / "irq64.S"), "-o", str(obj)], check=True)
-    subprocess.run(["ld", "-Ttext=0x100000", str(obj), "-o", str(elf)], check=True)
-    return elf
 
 
 class RunFailed(RuntimeError):
@@ -201,7 +177,7 @@ def main() -> None:
     unavailable: dict[str, dict[str, str]] = {}
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        cmds = {v: vmm_commands(microvm, qemu, build_guest(tmp, f"irq64-{v}", syms)) for v, (syms, _) in VARIANTS.items()}
+        cmds = {v: vmm_commands(microvm, qemu, assemble(tmp, "irq64", f"irq64-{v}", syms)) for v, (syms, _) in VARIANTS.items()}
         for v, vc in cmds.items():
             unavailable[v] = {k: "qemu-system-x86_64 is not installed and could not be installed"
                               for k, c in vc.items() if c is None}
