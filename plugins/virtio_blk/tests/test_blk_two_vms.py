@@ -1,0 +1,35 @@
+"""Two VMs on one image: the second read-write user is refused with a one-line error."""
+from __future__ import annotations
+
+import subprocess
+import time
+
+import pytest
+
+from kvm_helpers import build_guest, kvm_reason, microvm_cmd, run_microvm
+
+pytestmark = [pytest.mark.kvm, pytest.mark.skipif(kvm_reason() is not None, reason=f"needs KVM: {kvm_reason()}")]
+
+
+def test_second_writer_is_refused_while_readers_share(tmp_path):
+    elf = build_guest("spin", tmp_path)
+    img = tmp_path / "disk.img"
+    img.write_bytes(bytes(1 << 20))
+    disk = ["--drive", f"id=d,file={img},format=raw,if=none", "--device", "virtio-blk-device,drive=d", "--serial", "null"]
+    first = subprocess.Popen(microvm_cmd("run", "--kernel", str(elf), *disk),
+                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        time.sleep(1.0)  # the first VM holds the lock from machine creation on
+        assert first.poll() is None, first.stderr.read()
+        r = run_microvm("run", "--kernel", str(elf), *disk, timeout=30)
+        assert r.returncode == 2
+        lines = r.stderr.decode().splitlines()
+        assert len(lines) == 1 and "is locked by another process" in lines[0], lines
+    finally:
+        first.kill()
+        first.wait()
+    # once the first VM is gone the image is free again (checked with a reader: it boots and spins)
+    ro = ["--drive", f"id=d,file={img},format=raw,if=none,readonly=on", "--device", "virtio-blk-device,drive=d",
+          "--serial", "null"]
+    with pytest.raises(subprocess.TimeoutExpired):
+        run_microvm("run", "--kernel", str(elf), *ro, timeout=2)
