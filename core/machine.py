@@ -22,7 +22,28 @@ log = get_logger("microvm.machine")
 
 if TYPE_CHECKING:
     from .bus.protocol import BusDevice
-KICK_SIGNAL = signal.SIGUSR1
+#: Interrupts a vCPU thread's KVM_RUN (EINTR). A real-time signal, as Firecracker uses, so an
+#: embedding program's SIGUSR1 stays its own.
+KICK_SIGNAL = signal.SIGRTMIN
+
+
+def install_kick_handler() -> bool:
+    """Give KICK_SIGNAL a no-op handler (its only effect is EINTR in KVM_RUN). Python lets
+    only the main thread install handlers, so this runs when this module is imported there
+    (programs import before they start threads), and again from Machine.run."""
+    global _kick_handler_installed
+    if _kick_handler_installed:
+        return True
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    if signal.getsignal(KICK_SIGNAL) in (signal.SIG_DFL, None):
+        signal.signal(KICK_SIGNAL, lambda *_: None)
+    _kick_handler_installed = True
+    return True
+
+
+_kick_handler_installed = False
+install_kick_handler()
 #: Guest command-line words that keep Linux off instructions an emulating host cannot run
 #: (HOST.md: no XSAVE; clearcpuid 151 = POPCNT, 308 = SMAP, by number since names need
 #: CONFIG_X86_FEATURE_NAMES).
@@ -366,19 +387,12 @@ class Machine:
             self.request_stop(0, f"guest reset ({reason}): rebooting")
 
     def signal_thread(self, thread: Any) -> None:
-        if self._kick_handler_installed and thread.ident is not None and thread.is_alive():
+        if _kick_handler_installed and thread.ident is not None and thread.is_alive():
             try:
                 signal.pthread_kill(thread.ident, KICK_SIGNAL)
             except (ProcessLookupError, OSError):
                 pass
 
-    _kick_handler_installed = False
-
-    def _install_kick_handler(self) -> None:
-        """A no-op SIGUSR1 handler: its only effect is interrupting KVM_RUN with EINTR."""
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(KICK_SIGNAL, lambda *_: None)
-            Machine._kick_handler_installed = True
 
     def run(self) -> int:
         """Boot and run until the guest stops; returns the exit status."""
@@ -387,7 +401,9 @@ class Machine:
         try:
             if not self._built:
                 self.build()
-            self._install_kick_handler()
+            if not install_kick_handler():
+                log.warning("Machine.run outside the main thread before microvm.machine was imported in it: "
+                            "a vCPU halted in the guest may take seconds to stop")
             self.hook.machine_start(machine=self)
             if self._virtio is not None:
                 self._virtio.start()

@@ -59,12 +59,10 @@ def test_kvm_run_releases_the_gil_and_stop_kicks_a_spinning_vcpu(guest_cache, ca
 
     t = threading.Thread(target=watcher)
     t.start()
-    t0 = time.monotonic()
     status = m.run()
     t.join()
     assert status == 0
     assert m.stop_reason == "test done"
-    assert time.monotonic() - t0 < 15
     assert counts and counts[0] > 1000, counts
     assert "SPIN" in capfd.readouterr().out
     assert all(not th.is_alive() for th in m.threads)
@@ -168,3 +166,23 @@ def test_guest_ram_is_registered_in_two_slots_above_3g(guest_cache):
     m = Machine(MachineSpec(kernel=str(elf), mem_size=3200 << 20, serial=["null"], no_reboot=True))
     assert m.run() == 0
     assert [(r.gpa, r.size) for r in m.memory.regions] == [(0, 3 << 30), (4 << 30, 128 << 20)]
+
+
+def test_machine_run_in_another_thread_still_stops_promptly(guest_cache):
+    """The embedding case: run() on a worker thread, stop from the main thread. The kick
+    signal's handler was installed when microvm.machine was imported here, in the main thread."""
+    elf = build_guest("spin", guest_cache)
+    m = Machine(MachineSpec(kernel=str(elf), serial=["null"], no_reboot=True))
+    result = []
+    t = threading.Thread(target=lambda: result.append(m.run()))
+    t.start()
+    deadline = time.monotonic() + 20
+    while not m.threads and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.3)  # the vCPU is now spinning inside KVM_RUN
+    m.request_stop(0, "stop from main")
+    t.join(timeout=30)
+    assert not t.is_alive() and result == [0]
+    # without the kick signal the vCPU would still be inside KVM_RUN: run() gives up on it
+    # after its join timeout and returns with the thread alive
+    assert all(not th.is_alive() for th in m.threads)
