@@ -137,8 +137,10 @@ def mptable_entries(machine: "Machine") -> list[Any] | None:
 
 @hookspec(firstresult=True)
 def handle_exit(machine: "Machine", vcpu: Any, exit_reason: int) -> bool | None:
-    """Handle a ``KVM_RUN`` exit the core does not know (e.g. ``KVM_EXIT_IOAPIC_EOI`` for a
-    userspace IOAPIC). Return True when handled; the first True wins (``firstresult``).
+    """Handle a rare ``KVM_RUN`` exit the core does not know (e.g. ``KVM_EXIT_DEBUG`` for a
+    debugger plugin). Return True when handled; the first True wins (``firstresult``).
+    Exits that come often (a userspace IOAPIC's ``KVM_EXIT_IOAPIC_EOI``) belong in
+    ``machine.add_exit_handler``, which the vCPU loop calls directly, without pluggy.
     An exit nobody handles stops the machine with a register dump. Called on the vCPU's
     own thread; ``vcpu.run_ptr`` is the ``struct kvm_run``.
 
