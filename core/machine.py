@@ -314,6 +314,11 @@ class Machine:
         self.ioapic_id = getattr(self.irqchip, "ioapic_id", 0)
 
     def _create_user_devices(self) -> None:
+        for ident, props in self.netdev_specs.items():
+            backend = props.get("backend", "")
+            if ("netdev", backend) not in self.host.backends:
+                known = ", ".join(sorted(n for k, n in self.host.backends if k == "netdev")) or "none installed"
+                raise ConfigError(f"--netdev {backend},id={ident}: no plugin provides this network backend ({known})")
         for text in self.spec.devices:
             props = parse_props(text, positional="driver")
             driver = props.pop("driver", None) or props.pop("type", None)

@@ -186,3 +186,15 @@ def test_machine_run_in_another_thread_still_stops_promptly(guest_cache):
     # without the kick signal the vCPU would still be inside KVM_RUN: run() gives up on it
     # after its join timeout and returns with the thread alive
     assert all(not th.is_alive() for th in m.threads)
+
+
+def test_netdev_without_a_backend_plugin_is_a_config_error(guest_cache):
+    """A QEMU command line's -netdev tap,... must not be silently dropped while no network
+    backend plugin is installed."""
+    from microvm.errors import ConfigError
+
+    elf = build_guest("hello-pvh", guest_cache)
+    m = Machine(MachineSpec(kernel=str(elf), serial=["null"], netdevs=["tap,id=tap0,script=no"]))
+    with pytest.raises(ConfigError, match=r"--netdev tap,id=tap0: no plugin provides this network backend"):
+        m.build()
+    m.close()
