@@ -14,6 +14,9 @@ from typing import Any
 from microvm import layout
 from microvm.boot.mptable import IoApic, IoInterrupt
 from microvm.kvm import ffi, lib
+from microvm.log import get_logger
+
+log = get_logger("microvm.irqchip_kvm")
 
 
 class KvmIrqLine:
@@ -61,6 +64,8 @@ class KernelIrqChip:
         vm = machine.vm
         self.vm = vm
         vm.ioctl_int("KVM_CREATE_IRQCHIP")
+        if machine.option("pic") == "off":
+            log.warning("kernel-irqchip=on: KVM's in-kernel irqchip always has its 8259s; pic=off has no effect")
         pit = machine.option("pit")
         self.pit = pit in (None, "on", "auto")
         if self.pit:
