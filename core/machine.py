@@ -360,7 +360,7 @@ class Machine:
             entries.extend(contrib or [])
         self.mptable = entries
         self.memory.write(layout.MPTABLE_ADDR, mptable.build(layout.MPTABLE_ADDR, entries))
-        bootcpu.write_gdt_and_page_tables(self.memory)
+        bootcpu.write_gdt_and_page_tables(self.memory)  # PVH enters with paging off; harmless
         bsp = self.vcpus[0]
         sregs = bsp.get_sregs()
         bootcpu.setup_sregs(sregs, self.entry.mode)

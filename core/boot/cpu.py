@@ -55,10 +55,8 @@ def write_gdt_and_page_tables(memory: GuestMemory) -> None:
     for i in range(4):
         struct.pack_into("<Q", pdpt, 8 * i, (layout.PD_ADDR + i * 0x1000) | 0x3)
     memory.write(layout.PDPT_ADDR, bytes(pdpt))
-    pd = bytearray(4 * 4096)
-    for i in range(4 * 512):
-        struct.pack_into("<Q", pd, 8 * i, (i << 21) | 0x83)  # present, writable, 2 MiB page
-    memory.write(layout.PD_ADDR, bytes(pd))
+    # present, writable, 2 MiB page; packed in one call (a Python loop costs a millisecond)
+    memory.write(layout.PD_ADDR, struct.pack("<2048Q", *range(0x83, 2048 << 21, 1 << 21)))
 
 
 def _segment(seg: Any, selector: int, type_: int, code64: bool = False, db: bool = True) -> None:
