@@ -115,16 +115,13 @@ class FdChardev:
         for b in data:
             if self._escape:
                 self._escape = False
-                if b in (ord("x"), ord("X")):
-                    if self.on_quit:
-                        self.on_quit()
-                    continue
-                if b in (ord("b"), ord("B")):
-                    if out and self._receiver:
+                if b in (ord("x"), ord("X"), ord("b"), ord("B")):
+                    if out and self._receiver:  # what came before the escape goes first
                         self._receiver(bytes(out))
                     out.clear()
-                    if self._on_break:
-                        self._on_break()
+                    action = self.on_quit if b in (ord("x"), ord("X")) else self._on_break
+                    if action:
+                        action()
                     continue
                 if b != self.ESCAPE:
                     out.append(self.ESCAPE)
