@@ -6,12 +6,12 @@ not guest-visible devices. Backends register by name through ``register_backends
 """
 from __future__ import annotations
 
-from .log import get_logger
 import os
 import select
 import sys
 import threading
 from typing import Callable, Protocol
+from .log import get_logger
 
 log = get_logger("microvm.chardev")
 

@@ -18,10 +18,10 @@ QEMU has no such assist, which is why it stops on these hosts.
 """
 from __future__ import annotations
 
-from .log import get_logger
 from typing import Any
 
 from .errors import GuestMemoryError
+from .log import get_logger
 
 log = get_logger("microvm.emulation")
 _seen: set[str] = set()

@@ -5,7 +5,6 @@ order of construction, the KVM objects, placement helpers and the run/stop/reset
 """
 from __future__ import annotations
 
-from .log import get_logger
 import os
 import signal
 import threading
@@ -17,6 +16,7 @@ from .chardev import Chardev, FdChardev, NullChardev, stdio_chardev
 from .errors import ConfigError, MicrovmError
 from .memory import GuestMemory
 from .spec import MachineSpec, parse_props
+from .log import get_logger
 
 log = get_logger("microvm.machine")
 

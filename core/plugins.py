@@ -21,8 +21,8 @@ from typing import Any, Callable, Iterable, NamedTuple
 import pluggy
 
 from .errors import PluginError
-from .log import get_logger
 from .options import MachineOption, OptionRegistry
+from .log import get_logger
 
 log = get_logger("microvm.plugins")
 GROUP = "microvm"

@@ -8,10 +8,10 @@ host's clock, not a count of exits, as on a real board.
 """
 from __future__ import annotations
 
-from .log import get_logger
 import threading
 import time
 from typing import Callable, Protocol
+from .log import get_logger
 
 log = get_logger("microvm.timers")
 

@@ -7,11 +7,11 @@ dump. :mod:`microvm.emulation` steps over the instructions an emulating host can
 """
 from __future__ import annotations
 
-from .log import get_logger
 import threading
 from typing import TYPE_CHECKING, Any
 
 from .kvm import Vcpu, ffi, lib
+from .log import get_logger
 
 if TYPE_CHECKING:
     from .machine import Machine

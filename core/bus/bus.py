@@ -8,11 +8,11 @@ MMIO bus, as the bus was built to.
 """
 from __future__ import annotations
 
-from ..log import get_logger
 import bisect
 from typing import TYPE_CHECKING, NamedTuple
 
 from ..errors import BusError
+from ..log import get_logger
 
 log = get_logger("microvm.bus")
 

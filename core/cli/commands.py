@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import sys
 
-from ..log import get_logger
 from .main import error, setup_logging
+from ..log import get_logger
 
 log = get_logger("microvm.cli")
 

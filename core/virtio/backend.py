@@ -13,9 +13,9 @@ VMM has no ioeventfd).
 """
 from __future__ import annotations
 
-from ..log import get_logger
 import abc
 from typing import TYPE_CHECKING, Callable, ClassVar
+from ..log import get_logger
 
 if TYPE_CHECKING:
     from ..memory import GuestMemory

@@ -22,7 +22,6 @@ needed ``_dev_lock`` is taken first.
 """
 from __future__ import annotations
 
-from ..log import get_logger
 import struct
 import threading
 from typing import TYPE_CHECKING, Callable
@@ -78,6 +77,7 @@ from .constants import (
     VIRTIO_MMIO_WINDOW,
 )
 from .queue import QueueError, Virtqueue
+from ..log import get_logger
 
 if TYPE_CHECKING:
     from ..irq import IrqLine

@@ -20,7 +20,6 @@ re-reading ``avail->idx``) go through :func:`full_barrier`.
 """
 from __future__ import annotations
 
-from ..log import get_logger
 import struct
 import threading
 from dataclasses import dataclass, field
@@ -39,6 +38,7 @@ from .constants import (
     VIRTQ_USED_ALIGN,
     VIRTQ_USED_ELEM_SIZE,
 )
+from ..log import get_logger
 
 if TYPE_CHECKING:
     from ..memory import GuestMemory

@@ -12,7 +12,6 @@ the same eventfd from the vCPU thread.
 """
 from __future__ import annotations
 
-from ..log import get_logger
 import os
 import select
 import threading
@@ -22,6 +21,7 @@ from typing import Any
 from .. import layout
 from ..errors import ConfigError
 from .mmio import VirtioMmioTransport
+from ..log import get_logger
 
 log = get_logger("microvm.virtio")
 

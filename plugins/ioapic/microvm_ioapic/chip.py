@@ -12,7 +12,6 @@ as QEMU's ``ioapic_update_kvm_routes`` does.
 """
 from __future__ import annotations
 
-from microvm.log import get_logger
 import threading
 from typing import Any
 
@@ -20,6 +19,7 @@ from microvm import layout
 from microvm.boot.mptable import IoApic as MpIoApic
 
 from .device import IoApic
+from microvm.log import get_logger
 
 log = get_logger("microvm.ioapic")
 DELIVERY_EXTINT = 7

@@ -43,10 +43,10 @@ can reprogram the KVM GSI route of that pin and the EOI exit bitmap.
 """
 from __future__ import annotations
 
-from microvm.log import get_logger
 import threading
 from dataclasses import dataclass
 from typing import Callable
+from microvm.log import get_logger
 
 log = get_logger("microvm.ioapic")
 

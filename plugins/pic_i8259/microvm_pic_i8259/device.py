@@ -36,10 +36,10 @@ changes in order; it must not call back into the pair from another thread while 
 """
 from __future__ import annotations
 
-from microvm.log import get_logger
 import threading
 
 from microvm.irq import IrqLine
+from microvm.log import get_logger
 
 log = get_logger("microvm.pic_i8259")
 

@@ -40,12 +40,12 @@ access may have moved :meth:`I8254.next_deadline`, so the timer thread can re-ar
 """
 from __future__ import annotations
 
-from microvm.log import get_logger
 import threading
 import time
 from typing import Callable
 
 from microvm.irq import IrqLine
+from microvm.log import get_logger
 
 log = get_logger("microvm.pit_i8254")
 

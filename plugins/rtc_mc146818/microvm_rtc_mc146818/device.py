@@ -50,13 +50,13 @@ called after the lock is released whenever a guest access may have moved the dea
 """
 from __future__ import annotations
 
-from microvm.log import get_logger
 import datetime as _dt
 import threading
 import time
 from typing import Callable
 
 from microvm.irq import IrqLine
+from microvm.log import get_logger
 
 log = get_logger("microvm.rtc_mc146818")
 

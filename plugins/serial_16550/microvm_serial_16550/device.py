@@ -33,12 +33,12 @@ changes in order; they must not call back into the device.
 """
 from __future__ import annotations
 
-from microvm.log import get_logger
 import threading
 from collections import deque
 from typing import Callable, Iterable
 
 from microvm.irq import IrqLine
+from microvm.log import get_logger
 
 log = get_logger("microvm.serial_16550")
 

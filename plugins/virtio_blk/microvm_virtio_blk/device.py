@@ -13,7 +13,6 @@ broken ring (:class:`~microvm.virtio.QueueError`) does, through the transport.
 """
 from __future__ import annotations
 
-from microvm.log import get_logger
 import ctypes
 import errno
 import fcntl
@@ -25,6 +24,7 @@ from typing import TYPE_CHECKING, Callable
 from microvm.errors import ConfigError
 from microvm.virtio.backend import VirtioBackend
 from microvm.virtio.constants import VIRTIO_ID_BLOCK
+from microvm.log import get_logger
 
 if TYPE_CHECKING:
     from microvm.memory import GuestMemory
