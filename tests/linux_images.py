@@ -268,7 +268,7 @@ class ConsoleSession:
 
     def tail(self, n: int = 3000, err_skip: str = "pio bus: ") -> str:
         """The last ``n`` characters of stdout and stderr (without the lines containing
-        ``err_skip``: -vv logs every access to an unmapped port), for assertion messages."""
+        ``err_skip``: -vv logs the first access to each unmapped port), for assertion messages."""
         status = self.proc.poll()
         err = "\n".join(line for line in self.errtext.splitlines() if not (err_skip and err_skip in line))
         return (f"\n--- status {status}{' (timed out)' if self.timed_out else ''}; "

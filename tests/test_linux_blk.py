@@ -10,7 +10,7 @@ Two boots (30-60 s each on an emulating host):
   the disk write-protected (VIRTIO_BLK_F_RO), so even with ``rw`` on its command line it
   mounts the root read-only, and the image is byte-identical afterwards.
 
-Both read the features the driver accepted from the VMM's debug log (``-vv``): without
+Both read the features the driver accepted from the VMM's log (``-v``): without
 VIRTIO_F_VERSION_1 on the legacy transport, with it (and VIRTIO_BLK_F_RO) on the modern one.
 
 No guest user space is needed (it cannot make system calls on an emulating host, HOST.md):
@@ -66,7 +66,7 @@ def _size_line_re(size: int) -> re.Pattern[str]:
 def _boot(kernel: Path, drive: str, device: str) -> ConsoleSession:
     return ConsoleSession(
         microvm_cmd("run", "--kernel", str(kernel), "--append", CMDLINE,
-                    "--drive", drive, "--device", device, "--no-reboot", "-vv"),
+                    "--drive", drive, "--device", device, "--no-reboot", "-v"),
         timeout=BOOT_TIMEOUT,
     )
 
@@ -109,7 +109,7 @@ def test_guest_mounts_ext4_root_read_write_and_writes_the_superblock(default_gue
     assert remounted, f"no 'Emergency Remount complete' after SysRq u{tail}"
     assert status == 0, f"the VMM did not exit 0 after SysRq b (reboot=t, --no-reboot){tail}"
     features = _negotiated(err)
-    assert features is not None, f"no 'activated with features' in the -vv log{tail}"
+    assert features is not None, f"no 'activated with features' in the -v log{tail}"
     assert not features & VIRTIO_F_VERSION_1, f"legacy transport expected, features {features:#x}"
 
     fsck = subprocess.run([tool("e2fsck"), "-fn", str(root_image)], capture_output=True, text=True)
@@ -143,7 +143,7 @@ def test_guest_sees_readonly_drive_write_protected_on_modern_transport(default_g
     assert "I/O error" not in out, tail
     assert status == 0, f"the VMM did not exit 0 after SysRq b (reboot=t, --no-reboot){tail}"
     features = _negotiated(err)
-    assert features is not None, f"no 'activated with features' in the -vv log{tail}"
+    assert features is not None, f"no 'activated with features' in the -v log{tail}"
     assert features & VIRTIO_F_VERSION_1, f"modern transport (VIRTIO_F_VERSION_1) expected, features {features:#x}"
     assert features & (1 << 5), f"VIRTIO_BLK_F_RO not negotiated, features {features:#x}"
     assert _sha256(root_image) == before, "the read-only image changed"
