@@ -26,11 +26,17 @@ from .log import get_logger
 log = get_logger("microvm.emulation")
 _seen: set[str] = set()
 RFLAGS_AC = 1 << 18
+RFLAGS_IF = 1 << 9
+RFLAGS_IOPL = 3 << 12
+RFLAGS_NT = 1 << 14
+RFLAGS_VM = 1 << 17
 _GPR = ["rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15"]
 
 
 def _walk(memory: Any, cr3: int, cr4: int, efer: int, linear: int) -> int | None:
     """Translate with the guest's 4-level (or 32-bit non-PAE) page tables, in software."""
+    if cr4 & (1 << 12):  # LA57: 5-level paging is not walked; the assist then declines
+        return None
     try:
         if efer & (1 << 10):  # IA-32e: 4-level paging
             table = cr3 & 0x000FFFFFFFFFF000
@@ -95,6 +101,27 @@ def _note(kind: str, rip: int) -> None:
         log.debug("emulation assist: %s at %#x", kind, rip)
 
 
+def _inject(vcpu: Any, vector: int) -> None:
+    """Queue exception ``vector`` (no error code) for the next entry (KVM_SET_VCPU_EVENTS)."""
+    ev = vcpu.get_vcpu_events()
+    ev.exception.injected = 1
+    ev.exception.nr = vector
+    ev.exception.has_error_code = 0
+    ev.exception.error_code = 0
+    ev.flags = 0
+    vcpu.set_vcpu_events(ev)
+
+
+def _read_linear_u32(vcpu: Any, memory: Any, sregs: Any, linear: int) -> int | None:
+    pa = linear_to_phys(vcpu, memory, sregs, linear)
+    if pa is None or (pa & 0xFFF) > 0xFFC:  # unmapped, or split across pages: not assisted
+        return None
+    try:
+        return memory.read_u32(pa)
+    except GuestMemoryError:
+        return None
+
+
 def assist(vcpu: Any, memory: Any, run: Any) -> bool:
     """Try to complete the instruction that failed emulation. True when the guest can go on."""
     from .kvm import lib
@@ -118,18 +145,20 @@ def assist(vcpu: Any, memory: Any, run: Any) -> bool:
         i += 1
     op = code[i:]
     if op[:1] == b"\xcc":
-        regs.rip += i + 1
+        regs.rip += i + 1  # #BP is a trap: the handler returns after the INT3
         vcpu.set_regs(regs)
-        ev = vcpu.get_vcpu_events()
-        ev.exception.injected = 1
-        ev.exception.nr = 3
-        ev.exception.has_error_code = 0
-        ev.exception.error_code = 0
-        ev.flags = 0
-        vcpu.set_vcpu_events(ev)
+        _inject(vcpu, 3)
         _note("INT3", regs.rip - i - 1)
         return True
     if op[:1] == b"\x9b":
+        if sregs.cr0 & 0xA == 0xA:  # CR0.TS and CR0.MP: FWAIT raises #NM (a fault, RIP stays)
+            _inject(vcpu, 7)
+            _note("FWAIT (#NM)", regs.rip)
+            return True
+        if vcpu.get_fpu().fsw & 0x80:  # FSW.ES: an unmasked x87 exception is pending: #MF
+            _inject(vcpu, 16)
+            _note("FWAIT (#MF)", regs.rip)
+            return True
         regs.rip += i + 1
         vcpu.set_regs(regs)
         _note("FWAIT", regs.rip - i - 1)
@@ -144,15 +173,22 @@ def assist(vcpu: Any, memory: Any, run: Any) -> bool:
         _note("CLAC/STAC", regs.rip - i - 3)
         return True
     if op[:1] == b"\xcf" and not long_mode and sregs.cr0 & 1 and sregs.cs.db and i == 0:
+        if regs.rflags & (RFLAGS_VM | RFLAGS_NT):
+            return False  # virtual-8086 or nested-task return: not assisted
         esp = regs.rsp & 0xFFFFFFFF
-        try:
-            eip, cs, eflags = (memory.read_u32(sregs.ss.base + esp + 4 * k) for k in range(3))
-        except GuestMemoryError:
+        frame = [_read_linear_u32(vcpu, memory, sregs, (sregs.ss.base + esp + 4 * k) & 0xFFFFFFFF) for k in range(3)]
+        if None in frame:
             return False
-        if (cs & 0xFFFF) != sregs.cs.selector:
-            return False  # a far return to another segment or privilege level: not assisted
+        eip, cs, eflags = frame  # type: ignore[misc]
+        if (cs & 0xFFFF) != sregs.cs.selector or eflags & RFLAGS_VM:
+            return False  # another segment, privilege level or mode: not assisted
+        eflags = (eflags & 0x3F7FD7) | 0x2
+        cpl = sregs.cs.selector & 3
+        if cpl > 0:  # as the SDM's IRET: IOPL only changes at CPL 0, IF only at CPL <= IOPL
+            keep = RFLAGS_IOPL | (0 if cpl <= (regs.rflags & RFLAGS_IOPL) >> 12 else RFLAGS_IF)
+            eflags = (eflags & ~keep) | (regs.rflags & keep)
         regs.rip = eip
-        regs.rflags = (eflags & 0x3F7FD7) | 0x2
+        regs.rflags = eflags
         regs.rsp = (regs.rsp & ~0xFFFFFFFF) | ((esp + 12) & 0xFFFFFFFF)
         vcpu.set_regs(regs)
         _note("IRET (32-bit)", eip)

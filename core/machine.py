@@ -73,6 +73,8 @@ class Machine:
             raise ConfigError("no kernel given (--kernel FILE)")
         #: kernel and initrd bytes (microvm.boot.loader.BootImages), checked before KVM is touched
         self.images = images or read_images(spec.kernel, spec.initrd)
+        #: a machine rebuilt after a guest reset (run_spec passes the images on)
+        self.rebooted = images is not None
         self.smp = spec.smp
         self.ram_size = spec.mem_size
         self.devices: dict[str, Any] = {}
@@ -95,7 +97,7 @@ class Machine:
         self.vm: Any = None
         self.memory: GuestMemory | None = None
         self.pio_bus = Bus("pio", unmapped_read=0xFF, limit=1 << 16)
-        self.mmio_bus = Bus("mmio", unmapped_read=0xFF)
+        self.mmio_bus = Bus("mmio", unmapped_read=0x00)  # QEMU's unassigned_mem_read: 0
         self.cmdline = ""
         self.entry: Any = None
         self.mptable: list[Any] = []
@@ -224,7 +226,9 @@ class Machine:
         if not path:
             raise ConfigError("file chardev needs path=...")
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            # truncated once per process, as QEMU does: a reboot appends to the same log
+            mode = os.O_APPEND if self.rebooted else os.O_TRUNC
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | mode | os.O_CLOEXEC, 0o644)
         except OSError as e:
             raise ConfigError(f"cannot open {path}: {e.strerror}") from None
         dev = FdChardev(fd, None)
@@ -399,6 +403,14 @@ class Machine:
                 pass
 
 
+    def _install_termination_handlers(self) -> None:
+        """SIGTERM/SIGHUP stop the machine cleanly (the terminal is restored, disks closed), as
+        QEMU does; only possible from the main thread."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, lambda signum, _frame: self.request_stop(0, f"terminated by signal {signum}"))
+
     def run(self) -> int:
         """Boot and run until the guest stops; returns the exit status."""
         from .vcpu import VcpuThread
@@ -406,6 +418,7 @@ class Machine:
         try:
             if not self._built:
                 self.build()
+            self._install_termination_handlers()
             if not install_kick_handler():
                 log.warning("Machine.run outside the main thread before microvm.machine was imported in it: "
                             "a vCPU halted in the guest may take seconds to stop")

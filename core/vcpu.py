@@ -63,8 +63,9 @@ class VcpuThread(threading.Thread):
         self.vcpu = vcpu
         self.run_ptr = vcpu.run_ptr
         self.run_view = memoryview(vcpu.run_buf)
-        #: set (with a kick) by Machine.request_extint when the 8259 has an interrupt for LINT0
-        self.extint_pending = False
+        #: set (with a kick) by Machine.request_extint when the 8259 has an interrupt for LINT0;
+        #: the boot vCPU also looks once at start (the 8259 may have raised INTR before)
+        self.extint_pending = vcpu.id == 0 and machine.extint_source is not None
 
     def kick(self) -> None:
         """Make KVM_RUN return soon: immediate_exit for the next entry, a signal for this one."""
@@ -118,19 +119,19 @@ class VcpuThread(threading.Thread):
         interrupt-window exit (KVM_EXIT_IRQ_WINDOW_OPEN) and try again then, as QEMU does."""
         run = self.run_ptr
         src = self.machine.extint_source
+        # clear first, then look: a request_extint() racing with us sets the flag again
+        self.extint_pending = False
         if src is None or not src.has_interrupt():
-            self.extint_pending = False
             run.request_interrupt_window = 0
             return
         if run.ready_for_interrupt_injection and run.if_flag:
-            self.extint_pending = False
             run.request_interrupt_window = 0
             self.vcpu.interrupt(src.acknowledge())
-            # the 8259 may have another request behind this one
-            self.extint_pending = src.has_interrupt()
-            if self.extint_pending:
+            if src.has_interrupt():  # the 8259 may have another request behind this one
+                self.extint_pending = True
                 run.request_interrupt_window = 1
         else:
+            self.extint_pending = True
             run.request_interrupt_window = 1
 
     def _other_exit(self, reason: int) -> None:

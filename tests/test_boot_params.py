@@ -34,6 +34,8 @@ def make_bzimage(
     initrd_addr_max: int = 0x7FFFFFFF,
     boot_flag: int = 0xAA55,
     payload: bytes | None = None,
+    pref_address: int = 0x100000,
+    kernel_alignment: int = 0x100000,
 ) -> bytes:
     """A setup block with the boot protocol's header (Documentation/x86/boot.rst) followed by
     a dummy protected-mode kernel."""
@@ -47,11 +49,11 @@ def make_bzimage(
     setup[0x211] = loadflags
     struct.pack_into("<I", setup, 0x214, 0x100000)        # code32_start
     struct.pack_into("<I", setup, 0x22C, initrd_addr_max)
-    struct.pack_into("<I", setup, 0x230, 0x200000)        # kernel_alignment
+    struct.pack_into("<I", setup, 0x230, kernel_alignment)
     setup[0x234] = 1                                      # relocatable_kernel
     struct.pack_into("<H", setup, 0x236, xloadflags)
     struct.pack_into("<I", setup, 0x238, cmdline_size)
-    struct.pack_into("<Q", setup, 0x258, 0x1000000)       # pref_address
+    struct.pack_into("<Q", setup, 0x258, pref_address)
     struct.pack_into("<I", setup, 0x260, init_size)
     struct.pack_into("<I", setup, 0x264, 0x190)           # handover_offset
     setup[HEADER_END : HEADER_END + 8] = b"NOTHDR!!"      # must not be copied
@@ -439,3 +441,22 @@ def test_truncated_bzimage_is_refused_by_its_syssize(tmp_path, guest_memory) -> 
     image = make_bzimage()
     with pytest.raises(BootError, match=r"bzImage: truncated \(the header says 8192 bytes of kernel, the file has 4096\)"):
         loader.read_images(write(tmp_path, "k", image[: len(image) - 4096]), None)
+
+
+def test_relocatable_kernel_runs_from_its_preferred_address(tmp_path, guest_memory) -> None:
+    """Like the real default guest (pref_address 16 MiB, 2 MiB alignment): loaded at 1 MiB, it
+    decompresses at 16 MiB and needs init_size from there, so the initrd must go above
+    16 MiB + init_size, and RAM must reach that far (a 32 MiB guest used to get its initrd
+    inside the decompression area: "Initramfs unpacking failed")."""
+    image = make_bzimage(pref_address=16 * MiB, kernel_alignment=2 * MiB, init_size=15 * MiB)
+    initrd = b"\xab" * (20 * MiB)
+    with pytest.raises(BootError, match="initrd .* does not fit"):
+        small = guest_memory(48 * MiB)
+        load_paths(small, write(tmp_path, "k", image), write(tmp_path, "i", initrd), "", e820_for(small))
+    mem = guest_memory(64 * MiB)
+    entry = load_paths(mem, write(tmp_path, "k", image), write(tmp_path, "i", initrd), "", e820_for(mem))
+    assert entry.kernel_end == 16 * MiB + 15 * MiB
+    ramdisk = u32(mem.read(layout.ZERO_PAGE_ADDR, 4096), 0x218)
+    assert ramdisk >= 31 * MiB
+    msg = load_error(tmp_path, guest_memory(24 * MiB), image)
+    assert "needs guest RAM up to 31 MiB" in msg and "the guest's 24 MiB" in msg

@@ -237,3 +237,21 @@ def test_regs_carry_the_boot_info_pointer(mode: str, reg: str) -> None:
     assert (r.rip, r.rflags, r.rsp) == (0x100200, 0x2, layout.BOOT_STACK_ADDR)
     assert getattr(r, reg) == 0x7000
     assert all(getattr(r, n) == 0 for n in names if n != reg)
+
+
+def test_cpuid_for_many_vcpus_and_the_x2apic_topology() -> None:
+    """65+ vCPUs used to overflow CPUID.4:EAX[31:26]; leaf 0xB is built here (KVM reports only
+    subleaf 0), one package of N cores, and 0x1F is dropped so Linux reads 0xB."""
+    base = [
+        {"function": 0, "index": 0, "flags": 0, "eax": 0x1F, "ebx": 0, "ecx": 0, "edx": 0},
+        {"function": 4, "index": 0, "flags": 1, "eax": 0xFFFFFFFF, "ebx": 0, "ecx": 0, "edx": 0},
+        {"function": 0xB, "index": 0, "flags": 1, "eax": 0, "ebx": 0, "ecx": 0, "edx": 0},
+        {"function": 0x1F, "index": 0, "flags": 1, "eax": 0, "ebx": 0, "ecx": 0, "edx": 0},
+    ]
+    out = cpu.edit_cpuid(base, vcpu_id=70, nr_vcpus=100, tsc_deadline=False)
+    leaf4 = next(e for e in out if e["function"] == 4)
+    assert leaf4["eax"] >> 26 == 63 and leaf4["eax"] <= 0xFFFFFFFF
+    b = {e["index"]: e for e in out if e["function"] == 0xB}
+    assert sorted(b) == [0, 1, 2] and all(e["edx"] == 70 for e in b.values())
+    assert (b[1]["eax"], b[1]["ebx"], b[1]["ecx"] >> 8) == (7, 100, 2)   # 7 bits of core ID, core level
+    assert not any(e["function"] == 0x1F for e in out)

@@ -84,3 +84,34 @@ def test_smp_guest_boots_with_several_vcpus(guest_cache):
     elf = build_guest("hello-pvh", guest_cache)
     r = run_microvm("run", "--kernel", str(elf), "--no-reboot", "--smp", "2")
     assert r.stdout == b"HELLO\n" and r.returncode == 0, r.stderr
+
+
+def test_sigterm_stops_the_machine_cleanly(guest_cache):
+    """`kill` (SIGTERM) ends the VMM through the normal stop path, as QEMU does."""
+    import signal
+
+    elf = build_guest("spin", guest_cache)
+    p = subprocess.Popen(microvm_cmd("run", "--kernel", str(elf), "-v"), stdin=subprocess.DEVNULL,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out = bytearray()
+    read_until(p, out, lambda o: b"SPIN" in o, time.monotonic() + 20)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=20)
+    assert p.returncode == 0, err
+    assert b"terminated by signal 15" in err
+
+
+def test_serial_file_keeps_every_boot_across_resets(guest_cache, tmp_path):
+    """-serial file: is truncated once per process; a guest reset appends (as QEMU)."""
+    elf = build_guest("hello-pvh", guest_cache)
+    log = tmp_path / "serial.log"
+    p = subprocess.Popen(microvm_cmd("run", "--kernel", str(elf), "--serial", f"file:{log}"),
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and (not log.exists() or log.read_bytes().count(b"HELLO\n") < 3):
+            time.sleep(0.05)
+    finally:
+        p.kill()
+        p.wait()
+    assert log.read_bytes().count(b"HELLO\n") >= 3

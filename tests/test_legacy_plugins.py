@@ -126,3 +126,45 @@ def test_in_kernel_irqchip_mode_adds_no_userspace_pic_or_pit():
     """kernel-irqchip=on: KVM's own 8259s and PIT serve; the plugins stay out of the way."""
     m = build("microvm", mode="on")
     assert "pic-master" not in ports(m) and "pit" not in ports(m)
+
+
+def test_rtc_base_localtime_is_the_hosts_wall_clock(monkeypatch):
+    """QEMU's base=localtime: the RTC shows local wall time (once, not the offset twice)."""
+    import time
+
+    from microvm_rtc_mc146818.plugin import parse_base
+
+    monkeypatch.setenv("TZ", "Europe/Berlin")
+    time.tzset()
+    try:
+        now = dt.datetime(2026, 1, 15, 12, 0, tzinfo=dt.timezone.utc)   # CET: UTC+1 in January
+        assert parse_base("localtime", now).replace(tzinfo=None) == dt.datetime(2026, 1, 15, 13, 0)
+        assert parse_base("utc", now) == now
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+
+
+def test_ioapic_message_nobody_takes_is_dropped_not_raised():
+    """KVM_SIGNAL_MSI fails when no LAPIC matches (a guest that disabled its LAPIC): the
+    device register access that caused it must not raise into the vCPU thread."""
+    from microvm_ioapic.chip import SplitIrqChip
+
+    class Vm:
+        def enable_cap(self, *a):
+            pass
+
+        def set_gsi_routing(self, entries):
+            self.routes = entries
+
+        def signal_msi(self, address, data):
+            raise PermissionError(1, "KVM_SIGNAL_MSI failed")
+
+    m = SimpleNamespace(vm=Vm(), smp=1, add_mmio_device=lambda *a: None, add_exit_handler=lambda *a: None,
+                        request_extint=lambda: None)
+    chip = SplitIrqChip(m)
+    io = chip.ioapic
+    io.write(0x00, (0x18).to_bytes(4, "little"))        # IOREGSEL: redirection entry 4 low
+    io.write(0x10, (0x8024).to_bytes(4, "little"))      # vector 0x24, level, unmasked
+    chip.line(4).set_level(True)                         # delivery fails inside: no exception
+    assert len(m.vm.routes) == 24

@@ -142,6 +142,7 @@ def setup_fpu(fpu: Any) -> None:
 CPUID_1_ECX_TSC_DEADLINE = 1 << 24
 CPUID_1_ECX_HYPERVISOR = 1 << 31
 CPUID_1_EDX_HTT = 1 << 28
+KVM_CPUID_FLAG_SIGNIFCANT_INDEX = 1  # (sic) linux/kvm.h: the entry depends on the subleaf
 KVM_CPUID_FEATURES = 0x40000001
 #: kvmclock's bits in KVM_CPUID_FEATURES.eax (Documentation/virt/kvm/x86/cpuid.rst):
 #: CLOCKSOURCE (0), CLOCKSOURCE2 (3), CLOCKSOURCE_STABLE_BIT (24). The core offers none of
@@ -158,6 +159,8 @@ def edit_cpuid(entries: list[dict[str, int]], vcpu_id: int, nr_vcpus: int, tsc_d
     for e in entries:
         e = dict(e)
         fn, idx = e["function"], e["index"]
+        if fn in (0xB, 0x1F):
+            continue  # rebuilt below: KVM reports only subleaf 0 (no topology)
         if fn == 1:
             e["ebx"] = (e["ebx"] & 0x0000FFFF) | (vcpu_id << 24) | (min(nr_vcpus, 255) << 16)
             e["ecx"] |= CPUID_1_ECX_HYPERVISOR
@@ -168,15 +171,15 @@ def edit_cpuid(entries: list[dict[str, int]], vcpu_id: int, nr_vcpus: int, tsc_d
         elif fn == KVM_CPUID_FEATURES:
             e["eax"] &= ~KVM_CLOCK_FEATURES
         elif fn == 4:
-            # cores per package - 1 in eax[31:26]; no thread sharing
-            e["eax"] = (e["eax"] & 0x3FFF) | ((nr_vcpus - 1) << 26)
-        elif fn == 0xB:
-            e["edx"] = vcpu_id
-            if idx == 0:      # SMT level: one thread per core
-                e["eax"], e["ebx"], e["ecx"] = 0, 1, (1 << 8) | idx
-            elif idx == 1:    # core level
-                e["eax"], e["ebx"], e["ecx"] = shift, nr_vcpus, (2 << 8) | idx
-            else:
-                e["eax"], e["ebx"], e["ecx"] = 0, 0, idx
+            # cores per package - 1 in eax[31:26] (6 bits); no thread sharing
+            e["eax"] = (e["eax"] & 0x3FFF) | ((min(nr_vcpus, 64) - 1) << 26)
         out.append(e)
+    if any(e["function"] == 0 and e["eax"] >= 0xB for e in entries):
+        # x2APIC topology (SDM vol. 2, CPUID.0BH): one thread per core, all cores in one package
+        flag = KVM_CPUID_FLAG_SIGNIFCANT_INDEX
+        out += [
+            {"function": 0xB, "index": 0, "flags": flag, "eax": 0, "ebx": 1, "ecx": (1 << 8) | 0, "edx": vcpu_id},
+            {"function": 0xB, "index": 1, "flags": flag, "eax": shift, "ebx": nr_vcpus, "ecx": (2 << 8) | 1, "edx": vcpu_id},
+            {"function": 0xB, "index": 2, "flags": flag, "eax": 0, "ebx": 0, "ecx": 2, "edx": vcpu_id},
+        ]
     return out

@@ -184,6 +184,9 @@ class SetupHeader(NamedTuple):
     xloadflags: int
     init_size: int
     header_end: int
+    kernel_alignment: int = 0
+    pref_address: int = 0
+    relocatable: bool = False
 
 
 def parse_setup_header(image: bytes) -> SetupHeader:
@@ -207,6 +210,9 @@ def parse_setup_header(image: bytes) -> SetupHeader:
         xloadflags=xloadflags,
         init_size=struct.unpack_from("<I", image, 0x260)[0],
         header_end=0x202 + image[0x201],
+        kernel_alignment=struct.unpack_from("<I", image, 0x230)[0],
+        pref_address=struct.unpack_from("<Q", image, 0x258)[0],
+        relocatable=bool(image[0x234]),
     )
     if (setup_sects + 1) * 512 >= len(image):
         raise BootError("bzImage: truncated (no protected-mode kernel after the setup sectors)")
@@ -218,18 +224,32 @@ def parse_setup_header(image: bytes) -> SetupHeader:
     return hdr
 
 
+def runtime_start(hdr: SetupHeader, load: int) -> int:
+    """Where the kernel decompresses and runs (boot.rst, init_size: "starting at the kernel
+    runtime start address"): a relocatable kernel loaded below its preferred address moves
+    up to max(load aligned to kernel_alignment, pref_address), as head_64.S does."""
+    if hdr.version < 0x20A or not hdr.relocatable:
+        return max(load, hdr.pref_address)
+    align = hdr.kernel_alignment or 1
+    return max((load + align - 1) // align * align, hdr.pref_address)
+
+
 def load_bzimage(memory: GuestMemory, image: bytes) -> tuple[SetupHeader, int, int]:
-    """Load the protected-mode kernel at 1 MiB; return (header, 64-bit entry, end of kernel)."""
+    """Load the protected-mode kernel at 1 MiB; return (header, 64-bit entry, end of the
+    memory the kernel needs: its runtime start + init_size)."""
     hdr = parse_setup_header(image)
     kernel = image[(hdr.setup_sects + 1) * 512 :]
     load = layout.BZIMAGE_LOAD_ADDR
-    need = max(len(kernel), hdr.init_size)
-    if not memory.contains(load, need):
+    start = runtime_start(hdr, load)
+    end = max(load + len(kernel), start + hdr.init_size)
+    if not memory.contains(load, end - load):
         raise BootError(
-            f"bzImage needs {need >> 20} MiB from {load:#x} to decompress, more than guest RAM ({memory.size >> 20} MiB) holds"
+            f"bzImage needs guest RAM up to {-(-end >> 20)} MiB to decompress and run "
+            f"(from {start:#x}, init_size {hdr.init_size >> 20} MiB), more than the guest's "
+            f"{memory.size >> 20} MiB; give it more memory with -m"
         )
     _put(memory, load, kernel, "bzImage kernel")
-    return hdr, load + 0x200, load + need
+    return hdr, load + 0x200, end
 
 
 def write_boot_params(

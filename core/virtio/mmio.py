@@ -470,25 +470,34 @@ class VirtioMmioTransport:
         """DRIVER_OK: validate the enabled queues and start the backend. ``_dev_lock`` held."""
         features = self._driver_feature_bits() & self.device_features
         event_idx = bool(features & (1 << VIRTIO_F_RING_EVENT_IDX))
-        try:
-            for i, q in enumerate(self.queues):
-                q.event_idx = event_idx
-                if q.ready:
-                    try:
-                        q.validate()
-                    except QueueError as e:
-                        raise QueueError(f"queue {i}: {e}") from None
-        except QueueError as e:
-            self.set_needs_reset(str(e))
+        # validate and mark active under the register lock: another vCPU writing the queue
+        # registers between the check and the commit would otherwise go live unchecked
+        with self._lock:
+            try:
+                for i, q in enumerate(self.queues):
+                    q.event_idx = event_idx
+                    if q.ready:
+                        try:
+                            q.validate()
+                        except QueueError as e:
+                            raise QueueError(f"queue {i}: {e}") from None
+            except QueueError as e:
+                reason: str | None = str(e)
+            else:
+                reason = None
+                self._activated = True  # from here on queue registers are refused
+        if reason is not None:
+            self.set_needs_reset(reason)
             return
         self.backend.ack_features(features)
         try:
             self.backend.activate(list(self.queues), self._used_interrupt, self.memory)
         except Exception:
             log.exception("%s: backend failed to activate", self.name)
+            with self._lock:
+                self._activated = False
             self.set_needs_reset("backend activation failed")
             return
-        self._activated = True
         log.info("%s: activated with features %#x", self.name, features)
 
     def _reset_device(self) -> None:

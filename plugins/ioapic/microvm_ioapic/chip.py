@@ -59,6 +59,7 @@ class SplitIrqChip:
         self.ioapic = IoApic(self._deliver, self._route_changed, ioapic_id=self.ioapic_id)
         machine.add_mmio_device(self.ioapic, layout.IOAPIC_ADDR, layout.IOAPIC_SIZE, "ioapic")
         self.pic: Any = None
+        self._msi_failure_logged = False
         self._lines: dict[int, SplitIrqLine] = {}
         self._routes_lock = threading.Lock()
         self._update_routes()
@@ -96,15 +97,23 @@ class SplitIrqChip:
         if (data >> 8) & 7 == DELIVERY_EXTINT:
             self.machine.request_extint()  # the vector comes from the 8259's INTA cycle
             return
-        self.vm.signal_msi(address, data)
+        try:
+            self.vm.signal_msi(address, data)
+        except OSError as e:
+            # KVM found no LAPIC to take it (the guest disabled them or aimed at a missing
+            # APIC ID): the message is lost, as on a real bus. Never an exception out of a
+            # device register access.
+            if not self._msi_failure_logged:
+                self._msi_failure_logged = True
+                log.warning("IOAPIC message %#x/%#x not delivered: %s (logged once)", address, data, e)
 
     def _route_changed(self, pin: int) -> None:
         self._update_routes()
 
     def _update_routes(self) -> None:
-        entries = [
-            {"gsi": pin, "type": "msi", "address": e.msi_address, "data": e.msi_data}
-            for pin, e in enumerate(self.ioapic.redirection_entries())
-        ]
-        with self._routes_lock:
+        with self._routes_lock:  # snapshot and commit together, or a stale table could win
+            entries = [
+                {"gsi": pin, "type": "msi", "address": e.msi_address, "data": e.msi_data}
+                for pin, e in enumerate(self.ioapic.redirection_entries())
+            ]
             self.vm.set_gsi_routing(entries)

@@ -31,7 +31,7 @@ def parse_base(text: str, now: "_dt.datetime | None" = None) -> "_dt.datetime":
     if text in ("", "utc"):
         return now
     if text == "localtime":
-        return now.astimezone().replace(tzinfo=_dt.timezone.utc) + (now.astimezone().utcoffset() or _dt.timedelta())
+        return now.astimezone().replace(tzinfo=_dt.timezone.utc)  # local wall clock, labelled UTC
     for fmt in ("%Y-%m-%dT%H:%M:%S", "%Y-%m-%d"):
         try:
             return _dt.datetime.strptime(text, fmt).replace(tzinfo=_dt.timezone.utc)

@@ -298,6 +298,7 @@ class VirtioBlk(VirtioBackend):
             if self.readonly or length % SECTOR_SIZE or not self._range_ok(sector, length):
                 return VIRTIO_BLK_S_IOERR, 0
             self._pwritev(data_out, sector * SECTOR_SIZE)
+            self._write_through()
             return VIRTIO_BLK_S_OK, 0
         if rtype == VIRTIO_BLK_T_FLUSH:
             os.fdatasync(self.fd)
@@ -311,8 +312,17 @@ class VirtioBlk(VirtioBackend):
                 pos += len(v)
             return VIRTIO_BLK_S_OK, n
         if rtype in (VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_WRITE_ZEROES):
-            return self._discard_or_zero(rtype, data_out), 0
+            status = self._discard_or_zero(rtype, data_out)
+            self._write_through()
+            return status, 0
         return VIRTIO_BLK_S_UNSUPP, 0
+
+    def _write_through(self) -> None:
+        """A driver that did not accept VIRTIO_BLK_F_FLUSH may assume a write-through cache
+        (§5.2.6.1; Linux's virtblk_get_cache_mode, QEMU): each write is then durable before
+        its status is written."""
+        if not self.acked_features & (1 << VIRTIO_BLK_F_FLUSH):
+            os.fdatasync(self.fd)
 
     def _discard_or_zero(self, rtype: int, data_out: list[memoryview]) -> int:
         discard = rtype == VIRTIO_BLK_T_DISCARD

@@ -623,3 +623,18 @@ def test_random_requests(tmp_path_factory, table, itable, heads, hdrs):
     for used_id, used_len in dq.get_used():
         chain = next(c for c in popped if c.head == used_id)
         assert used_len <= chain.writable_len
+
+
+@pytest.mark.parametrize("accept_flush", [True, False])
+def test_writes_are_durable_when_the_driver_did_not_accept_flush(mem, image, monkeypatch, accept_flush):
+    """Without VIRTIO_BLK_F_FLUSH a driver may assume a write-through cache (Linux and QEMU
+    do): each OUT is then synced before its status is written; with FLUSH, only FLUSH syncs."""
+    blk, t, drv = make(mem, image)
+    offered = t.device_features
+    drv.probe(features=offered if accept_flush else offered & ~(1 << D.VIRTIO_BLK_F_FLUSH))
+    synced = []
+    monkeypatch.setattr(D.os, "fdatasync", lambda fd: synced.append(mem.read_u8(STATUS)))
+    status, _, _ = drv.request(D.VIRTIO_BLK_T_OUT, sector=1, out=bytes(512))
+    assert status == OK
+    assert synced == ([] if accept_flush else [0xFF])  # before the status byte was written
+    t.close()
