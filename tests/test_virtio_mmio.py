@@ -10,7 +10,6 @@ import pytest
 
 from microvm.bus.bus import Bus
 from microvm.irq import RecordingIrqLine
-from microvm.memory import GuestMemory
 from microvm.virtio import QUEUE_NOTIFY_OFFSET, QueueError, VirtioBackend, VirtioMmioTransport, Virtqueue
 from microvm.virtio import constants as C
 from microvm.virtio.testing import DriverQueue, MmioDriver, assert_only_changed
@@ -79,13 +78,6 @@ def linux_probe(t: VirtioMmioTransport, driver_features: int | None = None, queu
     d = MmioDriver(t)
     assert d.read(C.VIRTIO_MMIO_VENDOR_ID) == C.VIRTIO_MMIO_VENDOR_QEMU
     return d, d.probe(driver_features, queues=queues, size=size)
-
-
-@pytest.fixture(scope="module")
-def mem():
-    m = GuestMemory(MEM_SIZE)
-    yield m
-    m.close()
 
 
 @pytest.fixture

@@ -24,13 +24,6 @@ RING = 0x10000
 BUF = 0x100000  # buffers from 1 MiB up
 
 
-@pytest.fixture(scope="module")
-def mem():
-    m = GuestMemory(MEM_SIZE)
-    yield m
-    m.close()
-
-
 @pytest.fixture
 def q(mem):
     mem.fill(0, MEM_SIZE)

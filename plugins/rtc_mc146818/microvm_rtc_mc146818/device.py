@@ -518,13 +518,16 @@ class MC146818:
         self._secs_ref = now
 
     # --- register access ------------------------------------------------------------------
+    def _selected(self, now: int) -> int:
+        """Bring the clock up to ``now`` and return the register the index port selects (the
+        IBM PS/2 century byte is an alias of the century register)."""
+        self._sync(now)
+        return RTC_CENTURY if self._index == RTC_IBM_PS2_CENTURY_BYTE else self._index
+
     def _read_byte(self, offset: int, now: int) -> tuple[int, bool]:
         if offset != 1:
             return 0xFF, False   # the index port is write-only
-        self._sync(now)
-        index = self._index
-        if index == RTC_IBM_PS2_CENTURY_BYTE:
-            index = RTC_CENTURY
+        index = self._selected(now)
         if index in TIME_BYTES:
             if self._running():
                 self._store_time(self._guest_secs(now))
@@ -547,10 +550,7 @@ class MC146818:
             return False
         if offset != 1:
             return False
-        self._sync(now)
-        index = self._index
-        if index == RTC_IBM_PS2_CENTURY_BYTE:
-            index = RTC_CENTURY
+        index = self._selected(now)
         if index in TIME_BYTES:
             if self._running():
                 self._store_time(self._guest_secs(now))

@@ -72,13 +72,6 @@ def sector_pattern(n: int) -> bytes:
     return bytes([n & 0xFF]) * 256 + struct.pack("<I", n) * 64
 
 
-@pytest.fixture(scope="module")
-def mem():
-    m = GuestMemory(MEM_SIZE)
-    yield m
-    m.close()
-
-
 @pytest.fixture
 def image(tmp_path):
     path = tmp_path / "disk.img"
