@@ -18,7 +18,7 @@ import pytest
 
 GUESTS = Path(__file__).parent / "guests"
 REPO = Path(__file__).parent.parent
-MICROVM = [sys.executable, "-m", "microvm.cli"] if not (REPO / ".venv/bin/microvm").exists() else [str(REPO / ".venv/bin/microvm")]
+MICROVM = [sys.executable, "-m", "microvm"] if not (REPO / ".venv/bin/microvm").exists() else [str(REPO / ".venv/bin/microvm")]
 
 
 def kvm_reason() -> str | None:

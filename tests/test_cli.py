@@ -260,3 +260,13 @@ def test_machine_command_lists_the_options(cli_env, plugin_cache) -> None:
     assert any(ln.startswith("  kernel-irqchip=str (default auto; auto means ") for ln in lines)
     (chips,) = [ln for ln in lines if ln.startswith("kernel-irqchip values: ")]
     assert "on (PIC, IOAPIC and PIT emulated inside KVM)" in chips
+
+
+def test_python_dash_m_microvm_is_the_same_command() -> None:
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "microvm", "run", "--smp", "0", "--kernel", "k"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    assert r.stderr == "microvm: error: --smp 0: the number of vCPUs must be between 1 and 255\n"

@@ -1,0 +1,4 @@
+"""``python -m microvm``: the same as the ``microvm`` command."""
+from microvm.cli import console_main
+
+console_main()
