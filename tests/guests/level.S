@@ -10,19 +10,12 @@ _start:
         mov $0x24, %ecx
         mov $irq4, %eax
         call set_gate
-        mov $0xff, %al
-        out %al, $0x21
-        out %al, $0xa1
+        call mask_8259
         call lapic_on
         mov $4, %ecx
         mov $0x8024, %eax       /* vector 0x24, level-triggered (bit 15), active high */
         call ioapic_route
-        mov $0x3f9, %dx
-        mov $0x01, %al          /* IER: received data available */
-        out %al, %dx
-        mov $0x3fc, %dx
-        mov $0x08, %al          /* MCR: OUT2 */
-        out %al, %dx
+        call com1_rx_irq
         mov $ready, %esi
         call puts
         sti

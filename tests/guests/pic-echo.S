@@ -34,12 +34,7 @@ _start:
         mov $4, %ecx
         mov $0x10024, %eax      /* IOAPIC pin 4 masked (bit 16) */
         call ioapic_route
-        mov $0x3f9, %dx
-        mov $0x01, %al
-        out %al, %dx
-        mov $0x3fc, %dx
-        mov $0x08, %al          /* OUT2 */
-        out %al, %dx
+        call com1_rx_irq
         mov $ready, %esi
         call puts
         sti

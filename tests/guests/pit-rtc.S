@@ -12,9 +12,7 @@ _start:
         mov $0x38, %ecx
         mov $rtc_irq, %eax
         call set_gate
-        mov $0xff, %al
-        out %al, $0x21
-        out %al, $0xa1
+        call mask_8259
         call lapic_on
         mov $2, %ecx            /* IRQ 0 -> pin 2, edge */
         mov $0x30, %eax
