@@ -203,21 +203,22 @@ class PluginHost:
         for pname, fn in self._each_plugin("register_backends"):
 
             def reg_backend(kind: str, name: str, factory: Callable[..., Any] | None, help: str = "", _p: str = pname) -> None:
-                key = (kind, name)
-                if key in self.backends:
-                    raise PluginError(f"{kind} backend {name!r} registered twice ({self.backends[key].plugin} and {_p})")
-                self.backends[key] = Registered(name, factory, help, _p)
+                self._registrar(self.backends, f"{kind} backend", _p, kind)(name, factory, help)
 
             fn(register=reg_backend)
 
     @staticmethod
-    def _registrar(table: dict[str, Registered], what: str, plugin: str) -> Callable[..., None]:
+    def _registrar(table: dict[Any, Registered], what: str, plugin: str, kind: str | None = None) -> Callable[..., None]:
+        """A ``register`` callback that refuses empty and duplicate names; backends are keyed
+        by (kind, name), everything else by name."""
+
         def register(name: str, factory: Callable[..., Any] | None, help: str = "") -> None:
             if not isinstance(name, str) or not name:
                 raise PluginError(f"plugin {plugin}: {what} name must be a non-empty string, got {name!r}")
-            if name in table:
-                raise PluginError(f"{what} {name!r} registered twice ({table[name].plugin} and {plugin})")
-            table[name] = Registered(name, factory, help, plugin)
+            key = (kind, name) if kind is not None else name
+            if key in table:
+                raise PluginError(f"{what} {name!r} registered twice ({table[key].plugin} and {plugin})")
+            table[key] = Registered(name, factory, help, plugin)
 
         return register
 
