@@ -35,6 +35,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "Virtqueue": ("microvm.virtio.queue", "Virtqueue"),
     "DescriptorChain": ("microvm.virtio.queue", "DescriptorChain"),
     "QueueError": ("microvm.virtio.queue", "QueueError"),
+    "Descriptor": ("microvm.virtio.queue", "Descriptor"),
     # MP table entries (the mptable_entries hook)
     "Processor": ("microvm.boot.mptable", "Processor"),
     "Bus": ("microvm.boot.mptable", "Bus"),
@@ -46,10 +47,25 @@ _EXPORTS: dict[str, tuple[str, str]] = {
 __all__ = sorted(_EXPORTS)
 
 
+#: every name of these modules with one of these prefixes is exported too (virtio 1.2's
+#: feature bits, device IDs and ring flags)
+_PREFIXED: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("microvm.virtio.constants", ("VIRTIO_", "VIRTQ_")),
+)
+
+
 def __getattr__(name: str) -> Any:
     try:
         module, attr = _EXPORTS[name]
     except KeyError:
+        for module, prefixes in _PREFIXED:
+            if name.startswith(prefixes):
+                import importlib
+
+                value = getattr(importlib.import_module(module), name, None)
+                if value is not None:
+                    globals()[name] = value
+                    return value
         raise AttributeError(f"microvm.api has no {name!r}") from None
     import importlib
 
