@@ -102,6 +102,10 @@ def failure(why: str, status: int | None = None, stderr: bytes | str = b"", outp
     return RunFailed("\n".join([head, *tail]), retry)
 
 
+def _n(count: int, one: str, many: str | None = None) -> str:
+    return f"{count} {one if count == 1 else (many or one + 's')}"
+
+
 def first_line(e: BaseException | str) -> str:
     """The reason a report prints for a failed run."""
     return _first_line(str(e)) or type(e).__name__
@@ -127,8 +131,12 @@ class Tally:
         return self.succeeded == 0 and bool(self.failures)
 
     def why_no_ratio(self) -> str:
-        """What to print instead of a ratio when :attr:`all_failed`."""
-        return f"all {len(self.failures)} runs of {self.name} failed ({self.reasons()})"
+        """What to print instead of a ratio when this VMM has no timed run to take a median of."""
+        if self.all_failed:
+            return f"all {len(self.failures)} runs of {self.name} failed ({self.reasons()})"
+        if self.failures:  # e.g. its warm-up ran, then every timed run failed
+            return f"no timed run of {self.name} succeeded ({self.reasons()})"
+        return f"{self.name} was not run"
 
     def reasons(self) -> str:
         """The distinct first lines of the failures, most frequent first, with their counts."""
@@ -138,9 +146,10 @@ class Tally:
     def summary(self) -> str:
         """One line for the report, also when nothing failed (so 'no failures' is explicit)."""
         if not self.failures:
-            return f"{self.name}: {self.succeeded} runs, none failed, no retries"
-        return (f"{self.name}: {self.succeeded} runs succeeded; {len(self.failures)} failed and were not timed "
-                f"({self.retries} retries needed, {self.given_up} runs given up); why: {self.reasons()}")
+            return f"{self.name}: {_n(self.succeeded, 'run')}, none failed, no retries"
+        return (f"{self.name}: {_n(self.succeeded, 'run')} succeeded; {len(self.failures)} failed and were not timed "
+                f"({_n(self.retries, 'retry', 'retries')} needed, {_n(self.given_up, 'run')} given up after "
+                f"every try failed); why: {self.reasons()}")
 
 
 def attempt(tally: Tally, run: Callable[[], T], tries: int,
@@ -215,7 +224,7 @@ def run_checked(cmd: list[str], marker: bytes, timeout: float, expect_status: in
     if timed_out:
         raise failure(f"did not exit within {timeout:g} s (killed)", None, stderr, bytes(out), retry=False)
     if p.returncode != expect_status:
-        raise failure(f"expected exit status {expect_status}", p.returncode, stderr, bytes(out))
+        raise failure(f"{status_text(p.returncode)} (expected {expect_status})", None, stderr, bytes(out))
     if marker not in out:
         raise failure(f"no {marker.decode(errors='replace')!r} on the console", p.returncode, stderr, bytes(out))
     return Run(dt, ru.ru_maxrss, bytes(out), stderr)
