@@ -106,6 +106,17 @@ def _n(count: int, one: str, many: str | None = None) -> str:
     return f"{count} {one if count == 1 else (many or one + 's')}"
 
 
+#: What QEMU (and microvm) print on stderr when the host KVM could not emulate a guest
+#: instruction (HOST.md: INT3, FWAIT, ...). QEMU then stays paused instead of exiting.
+EMULATION_FAILURE = ("KVM internal error", "emulation failure")
+
+
+def emulation_failed(stderr: bytes | str) -> bool:
+    """True when the VMM reported an emulation failure: the run is over, and worth a retry."""
+    text = stderr.decode(errors="replace") if isinstance(stderr, bytes) else stderr
+    return any(m in text for m in EMULATION_FAILURE)
+
+
 def first_line(e: BaseException | str) -> str:
     """The reason a report prints for a failed run."""
     return _first_line(str(e)) or type(e).__name__
@@ -192,16 +203,17 @@ def run_checked(cmd: list[str], marker: bytes, timeout: float, expect_status: in
     """Spawn ``cmd``, read its stdout until it ends, reap it with wait4; the wall time from
     spawn to exit only when it exited with ``expect_status`` and printed ``marker``.
 
-    Raises :class:`RunFailed` otherwise, so that a failed run never yields a time. A run still
-    going after ``timeout`` seconds is killed (QEMU pauses instead of exiting after an
-    emulation failure) and is a failure not worth retrying.
+    Raises :class:`RunFailed` otherwise, so that a failed run never yields a time. QEMU pauses
+    instead of exiting after an emulation failure: one seen on stderr ends the run at once (a
+    failure worth retrying); a run still going after ``timeout`` seconds for another reason is
+    killed, a failure not worth retrying.
     """
     with tempfile.TemporaryFile() as err:
         t0 = time.perf_counter()
         p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err)
         deadline = time.monotonic() + timeout
         out = bytearray()
-        timed_out = False
+        timed_out = stopped = False
         fd = p.stdout.fileno()
         while True:
             left = deadline - time.monotonic()
@@ -209,18 +221,25 @@ def run_checked(cmd: list[str], marker: bytes, timeout: float, expect_status: in
                 timed_out = True
                 p.kill()
                 break
-            r, _, _ = select.select([fd], [], [], left)
+            r, _, _ = select.select([fd], [], [], min(left, 0.5))
             if r:
                 chunk = os.read(fd, 65536)
                 if not chunk:
                     break
                 out += chunk
+            elif emulation_failed(os.pread(err.fileno(), 1 << 16, 0)):
+                stopped = True
+                time.sleep(0.2)  # the register dump follows the message
+                p.kill()
+                break
         _, wstatus, ru = os.wait4(p.pid, 0)
         dt = time.perf_counter() - t0
         p.returncode = os.waitstatus_to_exitcode(wstatus)  # reaped here: keep Popen from waiting again
         p.stdout.close()
         err.seek(0)
         stderr = err.read()
+    if stopped:
+        raise failure("emulation failure, the VMM stopped (killed)", None, stderr, bytes(out))
     if timed_out:
         raise failure(f"did not exit within {timeout:g} s (killed)", None, stderr, bytes(out), retry=False)
     if p.returncode != expect_status:

@@ -2,7 +2,7 @@
 """Interrupt delivery: serial interrupts per second from a device thread to a guest that
 acknowledges them, under microvm (kernel-irqchip=split and =on) and under QEMU microvm.
 
-Usage: .venv/bin/python bench/irq.py [-n BYTES] [-r ROUNDS] [--timeout SECONDS]
+Usage: .venv/bin/python bench/irq.py [-n BYTES] [-r ROUNDS] [--timeout SECONDS] [--tries N]
        (defaults: 20000 bytes, 5 rounds; about a minute on the project's hosts)
 
 The guest is tests/guests/irq64.S: it switches to 64-bit long mode itself (so that interrupt
@@ -31,10 +31,13 @@ VMM setups run alternately, ROUNDS times each per build, after a warm-up run of 
 split and kernel (`-M microvm,kernel-irqchip=split|on`) and QEMU microvm with
 `-accel kvm,kernel-irqchip=split|on` (split is QEMU 7.2 microvm's default). Medians and the
 ratios microvm/QEMU (same irqchip mode, and microvm-kernel against QEMU's default) are
-printed; a QEMU run that fails is retried once (QEMU stops now and then on this kind of host,
-see HOST.md), and when QEMU cannot run the guest at all, that is printed instead of a ratio.
-QEMU is Debian's qemu-system-x86, installed by this script when missing. Timing is only
-reported, never asserted.
+printed. A run that fails (no READY, no COUNT line, COUNT short, an exit status other than 0)
+is never timed: it is counted and retried, up to --tries tries in all (QEMU stops now and then
+on this kind of host, see HOST.md), and each setup's failures, their reasons and the retries
+are printed; a setup with no successful run gets that line instead of a ratio. QEMU is
+Debian's qemu-system-x86, installed by this script when missing, run with the -cpu model
+probed in _common (plain ``host`` aborts on AMD machines here; the output says which model
+and why). Timing is only reported, never asserted.
 """
 from __future__ import annotations
 
@@ -44,21 +47,18 @@ import re
 import select
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-from _common import REPO, assemble, ensure_qemu
+from _common import (REPO, CpuModel, RunFailed, Tally, assemble, attempt, emulation_failed, ensure_qemu, failure,
+                     qemu_cpu_model)
+
 COUNT_RE = re.compile(rb"COUNT=(\d+) IRQS=(\d+)\n")
 # Payload: letters without 'q' (the guest's stop byte) and without control characters (C-a is
 # the escape of microvm's stdio chardev, as of QEMU's -nographic mux).
 ALPHABET = bytes(c for c in range(ord("a"), ord("z") + 1) if c != ord("q"))
-
-
-class RunFailed(RuntimeError):
-    pass
 
 
 def run_once(cmd: list[str], n: int, timeout: float, tmp: Path) -> tuple[float, int, int]:
@@ -97,14 +97,21 @@ def run_once(cmd: list[str], n: int, timeout: float, tmp: Path) -> tuple[float, 
                 if not chunk:
                     return None
                 out += chunk
+            elif emulation_failed(err_path.read_bytes()):  # QEMU stays paused after one
+                time.sleep(0.2)  # the register dump follows the message
+                return None
 
     def fail(why: str) -> RunFailed:
         try:
             p.wait(timeout=0.5)  # the exit status, when the VMM has ended
         except subprocess.TimeoutExpired:
             pass
-        tail = err_path.read_bytes()[-600:].decode(errors="replace").strip()
-        return RunFailed(f"{why}; status {p.returncode}; output {out[-200:]!r}" + (f"; stderr: {tail}" if tail else ""))
+        err = err_path.read_bytes()
+        if emulation_failed(err):
+            why += " (emulation failure, the VMM stopped)"
+        # A run that used up its time budget without an emulation failure is not retried.
+        spent = time.monotonic() >= deadline and p.returncode is None and not emulation_failed(err)
+        return failure(why, p.returncode, err, out, retry=not spent)
 
     thread = threading.Thread(target=writer, daemon=True)
     try:
@@ -121,7 +128,7 @@ def run_once(cmd: list[str], n: int, timeout: float, tmp: Path) -> tuple[float, 
         except subprocess.TimeoutExpired:
             raise fail("did not exit after the triple fault") from None
         if rc != 0:
-            raise fail("exit status not 0")
+            raise fail("exit status not 0 after the COUNT line")
         count, irqs = int(m.group(1)), int(m.group(2))
         if count != n:
             raise fail(f"COUNT={count}, expected {n}: input bytes lost")
@@ -145,15 +152,15 @@ VARIANTS = {  # name: (--defsym arguments, what it is)
 }
 
 
-def vmm_commands(microvm: str, qemu: str | None, elf: Path) -> dict[str, list[str] | None]:
+def vmm_commands(microvm: str, qemu: str | None, cpu: CpuModel | None, elf: Path) -> dict[str, list[str] | None]:
     def mv(mode: str) -> list[str]:
         return [microvm, "run", "--kernel", str(elf), "--no-reboot", "-m", "128M", "-M", f"microvm,kernel-irqchip={mode}"]
 
     def qm(mode: str) -> list[str] | None:
-        if qemu is None:
+        if qemu is None or cpu is None:
             return None
         return [qemu, "-M", "microvm,acpi=off,x-option-roms=off,rtc=off", "-accel", f"kvm,kernel-irqchip={mode}",
-                "-cpu", "host", "-m", "128m", "-kernel", str(elf), "-nodefaults", "-no-user-config", "-nographic",
+                *cpu.args, "-m", "128m", "-kernel", str(elf), "-nodefaults", "-no-user-config", "-nographic",
                 "-serial", "stdio", "-no-reboot"]
 
     # QEMU 7.2's microvm defaults to kernel-irqchip=split (its IOAPIC and PIT in userspace).
@@ -169,72 +176,61 @@ def main() -> None:
     ap.add_argument("-n", type=int, default=20000, help="bytes per run (default 20000)")
     ap.add_argument("-r", "--rounds", type=int, default=5, help="runs of each VMM and variant (default 5)")
     ap.add_argument("--timeout", type=float, default=30, help="seconds allowed per run (default 30)")
+    ap.add_argument("--tries", type=int, default=3, help="tries per run when a run fails (default 3)")
     args = ap.parse_args()
     microvm = str(REPO / ".venv/bin/microvm")
     qemu = ensure_qemu()
+    cpu = qemu_cpu_model(qemu) if qemu else None
     results: dict[str, dict[str, list[Result]]] = {}
-    failures: dict[str, dict[str, list[str]]] = {}
-    unavailable: dict[str, dict[str, str]] = {}
+    tallies: dict[str, dict[str, Tally]] = {}
+    not_installed = "qemu-system-x86_64 is not installed and could not be installed"
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        cmds = {v: vmm_commands(microvm, qemu, assemble(tmp, "irq64", f"irq64-{v}", syms)) for v, (syms, _) in VARIANTS.items()}
+        cmds = {v: vmm_commands(microvm, qemu, cpu, assemble(tmp, "irq64", f"irq64-{v}", syms))
+                for v, (syms, _) in VARIANTS.items()}
         for v, vc in cmds.items():
-            unavailable[v] = {k: "qemu-system-x86_64 is not installed and could not be installed"
-                              for k, c in vc.items() if c is None}
-            # Warm-up (page cache, plugin index) and the check that each VMM runs the guest at all.
-            for name, cmd in vc.items():
-                if cmd is None:
-                    continue
-                for attempt in range(2 if name.startswith("qemu") else 1):
-                    try:
-                        run_once(cmd, 200, args.timeout, tmp)
-                        unavailable[v].pop(name, None)
-                        break
-                    except RunFailed as e:  # QEMU on an emulating host KVM stops now and then
-                        unavailable[v][name] = str(e)
-                if name.startswith("microvm") and name in unavailable[v]:
-                    sys.exit(f"{name} ({v}): the guest does not run: {unavailable[v][name]}")
-            results[v] = {k: [] for k, c in vc.items() if c is not None and k not in unavailable[v]}
-            failures[v] = {k: [] for k in results[v]}
+            tallies[v] = {k: Tally(k) for k, c in vc.items() if c is not None}
+            # Warm-up (page cache, plugin index) and the check that each VMM runs the guest at
+            # all: a setup whose warm-up fails every try is not run again.
+            results[v] = {k: [] for k, t in tallies[v].items()
+                          if attempt(t, lambda c=vc[k]: run_once(c, 200, args.timeout, tmp), args.tries)}
         for _ in range(args.rounds):
             for v, vc in cmds.items():
                 for name in results[v]:
-                    for attempt in range(2 if name.startswith("qemu") else 1):
-                        try:
-                            results[v][name].append(run_once(vc[name], args.n, args.timeout, tmp))
-                            break
-                        except RunFailed as e:
-                            failures[v][name].append(str(e))
-                            if name.startswith("microvm"):
-                                sys.exit(f"{name} ({v}): run failed: {e}")
+                    r = attempt(tallies[v][name], lambda c=vc[name]: run_once(c, args.n, args.timeout, tmp), args.tries)
+                    if r is not None:
+                        results[v][name].append(r)
 
     print(f"serial interrupts from the 16550's input thread to a 64-bit guest (tests/guests/irq64.S): "
           f"{args.n} bytes per run, {args.rounds} rounds, VMMs alternating")
+    print(cpu.line() if cpu else f"QEMU: {not_installed}")
     for v, (_, what) in VARIANTS.items():
         print(f"{v}: {what}")
         med: dict[str, tuple[float, float, float]] = {}
         for name, rs in results[v].items():
             if not rs:
-                unavailable[v][name] = f"all runs failed: {failures[v][name][-1]}"
                 continue
             secs = statistics.median(r[0] for r in rs)
             bps = statistics.median(r[1] / r[0] for r in rs)
             ips = statistics.median(r[2] / r[0] for r in rs)
             bpi = statistics.median(r[1] / max(1, r[2]) for r in rs)
             med[name] = (secs, bps, ips)
-            extra = f"  ({len(failures[v][name])} failed runs retried)" if failures[v][name] else ""
             print(f"  {name:15s} {secs * 1000:8.1f} ms  {bps:8.0f} bytes/s  {ips:8.0f} irqs/s  "
-                  f"{bpi:7.1f} bytes/irq{extra}")
-        for name, why in unavailable[v].items():
-            print(f"  {name:15s} could not run the guest here: {why}")
+                  f"{bpi:7.1f} bytes/irq  ({len(rs)} timed runs)")
+        for name, t in tallies[v].items():
+            print(f"  {t.summary()}  (the warm-up run included)")
+        for name, c in cmds[v].items():
+            if c is None:
+                print(f"  {name:15s} could not run: {not_installed}")
         for mine, theirs in PAIRS:
             if mine in med and theirs in med:
                 irqs = f" (irqs/s {med[mine][2] / med[theirs][2]:.2f}x)" if v == "level" else ""
                 print(f"  ratio {mine}/{theirs}: bytes/s {med[mine][1] / med[theirs][1]:.2f}x{irqs}")
-            elif mine in med:
-                print(f"  ratio {mine}/{theirs}: none, {theirs} could not run the guest on this host")
+            else:
+                why = [tallies[v][k].why_no_ratio() if k in tallies[v] else f"{k} could not run: {not_installed}"
+                       for k in (mine, theirs) if k not in med]
+                print(f"  ratio {mine}/{theirs}: none, {'; '.join(why)}")
     print("(QEMU 7.2's microvm defaults to kernel-irqchip=split, so qemu-split is plain QEMU.)")
-
 
 if __name__ == "__main__":
     main()
