@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """virtio-blk throughput: the same guest workload under microvm and under QEMU microvm.
 
-Usage: .venv/bin/python bench/blk.py [-n ROUNDS] [--seq-mib N] [--write-mib N] [--random N]
+Usage: .venv/bin/python bench/blk.py [-n ROUNDS] [--seq-mib N] [--write-mib N] [--random N] [--tries N]
 
 Guest user mode cannot make system calls on an emulating host (HOST.md), so the load comes
 from the guest *kernel*, on one boot of the default guest with ``root=/dev/vda`` on an ext4
@@ -32,10 +32,14 @@ by instruction on such a host, so every figure here is bound by guest CPU, not b
 the ratio is what compares the two VMMs. The image stays in the host page cache (warm).
 
 QEMU is Debian's ``qemu-system-x86`` (installed when missing), run as
-``-M microvm,acpi=off,x-option-roms=off -enable-kvm -cpu host -m 256m -kernel vmlinux``
-with the same drive on ``virtio-blk-device``. On an emulating host QEMU usually stops with an
-emulation failure (INT3 in ``int3_selftest()``, FWAIT, see HOST.md): that is reported as
-"QEMU could not run this guest on this host" instead of a ratio.
+``-M microvm,acpi=off,x-option-roms=off -enable-kvm -cpu MODEL -m 256m -kernel vmlinux``
+with the same drive on ``virtio-blk-device``; MODEL is ``host``, or ``host,-arch-capabilities``
+where plain ``host`` aborts (AMD machines here), probed once in _common and printed with the
+results. A run that failed (an exit status other than 0, an emulation failure, the journal not
+replayed, init's phases not all seen) is never timed: it is counted per VMM and, when it ended
+by itself (not a stall or the time limit), retried up to --tries tries in all. On an emulating
+host QEMU usually stops with an emulation failure (INT3 in ``int3_selftest()``, FWAIT, see
+HOST.md); when every run of a VMM failed, that is printed instead of a ratio.
 """
 from __future__ import annotations
 
@@ -52,7 +56,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from _common import REPO, ensure_qemu
+from _common import REPO, RunFailed, Tally, attempt, ensure_qemu, failure, first_line, qemu_cpu_model
+
 sys.path.insert(0, str(REPO / "tests"))
 
 from linux_images import ConsoleSession, assemble, make_ext4, make_rootdir, missing_tools, tool  # noqa: E402
@@ -316,6 +321,7 @@ class Probe(threading.Thread):
 class Result:
     ok: bool
     note: str = ""
+    retry: bool = True  # for a failed run: worth another try (it ended by itself)
     write_s: float = 0.0
     write_bytes: int = 0
     seq_s: float = 0.0
@@ -351,14 +357,22 @@ def run_once(name: str, cmd: list[str], work: Workload) -> Result:
             if progress != last_len:
                 last_len, last_change = progress, time.monotonic()
             elif time.monotonic() - last_change > STALL_TIMEOUT:
-                return Result(False, f"no progress for {STALL_TIMEOUT} s (last console line: {_last_line(s.text)!r})")
+                return Result(False, f"no progress for {STALL_TIMEOUT} s (last console line: {_last_line(s.text)!r})",
+                              retry=False)
             if time.monotonic() > s.deadline:
-                return Result(False, f"did not finish in {RUN_TIMEOUT} s")
+                return Result(False, f"did not finish in {RUN_TIMEOUT} s", retry=False)
     finally:
         probe.stop.set()
         probe.join(timeout=5)
         s.close()
-    res = Result(False, probe.error) if probe.error else analyse(s, probe.samples, work)
+    status = s.proc.returncode
+    if status != 0:  # the guest ends with a reset, which --no-reboot / -no-reboot turn into status 0
+        res = Result(False, str(failure(f"the VMM ended early (last console line {_last_line(s.text)!r})",
+                                        status, s.errtext, s.text)))
+    elif probe.error:
+        res = Result(False, probe.error)
+    else:
+        res = analyse(s, probe.samples, work)
     res.samples = probe.samples
     return res
 
@@ -455,8 +469,9 @@ def main() -> None:
     ap.add_argument("--write-mib", type=int, default=8, help="journal replay size (default 8)")
     ap.add_argument("--random", type=int, default=100, help=f"random 4 KiB reads, at most {RND_SLOTS} (default 100)")
     ap.add_argument("--only", choices=("microvm", "qemu"), help="run one VMM only")
-    ap.add_argument("--qemu-tries", type=int, default=2,
-                    help="attempts per round when QEMU stops with an emulation failure (default 2)")
+    ap.add_argument("--tries", "--qemu-tries", type=int, default=2, dest="tries",
+                    help="tries per round and VMM when a run fails by itself, e.g. QEMU's emulation failures "
+                         "(not a stall or the time limit; default 2)")
     ap.add_argument("--trace", metavar="DIR", help="write each run's samples (t, rchar, wchar, console, phase, count) as CSV")
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -470,6 +485,7 @@ def main() -> None:
 
     guest = default_guest(build=True, progress=lambda m: print(f"guest build: {m}", file=sys.stderr))
     qemu = (ensure_qemu() or sys.exit("qemu-system-x86_64 is not available")) if args.only != "microvm" else ""
+    cpu = qemu_cpu_model(qemu) if qemu else None
     microvm = str(REPO / ".venv/bin/microvm")
     from microvm.machine import EMULATING_HOST_CMDLINE, host_is_emulating
 
@@ -485,7 +501,7 @@ def main() -> None:
             "microvm": [microvm, "run", "--kernel", str(guest.vmlinux), "--append", cmdline,
                         "-m", f"{GUEST_MEM_MIB}M", "--drive", drive, "--device", "virtio-blk-device,drive=d",
                         "--no-reboot"],
-            "qemu": [qemu, "-M", "microvm,acpi=off,x-option-roms=off", "-enable-kvm", "-cpu", "host",
+            "qemu": [qemu, "-M", "microvm,acpi=off,x-option-roms=off", "-enable-kvm", *(cpu.args if cpu else []),
                      "-m", f"{GUEST_MEM_MIB}m", "-kernel", str(guest.vmlinux), "-append", cmdline,
                      "-nodefaults", "-no-user-config", "-nographic", "-serial", "stdio", "-no-reboot",
                      "-drive", drive, "-device", "virtio-blk-device,drive=d"],
@@ -493,28 +509,39 @@ def main() -> None:
         if args.only:
             cmds = {args.only: cmds[args.only]}
         results: dict[str, list[Result]] = {k: [] for k in cmds}
+        tallies = {k: Tally(k) for k in cmds}
         for rnd in range(args.rounds):
             order = list(cmds) if rnd % 2 == 0 else list(reversed(cmds))  # alternate who goes first
             for name in order:
-                for attempt in range(args.qemu_tries if name == "qemu" else 1):
+                tries = iter(range(1, args.tries + 1))
+
+                def one_run(name: str = name, rnd: int = rnd) -> Result:
+                    """One boot; a failed one raises RunFailed, so attempt() counts it and it is never timed."""
+                    try_no = next(tries)
                     copy_sparse(pristine, img)  # the same bytes every run, warm in the page cache
                     t0 = time.monotonic()
                     r = run_once(name, cmds[name], work)
-                    status = "ok" if r.ok else f"FAILED: {r.note}"
-                    print(f"round {rnd + 1} {name:8s} {time.monotonic() - t0:6.1f} s wall  {status}", file=sys.stderr)
+                    status = "ok" if r.ok else f"FAILED: {first_line(r.note)}"
+                    print(f"round {rnd + 1} {name:8s} try {try_no} {time.monotonic() - t0:6.1f} s wall  {status}",
+                          file=sys.stderr)
                     if args.trace:
-                        write_trace(Path(args.trace) / f"{name}-{rnd + 1}-{attempt + 1}.csv", r.samples)
-                    if r.ok:
-                        f = r.figures(work)
-                        print("    " + "   ".join(f"{k} {v:.2f}" for k, v in f.items())
-                              + f"   (init started {r.boot_s:.1f} s after spawn)", file=sys.stderr)
-                    if r.ok or "emulation failure" not in r.note:
-                        break
-                results[name].append(r)
-    report(work, results)
+                        write_trace(Path(args.trace) / f"{name}-{rnd + 1}-{try_no}.csv", r.samples)
+                    if not r.ok:
+                        raise RunFailed(r.note, retry=r.retry)
+                    f = r.figures(work)
+                    print("    " + "   ".join(f"{k} {v:.2f}" for k, v in f.items())
+                          + f"   (init started {r.boot_s:.1f} s after spawn)", file=sys.stderr)
+                    return r
+
+                r = attempt(tallies[name], one_run, args.tries)
+                if r is not None:
+                    results[name].append(r)
+    report(work, results, tallies, cpu.line() if cpu else "")
 
 
-def report(work: Workload, results: dict[str, list[Result]]) -> None:
+def report(work: Workload, results: dict[str, list[Result]], tallies: dict[str, Tally], cpu_line: str) -> None:
+    """Medians of the successful runs only (``results`` holds nothing else), then per VMM its
+    failures and retries, and instead of a ratio why a VMM has none."""
     print()
     print(f"virtio-blk, default guest kernel, {GUEST_MEM_MIB} MiB, 1 vCPU; raw ext4 image in the host page cache.")
     print("The load is driven by the guest kernel (guest user mode cannot make system calls here):")
@@ -522,11 +549,12 @@ def report(work: Workload, results: dict[str, list[Result]]) -> None:
         print("  " + line)
     print("Medians over the runs that completed; 'VMM I/O' is what the VMM process itself read/wrote")
     print("(/proc/PID/io) in that phase. The guest kernel is emulated on this host: guest-CPU bound.")
+    if cpu_line:
+        print(cpu_line)
     print()
-    ok = {k: [r for r in v if r.ok] for k, v in results.items()}
     keys = ["seq write MiB/s", "seq read MiB/s", "4K rand read IOPS"]
     med: dict[str, dict[str, float]] = {}
-    for name, rs in ok.items():
+    for name, rs in results.items():
         if rs:
             med[name] = {k: statistics.median(r.figures(work)[k] for r in rs) for k in keys}
     header = f"  {'':20s}" + "".join(f"{n:>14s}" for n in results) + ("       ratio microvm/qemu" if len(results) == 2 else "")
@@ -541,7 +569,7 @@ def report(work: Workload, results: dict[str, list[Result]]) -> None:
             else:
                 row += "       n/a"
         print(row)
-    for name, rs in ok.items():
+    for name, rs in results.items():
         if rs:
             r = rs[len(rs) // 2]
             print(f"  {name}: VMM I/O per phase: wrote {r.write_bytes / MIB:.1f} MiB during the mount "
@@ -549,13 +577,10 @@ def report(work: Workload, results: dict[str, list[Result]]) -> None:
                   f"({r.seq_s:.2f} s), {r.prep_read_bytes / MIB:.1f} MiB in the prepare pass ({r.prep_s:.2f} s), "
                   f"{r.rand_read_bytes / MIB:.2f} MiB in the random phase ({r.rand_s:.2f} s, "
                   f"{r.rand_read_bytes / PAGE / max(work.random_pages, 1):.2f} x 4 KiB per read)")
-    for name, rs in results.items():
-        bad = [r for r in rs if not r.ok]
-        if bad and not ok[name]:
-            who = "QEMU" if name == "qemu" else name
-            print(f"  {who} could not run this guest on this host: {bad[0].note}")
-        elif bad:
-            print(f"  {name}: {len(bad)} of {len(rs)} runs failed: {bad[0].note}")
+    for t in tallies.values():
+        print(f"  {t.summary()}")
+    if len(results) == 2 and len(med) < 2:
+        print("  no ratio: " + "; ".join(tallies[k].why_no_ratio() for k in results if k not in med))
 
 
 if __name__ == "__main__":
