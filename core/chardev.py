@@ -175,6 +175,40 @@ class FdChardev:
             self._saved_tty = None
 
 
+#: files a file chardev opened in this process: truncated the first time only, so the log of
+#: a guest that reboots goes on in the same file, as with QEMU
+_opened_files: set[str] = set()
+
+
+class FileChardev(FdChardev):
+    """Output to a file (``--chardev file,path=P`` / ``--serial file:P``); no input."""
+
+    def __init__(self, fd: int) -> None:
+        super().__init__(fd, None)
+
+    def close(self) -> None:
+        super().close()
+        if self.out_fd >= 0:
+            os.close(self.out_fd)
+            self.out_fd = -1
+
+
+def file_chardev(path: str, append: bool = False) -> FileChardev:
+    """Open ``path`` for a file chardev: truncated once per process unless ``append``."""
+    from .errors import ConfigError
+
+    if not path:
+        raise ConfigError("file chardev needs path=...")
+    key = os.path.abspath(path)
+    mode = os.O_APPEND if append or key in _opened_files else os.O_TRUNC
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | mode | os.O_CLOEXEC, 0o644)
+    except OSError as e:
+        raise ConfigError(f"cannot open {path}: {e.strerror}") from None
+    _opened_files.add(key)
+    return FileChardev(fd)
+
+
 def stdio_chardev(on_quit: Callable[[], None] | None = None) -> FdChardev:
     sys.stdout.flush()
     return FdChardev(1, 0, on_quit, escapes=True)

@@ -1,5 +1,6 @@
 """The core's own hook implementations: options that belong to the machine itself (not to a
-device) and the virtio-mmio slots' command line and MP table entries. Registered by
+device), the host character devices every machine has (``stdio``, ``null``, ``file``), and
+the virtio-mmio slots' command line and MP table entries. Registered by
 :class:`microvm.plugins.PluginHost` under the name ``core``, always."""
 from __future__ import annotations
 
@@ -7,10 +8,11 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import pluggy
 
-from .options import MachineOption
+from .config import MachineOption, Property
 
 if TYPE_CHECKING:
-    from .machine import Machine
+    from .config import Properties
+    from .context import MachineContext
 
 hookimpl = pluggy.HookimplMarker("microvm")
 
@@ -39,13 +41,42 @@ def register_machine_options(register: Callable[[MachineOption], None]) -> None:
     ))
 
 
+def _stdio(ctx: "MachineContext", ident: str, props: "Properties") -> Any:
+    from .chardev import stdio_chardev
+
+    return stdio_chardev(on_quit=lambda: ctx.request_stop(0, "terminated by C-a x"))
+
+
+def _null(ctx: "MachineContext", ident: str, props: "Properties") -> Any:
+    from .chardev import NullChardev
+
+    return NullChardev()
+
+
+def _file(ctx: "MachineContext", ident: str, props: "Properties") -> Any:
+    from .chardev import file_chardev
+
+    return file_chardev(props.path, append=props.append)
+
+
 @hookimpl
-def kernel_cmdline(machine: "Machine") -> list[str] | None:
-    if not machine.option("auto-kernel-cmdline"):
+def register_backends(register: Callable[..., None]) -> None:
+    register("chardev", "stdio", _stdio, "the VMM's standard input and output (C-a x quits, C-a b sends a break)",
+             properties=(Property("mux", "bool", False, "accepted for QEMU compatibility (C-a commands are always on)"),
+                         Property("signal", "bool", True, "accepted for QEMU compatibility")))
+    register("chardev", "null", _null, "discards output, never produces input")
+    register("chardev", "file", _file, "output to a file (input: none)",
+             properties=(Property("path", "str", required=True, help="the file"),
+                         Property("append", "bool", False, "append instead of truncating (once per process)")))
+
+
+@hookimpl
+def kernel_cmdline(ctx: "MachineContext") -> list[str] | None:
+    if not ctx.option("auto-kernel-cmdline"):
         return None
-    return [t.cmdline_word() for t in machine.virtio_transports]
+    return [t.cmdline_word() for t in ctx.virtio_devices]
 
 
 @hookimpl
-def mptable_entries(machine: "Machine") -> list[Any] | None:
-    return [machine.isa_irq_entry(t.irq) for t in machine.virtio_transports]
+def mptable_entries(ctx: "MachineContext") -> list[Any] | None:
+    return [ctx.isa_irq_entry(t.irq) for t in ctx.virtio_devices]

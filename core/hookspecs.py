@@ -7,16 +7,19 @@ access goes straight from the bus to the device object and never through pluggy.
 Registration hooks hand the plugin a ``register`` callback (as in llm's ``register_models``):
 the core validates names and refuses duplicates, so plugins stay declarative.
 
+Machine-time hooks receive ``ctx``, a :class:`microvm.context.MachineContext`: the small,
+typed part of the machine a plugin may use (``docs/plugins.md`` lists it member by member).
+
 Order of calls for one boot (``docs/hooks.md`` has the same list, checked by a test):
 
 1. ``register_machine_options``, ``register_irqchips``, ``register_device_types``,
    ``register_backends`` once per process, when the command line is parsed;
-2. ``create_devices(machine)`` after guest memory, buses and the irqchip exist;
-3. ``cpuid(machine, vcpu_id, entries)`` and ``configure_vcpu(machine, vcpu)`` per vCPU;
-4. ``kernel_cmdline(machine)`` and ``mptable_entries(machine)`` while the kernel is loaded;
-5. ``machine_start(machine)`` just before the vCPU threads run;
-6. ``handle_exit(machine, vcpu, exit_reason)`` for each exit the core does not handle itself;
-7. ``machine_stop(machine)`` when the machine stops or is reset (once per boot).
+2. ``create_devices(ctx)`` after guest memory, buses and the irqchip exist;
+3. ``cpuid(ctx, vcpu_id, entries)`` and ``configure_vcpu(ctx, vcpu)`` per vCPU;
+4. ``kernel_cmdline(ctx)`` and ``mptable_entries(ctx)`` while the kernel is loaded;
+5. ``machine_start(ctx)`` just before the vCPU threads run;
+6. ``handle_exit(ctx, vcpu, exit_reason)`` for each exit the core does not handle itself;
+7. ``machine_stop(ctx)`` when the machine stops or is reset (once per boot).
 """
 from __future__ import annotations
 
@@ -25,8 +28,9 @@ from typing import TYPE_CHECKING, Any, Callable
 import pluggy
 
 if TYPE_CHECKING:
-    from .machine import Machine
-    from .options import MachineOption
+    from .config import MachineOption
+    from .context import MachineContext
+    from .kvm import Vcpu
 
 hookspec = pluggy.HookspecMarker("microvm")
 
@@ -35,9 +39,10 @@ hookspec = pluggy.HookspecMarker("microvm")
 def register_machine_options(register: Callable[["MachineOption"], None]) -> None:
     """Declare ``-M microvm,KEY=VALUE`` options this plugin understands.
 
-    :param register: call with a :class:`microvm.options.MachineOption` (name, kind such as
-        ``OnOffAuto``/``bool``/``str``/a choice list, default, help). A name declared twice
-        is a :class:`~microvm.errors.PluginError`.
+    :param register: call with a :class:`microvm.api.MachineOption` (name, kind such as
+        ``OnOffAuto``/``bool``/``str``/``int``/``choice``, default, help; ``auto_value`` says
+        what ``auto`` resolves to). A name declared twice is a
+        :class:`~microvm.errors.PluginError`.
 
     Called once per process, before the command line's machine options are parsed; an option
     no installed plugin declares is an error listing the known ones.
@@ -47,13 +52,13 @@ def register_machine_options(register: Callable[["MachineOption"], None]) -> Non
 
 
 @hookspec
-def register_irqchips(register: Callable[[str, Callable[["Machine"], Any], str], None]) -> None:
+def register_irqchips(register: Callable[[str, Callable[["MachineContext"], Any], str], None]) -> None:
     """Offer an interrupt-controller model for ``-M microvm,kernel-irqchip=NAME``.
 
-    :param register: ``register(name, factory, help)``; ``factory(machine)`` creates the
-        irqchip (see :class:`microvm.irq.IrqChip`) after guest memory exists and before any
-        vCPU is created (KVM requires ``KVM_CREATE_IRQCHIP`` and the split-irqchip capability
-        to precede ``KVM_CREATE_VCPU``).
+    :param register: ``register(name, factory, help)``; ``factory(ctx)`` returns the irqchip,
+        an object implementing all of :class:`microvm.api.IrqChip`, after guest memory
+        exists and before any vCPU is created (KVM requires ``KVM_CREATE_IRQCHIP`` and the
+        split-irqchip capability to precede ``KVM_CREATE_VCPU``).
 
     .. versionadded:: 0.1
     """
@@ -63,10 +68,15 @@ def register_irqchips(register: Callable[[str, Callable[["Machine"], Any], str],
 def register_device_types(register: Callable[..., None]) -> None:
     """Declare ``--device TYPE,prop=value`` types (e.g. ``virtio-blk-device``).
 
-    :param register: ``register(name, factory, help)``; ``factory(machine, props)`` is called
-        during ``create_devices`` for each ``--device`` of that type, with ``props`` the
-        parsed ``key=value`` dict, and must consume every key it accepts (unknown keys are
-        reported to the user). Duplicate names are refused.
+    :param register: ``register(name, factory, help, properties=(), virtio=False)``:
+        ``properties`` declares each key the device takes (:class:`microvm.api.Property`:
+        name, kind, default, help, required); the core refuses unknown keys with the list of
+        valid ones and prints the list for ``--device NAME,help``. ``factory(ctx, props)`` is
+        called after ``create_devices`` for each ``--device`` of that type, with ``props``
+        the converted values (:class:`microvm.api.Properties`). With ``virtio=True`` the
+        factory returns a :class:`microvm.api.VirtioBackend` and the core places it on a
+        virtio-mmio transport, adding the transport's properties (``force-legacy``).
+        Every device type also takes ``id=`` (QEMU's). Duplicate names are refused.
 
     .. versionadded:: 0.1
     """
@@ -74,28 +84,32 @@ def register_device_types(register: Callable[..., None]) -> None:
 
 @hookspec
 def register_backends(register: Callable[..., None]) -> None:
-    """Declare host-side backends: ``register(kind, name, factory, help)`` where ``kind`` is
-    ``"chardev"``, ``"drive"`` or ``"netdev"`` and ``name`` is e.g. ``"stdio"``, ``"raw"`` or
-    ``"tap"``. Duplicate (kind, name) pairs are refused.
+    """Declare host-side backends: ``register(kind, name, factory, help, properties=())``
+    where ``kind`` is ``"chardev"`` or ``"netdev"`` and ``name`` the type as the user writes
+    it (``--chardev socket,...``, ``--netdev tap,...``). ``properties`` declares the keys
+    besides ``id`` (:class:`microvm.api.Property`); ``factory(ctx, id, props)`` makes the
+    backend the first time a device asks for it (``ctx.chardev(id)``, ``ctx.netdev(id)``).
+    Duplicate (kind, name) pairs are refused.
 
     .. versionadded:: 0.1
     """
 
 
 @hookspec
-def create_devices(machine: "Machine") -> None:
-    """Create this plugin's devices and place them with ``machine.add_pio_device``,
-    ``machine.add_mmio_device`` or ``machine.add_virtio_device``.
+def create_devices(ctx: "MachineContext") -> None:
+    """Create this plugin's devices and place them with ``ctx.add_pio_device``,
+    ``ctx.add_mmio_device`` or ``ctx.add_virtio_device``.
 
     Called once per boot after guest memory, both buses and the irqchip exist, before the
-    vCPUs are configured. Read resolved machine options with ``machine.option(name)``.
+    vCPUs are configured. Read machine options with ``ctx.option(name)`` / ``ctx.switch(name)``
+    and which legacy devices the machine has with ``ctx.legacy``.
 
     .. versionadded:: 0.1
     """
 
 
 @hookspec
-def cpuid(machine: "Machine", vcpu_id: int, entries: list[dict[str, int]]) -> None:
+def cpuid(ctx: "MachineContext", vcpu_id: int, entries: list[dict[str, int]]) -> None:
     """Edit the CPUID table of one vCPU in place before ``KVM_SET_CPUID2``.
 
     ``entries`` starts as ``KVM_GET_SUPPORTED_CPUID`` with the core's topology edits (APIC
@@ -107,17 +121,18 @@ def cpuid(machine: "Machine", vcpu_id: int, entries: list[dict[str, int]]) -> No
 
 
 @hookspec
-def configure_vcpu(machine: "Machine", vcpu: Any) -> None:
+def configure_vcpu(ctx: "MachineContext", vcpu: "Vcpu") -> None:
     """Set up per-vCPU state that belongs to a device model (LAPIC LINT0/LINT1, MSRs), once
     per vCPU after ``KVM_SET_CPUID2`` and before it first runs. ``vcpu`` is a
-    :class:`microvm.kvm.Vcpu`.
+    :class:`microvm.api.Vcpu` (``id``, ``get_lapic_regs``/``set_lapic_regs``,
+    ``set_msrs``).
 
     .. versionadded:: 0.1
     """
 
 
 @hookspec
-def kernel_cmdline(machine: "Machine") -> list[str] | None:
+def kernel_cmdline(ctx: "MachineContext") -> list[str] | None:
     """Return words to append to the guest kernel command line (e.g. the
     ``virtio_mmio.device=`` entries), or None. Called after ``create_devices``.
 
@@ -126,21 +141,22 @@ def kernel_cmdline(machine: "Machine") -> list[str] | None:
 
 
 @hookspec
-def mptable_entries(machine: "Machine") -> list[Any] | None:
-    """Return MP table entries (``microvm.boot.mptable.Processor``, ``Bus``, ``IoApic``,
+def mptable_entries(ctx: "MachineContext") -> list[Any] | None:
+    """Return MP table entries (:mod:`microvm.api`'s ``Processor``, ``Bus``, ``IoApic``,
     ``IoInterrupt``, ``LocalInterrupt``) this plugin's devices need the guest to know about,
     or None. A device that is switched off returns none, so the guest does not probe it.
+    The irqchip's own entries come from :meth:`microvm.api.IrqChip.mptable_entries`.
 
     .. versionadded:: 0.1
     """
 
 
 @hookspec(firstresult=True)
-def handle_exit(machine: "Machine", vcpu: Any, exit_reason: int) -> bool | None:
+def handle_exit(ctx: "MachineContext", vcpu: "Vcpu", exit_reason: int) -> bool | None:
     """Handle a rare ``KVM_RUN`` exit the core does not know (e.g. ``KVM_EXIT_DEBUG`` for a
     debugger plugin). Return True when handled; the first True wins (``firstresult``).
     Exits that come often (a userspace IOAPIC's ``KVM_EXIT_IOAPIC_EOI``) belong in
-    ``machine.add_exit_handler``, which the vCPU loop calls directly, without pluggy.
+    ``ctx.add_exit_handler``, which the vCPU loop calls directly, without pluggy.
     An exit nobody handles stops the machine with a register dump. Called on the vCPU's
     own thread; ``vcpu.run_ptr`` is the ``struct kvm_run``.
 
@@ -149,7 +165,7 @@ def handle_exit(machine: "Machine", vcpu: Any, exit_reason: int) -> bool | None:
 
 
 @hookspec
-def machine_start(machine: "Machine") -> None:
+def machine_start(ctx: "MachineContext") -> None:
     """The machine is built and the kernel loaded; the vCPU threads start right after.
     Start device worker threads and host I/O here.
 
@@ -158,7 +174,7 @@ def machine_start(machine: "Machine") -> None:
 
 
 @hookspec
-def machine_stop(machine: "Machine") -> None:
+def machine_stop(ctx: "MachineContext") -> None:
     """The vCPUs have stopped (guest shutdown, reset or error). Stop worker threads, flush
     and close host resources. Called once per boot, also on reset before the next boot.
 

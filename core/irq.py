@@ -1,13 +1,21 @@
-"""The one interrupt interface devices use.
+"""The interrupt interfaces: the line devices drive, and the interrupt controller behind it.
 
-A device gets an :class:`IrqLine` from the machine and calls ``set_level`` (level-sensitive
-sources such as a 16550's INTR pin or a PCI-style line) or ``pulse`` (edge events). Which
-interrupt controller is behind the line (the in-kernel PIC/IOAPIC or the userspace IOAPIC of
-``kernel-irqchip=split``) is the irqchip plugin's business; devices never know.
+A device gets an :class:`IrqLine` from the machine context and calls ``set_level``
+(level-sensitive sources such as a 16550's INTR pin or a virtio-mmio transport) or ``pulse``
+(edge events). Which interrupt controller is behind the line is the irqchip plugin's
+business; devices never know.
+
+:class:`IrqChip` is everything the core and other plugins may ask of any interrupt
+controller (Cloud Hypervisor's ``InterruptController`` trait is the model): nobody probes an
+irqchip with ``hasattr``. Both irqchip plugins (``kernel-irqchip=split``, the userspace
+IOAPIC, and ``kernel-irqchip=on``, KVM's) implement all of it.
 """
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from .metrics import Counter
 
 
 @runtime_checkable
@@ -28,17 +36,70 @@ class IrqLine(Protocol):
 
 
 @runtime_checkable
-class IrqChip(Protocol):
-    """What an irqchip plugin provides to the machine."""
+class ExtIntSource(Protocol):
+    """What answers the CPU's interrupt-acknowledge cycle for an ExtINT interrupt: an 8259
+    pair in virtual-wire mode (its INTR reaches the boot CPU's LINT0)."""
 
+    def has_interrupt(self) -> bool:
+        """Whether INTR is asserted (an unmasked request is pending)."""
+
+    def acknowledge(self) -> int:
+        """The INTA cycle: the vector of the highest-priority request, now in service."""
+
+
+@runtime_checkable
+class Pic(ExtIntSource, Protocol):
+    """An 8259A pair emulated in userspace, as the irqchip sees it: ISA IRQ inputs, plus
+    the ExtINT side."""
+
+    def set_irq(self, irq: int, level: bool) -> None:
+        """Drive ISA IRQ input ``irq`` (0-15)."""
+
+
+@runtime_checkable
+class IrqChip(Protocol):
+    """Everything the machine and the plugins may ask of an interrupt controller.
+
+    Created by an irqchip plugin's factory (``register_irqchips``) before any vCPU exists.
+    """
+
+    #: the ``kernel-irqchip`` value it implements (``"split"``, ``"on"``)
     name: str
+    #: APIC ID of its IOAPIC, for the MP table (unique among the CPUs' LAPIC IDs)
+    ioapic_id: int
+    #: legacy devices the chip emulates itself (KVM's in-kernel chip: ``{"pic"}`` and,
+    #: when asked for, ``"pit"``); a plugin for such a device then adds nothing
+    builtin: frozenset[str]
 
     def line(self, gsi: int) -> IrqLine:
-        """The line for GSI ``gsi`` (ISA IRQs are GSIs 0-15 with the usual remapping of 0 to 2
-        done by the irqchip itself)."""
+        """The line for GSI ``gsi`` (0-23). ISA IRQs are GSIs 0-15; the chip routes each to
+        its IOAPIC pin (:meth:`isa_pin`) and, if present, to an 8259 input."""
+
+    def isa_pin(self, irq: int) -> int:
+        """The IOAPIC pin ISA IRQ ``irq`` arrives on (QEMU's split IOAPIC takes IRQ 0 on pin
+        2; KVM's default routing keeps pin 0). For the MP table's I/O interrupt entries."""
+
+    def attach_pic(self, pic: Pic) -> None:
+        """Connect an 8259 pair emulated in userspace: ISA IRQs reach it too, and it becomes
+        the ExtINT source. A chip with its own 8259s (``"pic" in builtin``) refuses with
+        :class:`~microvm.errors.ConfigError`."""
+
+    def extint_source(self) -> ExtIntSource | None:
+        """The 8259 pair the boot vCPU takes ExtINT vectors from (KVM_INTERRUPT), when one
+        is emulated in userspace; None otherwise (KVM's own PIC needs no help)."""
+
+    def has_pic(self) -> bool:
+        """Whether an 8259 pair drives LINT0 (built in, or attached)."""
+
+    def eoi(self, vector: int) -> None:
+        """The guest signalled end-of-interrupt for ``vector`` at its LAPIC
+        (``KVM_EXIT_IOAPIC_EOI``, level-triggered routes only). The core calls this."""
 
     def mptable_entries(self) -> list[object]:
-        """MP table entries (IOAPIC and interrupt assignments) this chip contributes."""
+        """MP table entries describing the chip (its IOAPIC, routes it adds itself)."""
+
+    def close(self) -> None:
+        """Release host resources (eventfds)."""
 
 
 class NullIrqLine:
@@ -56,6 +117,32 @@ class NullIrqLine:
 
     def eventfd(self) -> int | None:
         return None
+
+
+class CountingIrqLine:
+    """An irqchip's line that also counts the interrupts raised on it (rising edges and
+    pulses), for the machine's counters. What :meth:`MachineContext.irq` hands out."""
+
+    __slots__ = ("line", "gsi", "_raised", "_level")
+
+    def __init__(self, line: IrqLine, raised: "Counter") -> None:
+        self.line = line
+        self.gsi = line.gsi
+        self._raised = raised.inc
+        self._level = False
+
+    def set_level(self, level: bool) -> None:
+        if level and not self._level:
+            self._raised()
+        self._level = bool(level)
+        self.line.set_level(level)
+
+    def pulse(self) -> None:
+        self._raised()
+        self.line.pulse()
+
+    def eventfd(self) -> int | None:
+        return self.line.eventfd()
 
 
 class RecordingIrqLine:

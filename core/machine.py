@@ -12,16 +12,17 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from . import layout
 from .bus import Bus
-from .chardev import Chardev, FdChardev, NullChardev, stdio_chardev
-from .errors import ConfigError, MicrovmError
-from .memory import GuestMemory
-from .spec import MachineSpec, parse_props
+from .errors import ConfigError, MicrovmError, PluginError
 from .log import get_logger
+from .memory import GuestMemory
+from .spec import MachineSpec
 
 log = get_logger("microvm.machine")
 
 if TYPE_CHECKING:
     from .bus.protocol import BusDevice
+    from .chardev import Chardev
+    from .metrics import Metrics
 #: Interrupts a vCPU thread's KVM_RUN (EINTR). A real-time signal, as Firecracker uses, so an
 #: embedding program's SIGUSR1 stays its own.
 KICK_SIGNAL = signal.SIGRTMIN
@@ -55,11 +56,38 @@ def host_is_emulating() -> bool:
     return os.path.exists("/sys/module/kvm_pvm")
 
 
-class Machine:
-    """One boot of one VM. Build with :meth:`build` (done by :meth:`run` if needed)."""
+class ExtIntLine:
+    """The boot CPU's LINT0 in virtual-wire mode, as an :class:`~microvm.irq.IrqLine`: an
+    8259's INTR going high asks the boot vCPU to run an INTA cycle (KVM_INTERRUPT) when it
+    can take an interrupt. Any thread may drive it."""
 
-    def __init__(self, spec: MachineSpec, host: Any = None, images: Any = None) -> None:
+    gsi = -1
+
+    def __init__(self, machine: "Machine") -> None:
+        self._machine = machine
+
+    def set_level(self, level: bool) -> None:
+        if level:
+            self._machine.request_extint()
+
+    def pulse(self) -> None:
+        self._machine.request_extint()
+
+    def eventfd(self) -> int | None:
+        return None
+
+
+class Machine:
+    """One boot of one VM. Build with :meth:`build` (done by :meth:`run` if needed).
+
+    Plugins never see this object: their hooks get a :class:`~microvm.context.MachineContext`
+    (``self.ctx``). A Machine runs once; a guest reset builds a new one (:func:`run_spec`).
+    """
+
+    def __init__(self, spec: MachineSpec, host: Any = None, images: Any = None, metrics: "Metrics | None" = None) -> None:
         from .boot.loader import read_images
+        from .context import MachineContext
+        from .metrics import Metrics
         from .plugins import PluginHost, plugin_host
 
         spec.validate()
@@ -69,20 +97,28 @@ class Machine:
         self.host = host
         self.hook = host.hook
         self.options: dict[str, Any] = host.options.parse_machine(spec.machine)
+        #: the optional legacy devices, resolved once from the declared options
+        self.legacy = host.options.legacy_devices(self.options)
+        self._check_device_types()
         if spec.kernel is None:
             raise ConfigError("no kernel given (--kernel FILE)")
         #: kernel and initrd bytes (microvm.boot.loader.BootImages), checked before KVM is touched
         self.images = images or read_images(spec.kernel, spec.initrd)
         #: a machine rebuilt after a guest reset (run_spec passes the images on)
         self.rebooted = images is not None
+        #: the process's counters (run_spec keeps one across reboots)
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.ctx = MachineContext(self)
         self.smp = spec.smp
         self.ram_size = spec.mem_size
         self.devices: dict[str, Any] = {}
-        self.drives = spec.parsed("drive")
-        self.chardev_specs = spec.parsed("chardev")
-        self.netdev_specs = spec.parsed("netdev")
         self._chardevs: dict[str, Chardev] = {}
         self._stdio_user: str | None = None
+        self._drive_users: dict[str, str] = {}
+        #: the device whose factory runs now (who claims a drive or netdev)
+        self._creating = "a device"
+        self._netdevs: dict[str, tuple[Any, str]] = {}
+        self._irq_lines: dict[int, Any] = {}
         self.stopping = False
         self.exit_status = 0
         self.stop_reason = ""
@@ -92,79 +128,159 @@ class Machine:
         self.threads: list[Any] = []
         self.vcpus: list[Any] = []
         self.irqchip: Any = None
-        self.irqchip_mode: str | None = None
         self.kvm: Any = None
         self.vm: Any = None
         self.memory: GuestMemory | None = None
-        self.pio_bus = Bus("pio", unmapped_read=0xFF, limit=1 << 16)
-        self.mmio_bus = Bus("mmio", unmapped_read=0x00)  # QEMU's unassigned_mem_read: 0
+        self.pio_bus = Bus("pio", unmapped_read=0xFF, limit=1 << 16, metrics=self.metrics)
+        self.mmio_bus = Bus("mmio", unmapped_read=0x00, metrics=self.metrics)  # QEMU's unassigned_mem_read: 0
         self.cmdline = ""
         self.entry: Any = None
         self.mptable: list[Any] = []
         self.emulation_assist = bool(self.options.get("x-emulation-assist", True))
-        self.ioapic_id = 0
         self._virtio: Any = None  # microvm.virtio.slots.VirtioSlots, imported on first use
         self._timers: Any = None  # microvm.timers.TimerService, created on first use
-        #: the PIC's INTR line in split mode: see request_extint()
-        self.extint_source: Any = None
-        #: KVM exit reason -> handler(vcpu), for exits a device model owns (the IOAPIC's EOI):
-        #: dispatched directly by the vCPU loop, so they stay off pluggy's path
+        self.extint_line = ExtIntLine(self)
+        #: KVM exit reason -> handler(vcpu), for exits a device model owns: dispatched
+        #: directly by the vCPU loop, so they stay off pluggy's path
         self.exit_handlers: dict[int, Callable[[Any], None]] = {}
-        self._virtio_legacy: bool | None = None
         self.supported_cpuid: list[dict[str, int]] = []
         self._built = False
+        self._ran = False
         self._stopped_hooks = False
 
-    # ------------------------------------------------------------------ plugin-facing API
-    def option(self, name: str) -> Any:
-        """The parsed value of machine option ``name``; None when no plugin declares it."""
-        return self.options.get(name)
+    def _check_device_types(self) -> None:
+        """Every --device names an installed type, and ``--device NAME,help`` is answered:
+        before anything is built, so a typo costs no KVM set-up."""
+        from .config import VIRTIO_TRANSPORT_PROPERTIES, describe_properties
 
+        types = self.host.device_types
+        for cfg in self.spec.device_configs:
+            reg = types.get(cfg.driver)
+            if reg is None or reg.factory is None:
+                known = ", ".join(sorted(types)) or "none installed"
+                if cfg.help and not cfg.driver:
+                    raise ConfigError(f"device types: {known}")
+                raise ConfigError(f"--device {cfg.driver}: unknown device type (available: {known})")
+            if cfg.help:
+                props = describe_properties(self.device_properties(reg) + (VIRTIO_TRANSPORT_PROPERTIES if reg.virtio else ()))
+                raise ConfigError(f"{cfg.driver} properties: " + "; ".join(props))
+        # every backend is checked, used or not: its type exists and its keys are valid
+        from .config import parse_properties
+
+        backends = [("chardev", c) for c in self.spec.chardev_configs.values()]
+        backends += [("chardev", s.chardev) for s in self.spec.serial_configs if s.chardev is not None]
+        backends += [("netdev", c) for c in self.spec.netdev_configs.values()]
+        for kind, c in backends:
+            parse_properties(f"{kind} {c.id} ({c.backend})", self._backend_type(kind, c).properties, c.props)
+
+    @staticmethod
+    def device_properties(reg: Any) -> tuple[Any, ...]:
+        """A device type's declared properties plus QEMU's generic ``id``."""
+        from .config import Property
+
+        return (Property("id", "str", "", "a name for the device (logs, counters)"),) + tuple(reg.properties)
+
+    # ------------------------------------------------------------------ what the context offers
     def add_pio_device(self, device: BusDevice, base: int, length: int, name: str) -> None:
-        self.pio_bus.insert(device, base, length, name)
+        self._insert(self.pio_bus, device, base, length, name)
 
     def add_mmio_device(self, device: BusDevice, base: int, length: int, name: str) -> None:
-        self.mmio_bus.insert(device, base, length, name)
+        self._insert(self.mmio_bus, device, base, length, name)
+
+    @staticmethod
+    def _insert(bus: Bus, device: Any, base: int, length: int, name: str) -> None:
+        from .errors import BusError
+
+        try:
+            bus.insert(device, base, length, name)
+        except BusError as e:  # a placement the user's options caused: one line, status 2
+            raise ConfigError(str(e)) from None
 
     def irq(self, gsi: int) -> Any:
-        """The interrupt line for GSI ``gsi`` from the active irqchip."""
-        if self.irqchip is None:
-            # no irqchip plugin installed: devices still work, polled (as with a masked line)
-            from .irq import NullIrqLine
+        """The interrupt line for GSI ``gsi`` from the active irqchip, counted."""
+        line = self._irq_lines.get(gsi)
+        if line is None:
+            from .irq import CountingIrqLine, NullIrqLine
 
-            return NullIrqLine(gsi)
-        return self.irqchip.line(gsi)
+            # no irqchip plugin installed: devices still work, polled (as with a masked line)
+            raw = NullIrqLine(gsi) if self.irqchip is None else self.irqchip.line(gsi)
+            line = self._irq_lines[gsi] = CountingIrqLine(raw, self.metrics.group("irqs", f"gsi{gsi}").counter("raised"))
+        return line
 
     def isa_irq_entry(self, irq: int) -> Any:
         """The MP table I/O interrupt entry routing ISA ``irq`` to the active IOAPIC."""
         from .boot.mptable import IoInterrupt
 
-        pin = self.irqchip.isa_pin(irq) if hasattr(self.irqchip, "isa_pin") else irq
-        return IoInterrupt(src_irq=irq, dst_ioapic=self.ioapic_id, dst_pin=pin)
+        chip = self.irqchip
+        if chip is None:
+            return IoInterrupt(src_irq=irq, dst_ioapic=0, dst_pin=irq)
+        return IoInterrupt(src_irq=irq, dst_ioapic=chip.ioapic_id, dst_pin=chip.isa_pin(irq))
 
-    def drive(self, drive_id: str) -> dict[str, str]:
-        try:
-            return self.drives[drive_id]
-        except KeyError:
-            known = ", ".join(sorted(self.drives)) or "none"
-            raise ConfigError(f"drive {drive_id!r} not found (defined drives: {known})") from None
+    def drive(self, drive_id: str) -> Any:
+        """The DriveConfig of ``--drive id=drive_id`` for the device being created; a second
+        user is refused, as QEMU refuses to attach a drive twice."""
+        cfg = self.spec.drive_configs.get(drive_id)
+        if cfg is None:
+            known = ", ".join(sorted(self.spec.drive_configs)) or "none"
+            raise ConfigError(f"drive {drive_id!r} not found (defined drives: {known})")
+        user = self._creating
+        other = self._drive_users.get(drive_id)
+        if other is not None:
+            raise ConfigError(f"{user}: drive {drive_id} is already used by {other}")
+        self._drive_users[drive_id] = user
+        return cfg
+
+    def netdev(self, netdev_id: str) -> Any:
+        """The network backend ``--netdev TYPE,id=netdev_id``, made by its plugin's factory
+        for the device being created; one device per netdev, as QEMU."""
+        user = self._creating
+        if netdev_id in self._netdevs:
+            raise ConfigError(f"{user}: netdev {netdev_id} is already used by {self._netdevs[netdev_id][1]}")
+        cfg = self.spec.netdev_configs.get(netdev_id)
+        if cfg is None:
+            known = ", ".join(sorted(self.spec.netdev_configs)) or "none"
+            raise ConfigError(f"netdev {netdev_id!r} not found (defined netdevs: {known})")
+        backend = self._make_backend("netdev", cfg)
+        self._netdevs[netdev_id] = (backend, user)
+        return backend
+
+    def _backend_type(self, kind: str, cfg: Any) -> Any:
+        reg = self.host.backends.get((kind, cfg.backend))
+        if reg is None or reg.factory is None:
+            known = ", ".join(sorted(n for k, n in self.host.backends if k == kind)) or "none installed"
+            what = {"netdev": "network", "chardev": "character device"}[kind]
+            raise ConfigError(f"--{kind} {cfg.backend},id={cfg.id}: no plugin provides this {what} backend (available: {known})")
+        return reg
+
+    def _make_backend(self, kind: str, cfg: Any) -> Any:
+        from .config import parse_properties
+
+        reg = self._backend_type(kind, cfg)
+        props = parse_properties(f"{kind} {cfg.id} ({cfg.backend})", reg.properties, cfg.props)
+        if kind == "chardev" and cfg.backend == "stdio":
+            if self._stdio_user is not None:
+                raise ConfigError(f"cannot use stdio for both {self._stdio_user} and chardev {cfg.id}")
+            self._stdio_user = f"chardev {cfg.id}" if not cfg.id.startswith("serial") else f"serial port {cfg.id[6:]}"
+        backend = reg.factory(self.ctx, cfg.id, props)
+        close = getattr(backend, "close", None)
+        if close is not None:
+            self.add_cleanup(close)
+        return backend
 
     @property
     def virtio_transports(self) -> list[Any]:
         """The placed virtio-mmio slots (base, irq, transport), in placement order."""
         return self._virtio.slots if self._virtio is not None else []
 
-    def add_virtio_device(self, backend: Any, name: str) -> Any:
+    def add_virtio_device(self, backend: Any, name: str, transport: Any) -> Any:
         """Wrap a :class:`microvm.virtio.VirtioBackend` in a virtio-mmio transport and place it
         in the next free slot (QEMU's order: the highest first). Returns the slot."""
         assert self.memory is not None, "virtio devices are created in create_devices"
-        legacy = True if self._virtio_legacy is None else self._virtio_legacy
-        self._virtio_legacy = None
         if self._virtio is None:
             from .virtio.slots import VirtioSlots
 
             self._virtio = VirtioSlots(self)
-        return self._virtio.add(backend, name, legacy)
+        return self._virtio.add(backend, name, transport.legacy)
 
     @property
     def timers(self) -> Any:
@@ -177,8 +293,8 @@ class Machine:
 
     def request_extint(self) -> None:
         """The 8259's INTR went high (split irqchip): have the boot vCPU take the vector from
-        ``extint_source.acknowledge()`` through KVM_INTERRUPT when it can accept one, as the
-        LAPIC's LINT0 (ExtINT, virtual wire) would. Any thread may call this."""
+        the irqchip's ``extint_source()`` through KVM_INTERRUPT when it can accept one, as
+        the LAPIC's LINT0 (ExtINT, virtual wire) would. Any thread may call this."""
         if self.threads:
             self.threads[0].extint_pending = True
             self.threads[0].kick()
@@ -192,70 +308,29 @@ class Machine:
     def add_cleanup(self, fn: Callable[[], None]) -> None:
         self._cleanups.append(fn)
 
-    def _claim_stdio(self, user: str) -> Chardev:
-        if self._stdio_user is not None:
-            raise ConfigError(f"cannot use stdio for both {self._stdio_user} and {user}")
-        self._stdio_user = user
-        dev = stdio_chardev(on_quit=lambda: self.request_stop(0, "terminated by C-a x"))
-        self.add_cleanup(dev.close)
-        return dev
-
     def chardev(self, chardev_id: str) -> Chardev:
         """The ``--chardev BACKEND,id=ID`` backend, created on first use."""
-        if chardev_id in self._chardevs:
-            return self._chardevs[chardev_id]
-        props = self.chardev_specs.get(chardev_id)
-        if props is None:
-            raise ConfigError(f"chardev {chardev_id!r} not found")
-        backend = props.get("backend")
-        if backend == "stdio":
-            dev: Chardev = self._claim_stdio(f"chardev {chardev_id}")
-        elif backend == "null":
-            dev = NullChardev()
-        elif backend == "file":
-            dev = self._file_chardev(props.get("path", ""))
-        else:
-            reg = self.host.backends.get(("chardev", backend or ""))
-            if reg is None or reg.factory is None:
-                raise ConfigError(f"chardev backend {backend!r} is not available (stdio, null, file)")
-            dev = reg.factory(self, props)
-        self._chardevs[chardev_id] = dev
-        return dev
-
-    def _file_chardev(self, path: str) -> Chardev:
-        if not path:
-            raise ConfigError("file chardev needs path=...")
-        try:
-            # truncated once per process, as QEMU does: a reboot appends to the same log
-            mode = os.O_APPEND if self.rebooted else os.O_TRUNC
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | mode | os.O_CLOEXEC, 0o644)
-        except OSError as e:
-            raise ConfigError(f"cannot open {path}: {e.strerror}") from None
-        dev = FdChardev(fd, None)
-        self.add_cleanup(lambda: os.close(fd))
+        dev = self._chardevs.get(chardev_id)
+        if dev is None:
+            cfg = self.spec.chardev_configs.get(chardev_id)
+            if cfg is None:
+                known = ", ".join(sorted(self.spec.chardev_configs)) or "none"
+                raise ConfigError(f"chardev {chardev_id!r} not found (defined chardevs: {known})")
+            dev = self._chardevs[chardev_id] = self._make_backend("chardev", cfg)
         return dev
 
     def serial_chardev(self, index: int) -> Chardev | None:
         """The host side of serial port ``index`` from ``-serial`` (None for ``none``)."""
-        if index >= len(self.spec.serial):
+        if index >= len(self.spec.serial_configs):
             return None
-        key = f"serial{index}"
-        if key in self._chardevs:
-            return self._chardevs[key]
-        s = self.spec.serial[index]
-        if s == "none":
+        s = self.spec.serial_configs[index]
+        if s.ref is not None:
+            return self.chardev(s.ref)
+        if s.chardev is None:
             return None
-        if s == "stdio":
-            dev: Chardev = self._claim_stdio(f"serial port {index}")
-        elif s == "null":
-            dev = NullChardev()
-        elif s.startswith("file:"):
-            dev = self._file_chardev(s[5:])
-        elif s.startswith("chardev:"):
-            dev = self.chardev(s[8:])
-        else:
-            raise ConfigError(f"-serial {s}: expected stdio, null, none, file:PATH or chardev:ID")
-        self._chardevs[key] = dev
+        dev = self._chardevs.get(s.chardev.id)
+        if dev is None:
+            dev = self._chardevs[s.chardev.id] = self._make_backend("chardev", s.chardev)
         return dev
 
     # ------------------------------------------------------------------ construction
@@ -274,7 +349,7 @@ class Machine:
         self._vmx_housekeeping()
         self.supported_cpuid = self.kvm.supported_cpuid()
         self._create_irqchip()
-        self.hook.create_devices(machine=self)
+        self.hook.create_devices(ctx=self.ctx)
         self._create_user_devices()
         tsc_deadline = bool(self.kvm.check_extension("KVM_CAP_TSC_DEADLINE_TIMER"))
         for i in range(self.smp):
@@ -282,23 +357,23 @@ class Machine:
             self.vcpus.append(vcpu)
             self.add_cleanup(vcpu.close)
             entries = bootcpu.edit_cpuid(self.supported_cpuid, i, self.smp, tsc_deadline)
-            self.hook.cpuid(machine=self, vcpu_id=i, entries=entries)
+            self.hook.cpuid(ctx=self.ctx, vcpu_id=i, entries=entries)
             vcpu.set_cpuid(entries)
             vcpu.set_msrs(bootcpu.boot_msrs())
             fpu = vcpu.get_fpu()
             bootcpu.setup_fpu(fpu)
             vcpu.set_fpu(fpu)
-            self.hook.configure_vcpu(machine=self, vcpu=vcpu)
+            self.hook.configure_vcpu(ctx=self.ctx, vcpu=vcpu)
         self._load_kernel()
         self._built = True
 
     def _vmx_housekeeping(self) -> None:
         """Reserve the pages VMX needs for real-mode emulation, as QEMU does (harmless on AMD)."""
-        from .kvm import KvmError, ffi
+        from .kvm import KvmError
 
         try:
-            self.vm.ioctl_int("KVM_SET_TSS_ADDR", layout.KVM_TSS_ADDR)
-            self.vm.ioctl_ptr("KVM_SET_IDENTITY_MAP_ADDR", ffi.new("uint64_t *", layout.KVM_IDENTITY_MAP_ADDR))
+            self.vm.set_tss_addr(layout.KVM_TSS_ADDR)
+            self.vm.set_identity_map_addr(layout.KVM_IDENTITY_MAP_ADDR)
         except KvmError as e:
             log.debug("VMX housekeeping skipped: %s", e)
 
@@ -310,37 +385,48 @@ class Machine:
             if name is None:
                 log.info("no irqchip plugin installed: the machine has no interrupt controller")
                 return
-        self.irqchip_mode = name
         reg = chips.get(name)
         if reg is None or reg.factory is None:
             raise ConfigError(f"kernel-irqchip={name}: not available; installed: {', '.join(sorted(chips)) or 'none'}")
-        self.irqchip = reg.factory(self)
-        self.ioapic_id = getattr(self.irqchip, "ioapic_id", 0)
+        self.irqchip = reg.factory(self.ctx)
+        self.add_cleanup(self.irqchip.close)
+        from .kvm import lib
+
+        # the guest's EOI of a level-triggered vector, routed by the split irqchip's MSI
+        # routes (KVM_CAP_SPLIT_IRQCHIP); KVM's own IOAPIC never exits for it
+        self.add_exit_handler(lib.KVM_EXIT_IOAPIC_EOI, lambda vcpu: self.irqchip.eoi(vcpu.run_ptr.eoi.vector))
 
     def _create_user_devices(self) -> None:
-        for ident, props in self.netdev_specs.items():
-            backend = props.get("backend", "")
-            if ("netdev", backend) not in self.host.backends:
-                known = ", ".join(sorted(n for k, n in self.host.backends if k == "netdev")) or "none installed"
-                raise ConfigError(f"--netdev {backend},id={ident}: no plugin provides this network backend ({known})")
-        for text in self.spec.devices:
-            props = parse_props(text, positional="driver")
-            driver = props.pop("driver", None) or props.pop("type", None)
-            reg = self.host.device_types.get(driver or "")
-            if reg is None or reg.factory is None:
-                known = ", ".join(sorted(self.host.device_types)) or "none installed"
-                raise ConfigError(f"--device {driver}: unknown device type (available: {known})")
-            # virtio-mmio's force-legacy (QEMU: -global virtio-mmio.force-legacy=...), on by
-            # default as in QEMU 7.2; a transport property, so the core consumes it
-            legacy = props.pop("force-legacy", None)
-            if legacy is not None:
-                from .options import MachineOption
+        """One device per ``--device``, converted against its type's declared properties;
+        virtio types are placed by the core with the transport the user chose."""
+        from .config import VIRTIO_TRANSPORT_PROPERTIES, VirtioTransportConfig, parse_properties
 
-                self._virtio_legacy = MachineOption("force-legacy", "bool", True, "").parse(legacy)
-            reg.factory(self, props)
-            if self._virtio_legacy is not None:
-                self._virtio_legacy = None
-                raise ConfigError(f"--device {driver}: force-legacy applies to virtio devices only")
+        names: set[str] = set()
+        for cfg in self.spec.device_configs:
+            reg = self.host.device_types[cfg.driver]  # checked in __init__
+            declared = self.device_properties(reg) + (VIRTIO_TRANSPORT_PROPERTIES if reg.virtio else ())
+            props = parse_properties(cfg.driver, declared, cfg.props)
+            if props["id"]:
+                if props["id"] in names:
+                    raise ConfigError(f"--device {cfg.driver}: duplicate id {props['id']!r}")
+                names.add(props["id"])
+            self._creating = f"--device {cfg.driver}" + (f",id={props['id']}" if props["id"] else "")
+            try:
+                made = reg.factory(self.ctx, props)
+            finally:
+                self._creating = "a device"
+            if not reg.virtio:
+                continue
+            from .virtio.backend import VirtioBackend
+
+            if not isinstance(made, VirtioBackend):
+                raise PluginError(f"plugin {reg.plugin}: the {cfg.driver} factory returned {made!r}, not a VirtioBackend")
+            name = props["id"] or made.label or f"{cfg.driver}.{len(self.virtio_transports)}"
+            try:
+                self.add_virtio_device(made, name, VirtioTransportConfig(legacy=props["force-legacy"]))
+            except BaseException:
+                made.close()
+                raise
 
     def _load_kernel(self) -> None:
         from .boot import cpu as bootcpu
@@ -349,7 +435,7 @@ class Machine:
 
         assert self.memory is not None
         words = [self.spec.append] if self.spec.append else []
-        for contrib in self.hook.kernel_cmdline(machine=self):
+        for contrib in self.hook.kernel_cmdline(ctx=self.ctx):
             words.extend(contrib or [])
         if self.emulation_assist and host_is_emulating():
             extra = [w for w in EMULATING_HOST_CMDLINE if w not in self.spec.append.split()]
@@ -360,7 +446,9 @@ class Machine:
         e820 = e820_map([(r.gpa, r.size) for r in self.memory.regions])
         self.entry = loader.load(self.memory, self.images, self.cmdline, e820)
         entries: list[Any] = [mptable.Bus(mptable.ISA_BUS_ID, "ISA")]
-        for contrib in self.hook.mptable_entries(machine=self):
+        if self.irqchip is not None:
+            entries.extend(self.irqchip.mptable_entries())
+        for contrib in self.hook.mptable_entries(ctx=self.ctx):
             entries.extend(contrib or [])
         self.mptable = entries
         self.memory.write(layout.MPTABLE_ADDR, mptable.build(layout.MPTABLE_ADDR, entries))
@@ -402,7 +490,6 @@ class Machine:
             except (ProcessLookupError, OSError):
                 pass
 
-
     def _install_termination_handlers(self) -> None:
         """SIGTERM/SIGHUP stop the machine cleanly (the terminal is restored, disks closed), as
         QEMU does; only possible from the main thread."""
@@ -412,9 +499,14 @@ class Machine:
             signal.signal(sig, lambda signum, _frame: self.request_stop(0, f"terminated by signal {signum}"))
 
     def run(self) -> int:
-        """Boot and run until the guest stops; returns the exit status."""
+        """Boot and run until the guest stops; returns the exit status. A Machine runs once:
+        its devices and KVM objects are torn down when it stops (a reboot builds a new one,
+        as :func:`run_spec` does), so a second call raises :class:`MicrovmError`."""
         from .vcpu import VcpuThread
 
+        if self._ran:
+            raise MicrovmError("this Machine has already run; build a new Machine(spec) to boot again")
+        self._ran = True
         try:
             if not self._built:
                 self.build()
@@ -422,13 +514,14 @@ class Machine:
             if not install_kick_handler():
                 log.warning("Machine.run outside the main thread before microvm.machine was imported in it: "
                             "a vCPU halted in the guest may take seconds to stop")
-            self.hook.machine_start(machine=self)
+            self.hook.machine_start(ctx=self.ctx)
             if self._virtio is not None:
                 self._virtio.start()
             if self._timers is not None:
                 self._timers.start()
             self.threads = [VcpuThread(self, v) for v in self.vcpus]
             for t in self.threads:
+                self.metrics.add_source("vcpus", t.name, t.exit_counts)
                 t.start()
             try:
                 while not self._stop_event.wait(0.5):
@@ -447,7 +540,7 @@ class Machine:
         if not self._stopped_hooks and self._built:
             self._stopped_hooks = True
             try:
-                self.hook.machine_stop(machine=self)
+                self.hook.machine_stop(ctx=self.ctx)
             except Exception:
                 log.exception("machine_stop hook failed")
         if self._timers is not None:
@@ -457,11 +550,6 @@ class Machine:
                 self._virtio.close()  # closes the backends' files and releases their locks
             except Exception:
                 log.exception("closing virtio devices failed")
-        for ch in self._chardevs.values():
-            try:
-                ch.close()
-            except Exception:
-                log.debug("chardev close failed", exc_info=True)
         self._chardevs.clear()
         alive = any(t.is_alive() for t in self.threads)
         for fn in reversed(self._cleanups):
@@ -475,12 +563,23 @@ class Machine:
 
 
 def run_spec(spec: MachineSpec, host: Any = None) -> int:
-    """Run a machine, rebuilding it after each guest reset unless --no-reboot."""
+    """Run a machine, rebuilding it after each guest reset unless --no-reboot; with
+    ``spec.metrics``, write the counters (of every boot) there at the end."""
+    from .metrics import Metrics
+
     images = None
-    while True:
-        m = Machine(spec, host, images)
-        images = m.images
-        status = m.run()
-        if not m.reset_requested:
-            return status
-        log.info("rebooting")
+    metrics = Metrics()
+    try:
+        while True:
+            m = Machine(spec, host, images, metrics)
+            images = m.images
+            status = m.run()
+            if not m.reset_requested:
+                return status
+            log.info("rebooting")
+    finally:
+        if spec.metrics and images is not None:
+            try:
+                metrics.write_json(spec.metrics)
+            except OSError as e:
+                log.error("cannot write metrics to %s: %s", spec.metrics, e.strerror)

@@ -1,59 +1,18 @@
 """Machine options (``-M microvm,key=value,...``) declared by plugins.
 
-A plugin declares each option it understands with :class:`MachineOption`; the command line is
-parsed against the declared set only, so an option whose plugin is not installed does not
-exist and an unknown key is an error listing the known ones, as QEMU does.
+A plugin declares each option it understands with :class:`MachineOption` (a
+:class:`microvm.config.Property`); the command line is parsed against the declared set only,
+so an option whose plugin is not installed does not exist and an unknown key is an error
+listing the known ones, as QEMU does.
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, NamedTuple
+from typing import Any, Iterable
 
+from .config import ON_OFF_AUTO, LEGACY_OPTIONS, LegacyDevices, MachineOption, Property
 from .errors import ConfigError, PluginError
 
-ON_OFF_AUTO = ("on", "off", "auto")
-_TRUE = {"on", "yes", "true", "y"}
-_FALSE = {"off", "no", "false", "n"}
-
-
-class MachineOption(NamedTuple):
-    """One ``-M`` key.
-
-    ``kind`` is ``"OnOffAuto"``, ``"bool"``, ``"str"``, ``"int"`` or ``"choice"`` (with
-    ``choices``). ``auto_means`` documents what ``auto`` resolves to (shown by
-    ``microvm machine``), e.g. ``"on"`` or ``"on without KVM, off with KVM"``.
-    """
-
-    name: str
-    kind: str
-    default: Any
-    help: str
-    choices: tuple[str, ...] = ()
-    auto_means: str = ""
-    plugin: str = ""
-
-    def parse(self, text: str) -> Any:
-        t = text.strip()
-        low = t.lower()
-        if self.kind == "OnOffAuto":
-            if low in ON_OFF_AUTO:
-                return low
-            raise ConfigError(f"machine option {self.name}={text}: expected on, off or auto")
-        if self.kind == "bool":
-            if low in _TRUE:
-                return True
-            if low in _FALSE:
-                return False
-            raise ConfigError(f"machine option {self.name}={text}: expected on or off")
-        if self.kind == "int":
-            try:
-                return int(t, 0)
-            except ValueError:
-                raise ConfigError(f"machine option {self.name}={text}: expected a number") from None
-        if self.kind == "choice":
-            if t in self.choices:
-                return t
-            raise ConfigError(f"machine option {self.name}={text}: expected one of {', '.join(self.choices)}")
-        return t
+__all__ = ["ON_OFF_AUTO", "MachineOption", "OptionRegistry"]
 
 
 class OptionRegistry:
@@ -62,9 +21,11 @@ class OptionRegistry:
     def __init__(self) -> None:
         self.options: dict[str, MachineOption] = {}
 
-    def register(self, option: MachineOption) -> None:
-        if not isinstance(option, MachineOption):
+    def register(self, option: Property) -> None:
+        if not isinstance(option, Property):
             raise PluginError(f"register_machine_options: expected a MachineOption, got {option!r}")
+        if not isinstance(option, MachineOption):  # declared as a plain Property: same fields
+            option = MachineOption(*option)
         if option.name in self.options:
             other = self.options[option.name]
             raise PluginError(f"machine option {option.name!r} declared twice ({other.plugin or '?'} and {option.plugin or '?'})")
@@ -95,3 +56,15 @@ class OptionRegistry:
                     raise ConfigError(f"unknown machine option {key!r}; known: {known}")
                 values[key] = opt.parse(value)
         return values
+
+    def switch(self, values: dict[str, Any], name: str) -> bool:
+        """Option ``name`` as on/off: a bool as it is, ``OnOffAuto`` with ``auto`` resolved
+        through the declaration's ``auto_value``; False when no plugin declares it."""
+        opt = self.options.get(name)
+        if opt is None:
+            return False
+        return bool(opt.resolve(values.get(name, opt.default)))
+
+    def legacy_devices(self, values: dict[str, Any]) -> LegacyDevices:
+        """QEMU microvm's optional legacy devices as the parsed options ask for them."""
+        return LegacyDevices(**{field: self.switch(values, opt) for field, opt in LEGACY_OPTIONS.items()})

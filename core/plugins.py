@@ -20,13 +20,18 @@ from typing import Any, Callable, Iterable, NamedTuple
 
 import pluggy
 
+from .config import MachineOption, Property
 from .errors import PluginError
-from .options import MachineOption, OptionRegistry
+from .options import OptionRegistry
 from .log import get_logger
 
 log = get_logger("microvm.plugins")
 GROUP = "microvm"
 INDEX_VERSION = 2
+#: what register_backends may register
+BACKEND_KINDS = ("chardev", "netdev")
+#: keys the core handles for every device or backend (QEMU's -device/-chardev/-netdev id=)
+RESERVED_PROPERTIES = ("id",)
 
 
 class EntryPointInfo(NamedTuple):
@@ -37,12 +42,16 @@ class EntryPointInfo(NamedTuple):
 
 
 class Registered(NamedTuple):
-    """A named thing a plugin registered (device type, backend, irqchip)."""
+    """A named thing a plugin registered (device type, backend, irqchip), with the
+    properties it declared (device types and backends) and, for device types, whether the
+    core places it on a virtio-mmio transport."""
 
     name: str
     factory: Callable[..., Any] | None
     help: str
     plugin: str
+    properties: tuple[Property, ...] = ()
+    virtio: bool = False
 
 
 def _cache_dir() -> str:
@@ -191,34 +200,51 @@ class PluginHost:
         for pname, fn in self._each_plugin("register_machine_options"):
 
             def reg_option(option: MachineOption, _p: str = pname) -> None:
-                if isinstance(option, MachineOption) and not option.plugin:
+                if isinstance(option, Property) and not option.plugin:
                     option = option._replace(plugin=_p)
                 self.options.register(option)
 
             fn(register=reg_option)
         for pname, fn in self._each_plugin("register_irqchips"):
-            fn(register=self._registrar(self.irqchips, "kernel-irqchip", pname))
+            fn(register=self._registrar(self.irqchips, "kernel-irqchip", pname, with_properties=False))
         for pname, fn in self._each_plugin("register_device_types"):
-            fn(register=self._registrar(self.device_types, "device type", pname))
+            fn(register=self._registrar(self.device_types, "device type", pname, with_virtio=True))
         for pname, fn in self._each_plugin("register_backends"):
 
-            def reg_backend(kind: str, name: str, factory: Callable[..., Any] | None, help: str = "", _p: str = pname) -> None:
-                self._registrar(self.backends, f"{kind} backend", _p, kind)(name, factory, help)
+            def reg_backend(kind: str, name: str, factory: Callable[..., Any] | None, help: str = "",
+                            properties: Iterable[Property] = (), _p: str = pname) -> None:
+                if kind not in BACKEND_KINDS:
+                    raise PluginError(f"plugin {_p}: backend kind {kind!r} is not one of {', '.join(BACKEND_KINDS)}")
+                self._registrar(self.backends, f"{kind} backend", _p, kind)(name, factory, help, properties)
 
             fn(register=reg_backend)
 
     @staticmethod
-    def _registrar(table: dict[Any, Registered], what: str, plugin: str, kind: str | None = None) -> Callable[..., None]:
-        """A ``register`` callback that refuses empty and duplicate names; backends are keyed
-        by (kind, name), everything else by name."""
+    def _registrar(table: dict[Any, Registered], what: str, plugin: str, kind: str | None = None,
+                   with_properties: bool = True, with_virtio: bool = False) -> Callable[..., None]:
+        """A ``register`` callback that refuses empty and duplicate names and malformed
+        property declarations; backends are keyed by (kind, name), everything else by name."""
 
-        def register(name: str, factory: Callable[..., Any] | None, help: str = "") -> None:
+        def register(name: str, factory: Callable[..., Any] | None, help: str = "",
+                     properties: Iterable[Property] = (), virtio: bool = False) -> None:
             if not isinstance(name, str) or not name:
                 raise PluginError(f"plugin {plugin}: {what} name must be a non-empty string, got {name!r}")
+            props = tuple(properties)
+            if props and not with_properties:
+                raise PluginError(f"plugin {plugin}: {what} {name!r} cannot declare properties")
+            if virtio and not with_virtio:
+                raise PluginError(f"plugin {plugin}: {what} {name!r} cannot be a virtio device")
+            seen: set[str] = set()
+            for p in props:
+                if not isinstance(p, Property):
+                    raise PluginError(f"plugin {plugin}: {what} {name!r}: expected Property declarations, got {p!r}")
+                if p.name in seen or p.name in RESERVED_PROPERTIES:
+                    raise PluginError(f"plugin {plugin}: {what} {name!r} declares property {p.name!r} twice or reserved")
+                seen.add(p.name)
             key = (kind, name) if kind is not None else name
             if key in table:
                 raise PluginError(f"{what} {name!r} registered twice ({table[key].plugin} and {plugin})")
-            table[key] = Registered(name, factory, help, plugin)
+            table[key] = Registered(name, factory, help, plugin, tuple(p._replace(plugin=p.plugin or plugin) for p in props), bool(virtio))
 
         return register
 

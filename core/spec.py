@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from .config import (
+    ChardevConfig,
+    DeviceConfig,
+    DriveConfig,
+    NetdevConfig,
+    SerialConfig,
+    parse_props,
+)
 from .errors import ConfigError
+
+__all__ = ["MAX_SMP", "MachineSpec", "parse_props", "parse_size"]
 
 MAX_SMP = 255
 _UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
@@ -27,42 +37,15 @@ def parse_size(text: str, default_unit: str = "M") -> int:
     return int(float(t) * _UNITS[unit])
 
 
-def parse_props(text: str, positional: str | None = None) -> dict[str, str]:
-    """``a,k=v,k2=v2`` → ``{positional: a, k: v, k2: v2}`` (``,,`` escapes a comma in a value)."""
-    parts: list[str] = []
-    cur = ""
-    i = 0
-    while i < len(text):
-        c = text[i]
-        if c == ",":
-            if text[i + 1 : i + 2] == ",":
-                cur += ","
-                i += 2
-                continue
-            parts.append(cur)
-            cur = ""
-        else:
-            cur += c
-        i += 1
-    parts.append(cur)
-    out: dict[str, str] = {}
-    for n, p in enumerate(parts):
-        if p == "":
-            continue
-        if "=" not in p:
-            if n == 0 and positional:
-                out[positional] = p
-                continue
-            raise ConfigError(f"{text!r}: {p!r} needs a value (key=value)")
-        k, _, v = p.partition("=")
-        if k in out:
-            raise ConfigError(f"{text!r}: {k} given twice")
-        out[k] = v
-    return out
-
-
 class MachineSpec:
-    """The machine to build (plain class: ``dataclasses`` costs start-up time)."""
+    """The machine to build (plain class: ``dataclasses`` costs start-up time).
+
+    ``drives``, ``chardevs``, ``netdevs``, ``devices`` and ``serial`` take the command line's
+    strings (or the typed configs of :mod:`microvm.config`, for embedding programs);
+    :meth:`validate` parses them once into ``drive_configs``, ``chardev_configs``,
+    ``netdev_configs`` (by id), ``device_configs`` and ``serial_configs`` (in order).
+    ``metrics`` names a file the counters are written to as JSON when the VM ends.
+    """
 
     def __init__(
         self,
@@ -73,12 +56,13 @@ class MachineSpec:
         smp: int = 1,
         no_reboot: bool = False,
         machine: list[str] | None = None,    # raw -M strings
-        devices: list[str] | None = None,    # raw --device strings
-        drives: list[str] | None = None,
-        chardevs: list[str] | None = None,
-        netdevs: list[str] | None = None,
+        devices: list[Any] | None = None,    # --device strings or DeviceConfig
+        drives: list[Any] | None = None,     # --drive strings or DriveConfig
+        chardevs: list[Any] | None = None,   # --chardev strings or ChardevConfig
+        netdevs: list[Any] | None = None,    # --netdev strings or NetdevConfig
         serial: list[str] | None = None,
         extra_plugins: list[Any] | None = None,
+        metrics: str | None = None,
     ) -> None:
         self.kernel = kernel
         self.initrd = initrd
@@ -93,11 +77,18 @@ class MachineSpec:
         self.netdevs = list(netdevs or [])
         self.serial = list(serial) if serial is not None else ["stdio"]
         self.extra_plugins = list(extra_plugins or [])
+        self.metrics = metrics
+        self.drive_configs: dict[str, DriveConfig] = {}
+        self.chardev_configs: dict[str, ChardevConfig] = {}
+        self.netdev_configs: dict[str, NetdevConfig] = {}
+        self.device_configs: list[DeviceConfig] = []
+        self.serial_configs: list[SerialConfig] = []
 
     def __repr__(self) -> str:
-        return f"MachineSpec({', '.join(f'{k}={v!r}' for k, v in vars(self).items())})"
+        return f"MachineSpec({', '.join(f'{k}={v!r}' for k, v in vars(self).items() if not k.endswith('_configs'))})"
 
     def validate(self) -> None:
+        """Check the sizes and parse every option list into its typed config (once)."""
         if self.mem_size <= 0:
             raise ConfigError("-m: guest memory must be larger than 0")
         if self.mem_size < 2 << 20:
@@ -106,17 +97,23 @@ class MachineSpec:
             raise ConfigError("-m: guest memory must be a multiple of 4 KiB")
         if not 1 <= self.smp <= MAX_SMP:
             raise ConfigError(f"--smp {self.smp}: the number of vCPUs must be between 1 and {MAX_SMP}")
+        self.drive_configs = _by_id("--drive", self.drives, DriveConfig)
+        self.chardev_configs = _by_id("--chardev", self.chardevs, ChardevConfig)
+        self.netdev_configs = _by_id("--netdev", self.netdevs, NetdevConfig)
+        self.device_configs = [d if isinstance(d, DeviceConfig) else DeviceConfig.parse(d) for d in self.devices]
+        self.serial_configs = [SerialConfig.parse(s, i) for i, s in enumerate(self.serial)]
+        for s in self.serial_configs:
+            if s.ref is not None and s.ref not in self.chardev_configs:
+                raise ConfigError(f"--serial {s.text}: no --chardev with id={s.ref}")
+            if s.chardev is not None and s.chardev.id in self.chardev_configs:
+                raise ConfigError(f"--serial {s.text}: id {s.chardev.id} is taken by a --chardev")
 
-    def parsed(self, kind: str) -> dict[str, dict[str, str]]:
-        """``drives``/``chardevs``/``netdevs`` as ``{id: props}``."""
-        raw = {"drive": self.drives, "chardev": self.chardevs, "netdev": self.netdevs}[kind]
-        out: dict[str, dict[str, str]] = {}
-        for text in raw:
-            props = parse_props(text, positional="backend" if kind != "drive" else None)
-            ident = props.get("id")
-            if not ident:
-                raise ConfigError(f"--{kind} {text!r}: id=... is required")
-            if ident in out:
-                raise ConfigError(f"--{kind}: duplicate id {ident!r}")
-            out[ident] = props
-        return out
+
+def _by_id(option: str, items: list[Any], cls: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        cfg = item if isinstance(item, cls) else cls.parse(item)
+        if cfg.id in out:
+            raise ConfigError(f"{option}: duplicate id {cfg.id!r}")
+        out[cfg.id] = cfg
+    return out

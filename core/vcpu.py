@@ -63,9 +63,18 @@ class VcpuThread(threading.Thread):
         self.vcpu = vcpu
         self.run_ptr = vcpu.run_ptr
         self.run_view = memoryview(vcpu.run_buf)
+        chip = machine.irqchip
+        #: the 8259 emulated in userspace that answers this vCPU's INTA cycles (boot vCPU only)
+        self.extint_source = chip.extint_source() if chip is not None and vcpu.id == 0 else None
         #: set (with a kick) by Machine.request_extint when the 8259 has an interrupt for LINT0;
         #: the boot vCPU also looks once at start (the 8259 may have raised INTR before)
-        self.extint_pending = vcpu.id == 0 and machine.extint_source is not None
+        self.extint_pending = self.extint_source is not None
+        #: exits by KVM exit reason; this thread is the only writer (no lock needed)
+        self.exits = [0] * 128
+
+    def exit_counts(self) -> dict[str, int]:
+        """Exits so far by reason name (``KVM_EXIT_IO``: ...), for the machine's counters."""
+        return {exit_name(r): n for r, n in enumerate(self.exits) if n}
 
     def kick(self) -> None:
         """Make KVM_RUN return soon: immediate_exit for the next entry, a signal for this one."""
@@ -88,6 +97,7 @@ class VcpuThread(threading.Thread):
         pio, mmio = m.pio_bus, m.mmio_bus
         EXIT_IO, EXIT_MMIO = lib.KVM_EXIT_IO, lib.KVM_EXIT_MMIO
         IO_OUT = lib.KVM_EXIT_IO_OUT
+        exits = self.exits
         while not m.stopping:
             if self.extint_pending:
                 self._inject_extint()
@@ -95,6 +105,7 @@ class VcpuThread(threading.Thread):
                 run.immediate_exit = 0
                 continue
             reason = run.exit_reason
+            exits[reason & 127] += 1
             if reason == EXIT_IO:
                 io = run.io
                 size, port, off = io.size, io.port, io.data_offset
@@ -118,7 +129,7 @@ class VcpuThread(threading.Thread):
         """Deliver the 8259's interrupt when the vCPU can take one; else ask KVM for an
         interrupt-window exit (KVM_EXIT_IRQ_WINDOW_OPEN) and try again then, as QEMU does."""
         run = self.run_ptr
-        src = self.machine.extint_source
+        src = self.extint_source
         # clear first, then look: a request_extint() racing with us sets the flag again
         self.extint_pending = False
         if src is None or not src.has_interrupt():
@@ -164,5 +175,5 @@ class VcpuThread(threading.Thread):
         elif reason == lib.KVM_EXIT_HLT:
             # with the in-kernel LAPIC KVM handles HLT itself; an exit means no irqchip woke it
             m.request_stop(0, f"vCPU {self.vcpu.id} halted")
-        elif not m.hook.handle_exit(machine=m, vcpu=self.vcpu, exit_reason=reason):
+        elif not m.hook.handle_exit(ctx=m.ctx, vcpu=self.vcpu, exit_reason=reason):
             m.request_stop(1, f"unhandled KVM exit {exit_name(reason)} on vCPU {self.vcpu.id}\n" + register_dump(self.vcpu, m.memory))

@@ -131,7 +131,7 @@ def test_fast_path_result_in_detail(captured: list[dict]) -> None:
     assert captured == [{
         "kernel": "k", "initrd": None, "append": None, "memory": "2G", "smp": 3, "no_reboot": True,
         "machine": ["a=1", "b=2"], "device": [], "drive": [], "chardev": [], "netdev": [], "serial": [],
-        "verbose": 2,
+        "metrics": None, "verbose": 2,
     }]
 
 
@@ -236,7 +236,7 @@ def test_plugins_command_lists_every_plugin(cli_env) -> None:
     assert set(rows) == set(expected) | {"core"}
     for name, (dist, version, hooks) in expected.items():
         assert rows[name] == (f"{dist} {version}", hooks), name
-    assert rows["core"] == ("- -", ["kernel_cmdline", "mptable_entries", "register_machine_options"])
+    assert rows["core"] == ("- -", ["kernel_cmdline", "mptable_entries", "register_backends", "register_machine_options"])
     assert rows["serial_16550"][1] == [
         "create_devices", "machine_start", "machine_stop", "mptable_entries", "register_machine_options",
     ]

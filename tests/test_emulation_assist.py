@@ -119,7 +119,7 @@ def test_extint_request_racing_with_the_vcpu_is_not_lost():
         def acknowledge(self):
             return 0x20
 
-    th.machine = types.SimpleNamespace(extint_source=Pic())
+    th.extint_source = Pic()
     th.run_ptr = types.SimpleNamespace(request_interrupt_window=0, ready_for_interrupt_injection=1, if_flag=1)
     th.extint_pending = True
     th._inject_extint()

@@ -75,40 +75,40 @@ class Recorder:
         self.calls: list[str] = []
 
     @microvm.hookimpl
-    def create_devices(self, machine):
+    def create_devices(self, ctx):
         self.calls.append("create_devices")
 
     @microvm.hookimpl
-    def cpuid(self, machine, vcpu_id, entries):
+    def cpuid(self, ctx, vcpu_id, entries):
         self.calls.append(f"cpuid:{vcpu_id}")
         assert any(e["function"] == 1 for e in entries)
 
     @microvm.hookimpl
-    def configure_vcpu(self, machine, vcpu):
+    def configure_vcpu(self, ctx, vcpu):
         self.calls.append(f"configure_vcpu:{vcpu.id}")
 
     @microvm.hookimpl
-    def kernel_cmdline(self, machine):
+    def kernel_cmdline(self, ctx):
         self.calls.append("kernel_cmdline")
         return ["recorder.flag=1"]
 
     @microvm.hookimpl
-    def mptable_entries(self, machine):
+    def mptable_entries(self, ctx):
         from microvm.boot.mptable import IoInterrupt
 
         self.calls.append("mptable_entries")
-        return [IoInterrupt(src_irq=7, dst_ioapic=machine.ioapic_id, dst_pin=7)]
+        return [IoInterrupt(src_irq=7, dst_ioapic=ctx.irqchip.ioapic_id, dst_pin=7)]
 
     @microvm.hookimpl
-    def machine_start(self, machine):
+    def machine_start(self, ctx):
         self.calls.append("machine_start")
 
     @microvm.hookimpl
-    def machine_stop(self, machine):
+    def machine_stop(self, ctx):
         self.calls.append("machine_stop")
 
     @microvm.hookimpl
-    def handle_exit(self, machine, vcpu, exit_reason):
+    def handle_exit(self, ctx, vcpu, exit_reason):
         self.calls.append(f"handle_exit:{exit_reason}")
         return exit_reason == 4242
 
@@ -126,7 +126,7 @@ def test_machine_hooks_are_called_in_order_during_a_boot(guest_cache):
     raw = m.memory.read(layout.CMDLINE_ADDR, 200).split(b"\0")[0].decode()
     assert raw.startswith("console=ttyS0 ") and "recorder.flag=1" in raw.split()
     entries = mptable.parse(m.memory.read(layout.MPTABLE_ADDR, 1024), layout.MPTABLE_ADDR)
-    assert mptable.IoInterrupt(src_irq=7, dst_ioapic=m.ioapic_id, dst_pin=7) in entries
+    assert mptable.IoInterrupt(src_irq=7, dst_ioapic=m.irqchip.ioapic_id, dst_pin=7) in entries
     assert sum(isinstance(e, mptable.Processor) for e in entries) == 2
     # an exit the core does not know goes to handle_exit; True means handled
     from microvm.vcpu import VcpuThread
@@ -194,7 +194,5 @@ def test_netdev_without_a_backend_plugin_is_a_config_error(guest_cache):
     from microvm.errors import ConfigError
 
     elf = build_guest("hello-pvh", guest_cache)
-    m = Machine(MachineSpec(kernel=str(elf), serial=["null"], netdevs=["tap,id=tap0,script=no"]))
     with pytest.raises(ConfigError, match=r"--netdev tap,id=tap0: no plugin provides this network backend"):
-        m.build()
-    m.close()
+        Machine(MachineSpec(kernel=str(elf), serial=["null"], netdevs=["tap,id=tap0,script=no"]))

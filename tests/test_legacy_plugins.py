@@ -8,69 +8,17 @@ from types import SimpleNamespace
 import pytest
 
 from microvm.boot.mptable import IoInterrupt, LocalInterrupt, MP_EXTINT
-from microvm.bus import Bus
 from microvm.errors import ConfigError
-from microvm.irq import RecordingIrqLine
-from microvm.memory import GuestMemory
 from microvm.plugins import PluginHost
+from microvm.testing import TestMachine
 
 
-class FakeMachine:
-    def __init__(self, options: dict, irqchip_mode: str = "split") -> None:
-        host = PluginHost()
-        self.options = host.options.parse_machine([options] if isinstance(options, str) else [])
-        self.irqchip_mode = irqchip_mode
-        self.pio_bus = Bus("pio", limit=1 << 16)
-        self.mmio_bus = Bus("mmio")
-        self.devices: dict = {}
-        self.smp = 1
-        self.ioapic_id = 1
-        self.lines: dict = {}
-        self.memory = GuestMemory(64 << 20)
-        self.extint_source = None
-        self.virtio_transports: list = []
-        self.pics: list = []
-        self.irqchip = SimpleNamespace(attach_pic=self.pics.append, isa_pin=lambda irq: 2 if irq == 0 else irq,
-                                       mptable_entries=lambda: [])
-        from microvm.timers import TimerService
-
-        self.timers = TimerService()
-        self.host = host
-
-    def option(self, name):
-        return self.options.get(name)
-
-    def irq(self, gsi):
-        return self.lines.setdefault(gsi, RecordingIrqLine(gsi))
-
-    def add_pio_device(self, dev, base, length, name):
-        self.pio_bus.insert(dev, base, length, name)
-
-    def isa_irq_entry(self, irq):
-        return IoInterrupt(src_irq=irq, dst_ioapic=self.ioapic_id, dst_pin=self.irqchip.isa_pin(irq))
-
-    def request_extint(self):
-        pass
-
-    def serial_chardev(self, index):
-        from microvm.chardev import NullChardev
-
-        return NullChardev() if index == 0 else None
-
-    def call(self, hook):
-        out = []
-        for r in getattr(self.host.hook, hook)(machine=self) or []:
-            out.extend(r or [])
-        return out
+def build(options: str, mode: str = "split") -> TestMachine:
+    """The installed plugins' create_devices on a machine without KVM (microvm.testing)."""
+    return TestMachine(options, irqchip=mode).create_devices()
 
 
-def build(options: str, mode: str = "split") -> FakeMachine:
-    m = FakeMachine(options, mode)
-    m.host.hook.create_devices(machine=m)
-    return m
-
-
-def ports(m: FakeMachine) -> dict[str, tuple[int, int]]:
+def ports(m: TestMachine) -> dict[str, tuple[int, int]]:
     return {x.name: (x.base, x.length) for x in m.pio_bus.mappings()}
 
 
@@ -88,8 +36,8 @@ def test_defaults_in_split_mode_give_pic_and_pit_but_no_rtc():
     assert p["pic-master"] == (0x20, 2) and p["pic-slave"] == (0xA0, 2) and p["pic-elcr"] == (0x4D0, 2)
     assert p["pit"] == (0x40, 4) and p["port61"] == (0x61, 1)
     assert "rtc" not in p
-    assert m.pics and m.extint_source is m.devices["pic"]
-    entries = m.call("mptable_entries")
+    assert m.fake_irqchip.pics == [m.devices["pic"]] and m.irqchip.extint_source() is m.devices["pic"]
+    entries = m.mptable_entries()
     assert IoInterrupt(src_irq=0, dst_ioapic=1, dst_pin=2) in entries       # PIT: ISA override
     assert not any(isinstance(e, IoInterrupt) and e.src_irq == 8 for e in entries)
 
@@ -97,7 +45,7 @@ def test_defaults_in_split_mode_give_pic_and_pit_but_no_rtc():
 def test_everything_off_takes_devices_off_the_bus_and_out_of_the_mp_table():
     m = build("microvm,pic=off,pit=off,rtc=off,isa-serial=off")
     assert ports(m) == {}
-    entries = m.call("mptable_entries")
+    entries = m.mptable_entries()
     assert not any(isinstance(e, IoInterrupt) for e in entries)
     assert not any(isinstance(e, LocalInterrupt) and e.irq_type == MP_EXTINT for e in entries)
 
@@ -108,7 +56,7 @@ def test_rtc_on_is_placed_with_irq8_and_cmos_memory_bytes():
     rtc = m.devices["rtc"]
     assert rtc.get_memory(0x15) | rtc.get_memory(0x16) << 8 == 640        # base memory, KiB
     assert rtc.get_memory(0x17) | rtc.get_memory(0x18) << 8 == (64 - 1) * 1024
-    assert IoInterrupt(src_irq=8, dst_ioapic=1, dst_pin=8) in m.call("mptable_entries")
+    assert IoInterrupt(src_irq=8, dst_ioapic=1, dst_pin=8) in m.mptable_entries()
 
 
 def test_rtc_base_date():
@@ -160,8 +108,7 @@ def test_ioapic_message_nobody_takes_is_dropped_not_raised():
         def signal_msi(self, address, data):
             raise PermissionError(1, "KVM_SIGNAL_MSI failed")
 
-    m = SimpleNamespace(vm=Vm(), smp=1, add_mmio_device=lambda *a: None, add_exit_handler=lambda *a: None,
-                        request_extint=lambda: None)
+    m = SimpleNamespace(vm=Vm(), smp=1, add_mmio_device=lambda *a: None, extint_line=None)
     chip = SplitIrqChip(m)
     io = chip.ioapic
     io.write(0x00, (0x18).to_bytes(4, "little"))        # IOREGSEL: redirection entry 4 low

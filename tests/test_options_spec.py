@@ -245,16 +245,18 @@ def test_parsed_backends() -> None:
         drives=["id=d0,file=/a.img,format=raw"],
         netdevs=["tap,id=n0,ifname=tap0"],
     )
-    assert spec.parsed("chardev") == {
-        "con": {"backend": "stdio", "id": "con"},
-        "log": {"backend": "file", "id": "log", "path": "/tmp/x,y"},
-    }
-    assert spec.parsed("drive") == {"d0": {"id": "d0", "file": "/a.img", "format": "raw"}}
-    assert spec.parsed("netdev") == {"n0": {"backend": "tap", "id": "n0", "ifname": "tap0"}}
+    spec.validate()
+    con, log = spec.chardev_configs["con"], spec.chardev_configs["log"]
+    assert (con.backend, con.id, con.props) == ("stdio", "con", {})
+    assert (log.backend, log.id, log.props) == ("file", "log", {"path": "/tmp/x,y"})
+    d0 = spec.drive_configs["d0"]
+    assert (d0.id, d0.file, d0.format, d0.readonly) == ("d0", "/a.img", "raw", False)
+    n0 = spec.netdev_configs["n0"]
+    assert (n0.backend, n0.id, n0.props) == ("tap", "n0", {"ifname": "tap0"})
 
 
 def test_parsed_needs_unique_ids() -> None:
-    with pytest.raises(ConfigError, match=r"--chardev 'null': id=\.\.\. is required"):
-        MachineSpec(chardevs=["null"]).parsed("chardev")
+    with pytest.raises(ConfigError, match=r"--chardev null: id=\.\.\. is required"):
+        MachineSpec(chardevs=["null"]).validate()
     with pytest.raises(ConfigError, match="--drive: duplicate id 'd0'"):
-        MachineSpec(drives=["id=d0,file=a", "id=d0,file=b"]).parsed("drive")
+        MachineSpec(drives=["id=d0,file=a", "id=d0,file=b"]).validate()

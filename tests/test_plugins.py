@@ -15,6 +15,7 @@ import microvm
 from microvm import hookspecs
 from microvm import plugins as plugins_mod
 from microvm.errors import PluginError
+from microvm.config import Property
 from microvm.options import MachineOption
 from microvm.plugins import EntryPointInfo, PluginHost
 
@@ -34,14 +35,14 @@ HOOKS: dict[str, tuple[str, ...]] = {
     "register_irqchips": ("register",),
     "register_device_types": ("register",),
     "register_backends": ("register",),
-    "create_devices": ("machine",),
-    "cpuid": ("machine", "vcpu_id", "entries"),
-    "configure_vcpu": ("machine", "vcpu"),
-    "kernel_cmdline": ("machine",),
-    "mptable_entries": ("machine",),
-    "handle_exit": ("machine", "vcpu", "exit_reason"),
-    "machine_start": ("machine",),
-    "machine_stop": ("machine",),
+    "create_devices": ("ctx",),
+    "cpuid": ("ctx", "vcpu_id", "entries"),
+    "configure_vcpu": ("ctx", "vcpu"),
+    "kernel_cmdline": ("ctx",),
+    "mptable_entries": ("ctx",),
+    "handle_exit": ("ctx", "vcpu", "exit_reason"),
+    "machine_start": ("ctx",),
+    "machine_stop": ("ctx",),
 }
 
 
@@ -149,10 +150,11 @@ def test_register_backends() -> None:
     def backends(register):
         register("chardev", "x-pty", factory, "a pseudo-terminal")
         register("netdev", "x-pty", None)        # same name, another kind: allowed
-        register("drive", "x-qcow2", factory)
+        register("netdev", "x-vde", factory, properties=[Property("sock", "str", required=True)])
 
     host = host_with(make_plugin("be", register_backends=backends))
-    assert set(host.backends) >= {("chardev", "x-pty"), ("netdev", "x-pty"), ("drive", "x-qcow2")}
+    assert set(host.backends) >= {("chardev", "x-pty"), ("netdev", "x-pty"), ("netdev", "x-vde")}
+    assert host.backends[("netdev", "x-vde")].properties[0].name == "sock"
     r = host.backends[("chardev", "x-pty")]
     assert (r.name, r.factory, r.help, r.plugin) == ("x-pty", factory, "a pseudo-terminal", "be")
     assert host.backends[("netdev", "x-pty")].factory is None
@@ -166,11 +168,11 @@ def test_register_backends_refuses_duplicates() -> None:
 
 
 # ---- machine-time hooks reach the plugin ----------------------------------------------------------
-class FakeMachine:
-    """What the core plugin's own hookimpls read from a machine."""
+class FakeContext:
+    """What the core plugin's own hookimpls read from a machine context."""
 
     def __init__(self) -> None:
-        self.virtio_transports: list[Any] = []
+        self.virtio_devices: list[Any] = []
 
     def option(self, name: str) -> Any:
         return {"auto-kernel-cmdline": True}.get(name)
@@ -185,44 +187,44 @@ class Recorder:
         self.calls: list[tuple[str, dict[str, Any]]] = []
 
     @microvm.hookimpl
-    def create_devices(self, machine):
-        self.calls.append(("create_devices", {"machine": machine}))
+    def create_devices(self, ctx):
+        self.calls.append(("create_devices", {"ctx": ctx}))
 
     @microvm.hookimpl
-    def cpuid(self, machine, vcpu_id, entries):
-        self.calls.append(("cpuid", {"machine": machine, "vcpu_id": vcpu_id, "entries": entries}))
+    def cpuid(self, ctx, vcpu_id, entries):
+        self.calls.append(("cpuid", {"ctx": ctx, "vcpu_id": vcpu_id, "entries": entries}))
         for e in entries:
             if e["function"] == 0x40000001:
                 e["eax"] |= 1 << 3
 
     @microvm.hookimpl
-    def configure_vcpu(self, machine, vcpu):
-        self.calls.append(("configure_vcpu", {"machine": machine, "vcpu": vcpu}))
+    def configure_vcpu(self, ctx, vcpu):
+        self.calls.append(("configure_vcpu", {"ctx": ctx, "vcpu": vcpu}))
 
     @microvm.hookimpl
-    def kernel_cmdline(self, machine):
-        self.calls.append(("kernel_cmdline", {"machine": machine}))
+    def kernel_cmdline(self, ctx):
+        self.calls.append(("kernel_cmdline", {"ctx": ctx}))
         return ["recorder.enable=1"]
 
     @microvm.hookimpl
-    def mptable_entries(self, machine):
+    def mptable_entries(self, ctx):
         from microvm.boot.mptable import IoInterrupt
 
-        self.calls.append(("mptable_entries", {"machine": machine}))
+        self.calls.append(("mptable_entries", {"ctx": ctx}))
         return [IoInterrupt(src_irq=9, dst_ioapic=0, dst_pin=9)]
 
     @microvm.hookimpl
-    def handle_exit(self, machine, vcpu, exit_reason):
-        self.calls.append(("handle_exit", {"machine": machine, "vcpu": vcpu, "exit_reason": exit_reason}))
+    def handle_exit(self, ctx, vcpu, exit_reason):
+        self.calls.append(("handle_exit", {"ctx": ctx, "vcpu": vcpu, "exit_reason": exit_reason}))
         return True if exit_reason == 22 else None
 
     @microvm.hookimpl
-    def machine_start(self, machine):
-        self.calls.append(("machine_start", {"machine": machine}))
+    def machine_start(self, ctx):
+        self.calls.append(("machine_start", {"ctx": ctx}))
 
     @microvm.hookimpl
-    def machine_stop(self, machine):
-        self.calls.append(("machine_stop", {"machine": machine}))
+    def machine_stop(self, ctx):
+        self.calls.append(("machine_stop", {"ctx": ctx}))
 
 
 MACHINE_HOOKS = ["create_devices", "cpuid", "configure_vcpu", "kernel_cmdline", "mptable_entries",
@@ -239,8 +241,8 @@ def test_recorder_implements_every_machine_time_hook() -> None:
 def test_machine_time_hook_reaches_the_plugin(name: str) -> None:
     rec = Recorder()
     host = host_with(rec)
-    machine, vcpu = FakeMachine(), object()
-    kwargs: dict[str, Any] = {"machine": machine}
+    ctx, vcpu = FakeContext(), object()
+    kwargs: dict[str, Any] = {"ctx": ctx}
     if name == "cpuid":
         kwargs.update(vcpu_id=3, entries=[{"function": 0x40000001, "index": 0, "eax": 0}])
     if name in ("configure_vcpu", "handle_exit"):
@@ -269,17 +271,17 @@ def test_handle_exit_first_true_wins() -> None:
     first, second = Recorder(), Recorder()
     second.__name__ = "recorder2"
     host = host_with(first, second)
-    assert host.hook.handle_exit(machine=FakeMachine(), vcpu=None, exit_reason=22) is True
+    assert host.hook.handle_exit(ctx=FakeContext(), vcpu=None, exit_reason=22) is True
     assert len(first.calls) + len(second.calls) == 1           # the second was not asked
     first.calls.clear(), second.calls.clear()
-    assert host.hook.handle_exit(machine=FakeMachine(), vcpu=None, exit_reason=99) is None
+    assert host.hook.handle_exit(ctx=FakeContext(), vcpu=None, exit_reason=99) is None
     assert len(first.calls) == len(second.calls) == 1           # nobody handled it: both asked
 
 
 def test_hook_tracing(monkeypatch, capsys) -> None:
     monkeypatch.setenv("MICROVM_TRACE_HOOKS", "1")
     host = host_with(Recorder())
-    host.hook.machine_start(machine=FakeMachine())
+    host.hook.machine_start(ctx=FakeContext())
     err = capsys.readouterr().err
     assert "[hook]" in err and "machine_start" in err
 
@@ -287,12 +289,12 @@ def test_hook_tracing(monkeypatch, capsys) -> None:
 def test_describe_lists_hooks_per_plugin() -> None:
     rows = {r["name"]: r for r in host_with(Recorder()).describe()}
     assert rows["recorder"] == {"name": "recorder", "dist": "-", "version": "-", "hooks": sorted(MACHINE_HOOKS)}
-    assert rows["core"]["hooks"] == ["kernel_cmdline", "mptable_entries", "register_machine_options"]
+    assert rows["core"]["hooks"] == ["kernel_cmdline", "mptable_entries", "register_backends", "register_machine_options"]
 
 
 @pytest.mark.parametrize("hooks", [
-    {"create_device": lambda machine: None},                  # a typo: no such hook
-    {"create_devices": lambda machine, extra: None},          # an argument the spec does not have
+    {"create_device": lambda ctx: None},                      # a typo: no such hook
+    {"create_devices": lambda ctx, extra: None},              # an argument the spec does not have
 ])
 def test_a_broken_plugin_is_a_plugin_error(hooks: dict) -> None:
     with pytest.raises(PluginError, match="broken"):

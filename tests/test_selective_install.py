@@ -2,7 +2,9 @@
 
 Builds a fresh virtual environment with the core and the serial_16550 plugin only (pip
 fetches pluggy, typer and cffi from the package index, or from its cache), then checks that
-only that plugin's options exist and that a guest boots on such a machine.
+only that plugin's options exist and that a guest boots on such a machine. A second one
+holds the core and the third-party-shaped virtio_rng plugin only, which must install and
+pass its own tests there.
 """
 from __future__ import annotations
 
@@ -40,7 +42,10 @@ def test_only_the_installed_plugin_is_found(minimal_venv):
     r = run(minimal_venv, "plugins")
     names = [line.split()[0] for line in r.stdout.splitlines()]
     assert names == ["core", "serial_16550"], r.stdout
-    assert "microvm-serial-16550 0.1.0" in r.stdout
+    import tomllib
+
+    version = tomllib.loads((REPO / "plugins/serial_16550/pyproject.toml").read_text())["project"]["version"]
+    assert f"microvm-serial-16550 {version}" in r.stdout
 
 
 def test_a_missing_plugins_option_does_not_exist(minimal_venv, tmp_path):
@@ -58,3 +63,36 @@ def test_a_guest_boots_on_core_plus_serial(minimal_venv, tmp_path):
     r = run(minimal_venv, "run", "--kernel", str(elf), "--no-reboot")
     assert r.stdout == "HELLO\n", r.stderr
     assert r.returncode == 0
+
+
+@pytest.fixture(scope="module")
+def rng_venv(tmp_path_factory) -> Path:
+    venv = tmp_path_factory.mktemp("selective-rng") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    r = subprocess.run(
+        [str(venv / "bin/python"), "-m", "pip", "install", "-q", "--disable-pip-version-check",
+         str(REPO), str(REPO / "plugins/virtio_rng") + "[test]"],
+        capture_output=True, text=True,
+    )
+    if r.returncode != 0:
+        pytest.fail(f"pip install of core + virtio_rng failed:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
+    return venv
+
+
+def test_core_plus_virtio_rng_alone_installs_and_passes_its_tests(rng_venv, tmp_path):
+    """The third-party proof: installed from its own directory next to the core only (no
+    other plugin, no repository on sys.path), virtio_rng is found and its tests pass."""
+    r = run(rng_venv, "plugins")
+    assert [line.split()[0] for line in r.stdout.splitlines()] == ["core", "virtio_rng"], r.stdout
+    r = run(rng_venv, "run", "--kernel", str(tmp_path / "k"), "--device", "virtio-rng-device,help")
+    assert r.returncode == 2 and "max-bytes=<int>" in r.stderr and "period=<int>" in r.stderr, r.stderr
+    # the plugin's tests, run from a copy outside the repository, against the installed packages
+    import shutil
+
+    tests = shutil.copytree(REPO / "plugins/virtio_rng/tests", tmp_path / "tests")
+    (tmp_path / "conftest.py").write_text((REPO / "conftest.py").read_text())
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MICROVM_", "PYTHONPATH"))}
+    t = subprocess.run([str(rng_venv / "bin/python"), "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tests)],
+                       capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
+    assert t.returncode == 0, t.stdout[-3000:] + t.stderr[-2000:]
+    assert " passed" in t.stdout and "failed" not in t.stdout

@@ -9,7 +9,7 @@ MMIO bus, as the bus was built to.
 from __future__ import annotations
 
 import bisect
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
 from ..errors import BusError
 from ..log import get_logger
@@ -17,7 +17,12 @@ from ..log import get_logger
 log = get_logger("microvm.bus")
 
 if TYPE_CHECKING:
+    from ..metrics import Metrics
     from .protocol import BusDevice
+
+
+def _uncounted() -> None:
+    pass
 
 
 class Mapping(NamedTuple):
@@ -25,6 +30,9 @@ class Mapping(NamedTuple):
     length: int
     device: BusDevice
     name: str
+    #: count one guest read / write of this device (its counter group's ``<bus>_reads``)
+    count_read: Callable[[], Any] = _uncounted
+    count_write: Callable[[], Any] = _uncounted
 
     @property
     def end(self) -> int:
@@ -38,8 +46,10 @@ class Bus:
     insert swaps in new lists atomically, so readers never see a half-made table.
     """
 
-    def __init__(self, name: str, unmapped_read: int = 0xFF, limit: int = 1 << 64) -> None:
+    def __init__(self, name: str, unmapped_read: int = 0xFF, limit: int = 1 << 64, metrics: "Metrics | None" = None) -> None:
         self.name = name
+        #: where each mapped device's accesses are counted (group ``devices``/its name)
+        self.metrics = metrics
         self.unmapped_read = unmapped_read
         self.limit = limit
         self._bases: list[int] = []
@@ -62,6 +72,10 @@ class Bus:
                 raise BusError(
                     f"{self.name} bus: {label} [{base:#x}, {m.end:#x}) overlaps {other.name} [{other.base:#x}, {other.end:#x})"
                 )
+        if self.metrics is not None:
+            group = self.metrics.group("devices", label)
+            m = m._replace(count_read=group.counter(f"{self.name}_reads").inc,
+                           count_write=group.counter(f"{self.name}_writes").inc)
         bases, maps = list(self._bases), list(self._maps)
         bases.insert(i, base)
         maps.insert(i, m)
@@ -95,6 +109,7 @@ class Bus:
             self._log_unmapped(addr, "%s bus: read of %d bytes at unmapped %#x", len(data))
             data[:] = bytes([self.unmapped_read]) * len(data)
             return
+        m.count_read()
         m.device.read(addr - m.base, data)
 
     def _log_unmapped(self, addr: int, fmt: str, arg: object) -> None:
@@ -109,4 +124,5 @@ class Bus:
         if m is None or addr + len(data) > m.end:
             self._log_unmapped(addr, "%s bus: write of %s at unmapped %#x ignored", bytes(data).hex())
             return
+        m.count_write()
         m.device.write(addr - m.base, data)

@@ -1,7 +1,8 @@
 """The typer application: every command, with help. Loaded only when needed (see main)."""
 from __future__ import annotations
 
-from typing import List, Optional
+import inspect
+from typing import Any, Callable, List, Optional
 
 import typer
 
@@ -23,26 +24,32 @@ guest_app = typer.Typer(help="The default guest (kernel + initramfs) built from 
 app.add_typer(guest_app, name="guest")
 
 
-@app.command(context_settings={"help_option_names": ["-h", "--help"]})
-def run(
-    kernel: Optional[str] = typer.Option(None, "--kernel", help="Kernel: ELF vmlinux (PVH entry) or bzImage. Default: the project's own guest."),
-    initrd: Optional[str] = typer.Option(None, "--initrd", help="Initial ramdisk."),
-    append: Optional[str] = typer.Option(None, "--append", help="Kernel command line."),
-    memory: str = typer.Option("128M", "-m", "--memory", help="Guest RAM (QEMU syntax: 512, 512M, 2G)."),
-    smp: int = typer.Option(1, "--smp", help="Number of vCPUs."),
-    no_reboot: bool = typer.Option(False, "--no-reboot", help="Exit instead of rebooting when the guest resets (triple fault)."),
-    machine: List[str] = typer.Option([], "-M", "--machine", help="microvm[,key=value,...]; see `microvm machine` for the keys."),
-    device: List[str] = typer.Option([], "--device", help="TYPE[,prop=value,...], e.g. virtio-blk-device,drive=ID."),
-    drive: List[str] = typer.Option([], "--drive", help="id=ID,file=PATH,format=raw,if=none[,readonly=on]."),
-    chardev: List[str] = typer.Option([], "--chardev", help="BACKEND,id=ID (stdio, null, file,path=P)."),
-    netdev: List[str] = typer.Option([], "--netdev", help="TYPE,id=ID,... (network backends from plugins)."),
-    serial: List[str] = typer.Option([], "--serial", help="Host side of the serial port: stdio (default), null, none, file:PATH, chardev:ID."),
-    verbose: int = typer.Option(0, "-v", "--verbose", count=True, help="More log output (-vv for debug)."),
-) -> None:
-    """Boot a microvm. Without --kernel, boots the project's default guest (building it once)."""
-    from .commands import run_command
+def _run_command_function() -> Callable[..., None]:
+    """typer's ``run`` command, generated from :data:`microvm.cli.options.RUN_OPTIONS` (the
+    table the fast parser reads too): one keyword parameter per option."""
+    from .options import RUN_OPTIONS
 
-    raise typer.Exit(run_command(kernel, initrd, append, memory, smp, no_reboot, machine, device, drive, chardev, netdev, serial, verbose))
+    types = {"int": int, "flag": bool, "list": List[str], "count": int}
+    params, annotations = [], {}
+    for o in RUN_OPTIONS:
+        kind = types.get(o.kind) or (Optional[str] if o.default is None else str)
+        default = list(o.default) if o.kind == "list" else o.default
+        info = typer.Option(default, *o.names, help=o.help, count=o.kind == "count", metavar=o.metavar or None)
+        params.append(inspect.Parameter(o.dest, inspect.Parameter.KEYWORD_ONLY, default=info, annotation=kind))
+        annotations[o.dest] = kind
+
+    def run(**options: Any) -> None:
+        """Boot a microvm. Without --kernel, boots the project's default guest (building it once)."""
+        from .commands import run_command
+
+        raise typer.Exit(run_command(**options))
+
+    run.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    run.__annotations__ = annotations
+    return run
+
+
+run = app.command("run", context_settings={"help_option_names": ["-h", "--help"]})(_run_command_function())
 
 
 @app.command()

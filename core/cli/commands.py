@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 from .main import error, setup_logging
 from ..log import get_logger
@@ -9,20 +10,26 @@ from ..log import get_logger
 log = get_logger("microvm.cli")
 
 
-def run_command(
-    kernel: str | None, initrd: str | None, append: str | None, memory: str, smp: int, no_reboot: bool,
-    machine: list[str], device: list[str], drive: list[str], chardev: list[str], netdev: list[str],
-    serial: list[str], verbose: int,
-) -> int:
-    setup_logging(verbose)
+def run_command(**options: Any) -> int:
+    """``microvm run``: one keyword per option of :data:`microvm.cli.options.RUN_OPTIONS`
+    (missing ones take their defaults)."""
+    from .options import defaults
+
+    unknown = set(options) - set(defaults())
+    if unknown:
+        raise TypeError(f"run_command: unknown options {sorted(unknown)}")
+    o = {**defaults(), **options}
+    kernel, initrd, append, machine, device = o["kernel"], o["initrd"], o["append"], o["machine"], o["device"]
+    setup_logging(o["verbose"])
     from ..errors import MicrovmError, UserError
     from ..spec import MachineSpec, parse_size
 
     try:
         spec = MachineSpec(
-            kernel=kernel, initrd=initrd, append=append or "", mem_size=parse_size(memory), smp=smp,
-            no_reboot=no_reboot, machine=list(machine), devices=list(device), drives=list(drive),
-            chardevs=list(chardev), netdevs=list(netdev), serial=list(serial) or ["stdio"],
+            kernel=kernel, initrd=initrd, append=append or "", mem_size=parse_size(o["memory"]), smp=o["smp"],
+            no_reboot=o["no_reboot"], machine=list(machine), devices=list(device), drives=list(o["drive"]),
+            chardevs=list(o["chardev"]), netdevs=list(o["netdev"]), serial=list(o["serial"]) or ["stdio"],
+            metrics=o["metrics"],
         )
         spec.validate()
         if kernel is None:
@@ -99,3 +106,16 @@ def guest_build_command(force: bool) -> int:
         return error(str(e))
     print(f"kernel    {g.kernel}\nvmlinux   {g.vmlinux}\ninitramfs {g.initramfs}\ncmdline   {g.cmdline}")
     return 0
+
+
+def _run_signature() -> Any:
+    """run_command's signature: the option table's keywords, so callers (and tests) can bind
+    arguments by name as if they were spelled out."""
+    import inspect
+
+    from .options import RUN_OPTIONS
+
+    return inspect.Signature([inspect.Parameter(o.dest, inspect.Parameter.KEYWORD_ONLY, default=o.default) for o in RUN_OPTIONS])
+
+
+run_command.__signature__ = _run_signature()  # type: ignore[attr-defined]

@@ -1,11 +1,14 @@
 """A hand-written parser for ``microvm run OPTIONS`` (the start-up fast path).
 
-It accepts exactly the options of the typer ``run`` command (``RUN_OPTIONS``), and raises
-:class:`NotFast` for anything it does not handle so that typer takes over and reports.
+It accepts exactly the options of :data:`microvm.cli.options.RUN_OPTIONS`, the table typer's
+``run`` command is generated from too, and raises :class:`NotFast` for anything it does not
+handle so that typer takes over and reports.
 """
 from __future__ import annotations
 
 from typing import Any
+
+from .options import BY_NAME, defaults
 
 
 class NotFast(Exception):
@@ -16,43 +19,18 @@ class FastUsageError(Exception):
     """A well-formed command line with a bad value (reported as one line, status 2)."""
 
 
-#: option spelling → (keyword, kind): kind is "str", "int", "flag", "list" or "count"
-RUN_OPTIONS: dict[str, tuple[str, str]] = {
-    "--kernel": ("kernel", "str"),
-    "--initrd": ("initrd", "str"),
-    "--append": ("append", "str"),
-    "-m": ("memory", "str"),
-    "--memory": ("memory", "str"),
-    "--smp": ("smp", "int"),
-    "--no-reboot": ("no_reboot", "flag"),
-    "-M": ("machine", "list"),
-    "--machine": ("machine", "list"),
-    "--device": ("device", "list"),
-    "--drive": ("drive", "list"),
-    "--chardev": ("chardev", "list"),
-    "--netdev": ("netdev", "list"),
-    "--serial": ("serial", "list"),
-    "-v": ("verbose", "count"),
-    "--verbose": ("verbose", "count"),
-}
-DEFAULTS: dict[str, Any] = {
-    "kernel": None, "initrd": None, "append": None, "memory": "128M", "smp": 1, "no_reboot": False,
-    "machine": [], "device": [], "drive": [], "chardev": [], "netdev": [], "serial": [], "verbose": 0,
-}
-
-
 def parse_run(argv: list[str]) -> dict[str, Any]:
     if not argv or argv[0] != "run":
         raise NotFast
-    out = {k: (list(v) if isinstance(v, list) else v) for k, v in DEFAULTS.items()}
+    out = defaults()
     i = 1
     while i < len(argv):
         a = argv[i]
         name, eq, inline = a.partition("=") if a.startswith("--") else (a, "", "")
-        spec = RUN_OPTIONS.get(name)
-        if spec is None:
+        opt = BY_NAME.get(name)
+        if opt is None:
             raise NotFast  # --help, unknown options, positional words: typer reports them
-        key, kind = spec
+        key, kind = opt.dest, opt.kind
         if kind in ("flag", "count"):
             if eq:
                 raise NotFast
@@ -79,3 +57,9 @@ def parse_run(argv: list[str]) -> dict[str, Any]:
         else:
             out[key] = value
     return out
+
+
+#: spelling → (keyword, kind), and the defaults: views of the table, for the tests that
+#: check typer's command against this parser
+RUN_OPTIONS: dict[str, tuple[str, str]] = {n: (o.dest, o.kind) for n, o in BY_NAME.items()}
+DEFAULTS: dict[str, Any] = defaults()

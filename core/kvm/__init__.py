@@ -127,6 +127,24 @@ class Vm(_Fd):
         )
         self.ioctl_ptr("KVM_SET_USER_MEMORY_REGION", region)
 
+    def set_tss_addr(self, addr: int) -> None:
+        """KVM_SET_TSS_ADDR: three pages VMX needs for real-mode emulation (not on AMD)."""
+        self.ioctl_int("KVM_SET_TSS_ADDR", addr)
+
+    def set_identity_map_addr(self, addr: int) -> None:
+        """KVM_SET_IDENTITY_MAP_ADDR: the page VMX needs for its identity page table."""
+        self.ioctl_ptr("KVM_SET_IDENTITY_MAP_ADDR", ffi.new("uint64_t *", addr))
+
+    def create_irqchip(self) -> None:
+        """KVM_CREATE_IRQCHIP: KVM's 8259 pair and IOAPIC (and in-kernel LAPICs); before any
+        vCPU exists."""
+        self.ioctl_int("KVM_CREATE_IRQCHIP")
+
+    def create_pit2(self, speaker_dummy: bool = True) -> None:
+        """KVM_CREATE_PIT2: KVM's 8254; ``speaker_dummy`` also answers port 0x61 (as QEMU)."""
+        cfg = ffi.new("struct kvm_pit_config *", {"flags": lib.KVM_PIT_SPEAKER_DUMMY if speaker_dummy else 0})
+        self.ioctl_ptr("KVM_CREATE_PIT2", cfg)
+
     def create_vcpu(self, vcpu_id: int) -> "Vcpu":
         return Vcpu(self, vcpu_id, self.ioctl_int("KVM_CREATE_VCPU", vcpu_id))
 
@@ -179,12 +197,6 @@ class Vm(_Fd):
                 t.u.msi.address_hi = e["address"] >> 32
                 t.u.msi.data = e["data"]
         self.ioctl_ptr("KVM_SET_GSI_ROUTING", table)
-
-    def get_clock(self) -> int:
-        data = ffi.new("struct kvm_clock_data *")
-        self.ioctl_ptr("KVM_GET_CLOCK", data)
-        return data.clock
-
 
 class Vcpu(_Fd):
     """A vCPU file descriptor with its mmapped ``struct kvm_run``."""
@@ -244,14 +256,24 @@ class Vcpu(_Fd):
     def set_lapic(self, lapic: Any) -> None:
         self.ioctl_ptr("KVM_SET_LAPIC", lapic)
 
+    def get_lapic_regs(self) -> bytearray:
+        """The LAPIC register page (KVM_GET_LAPIC, 1 KiB, as laid out in guest memory)."""
+        return bytearray(ffi.buffer(self.get_lapic().regs))
+
+    def set_lapic_regs(self, regs: bytes | bytearray) -> None:
+        """KVM_SET_LAPIC with the register page ``regs`` (from :meth:`get_lapic_regs`)."""
+        lapic = ffi.new("struct kvm_lapic_state *")
+        buf = ffi.buffer(lapic.regs)
+        if len(regs) != len(buf):
+            raise ValueError(f"LAPIC register page is {len(buf)} bytes, got {len(regs)}")
+        buf[:] = bytes(regs)
+        self.set_lapic(lapic)
+
     def get_vcpu_events(self) -> Any:
         return self._get("KVM_GET_VCPU_EVENTS", "struct kvm_vcpu_events *")
 
     def set_vcpu_events(self, ev: Any) -> None:
         self.ioctl_ptr("KVM_SET_VCPU_EVENTS", ev)
-
-    def get_mp_state(self) -> int:
-        return self._get("KVM_GET_MP_STATE", "struct kvm_mp_state *").mp_state
 
     def set_cpuid(self, entries: list[dict[str, int]]) -> None:
         buf = ffi.new("struct kvm_cpuid2 *", {"nent": len(entries), "entries": len(entries)})
@@ -271,20 +293,6 @@ class Vcpu(_Fd):
             bad = list(msrs)[n]
             raise KvmError("KVM_SET_MSRS", _errno.EINVAL, f"MSR {bad:#x} was refused ({n} of {len(msrs)} set)")
 
-    def get_msrs(self, indices: Iterable[int]) -> dict[int, int]:
-        idx = list(indices)
-        buf = ffi.new("struct kvm_msrs *", {"nmsrs": len(idx), "entries": len(idx)})
-        for i, index in enumerate(idx):
-            buf.entries[i].index = index
-        n = self.ioctl_ptr("KVM_GET_MSRS", buf)
-        return {buf.entries[i].index: buf.entries[i].data for i in range(n)}
-
     def interrupt(self, vector: int) -> None:
         """KVM_INTERRUPT: queue an external (ExtINT) interrupt vector for this vCPU."""
         self.ioctl_ptr("KVM_INTERRUPT", ffi.new("struct kvm_interrupt *", {"irq": vector}))
-
-    def translate(self, linear: int) -> int | None:
-        """KVM_TRANSLATE a guest linear address; None where it is not mapped."""
-        tr = ffi.new("struct kvm_translation *", {"linear_address": linear})
-        self.ioctl_ptr("KVM_TRANSLATE", tr)
-        return tr.physical_address if tr.valid else None

@@ -19,6 +19,7 @@ from ..log import get_logger
 
 if TYPE_CHECKING:
     from ..memory import GuestMemory
+    from ..metrics import CounterGroup
     from .queue import Virtqueue
 
 log = get_logger("microvm.virtio")
@@ -41,7 +42,26 @@ class VirtioBackend(abc.ABC):
     num_queues: int = 1
     queue_max_size: int = 256
     acked_features: int = 0
+    #: a name for log lines and counters when the user gave the device no ``id=``
+    label: str = ""
     _config_notifier: Callable[[], None] | None = None
+    _counters: "CounterGroup | None" = None
+
+    @property
+    def counters(self) -> "CounterGroup":
+        """This device's counters (shared with its transport, which counts notifications,
+        interrupts and NEEDS_RESET): count what the device does, e.g.
+        ``self.counters.counter("bytes_read").add(n)`` (look the counter up once, in
+        ``activate`` or ``__init__``)."""
+        if self._counters is None:
+            from ..metrics import CounterGroup
+
+            self._counters = CounterGroup(self.label or type(self).__name__)
+        return self._counters
+
+    @counters.setter
+    def counters(self, group: "CounterGroup") -> None:
+        self._counters = group
 
     # -- what the device is ---------------------------------------------------------------
     @abc.abstractmethod

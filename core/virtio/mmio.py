@@ -81,6 +81,7 @@ from ..log import get_logger
 
 if TYPE_CHECKING:
     from ..irq import IrqLine
+    from ..metrics import CounterGroup
     from ..memory import GuestMemory
 
 log = get_logger("microvm.virtio.mmio")
@@ -107,6 +108,9 @@ class VirtioMmioTransport:
     :param on_notify: called with the queue index on a QueueNotify write that reaches the
         transport (no ioeventfd); defaults to :meth:`notify`, i.e. processing inline.
     :param name: a label for log messages (e.g. ``"virtio-blk:disk0"``).
+    :param counters: where to count notifications, interrupts and entries into
+        DEVICE_NEEDS_RESET (the device's group in the machine's metrics); the backend
+        shares it (``backend.counters``) for its own counts.
     """
 
     #: Size of the MMIO window to map.
@@ -122,6 +126,7 @@ class VirtioMmioTransport:
         legacy: bool = False,
         on_notify: Callable[[int], None] | None = None,
         name: str | None = None,
+        counters: "CounterGroup | None" = None,
     ) -> None:
         self.backend = backend
         self.memory = memory
@@ -137,6 +142,15 @@ class VirtioMmioTransport:
         self.guest_page_size = 4096  # legacy
         self._logged: set[tuple[str, int]] = set()
         backend._config_notifier = self._config_changed
+        if counters is None:
+            from ..metrics import CounterGroup
+
+            counters = CounterGroup(self.name)
+        self.counters = counters
+        backend.counters = counters
+        self._count_notify = counters.counter("notifications").inc
+        self._count_interrupt = counters.counter("interrupts").inc
+        self._count_needs_reset = counters.counter("needs_reset").inc
         self._reset_registers()
 
     # -- public API for the machine glue ---------------------------------------------------
@@ -168,6 +182,7 @@ class VirtioMmioTransport:
         """The driver notified queue ``queue_index``: let the backend process it. Safe to call
         from any thread (the glue's ioeventfd worker); a notification for a queue that is not
         live, or while the device needs a reset, is ignored."""
+        self._count_notify()
         with self._dev_lock:
             if not self._activated or self.needs_reset:
                 log.debug("%s: notify of queue %d while not active ignored", self.name, queue_index)
@@ -188,6 +203,8 @@ class VirtioMmioTransport:
         configuration-change interrupt. Queue processing stops until the driver resets."""
         log.error("%s: %s; device needs reset", self.name, reason)
         with self._lock:
+            if not self.status & VIRTIO_CONFIG_S_DEVICE_NEEDS_RESET:
+                self._count_needs_reset()
             self.status |= VIRTIO_CONFIG_S_DEVICE_NEEDS_RESET
             driver_ok = bool(self.status & VIRTIO_CONFIG_S_DRIVER_OK)
         if driver_ok:
@@ -201,6 +218,7 @@ class VirtioMmioTransport:
 
     # -- interrupts ------------------------------------------------------------------------
     def _raise_interrupt(self, bits: int) -> None:
+        self._count_interrupt()
         with self._lock:
             self.interrupt_status |= bits
             self.irq_line.set_level(True)

@@ -105,6 +105,8 @@ class VirtioSlots:
         self.slots: list[VirtioSlot] = []
 
     def add(self, backend: Any, name: str, legacy: bool) -> VirtioSlot:
+        """Place ``backend`` in the highest free slot with its transport; its counters go to
+        the machine's ``devices``/``name`` group."""
         m = self.machine
         used = {s.slot for s in self.slots}
         free = [n for n in range(layout.VIRTIO_MMIO_SLOTS - 1, -1, -1) if n not in used]
@@ -116,6 +118,7 @@ class VirtioSlots:
         slot_ref: list[VirtioSlot] = []
         transport = VirtioMmioTransport(
             backend, m.memory, m.irq(gsi), legacy=legacy, on_notify=lambda q: slot_ref[0].kick(q), name=name,
+            counters=m.metrics.group("devices", name),
         )
         slot = VirtioSlot(n, base, gsi, name, transport, eventfds)
         slot_ref.append(slot)

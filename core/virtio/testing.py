@@ -11,7 +11,8 @@ doorbell). The classes here replay exactly that, the way Linux's ``virtio_mmio``
 * :class:`DriverQueue`: the driver's half of one split virtqueue (write descriptors and
   chains, publish them, read the used ring back), including the malformed rings a hostile
   guest could write;
-* :class:`MmioDriver`: the virtio-mmio registers, Linux's probe handshake and queue setup;
+* :class:`MmioDriver`: the virtio-mmio registers, Linux's probe handshake and queue setup,
+  on the modern (Version 2) and the legacy (Version 1, QEMU 7.2's default) transport;
 * :func:`assert_only_changed`: check that a device wrote nothing but what it was allowed to.
 
 The VMM itself never imports this module; it ships in the core package so that device plugins
@@ -26,10 +27,11 @@ from . import constants as C
 
 if TYPE_CHECKING:
     from ..memory import GuestMemory
-    from .mmio import VirtioMmioTransport
     from .queue import Virtqueue
 
-__all__ = ["Buffer", "DriverQueue", "MmioDriver", "assert_only_changed", "changed_offsets"]
+from .mmio import VirtioMmioTransport  # a backend under test sits on the real transport
+
+__all__ = ["Buffer", "DriverQueue", "MmioDriver", "VirtioMmioTransport", "assert_only_changed", "changed_offsets"]
 
 Buffer = tuple[int, int, bool]
 """One buffer of a chain: (guest physical address, length, device-writable)."""
@@ -148,18 +150,28 @@ class DriverQueue:
 
 class MmioDriver:
     """A guest's virtio-mmio driver, register by register, as Linux's ``virtio_mmio.c`` does
-    it with 32-bit ``readl``/``writel`` (virtio 1.2 §4.2.3; the modern, Version 2 transport).
+    it with 32-bit ``readl``/``writel`` (virtio 1.2 §4.2.3 for the modern, Version 2
+    transport; §4.2.4 for the legacy, Version 1 one, which the driver finds in the
+    ``Version`` register and handles as Linux does: GuestPageSize, QueuePFN, no FEATURES_OK).
 
     :meth:`probe` is the whole handshake; the single steps are there for tests that stop
     half-way or misbehave on purpose. Override :meth:`driver_probe` for what a device driver
     reads before DRIVER_OK (its configuration space).
     """
 
+    #: the guest's page size (Linux's PAGE_SIZE), for the legacy transport's QueuePFN
+    PAGE_SIZE = 4096
+
     def __init__(self, transport: VirtioMmioTransport) -> None:
         self.transport = transport
         self.memory: GuestMemory = transport.memory
         self.features = 0  # what probe() accepted
         self.queues: list[DriverQueue] = []  # what probe() set up
+
+    @property
+    def legacy(self) -> bool:
+        """Whether the device presents the legacy (Version 1) register layout."""
+        return self.read(C.VIRTIO_MMIO_VERSION) == 1
 
     def read(self, offset: int, size: int = 4) -> int:
         """Read a register (or, from 0x100, the configuration space) of ``size`` bytes."""
@@ -190,7 +202,10 @@ class MmioDriver:
 
     def read_config(self, offset: int, size: int) -> int:
         """A configuration-space field, between two reads of ConfigGeneration as
-        ``virtio_cread`` does; raises AssertionError if the generation moved meanwhile."""
+        ``virtio_cread`` does (a legacy device has no ConfigGeneration: ``vm_generation``
+        returns 0 there); raises AssertionError if the generation moved meanwhile."""
+        if self.legacy:
+            return self.read(C.VIRTIO_MMIO_CONFIG + offset, size)
         gen = self.read(C.VIRTIO_MMIO_CONFIG_GENERATION)
         value = self.read(C.VIRTIO_MMIO_CONFIG + offset, size)
         if self.read(C.VIRTIO_MMIO_CONFIG_GENERATION) != gen:
@@ -198,12 +213,20 @@ class MmioDriver:
         return value
 
     def setup_queue(self, index: int, dq: DriverQueue) -> None:
-        """``vm_setup_vq`` (Version 2): select, check, size, the three addresses, ready."""
+        """``vm_setup_vq``: select, check, size, then (Version 2) the three addresses and
+        QueueReady, or (Version 1) QueueAlign and the rings' page number in QueuePFN."""
         self.write(C.VIRTIO_MMIO_QUEUE_SEL, index)
-        _check(self.read(C.VIRTIO_MMIO_QUEUE_READY) == 0, f"queue {index} is already ready")
+        ready = C.VIRTIO_MMIO_QUEUE_PFN if self.legacy else C.VIRTIO_MMIO_QUEUE_READY
+        _check(self.read(ready) == 0, f"queue {index} is already ready")
         num_max = self.read(C.VIRTIO_MMIO_QUEUE_NUM_MAX)
         _check(num_max >= dq.size, f"queue {index}: QueueNumMax {num_max} < {dq.size}")
         self.write(C.VIRTIO_MMIO_QUEUE_NUM, dq.size)
+        if self.legacy:
+            _check(dq.desc % self.PAGE_SIZE == 0 and dq.used == _align(dq.avail + 6 + 2 * dq.size, self.PAGE_SIZE),
+                   f"queue {index}: rings not laid out as vring_init does with a {self.PAGE_SIZE}-byte alignment")
+            self.write(C.VIRTIO_MMIO_QUEUE_ALIGN, self.PAGE_SIZE)
+            self.write(C.VIRTIO_MMIO_QUEUE_PFN, dq.desc // self.PAGE_SIZE)
+            return
         for low, addr in ((C.VIRTIO_MMIO_QUEUE_DESC_LOW, dq.desc), (C.VIRTIO_MMIO_QUEUE_DRIVER_LOW, dq.avail), (C.VIRTIO_MMIO_QUEUE_DEVICE_LOW, dq.used)):
             self.write(low, addr & 0xFFFFFFFF)
             self.write(low + 4, addr >> 32)
@@ -216,24 +239,30 @@ class MmioDriver:
 
     def probe(self, features: int | None = None, queues: int = 1, size: int = 8, base: int = 0x10000) -> list[DriverQueue]:
         """``vm_probe`` + ``virtio_dev_probe`` + ``find_vqs`` + ``virtio_device_ready``, as
-        Linux 6.1 does them: check the identification registers, reset, ACKNOWLEDGE, DRIVER,
-        accept ``features`` (default: all offered), FEATURES_OK, set up ``queues`` queues of
-        ``size`` entries with their rings from ``base`` on, then DRIVER_OK.
+        Linux 6.1 does them: check the identification registers (a legacy device gets
+        GuestPageSize), reset, ACKNOWLEDGE, DRIVER, accept ``features`` (default: all
+        offered), FEATURES_OK (modern only: ``virtio_features_ok`` skips it without
+        VIRTIO_F_VERSION_1), set up ``queues`` queues of ``size`` entries with their rings
+        from ``base`` on, then DRIVER_OK.
 
         Returns the queues, or ``[]`` (and stops) if the device refused FEATURES_OK.
         """
         _check(self.read(C.VIRTIO_MMIO_MAGIC_VALUE) == C.VIRTIO_MMIO_MAGIC, "bad MagicValue")
-        _check(self.read(C.VIRTIO_MMIO_VERSION) == 2, "not a Version 2 (modern) virtio-mmio device")
+        version = self.read(C.VIRTIO_MMIO_VERSION)
+        _check(version in (1, 2), f"unsupported virtio-mmio Version {version}")
         _check(self.read(C.VIRTIO_MMIO_DEVICE_ID) != 0, "DeviceID 0: no device")
+        if version == 1:
+            self.write(C.VIRTIO_MMIO_GUEST_PAGE_SIZE, self.PAGE_SIZE)
         self.write(C.VIRTIO_MMIO_STATUS, 0)  # virtio_reset_device
         self.add_status(C.VIRTIO_CONFIG_S_ACKNOWLEDGE)
         self.add_status(C.VIRTIO_CONFIG_S_DRIVER)
         self.features = self.device_features() if features is None else features
         self.set_features(self.features)
-        self.add_status(C.VIRTIO_CONFIG_S_FEATURES_OK)
         self.queues = []
-        if not self.read(C.VIRTIO_MMIO_STATUS) & C.VIRTIO_CONFIG_S_FEATURES_OK:
-            return []
+        if version == 2 or self.features & (1 << C.VIRTIO_F_VERSION_1):
+            self.add_status(C.VIRTIO_CONFIG_S_FEATURES_OK)
+            if not self.read(C.VIRTIO_MMIO_STATUS) & C.VIRTIO_CONFIG_S_FEATURES_OK:
+                return []
         for i in range(queues):
             dq = DriverQueue(self.memory, size=size, base=base)
             self.setup_queue(i, dq)

@@ -4,9 +4,8 @@ from __future__ import annotations
 import pytest
 
 from microvm.api import ConfigError
-from microvm.bus import Bus
+from microvm.testing import TestMachine
 from microvm_debug_exit.device import DebugExit
-from microvm_debug_exit.plugin import create
 
 
 def test_write_stops_with_odd_status():
@@ -19,32 +18,21 @@ def test_write_stops_with_odd_status():
     assert buf == b"\xff\xff"
 
 
-class FakeMachine:
-    def __init__(self) -> None:
-        self.pio_bus = Bus("pio", limit=1 << 16)
-        self.devices: dict = {}
-        self.stops: list = []
-
-    def request_stop(self, status, why):
-        self.stops.append(status)
-
-    def add_pio_device(self, dev, base, length, name):
-        self.pio_bus.insert(dev, base, length, name)
-
-
 def test_glue_places_the_port_and_checks_properties():
-    m = FakeMachine()
-    create(m, {"iobase": "0xf4", "iosize": "0x04"})
-    (mapping,) = m.pio_bus.mappings()
-    assert (mapping.base, mapping.length, mapping.name) == (0xF4, 4, "isa-debug-exit")
-    m.pio_bus.write(0xF5, b"\x01")
-    assert m.stops == [3]
-    with pytest.raises(ConfigError, match="unknown property colour"):
-        create(FakeMachine(), {"colour": "red"})
-    with pytest.raises(ConfigError, match="not a number"):
-        create(FakeMachine(), {"iobase": "port"})
-    with pytest.raises(ConfigError, match="not a valid port range"):
-        create(FakeMachine(), {"iobase": "0xffff", "iosize": "4"})
+    """Through the core, as a user's --device reaches it (microvm.testing: no KVM)."""
+    with TestMachine(devices=["isa-debug-exit,iobase=0xf4,iosize=0x04"]) as m:
+        m.create_devices()
+        (mapping,) = [x for x in m.pio_bus.mappings() if x.name == "isa-debug-exit"]
+        assert (mapping.base, mapping.length) == (0xF4, 4)
+        m.pio_bus.write(0xF5, b"\x01")
+        assert (m.exit_status, m.stopping) == (3, True)
+    for text, match in [
+        ("isa-debug-exit,colour=red", "unknown property colour"),
+        ("isa-debug-exit,iobase=port", "iobase=port: expected a number"),
+        ("isa-debug-exit,iobase=0xffff,iosize=4", "not a valid port range"),
+    ]:
+        with pytest.raises(ConfigError, match=match), TestMachine(devices=[text]) as m:
+            m.create_devices()
 
 
 @pytest.mark.kvm

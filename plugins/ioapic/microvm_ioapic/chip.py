@@ -15,11 +15,9 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from microvm import layout
-from microvm.boot.mptable import IoApic as MpIoApic
+from microvm.api import ConfigError, IoApic as MpIoApic, get_logger, layout
 
 from .device import IoApic
-from microvm.log import get_logger
 
 log = get_logger("microvm.ioapic")
 DELIVERY_EXTINT = 7
@@ -48,24 +46,26 @@ class SplitIrqLine:
 
 
 class SplitIrqChip:
-    name = "split"
+    """The :class:`microvm.api.IrqChip` of ``kernel-irqchip=split``."""
 
-    def __init__(self, machine: Any) -> None:
-        self.machine = machine
-        self.vm = machine.vm
+    name = "split"
+    #: the 8259 pair and the 8254 are plugins of their own in split mode
+    builtin: frozenset[str] = frozenset()
+
+    def __init__(self, ctx: Any) -> None:
+        self.ctx = ctx
+        self.vm = ctx.vm
         # must precede KVM_CREATE_VCPU; reserves GSIs 0-23 for the userspace IOAPIC's routes
         self.vm.enable_cap("KVM_CAP_SPLIT_IRQCHIP", layout.IOAPIC_PINS)
-        self.ioapic_id = machine.smp
+        #: MP-spec APIC IDs must be unique: CPUs take 0..smp-1, the IOAPIC the next one
+        self.ioapic_id = ctx.smp
         self.ioapic = IoApic(self._deliver, self._route_changed, ioapic_id=self.ioapic_id)
-        machine.add_mmio_device(self.ioapic, layout.IOAPIC_ADDR, layout.IOAPIC_SIZE, "ioapic")
+        ctx.add_mmio_device(self.ioapic, layout.IOAPIC_ADDR, layout.IOAPIC_SIZE, "ioapic")
         self.pic: Any = None
         self._msi_failure_logged = False
         self._lines: dict[int, SplitIrqLine] = {}
         self._routes_lock = threading.Lock()
         self._update_routes()
-        from microvm.kvm import lib
-
-        machine.add_exit_handler(lib.KVM_EXIT_IOAPIC_EOI, self._eoi_exit)
 
     # -- what devices and other plugins use ---------------------------------------------
     def line(self, gsi: int) -> SplitIrqLine:
@@ -79,23 +79,32 @@ class SplitIrqChip:
         return 2 if irq == 0 else irq
 
     def attach_pic(self, pic: Any) -> None:
-        """Let ISA IRQs reach an 8259 pair too (the pic plugin calls this)."""
+        """Let ISA IRQs reach an 8259 pair too, and take ExtINT vectors from it (the pic
+        plugin calls this)."""
+        if self.pic is not None:
+            raise ConfigError("kernel-irqchip=split: an 8259 pair is already attached")
         self.pic = pic
 
-    def eoi(self, vector: int) -> None:
-        self.ioapic.eoi(vector)
+    def extint_source(self) -> Any:
+        return self.pic
 
-    def _eoi_exit(self, vcpu: Any) -> None:
+    def has_pic(self) -> bool:
+        return self.pic is not None
+
+    def eoi(self, vector: int) -> None:
         """KVM_EXIT_IOAPIC_EOI: the guest EOI'd a level-triggered vector at its LAPIC."""
-        self.ioapic.eoi(vcpu.run_ptr.eoi.vector)
+        self.ioapic.eoi(vector)
 
     def mptable_entries(self) -> list[Any]:
         return [MpIoApic(self.ioapic_id, layout.IOAPIC_ADDR, version=0x20)]
 
+    def close(self) -> None:
+        pass  # no host resources: MSIs go through KVM_SIGNAL_MSI
+
     # -- internals ------------------------------------------------------------------------
     def _deliver(self, address: int, data: int) -> None:
         if (data >> 8) & 7 == DELIVERY_EXTINT:
-            self.machine.request_extint()  # the vector comes from the 8259's INTA cycle
+            self.ctx.extint_line.pulse()  # the vector comes from the 8259's INTA cycle
             return
         try:
             self.vm.signal_msi(address, data)

@@ -46,7 +46,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 from typing import Callable
-from microvm.log import get_logger
+from microvm.api import get_logger
 
 log = get_logger("microvm.ioapic")
 

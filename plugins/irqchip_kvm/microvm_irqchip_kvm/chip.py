@@ -1,6 +1,7 @@
 """KVM's in-kernel interrupt controllers: ``KVM_CREATE_IRQCHIP`` (8259 pair + IOAPIC, with the
-LAPICs) and ``KVM_CREATE_PIT2``. Lines are driven with ``KVM_IRQ_LINE``; a device thread may
-instead get an eventfd bound with ``KVM_IRQFD`` and raise an edge without a vCPU exit.
+LAPICs) and, when the machine asks for a PIT, ``KVM_CREATE_PIT2``. Lines are driven with
+``KVM_IRQ_LINE``; a device thread may instead get an eventfd bound with ``KVM_IRQFD`` and
+raise an edge without a vCPU exit.
 
 KVM's default routing sends GSI n to 8259 input n and IOAPIC pin n (``irq_comm.c``), so an
 ISA IRQ's MP table entry names pin n too.
@@ -11,10 +12,7 @@ import os
 import threading
 from typing import Any
 
-from microvm import layout
-from microvm.boot.mptable import IoApic, IoInterrupt
-from microvm.kvm import ffi, lib
-from microvm.log import get_logger
+from microvm.api import ConfigError, IoApic, IoInterrupt, get_logger, layout
 
 log = get_logger("microvm.irqchip_kvm")
 
@@ -58,23 +56,24 @@ class KvmIrqLine:
 
 
 class KernelIrqChip:
+    """The :class:`microvm.api.IrqChip` of ``kernel-irqchip=on``."""
+
     name = "on"
 
-    def __init__(self, machine: Any) -> None:
-        vm = machine.vm
+    def __init__(self, ctx: Any) -> None:
+        vm = ctx.vm
         self.vm = vm
-        vm.ioctl_int("KVM_CREATE_IRQCHIP")
-        if machine.option("pic") == "off":
+        vm.create_irqchip()
+        if not ctx.legacy.pic and ctx.option("pic") is not None:
             log.warning("kernel-irqchip=on: KVM's in-kernel irqchip always has its 8259s; pic=off has no effect")
-        pit = machine.option("pit")
-        self.pit = pit in (None, "on", "auto")
+        #: KVM's 8254 serves the PIT the machine options ask for
+        self.pit = ctx.legacy.pit
         if self.pit:
-            cfg = ffi.new("struct kvm_pit_config *", {"flags": lib.KVM_PIT_SPEAKER_DUMMY})
-            vm.ioctl_ptr("KVM_CREATE_PIT2", cfg)
+            vm.create_pit2(speaker_dummy=True)
+        self.builtin = frozenset({"pic", "pit"} if self.pit else {"pic"})
         #: MP-spec APIC IDs must be unique: CPUs take 0..smp-1, the IOAPIC the next one
-        self.ioapic_id = machine.smp
+        self.ioapic_id = ctx.smp
         self._lines: dict[int, KvmIrqLine] = {}
-        machine.add_cleanup(self.close)
 
     def line(self, gsi: int) -> KvmIrqLine:
         if not 0 <= gsi < layout.IOAPIC_PINS:
@@ -85,6 +84,18 @@ class KernelIrqChip:
 
     def isa_pin(self, irq: int) -> int:
         return irq
+
+    def attach_pic(self, pic: Any) -> None:
+        raise ConfigError("kernel-irqchip=on: KVM's in-kernel irqchip has its own 8259s; no userspace 8259 can be attached")
+
+    def extint_source(self) -> None:
+        return None  # KVM's own 8259 answers the INTA cycle
+
+    def has_pic(self) -> bool:
+        return True
+
+    def eoi(self, vector: int) -> None:
+        pass  # KVM's IOAPIC sees EOIs itself; no KVM_EXIT_IOAPIC_EOI comes with this chip
 
     def mptable_entries(self) -> list[Any]:
         entries: list[Any] = [IoApic(self.ioapic_id, layout.IOAPIC_ADDR)]

@@ -1,23 +1,17 @@
-"""Hook glue: offers ``kernel-irqchip=on``."""
+"""Hook glue: offers ``kernel-irqchip=on``. The chip describes itself for the MP table
+through the :class:`microvm.api.IrqChip` protocol."""
 from __future__ import annotations
 
 from typing import Any, Callable
 
-from microvm import hookimpl
+from microvm.api import hookimpl
 
 
 @hookimpl
 def register_irqchips(register: Callable[..., None]) -> None:
-    def kernel(machine: Any) -> Any:
+    def kernel(ctx: Any) -> Any:
         from .chip import KernelIrqChip  # only when this irqchip is chosen
 
-        return KernelIrqChip(machine)
+        return KernelIrqChip(ctx)
 
     register("on", kernel, "PIC, IOAPIC and PIT emulated inside KVM")
-
-
-@hookimpl
-def mptable_entries(machine: Any) -> list[Any] | None:
-    if machine.irqchip_mode != "on":
-        return None
-    return machine.irqchip.mptable_entries()

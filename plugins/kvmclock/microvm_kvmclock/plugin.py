@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from microvm import hookimpl
-from microvm.boot.cpu import KVM_CLOCK_FEATURES, KVM_CPUID_FEATURES
+from microvm.api import KVM_CLOCK_FEATURES, KVM_CPUID_FEATURES, hookimpl
 
 
 def supported_clock_bits(supported: list[dict[str, int]]) -> int:
@@ -21,8 +20,8 @@ def supported_clock_bits(supported: list[dict[str, int]]) -> int:
 
 
 @hookimpl
-def cpuid(machine: Any, vcpu_id: int, entries: list[dict[str, int]]) -> None:
-    bits = supported_clock_bits(machine.supported_cpuid)
+def cpuid(ctx: Any, vcpu_id: int, entries: list[dict[str, int]]) -> None:
+    bits = supported_clock_bits(ctx.supported_cpuid)
     for e in entries:
         if e["function"] == KVM_CPUID_FEATURES:
             e["eax"] |= bits

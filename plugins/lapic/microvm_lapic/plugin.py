@@ -8,7 +8,7 @@ from __future__ import annotations
 import struct
 from typing import Any
 
-from microvm import hookimpl
+from microvm.api import ALL_LAPICS, MP_EXTINT, MP_NMI, LocalInterrupt, Processor, hookimpl
 
 APIC_LVT0 = 0x350
 APIC_LVT1 = 0x360
@@ -23,27 +23,21 @@ def set_delivery_mode(regs: bytearray, offset: int, mode: int) -> None:
 
 
 @hookimpl
-def configure_vcpu(machine: Any, vcpu: Any) -> None:
-    if machine.irqchip is None:
+def configure_vcpu(ctx: Any, vcpu: Any) -> None:
+    if ctx.irqchip is None:
         return
-    from microvm.kvm import ffi
-
-    lapic = vcpu.get_lapic()
-    regs = bytearray(ffi.buffer(lapic.regs))
+    regs = vcpu.get_lapic_regs()
     set_delivery_mode(regs, APIC_LVT0, APIC_MODE_EXTINT)
     set_delivery_mode(regs, APIC_LVT1, APIC_MODE_NMI)
-    ffi.buffer(lapic.regs)[:] = bytes(regs)
-    vcpu.set_lapic(lapic)
+    vcpu.set_lapic_regs(regs)
 
 
 @hookimpl
-def mptable_entries(machine: Any) -> list[Any]:
-    from microvm.boot.mptable import ALL_LAPICS, MP_EXTINT, MP_NMI, LocalInterrupt, Processor
-
-    entries: list[Any] = [Processor(apic_id=i, bsp=(i == 0)) for i in range(machine.smp)]
-    # LINT0 carries the 8259's INTR; with pic=off in split mode there is no 8259 to describe
-    # (KVM's in-kernel irqchip always has one)
-    if not (machine.irqchip_mode == "split" and machine.option("pic") == "off"):
+def mptable_entries(ctx: Any) -> list[Any]:
+    entries: list[Any] = [Processor(apic_id=i, bsp=(i == 0)) for i in range(ctx.smp)]
+    # LINT0 carries an 8259's INTR; without one (pic=off in split mode) there is none to
+    # describe (KVM's in-kernel irqchip always has one)
+    if ctx.irqchip is not None and ctx.irqchip.has_pic():
         entries.append(LocalInterrupt(MP_EXTINT, dst_lint=0, dst_lapic=ALL_LAPICS))
     entries.append(LocalInterrupt(MP_NMI, dst_lint=1, dst_lapic=ALL_LAPICS))
     return entries

@@ -38,8 +38,7 @@ from __future__ import annotations
 
 import threading
 
-from microvm.irq import IrqLine
-from microvm.log import get_logger
+from microvm.api import IrqLine, get_logger
 
 log = get_logger("microvm.pic_i8259")
 

@@ -5,7 +5,7 @@ import threading
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from microvm.irq import RecordingIrqLine
+from microvm.api import RecordingIrqLine
 
 from microvm_pic_i8259.device import I8259, PicPair
 

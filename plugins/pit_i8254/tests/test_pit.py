@@ -5,7 +5,7 @@ import threading
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from microvm.irq import RecordingIrqLine
+from microvm.api import RecordingIrqLine
 
 from microvm_pit_i8254.device import (
     CONTROL,

@@ -55,8 +55,7 @@ import threading
 import time
 from typing import Callable
 
-from microvm.irq import IrqLine
-from microvm.log import get_logger
+from microvm.api import IrqLine, get_logger
 
 log = get_logger("microvm.rtc_mc146818")
 

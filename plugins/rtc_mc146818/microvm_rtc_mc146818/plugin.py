@@ -10,12 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable
 
-from microvm import hookimpl, layout
-from microvm.errors import ConfigError
-
-
-def rtc_enabled(machine: Any) -> bool:
-    return machine.option("rtc") == "on"
+from microvm.api import ConfigError, MachineOption, hookimpl, layout
 
 
 if TYPE_CHECKING:
@@ -42,35 +37,33 @@ def parse_base(text: str, now: "_dt.datetime | None" = None) -> "_dt.datetime":
 
 @hookimpl
 def register_machine_options(register: Callable[..., None]) -> None:
-    from microvm.options import MachineOption
-
     register(MachineOption("rtc", "OnOffAuto", "auto", "Enable MC146818 RTC",
-                           auto_means="off with KVM (QEMU 7.2 microvm: on only without KVM)", plugin="rtc_mc146818"))
+                           auto_means="off with KVM (QEMU 7.2 microvm: on only without KVM)", auto_value=False, plugin="rtc_mc146818"))
     register(MachineOption("rtc-base", "str", "utc", "RTC start time: utc, localtime or YYYY-MM-DD[THH:MM:SS]",
                            plugin="rtc_mc146818"))
 
 
 @hookimpl
-def create_devices(machine: Any) -> None:
-    if not rtc_enabled(machine):
+def create_devices(ctx: Any) -> None:
+    if not ctx.legacy.rtc:
         return
     from .device import MC146818, cmos_memory_bytes
 
-    base = parse_base(machine.option("rtc-base") or "utc")
-    timers = machine.timers
-    rtc = MC146818(irq=machine.irq(layout.RTC_IRQ), base=base, on_timer_change=timers.wake)
-    regions = machine.memory.regions
+    base = parse_base(ctx.option("rtc-base") or "utc")
+    timers = ctx.timers
+    rtc = MC146818(irq=ctx.irq(layout.RTC_IRQ), base=base, on_timer_change=timers.wake)
+    regions = ctx.memory.regions
     below = regions[0].size
     above = sum(r.size for r in regions[1:])
     for index, value in cmos_memory_bytes(below, above).items():
         rtc.set_memory(index, value)
-    machine.add_pio_device(rtc, layout.RTC_PORT, 2, "rtc")
+    ctx.add_pio_device(rtc, layout.RTC_PORT, 2, "rtc")
     timers.add(rtc)
-    machine.devices["rtc"] = rtc
+    ctx.devices["rtc"] = rtc
 
 
 @hookimpl
-def mptable_entries(machine: Any) -> list[Any] | None:
-    if "rtc" not in machine.devices:
+def mptable_entries(ctx: Any) -> list[Any] | None:
+    if "rtc" not in ctx.devices:
         return None
-    return [machine.isa_irq_entry(layout.RTC_IRQ)]
+    return [ctx.isa_irq_entry(layout.RTC_IRQ)]

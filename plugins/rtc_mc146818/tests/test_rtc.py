@@ -7,7 +7,7 @@ import threading
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from microvm.irq import RecordingIrqLine
+from microvm.api import RecordingIrqLine
 
 from microvm_rtc_mc146818.device import (
     MC146818,

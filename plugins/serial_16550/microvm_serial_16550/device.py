@@ -37,8 +37,7 @@ import threading
 from collections import deque
 from typing import Callable, Iterable
 
-from microvm.irq import IrqLine
-from microvm.log import get_logger
+from microvm.api import IrqLine, get_logger
 
 log = get_logger("microvm.serial_16550")
 

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable
 
-from microvm import hookimpl
-from microvm.layout import COM1_IRQ, COM1_PORT
-from microvm.options import MachineOption
+from microvm.api import MachineOption, hookimpl, layout
 
 from .device import REGISTER_COUNT, Serial16550
 
 if TYPE_CHECKING:
-    from microvm.machine import Machine
+    from microvm.api import MachineContext
 
 DEVICE_NAME = "serial0"
 OPTION = MachineOption(
@@ -29,38 +27,40 @@ def register_machine_options(register: Callable[[MachineOption], None]) -> None:
 
 
 @hookimpl
-def create_devices(machine: Machine) -> None:
+def create_devices(ctx: MachineContext) -> None:
     """COM1 exists when ``isa-serial`` is on and ``-serial`` gave it a backend (as in QEMU,
     ``-serial none`` leaves the port out)."""
-    if not machine.option(OPTION.name):
+    if not ctx.legacy.isa_serial:
         return
-    chardev = machine.serial_chardev(0)
+    chardev = ctx.serial_chardev(0)
     if chardev is None:
         return
-    dev = Serial16550(irq=machine.irq(COM1_IRQ), out=chardev.write)
-    machine.add_pio_device(dev, COM1_PORT, REGISTER_COUNT, DEVICE_NAME)
+    dev = Serial16550(irq=ctx.irq(layout.COM1_IRQ), out=chardev.write)
+    ctx.add_pio_device(dev, layout.COM1_PORT, REGISTER_COUNT, DEVICE_NAME)
     chardev.set_receiver(dev.receive, dev.send_break)
-    machine.devices[DEVICE_NAME] = dev
+    ctx.devices[DEVICE_NAME] = dev
 
 
 @hookimpl
-def mptable_entries(machine: Machine) -> list[Any] | None:
+def mptable_entries(ctx: MachineContext) -> list[Any] | None:
     """Tell the guest where IRQ 4 goes, only when the port exists (no probe otherwise)."""
-    if DEVICE_NAME not in machine.devices:
+    if DEVICE_NAME not in ctx.devices:
         return None
-    return [machine.isa_irq_entry(COM1_IRQ)]
+    return [ctx.isa_irq_entry(layout.COM1_IRQ)]
 
 
 @hookimpl
-def machine_start(machine: Machine) -> None:
-    if DEVICE_NAME in machine.devices:
-        machine.serial_chardev(0).start()
+def machine_start(ctx: MachineContext) -> None:
+    if DEVICE_NAME in ctx.devices:
+        chardev = ctx.serial_chardev(0)
+        if chardev is not None:
+            chardev.start()
 
 
 @hookimpl
-def machine_stop(machine: Machine) -> None:
+def machine_stop(ctx: MachineContext) -> None:
     """Drop the device. ``close`` wakes a chardev reader blocked on a full input queue, so
     the core's ``chardev.close()`` can join it; the core closes the chardev itself."""
-    dev = machine.devices.pop(DEVICE_NAME, None)
+    dev = ctx.devices.pop(DEVICE_NAME, None)
     if dev is not None:
         dev.close()

@@ -6,7 +6,7 @@ import threading
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from microvm.irq import RecordingIrqLine
+from microvm.api import RecordingIrqLine
 
 from microvm_serial_16550.device import (
     DLL,

@@ -5,8 +5,7 @@ from typing import Any, Callable
 
 import pluggy
 import pytest
-from microvm.irq import RecordingIrqLine
-from microvm.options import MachineOption
+from microvm.api import LegacyDevices, MachineOption, RecordingIrqLine
 
 from microvm_serial_16550 import plugin
 from microvm_serial_16550.device import Serial16550
@@ -33,17 +32,14 @@ class FakeChardev:
 
 
 class FakeMachine:
-    """Exactly the attributes the plugin may use."""
+    """Exactly the members of the machine context (microvm.api.MachineContext) the plugin uses."""
 
     def __init__(self, isa_serial: bool = True, chardev: FakeChardev | None = None) -> None:
-        self.options = {"isa-serial": isa_serial}
+        self.legacy = LegacyDevices(isa_serial=isa_serial)
         self.chardev = chardev
         self.lines: dict[int, RecordingIrqLine] = {}
         self.pio: list[tuple[Any, int, int, str]] = []
         self.devices: dict[str, Any] = {}
-
-    def option(self, name: str) -> Any:
-        return self.options[name]
 
     def serial_chardev(self, index: int) -> FakeChardev | None:
         return self.chardev if index == 0 else None
@@ -115,12 +111,9 @@ def test_on_places_com1_and_wires_the_chardev() -> None:
 
 
 def test_hooks_match_the_specs() -> None:
-    from microvm import hookspecs
+    from microvm.testing import plugin_hooks
 
-    pm = pluggy.PluginManager("microvm")
-    pm.add_hookspecs(hookspecs)
-    pm.register(plugin)  # validates every hookimpl name and argument against the specs
-    names = {h.name for h in pm.get_hookcallers(plugin) or []}
+    names = plugin_hooks(plugin)  # validates every hookimpl name and argument against the specs
     assert names == {"register_machine_options", "create_devices", "mptable_entries", "machine_start", "machine_stop"}
 
 

@@ -21,16 +21,16 @@ import stat
 import struct
 from typing import TYPE_CHECKING, Callable
 
-from microvm.errors import ConfigError
-from microvm.virtio.backend import VirtioBackend
-from microvm.virtio.constants import VIRTIO_ID_BLOCK
-from microvm.log import get_logger
+from microvm.api import VIRTIO_ID_BLOCK, ConfigError, VirtioBackend, get_logger
 
 if TYPE_CHECKING:
-    from microvm.memory import GuestMemory
-    from microvm.virtio.queue import DescriptorChain, Virtqueue
+    from microvm.api import DescriptorChain, GuestMemory, Virtqueue
 
 log = get_logger("microvm.virtio_blk")
+
+
+def _nothing(*_: object) -> None:
+    pass
 
 # ---- §5.2.3 feature bits -------------------------------------------------------------------
 VIRTIO_BLK_F_SIZE_MAX = 1
@@ -163,6 +163,11 @@ class VirtioBlk(VirtioBackend):
         self.can_punch, self.can_zero = self._probe_fallocate(size)
         self._queues: list[Virtqueue] = []
         self._interrupt: Callable[[], None] = lambda: None
+        # counters (bound in activate, to the group the transport shares with this device)
+        self._count_request: Callable[[], object] = _nothing
+        self._count_failed: Callable[[], object] = _nothing
+        self._count_read: Callable[[int], object] = _nothing
+        self._count_written: Callable[[int], object] = _nothing
 
     # -- host capabilities -----------------------------------------------------------------
     def _probe_fallocate(self, size: int) -> tuple[bool, bool]:
@@ -234,6 +239,11 @@ class VirtioBlk(VirtioBackend):
     def activate(self, queues: list["Virtqueue"], interrupt: Callable[[], None], memory: "GuestMemory") -> None:
         self._queues = queues
         self._interrupt = interrupt
+        c = self.counters
+        self._count_request = c.counter("requests").inc
+        self._count_failed = c.counter("requests_failed").inc
+        self._count_read = c.counter("bytes_read").add
+        self._count_written = c.counter("bytes_written").add
 
     def reset(self) -> None:
         self._queues = []
@@ -278,6 +288,9 @@ class VirtioBlk(VirtioBackend):
                 log.error("virtio-blk %s: request type %d at sector %d: %s", self.path, rtype, sector, e)
                 status, written = VIRTIO_BLK_S_IOERR, getattr(e, "written", 0)
         status_view[0] = status
+        self._count_request()
+        if status != VIRTIO_BLK_S_OK:
+            self._count_failed()
         return written + 1
 
     def _range_ok(self, sector: int, nbytes: int) -> bool:
@@ -292,6 +305,7 @@ class VirtioBlk(VirtioBackend):
             if done < length:
                 log.error("virtio-blk %s: short read at sector %d (file shrank?)", self.path, sector)
                 return VIRTIO_BLK_S_IOERR, done
+            self._count_read(length)
             return VIRTIO_BLK_S_OK, length
         if rtype == VIRTIO_BLK_T_OUT:
             length = _total(data_out)
@@ -299,6 +313,7 @@ class VirtioBlk(VirtioBackend):
                 return VIRTIO_BLK_S_IOERR, 0
             self._pwritev(data_out, sector * SECTOR_SIZE)
             self._write_through()
+            self._count_written(length)
             return VIRTIO_BLK_S_OK, 0
         if rtype == VIRTIO_BLK_T_FLUSH:
             os.fdatasync(self.fd)

@@ -10,15 +10,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from microvm.errors import ConfigError
-from microvm.irq import RecordingIrqLine
-from microvm.memory import GuestMemory
-from microvm.virtio import QueueError, VirtioMmioTransport, Virtqueue
-from microvm.virtio import constants as C
-from microvm.virtio.testing import DriverQueue, MmioDriver, assert_only_changed
+import microvm.api as C
+from microvm.api import ConfigError, GuestMemory, QueueError, RecordingIrqLine, Virtqueue
+from microvm.testing import TestMachine
+from microvm.virtio.testing import DriverQueue, MmioDriver, VirtioMmioTransport, assert_only_changed
 from microvm_virtio_blk import device as D
 from microvm_virtio_blk.device import VirtioBlk
-from microvm_virtio_blk.plugin import create_virtio_blk, register_device_types
+from microvm_virtio_blk.plugin import PROPERTIES, create_virtio_blk, register_device_types
 
 MEM_SIZE = 16 << 20
 SECTORS = 64
@@ -476,31 +474,17 @@ def test_readers_share(image):
 
 
 # -- plugin glue --------------------------------------------------------------------------------
-class FakeMachine:
-    def __init__(self, drives):
-        self.drives = drives
-        self.added = []
-
-    def drive(self, drive_id):
-        if drive_id not in self.drives:
-            raise ConfigError(f"no drive {drive_id}")
-        return dict(self.drives[drive_id])
-
-    def add_virtio_device(self, backend, name):
-        self.added.append((backend, name))
-        return backend
-
-
-def drive(image, **kw):
-    d = {"id": "d0", "file": str(image), "format": "raw", "if": "none", "readonly": "off"}
-    d.update(kw)
-    return {"d0": d}
+def machine(image, device="virtio-blk-device,drive=d0", **drv_kw):
+    """A machine without KVM (microvm.testing) with one --drive and one --device."""
+    d = {"id": "d0", "file": str(image), "format": "raw", "if": "none", "readonly": "off", **drv_kw}
+    return TestMachine(devices=[device] if device else [], drives=[",".join(f"{k}={v}" for k, v in d.items())])
 
 
 def test_register_device_types():
     seen = []
-    register_device_types(lambda *a: seen.append(a))
-    assert seen == [("virtio-blk-device", create_virtio_blk, "virtio block device on a -drive")]
+    register_device_types(lambda *a, **kw: seen.append((a, kw)))
+    assert seen == [(("virtio-blk-device", create_virtio_blk, "virtio block device on a -drive"),
+                     {"properties": PROPERTIES, "virtio": True})]
 
 
 def test_entry_point():
@@ -509,39 +493,52 @@ def test_entry_point():
 
 
 def test_factory(image):
-    m = FakeMachine(drive(image, readonly="on"))
-    props = {"drive": "d0", "serial": "abc"}
-    backend = create_virtio_blk(m, props)
-    assert props == {}  # consumed
-    assert m.added == [(backend, "virtio-blk:d0")]
-    assert backend.readonly and backend.serial.rstrip(b"\0") == b"abc"
-    backend.close()
+    with machine(image, "virtio-blk-device,drive=d0,serial=abc", readonly="on") as m:
+        m.create_devices()
+        [slot] = m.virtio_transports
+        backend = slot.transport.backend
+        assert slot.name == "virtio-blk:d0" and (slot.base, slot.irq) == (0xFEB00E00, 12)
+        assert backend.readonly and backend.serial.rstrip(b"\0") == b"abc"
+        assert slot.transport.legacy  # QEMU 7.2's default
+    with machine(image, "virtio-blk-device,drive=d0,force-legacy=off,id=root") as m:
+        m.create_devices()
+        [slot] = m.virtio_transports
+        assert not slot.transport.legacy and slot.name == "root"
 
 
 @pytest.mark.parametrize(
-    "props,drv_kw,match",
+    "device,drv_kw,match",
     [
-        ({"drive": "d0", "bogus": "1"}, {}, "bogus .*valid: drive, serial"),
-        ({}, {}, "needs drive=ID"),
-        ({"drive": "d0"}, {"format": "qcow2"}, "format=qcow2 .*supported formats: raw"),
-        ({"drive": "d0"}, {"if": "virtio"}, "if=virtio"),
-        ({"drive": "d0"}, {"readonly": "maybe"}, "readonly=maybe"),
-        ({"drive": "d0"}, {"cache": "none"}, "does not support cache"),
-        ({"drive": "d1"}, {}, "no drive d1"),
+        ("virtio-blk-device,drive=d0,bogus=1", {}, "bogus .*valid: drive, force-legacy, id, serial"),
+        ("virtio-blk-device", {}, "drive=... is required"),
+        ("virtio-blk-device,drive=d0", {"format": "qcow2"}, "format=qcow2 .*supported formats: raw"),
+        ("virtio-blk-device,drive=d0", {"if": "virtio"}, "if=virtio"),
+        ("virtio-blk-device,drive=d0", {"readonly": "maybe"}, "readonly=maybe"),
+        ("virtio-blk-device,drive=d0", {"cache": "none"}, "unknown property cache"),
+        ("virtio-blk-device,drive=d1", {}, "drive 'd1' not found"),
     ],
 )
-def test_factory_errors(image, props, drv_kw, match):
+def test_factory_errors(image, device, drv_kw, match):
     with pytest.raises(ConfigError, match=match):
-        create_virtio_blk(FakeMachine(drive(image, **drv_kw)), props)
+        with machine(image, device, **drv_kw) as m:
+            m.create_devices()
 
 
-def test_factory_releases_file_when_placement_fails(image):
-    class Full(FakeMachine):
-        def add_virtio_device(self, backend, name):
-            raise ConfigError("no free virtio-mmio slot")
+def test_one_drive_one_device(image):
+    with pytest.raises(ConfigError, match="drive d0 is already used by --device virtio-blk-device"):
+        with TestMachine(devices=["virtio-blk-device,drive=d0"] * 2, drives=[f"id=d0,file={image}"]) as m:
+            m.create_devices()
 
+
+def test_factory_releases_file_when_placement_fails(image, tmp_path):
+    """The ninth virtio device finds no slot: its backend is closed (the image lock dropped)."""
+    drives = [f"id=d{i},file={tmp_path / f'{i}.img'},readonly=on" for i in range(8)]
+    for i in range(8):
+        (tmp_path / f"{i}.img").write_bytes(bytes(512))
+    devices = [f"virtio-blk-device,drive=d{i}" for i in range(8)] + ["virtio-blk-device,drive=x"]
     with pytest.raises(ConfigError, match="slot"):
-        create_virtio_blk(Full(drive(image)), {"drive": "d0"})
+        with TestMachine(devices=devices, drives=drives + [f"id=x,file={image}"]) as m:
+            m.create_devices()
     VirtioBlk(image).close()  # the lock was released
 
 

@@ -1,0 +1,429 @@
+"""Typed configuration: property declarations and the configs the command line becomes.
+
+Everything a user writes as ``KEY=VALUE`` lists (``-M``, ``--device``, ``--drive``,
+``--chardev``, ``--netdev``) is split by one parser (:func:`parse_props`), and every value is
+converted by one declaration type (:class:`Property`), so ``on``/``off`` mean the same in
+every option, an unknown key is always an error that lists the valid ones, and ``help``
+output comes from the same declarations (Cloud Hypervisor's ``vm_config.rs`` is the model).
+
+The configs (:class:`DriveConfig`, :class:`ChardevConfig`, :class:`NetdevConfig`,
+:class:`DeviceConfig`) are what :class:`microvm.spec.MachineSpec` holds after parsing and
+what plugins receive through the machine context. Plain classes with ``__slots__``:
+``dataclasses`` costs start-up time.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable, Iterator, Mapping, NamedTuple
+
+from .errors import ConfigError
+
+ON_OFF_AUTO = ("on", "off", "auto")
+#: QEMU's ``qapi_bool_parse`` spellings
+_TRUE = ("on", "yes", "true", "y")
+_FALSE = ("off", "no", "false", "n")
+#: property kinds a declaration may use
+KINDS = ("str", "bool", "int", "size", "OnOffAuto", "choice")
+
+
+def parse_bool(text: str, what: str) -> bool:
+    """``on``/``off`` (and QEMU's other spellings) → bool; ``what`` names the key in the error."""
+    low = str(text).strip().lower()
+    if low in _TRUE:
+        return True
+    if low in _FALSE:
+        return False
+    raise ConfigError(f"{what}={text}: expected on or off")
+
+
+def parse_int(text: str, what: str) -> int:
+    t = str(text).strip()
+    if not t.isascii():  # int() takes other scripts' digits; QEMU does not
+        raise ConfigError(f"{what}={text}: expected a number")
+    try:
+        return int(t, 0)
+    except ValueError:
+        raise ConfigError(f"{what}={text}: expected a number") from None
+
+
+def split_props(text: str) -> list[str]:
+    """Split a QEMU option list on commas; ``,,`` is a literal comma inside a value."""
+    parts: list[str] = []
+    cur: list[str] = []
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if c == ",":
+            if text[i + 1 : i + 2] == ",":
+                cur.append(",")
+                i += 2
+                continue
+            parts.append("".join(cur))
+            cur = []
+        else:
+            cur.append(c)
+        i += 1
+    parts.append("".join(cur))
+    return parts
+
+
+def parse_props(text: str, positional: str | None = None, what: str = "") -> dict[str, str]:
+    """``a,k=v,k2=v2`` → ``{positional: a, k: v, k2: v2}``.
+
+    As QEMU's ``qemu_opts_parse``: only the first item may omit ``key=`` (it is the
+    ``positional`` key, e.g. the driver or backend name), a key given twice is an error, and
+    ``,,`` escapes a comma. Empty items are skipped.
+    """
+    label = what or repr(text)
+    out: dict[str, str] = {}
+    for n, p in enumerate(split_props(text)):
+        if p == "":
+            continue
+        if "=" not in p:
+            if n == 0 and positional:
+                out[positional] = p
+                continue
+            raise ConfigError(f"{label}: {p!r} needs a value (key=value)")
+        k, _, v = p.partition("=")
+        if k in out:
+            raise ConfigError(f"{label}: {k} given twice")
+        out[k] = v
+    return out
+
+
+class Property(NamedTuple):
+    """One declared ``KEY=VALUE`` key: of a device (``--device``), a backend (``--chardev``,
+    ``--netdev``) or the machine (``-M``; :data:`MachineOption` is this same type).
+
+    ``kind`` is one of :data:`KINDS`; ``choices`` lists the values of a ``choice``.
+    ``required`` properties have no default. For ``OnOffAuto`` properties ``auto_value``
+    says what ``auto`` resolves to (and ``auto_means`` says it in words for ``help``).
+    ``plugin`` is filled in by the core with the declaring plugin's name.
+    """
+
+    name: str
+    kind: str
+    default: Any = None
+    help: str = ""
+    choices: tuple[str, ...] = ()
+    auto_means: str = ""
+    plugin: str = ""
+    required: bool = False
+    auto_value: bool | None = None
+
+    def parse(self, text: str, owner: str = "") -> Any:
+        """Convert ``text`` to this property's type; ``owner`` (e.g. ``virtio-blk-device``)
+        prefixes the error."""
+        what = self._what(owner)
+        kind = self.kind
+        if kind == "str":
+            return text
+        if kind == "bool":
+            return parse_bool(text, what)
+        if kind == "int":
+            return parse_int(text, what)
+        if kind == "size":
+            from .spec import parse_size
+
+            try:
+                return parse_size(text, default_unit="B")
+            except ConfigError as e:
+                raise ConfigError(f"{what}={text}: {e}") from None
+        if kind == "OnOffAuto":
+            low = str(text).strip().lower()
+            if low in ON_OFF_AUTO:
+                return low
+            raise ConfigError(f"{what}={text}: expected on, off or auto")
+        if kind == "choice":
+            t = str(text).strip()
+            if t in self.choices:
+                return t
+            raise ConfigError(f"{what}={text}: expected one of {', '.join(self.choices)}")
+        raise ConfigError(f"{what}: property kind {kind!r} is unknown")  # a plugin's bug
+
+    def _what(self, owner: str) -> str:
+        return f"{owner}: {self.name}" if owner else self.name
+
+    def resolve(self, value: Any) -> Any:
+        """``auto`` → this property's ``auto_value``; anything else unchanged."""
+        if self.kind == "OnOffAuto" and value in ON_OFF_AUTO:
+            return self.auto_value if value == "auto" else value == "on"
+        return value
+
+    def describe(self) -> str:
+        """One line for ``help`` output: ``name=<kind> (default ...) - help``."""
+        kind = "|".join(self.choices) if self.kind == "choice" else "on|off|auto" if self.kind == "OnOffAuto" else self.kind
+        if self.required:
+            dflt = "required"
+        else:
+            dflt = f"default {format_value(self.default)}"
+            if self.auto_means:
+                dflt += f"; auto means {self.auto_means}"
+        return f"{self.name}=<{kind}> ({dflt})" + (f" - {self.help}" if self.help else "")
+
+
+class MachineOption(Property):
+    """A ``-M microvm,KEY=VALUE`` option: a property of the machine, declared by a plugin
+    through ``register_machine_options``. Errors read ``machine option KEY=VALUE: ...``;
+    string values are taken without surrounding blanks."""
+
+    __slots__ = ()
+
+    def _what(self, owner: str) -> str:
+        return f"machine option {self.name}"
+
+    def parse(self, text: str, owner: str = "") -> Any:
+        return super().parse(text.strip() if self.kind == "str" else text, owner)
+
+
+def format_value(value: Any) -> str:
+    if value is True:
+        return "on"
+    if value is False:
+        return "off"
+    if value is None:
+        return "none"
+    return str(value)
+
+
+class Properties(Mapping[str, Any]):
+    """Parsed property values, by name and as attributes (``props.drive`` or
+    ``props["drive"]``; names with dashes only by key). Every declared property is present,
+    with its default when the user did not give it; ``given`` says which the user gave."""
+
+    __slots__ = ("_values", "given", "owner")
+
+    def __init__(self, values: dict[str, Any], given: Iterable[str] = (), owner: str = "") -> None:
+        self._values = values
+        self.given = frozenset(given)
+        self.owner = owner
+
+    def __getitem__(self, key: str) -> Any:
+        return self._values[key]
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self._values[name]
+        except KeyError:
+            raise AttributeError(f"{self.owner or 'properties'} has no property {name!r}") from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __repr__(self) -> str:
+        return f"Properties({self._values!r})"
+
+
+def parse_properties(owner: str, declared: Iterable[Property], given: Mapping[str, str]) -> Properties:
+    """Check ``given`` (raw ``key: text``) against ``declared`` and convert each value.
+
+    An unknown key is a one-line :class:`ConfigError` listing the valid keys; a missing
+    required one names it.
+    """
+    decl = {p.name: p for p in declared}
+    unknown = [k for k in given if k not in decl]
+    if unknown:
+        valid = ", ".join(sorted(decl)) or "none"
+        noun = "property" if len(unknown) == 1 else "properties"
+        raise ConfigError(f"{owner}: unknown {noun} {', '.join(unknown)} (valid: {valid})")
+    values: dict[str, Any] = {}
+    for name, p in decl.items():
+        if name in given:
+            values[name] = p.parse(given[name], owner)
+        elif p.required:
+            raise ConfigError(f"{owner}: {name}=... is required ({p.help})" if p.help else f"{owner}: {name}=... is required")
+        else:
+            values[name] = p.default
+    return Properties(values, given.keys(), owner)
+
+
+def describe_properties(declared: Iterable[Property]) -> list[str]:
+    """``help`` lines for a set of declared properties, sorted by name."""
+    return [p.describe() for p in sorted(declared, key=lambda p: p.name)]
+
+
+# ---- the configs the command line becomes ------------------------------------------------
+class DriveConfig:
+    """``--drive id=ID,file=PATH[,format=raw][,if=none][,readonly=on|off]`` (QEMU's -drive).
+
+    microvm's block devices are virtio-mmio, so ``if=none`` is the only interface and raw
+    the only format, as for any QEMU microvm guest without PCI.
+    """
+
+    __slots__ = ("id", "file", "format", "interface", "readonly")
+    FORMATS = ("raw",)
+    PROPERTIES: tuple[Property, ...] = (
+        Property("id", "str", required=True, help="the name a device's drive= refers to"),
+        Property("file", "str", required=True, help="the disk image (a raw file or block device)"),
+        Property("format", "str", "raw", "image format: raw"),
+        Property("if", "str", "none", "interface: none (a -device virtio-blk-device uses the drive)"),
+        Property("readonly", "bool", False, "open the image read-only"),
+    )
+
+    def __init__(self, id: str, file: str, format: str = "raw", interface: str = "none", readonly: bool = False) -> None:
+        self.id = id
+        self.file = file
+        self.format = format
+        self.interface = interface
+        self.readonly = readonly
+
+    @classmethod
+    def parse(cls, text: str) -> "DriveConfig":
+        p = parse_properties("--drive", cls.PROPERTIES, parse_props(text, what="--drive"))
+        if not p.id:
+            raise ConfigError("--drive: id=... must not be empty")
+        if not p.file:
+            raise ConfigError(f"--drive id={p.id}: file=... must not be empty")
+        if p.format not in cls.FORMATS:
+            raise ConfigError(f"drive {p.id}: format={p.format} is not supported (supported formats: {', '.join(cls.FORMATS)})")
+        if p["if"] != "none":
+            raise ConfigError(f"drive {p.id}: if={p['if']} is not supported on microvm; use if=none with -device virtio-blk-device")
+        return cls(p.id, p.file, p.format, p["if"], p.readonly)
+
+    def __repr__(self) -> str:
+        return f"DriveConfig(id={self.id!r}, file={self.file!r}, format={self.format!r}, readonly={self.readonly})"
+
+
+class BackendConfig:
+    """A host backend from the command line: ``--chardev BACKEND,id=ID,...`` or
+    ``--netdev TYPE,id=ID,...``. ``props`` stays raw text here; the backend type (declared
+    by a plugin with its properties) converts it when the machine creates the backend."""
+
+    __slots__ = ("kind", "backend", "id", "props")
+    option = "--backend"
+
+    def __init__(self, backend: str, id: str, props: Mapping[str, str] | None = None) -> None:
+        self.backend = backend
+        self.id = id
+        self.props: dict[str, str] = dict(props or {})
+
+    @classmethod
+    def parse(cls, text: str) -> "BackendConfig":
+        props = parse_props(text, positional="backend", what=cls.option)
+        backend = props.pop("backend", "")
+        ident = props.pop("id", "")
+        if not backend:
+            raise ConfigError(f"{cls.option} {text!r}: the backend type comes first (e.g. {cls.example})")
+        if not ident:
+            raise ConfigError(f"{cls.option} {backend}: id=... is required")
+        return cls(backend, ident, props)
+
+    example = ""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.backend!r}, id={self.id!r}, props={self.props!r})"
+
+
+class ChardevConfig(BackendConfig):
+    """``--chardev BACKEND,id=ID,...`` (QEMU's -chardev)."""
+
+    __slots__ = ()
+    option = "--chardev"
+    example = "stdio,id=c0"
+
+
+class NetdevConfig(BackendConfig):
+    """``--netdev TYPE,id=ID,...`` (QEMU's -netdev)."""
+
+    __slots__ = ()
+    option = "--netdev"
+    example = "tap,id=n0"
+
+
+class DeviceConfig:
+    """``--device DRIVER,prop=value,...`` (QEMU's -device): the driver name and the raw
+    properties, converted by the device type's declaration when the machine is built.
+    ``--device help`` and ``--device DRIVER,help`` (QEMU's spellings) set ``help``."""
+
+    __slots__ = ("driver", "props", "text", "help")
+
+    def __init__(self, driver: str, props: Mapping[str, str] | None = None, text: str = "", help: bool = False) -> None:
+        self.driver = driver
+        self.props: dict[str, str] = dict(props or {})
+        self.text = text
+        self.help = help
+
+    @classmethod
+    def parse(cls, text: str) -> "DeviceConfig":
+        parts = split_props(text)
+        if parts[0] == "help" or "help" in parts[1:] or "?" in parts[1:]:
+            return cls("" if parts[0] == "help" else parts[0], {}, text, help=True)
+        props = parse_props(text, positional="driver", what="--device")
+        driver = props.pop("driver", None) or props.pop("type", None) or ""
+        if not driver:
+            raise ConfigError(f"--device {text!r}: the device type comes first (e.g. virtio-blk-device,drive=d0)")
+        return cls(driver, props, text)
+
+    def __repr__(self) -> str:
+        return f"DeviceConfig({self.driver!r}, {self.props!r})"
+
+
+class SerialConfig:
+    """One ``--serial`` value: ``none`` (no port), or the chardev it becomes (``stdio``,
+    ``null``, ``file:PATH``) or refers to (``chardev:ID``)."""
+
+    __slots__ = ("text", "chardev", "ref")
+
+    def __init__(self, text: str, chardev: ChardevConfig | None, ref: str | None = None) -> None:
+        self.text = text
+        self.chardev = chardev
+        self.ref = ref
+
+    @classmethod
+    def parse(cls, text: str, index: int) -> "SerialConfig":
+        ident = f"serial{index}"
+        if text == "none":
+            return cls(text, None)
+        if text in ("stdio", "null"):
+            return cls(text, ChardevConfig(text, ident))
+        if text.startswith("file:"):
+            if not text[5:]:
+                raise ConfigError("--serial file: needs a path (file:PATH)")
+            return cls(text, ChardevConfig("file", ident, {"path": text[5:]}))
+        if text.startswith("chardev:"):
+            if not text[8:]:
+                raise ConfigError("--serial chardev: needs an id (chardev:ID)")
+            return cls(text, None, ref=text[8:])
+        raise ConfigError(f"--serial {text}: expected stdio, null, none, file:PATH or chardev:ID")
+
+    @property
+    def present(self) -> bool:
+        return self.chardev is not None or self.ref is not None
+
+    def __repr__(self) -> str:
+        return f"SerialConfig({self.text!r})"
+
+
+class VirtioTransportConfig(NamedTuple):
+    """How a virtio device sits on its virtio-mmio transport.
+
+    ``legacy``: the Version 1 register layout (virtio 1.2 §4.2.4), QEMU 7.2's default for
+    virtio-mmio (``-global virtio-mmio.force-legacy=false`` turns it off there; here it is
+    the per-device ``force-legacy=off``).
+    """
+
+    legacy: bool = True
+
+
+#: Properties the core adds to every virtio device type (they belong to the transport).
+VIRTIO_TRANSPORT_PROPERTIES: tuple[Property, ...] = (
+    Property("force-legacy", "bool", True, "legacy (Version 1) virtio-mmio register layout, QEMU 7.2's default"),
+)
+
+
+class LegacyDevices(NamedTuple):
+    """Which of QEMU microvm's optional legacy devices the machine options ask for, resolved
+    once by the core (``auto`` made concrete; an option no installed plugin declares means
+    the device is absent). Whether the irqchip emulates one of them itself is the irqchip's
+    :attr:`~microvm.irq.IrqChip.builtin`."""
+
+    pic: bool = False
+    pit: bool = False
+    rtc: bool = False
+    isa_serial: bool = False
+
+
+#: QEMU microvm's machine properties for the legacy devices (``hw/i386/microvm.c``)
+LEGACY_OPTIONS: dict[str, str] = {"pic": "pic", "pit": "pit", "rtc": "rtc", "isa_serial": "isa-serial"}

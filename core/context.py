@@ -1,0 +1,191 @@
+"""The machine as a plugin sees it: :class:`MachineContext`, what every hook receives.
+
+pytest hands its hooks a ``config`` or a ``session``, never its runner; microvm hands them
+this small object instead of the :class:`~microvm.machine.Machine`, which keeps the
+lifecycle (KVM objects, vCPU threads, reset) to itself. Everything here is documented
+member by member in ``docs/plugins.md``; a plugin uses nothing else of the core.
+
+One context exists per boot (a guest reset builds a new machine and a new context).
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    from .chardev import Chardev
+    from .config import DriveConfig, LegacyDevices, VirtioTransportConfig
+    from .irq import IrqChip, IrqLine
+    from .kvm import Vm
+    from .machine import Machine
+    from .memory import GuestMemory
+    from .metrics import CounterGroup
+    from .timers import TimerService
+    from .virtio.backend import VirtioBackend
+    from .virtio.slots import VirtioSlot
+
+
+class MachineContext:
+    """What a plugin may use of the machine it is part of. Created by the core only."""
+
+    __slots__ = ("_m",)
+
+    def __init__(self, machine: "Machine") -> None:
+        self._m = machine
+
+    # ---- what the machine is ---------------------------------------------------------------
+    @property
+    def smp(self) -> int:
+        """Number of vCPUs (their APIC IDs are 0 .. smp-1)."""
+        return self._m.smp
+
+    @property
+    def ram_size(self) -> int:
+        """Guest RAM in bytes (below 3 GiB, the rest from 4 GiB; see ``memory.regions``)."""
+        return self._m.ram_size
+
+    @property
+    def memory(self) -> "GuestMemory":
+        """Guest RAM: bounds-checked ``read``/``write``/``view``/``read_u32``...; anything
+        outside RAM raises :class:`~microvm.errors.GuestMemoryError`."""
+        assert self._m.memory is not None, "guest memory exists from create_devices on"
+        return self._m.memory
+
+    @property
+    def irqchip(self) -> "IrqChip | None":
+        """The interrupt controller (:class:`~microvm.irq.IrqChip`), None when no irqchip
+        plugin is installed."""
+        return self._m.irqchip
+
+    @property
+    def legacy(self) -> "LegacyDevices":
+        """Which optional legacy devices (pic, pit, rtc, isa_serial) the machine options ask
+        for, with ``auto`` resolved; read this instead of another plugin's option."""
+        return self._m.legacy
+
+    @property
+    def vm(self) -> "Vm":
+        """The KVM VM (:class:`microvm.api.KvmVm`), for irqchip plugins: ``create_irqchip``,
+        ``create_pit2``, ``enable_cap``, ``irq_line``, ``irqfd``, ``signal_msi``,
+        ``set_gsi_routing``. Devices do not need it."""
+        return self._m.vm
+
+    @property
+    def supported_cpuid(self) -> list[dict[str, int]]:
+        """``KVM_GET_SUPPORTED_CPUID`` (entries as dicts: function, index, flags, eax..edx)."""
+        return self._m.supported_cpuid
+
+    def option(self, name: str) -> Any:
+        """The parsed value of machine option ``name`` (``-M microvm,name=...``) as declared
+        by its plugin (``OnOffAuto`` options give ``"on"``/``"off"``/``"auto"``); None when no
+        installed plugin declares it."""
+        return self._m.options.get(name)
+
+    def switch(self, name: str) -> bool:
+        """Machine option ``name`` as on/off, ``auto`` resolved by its declaration; False
+        when no plugin declares it."""
+        return self._m.host.options.switch(self._m.options, name)
+
+    @property
+    def devices(self) -> dict[str, Any]:
+        """Named device objects of this boot: a plugin keeps its own here for its later
+        hooks (``machine_start``, ``mptable_entries``); also what introspection lists."""
+        return self._m.devices
+
+    @property
+    def virtio_devices(self) -> list["VirtioSlot"]:
+        """The placed virtio-mmio transports (``base``, ``irq``, ``name``, ``transport``), in
+        placement order."""
+        return self._m.virtio_transports
+
+    # ---- placing devices -------------------------------------------------------------------
+    def add_pio_device(self, device: Any, base: int, length: int, name: str) -> None:
+        """Map a bus device (``read(offset, data)``, ``write(offset, data)``) on the I/O
+        ports ``[base, base+length)``. Overlaps are refused (:class:`~microvm.errors.ConfigError`)."""
+        self._m.add_pio_device(device, base, length, name)
+
+    def add_mmio_device(self, device: Any, base: int, length: int, name: str) -> None:
+        """Map a bus device at guest physical ``[base, base+length)`` (outside RAM)."""
+        self._m.add_mmio_device(device, base, length, name)
+
+    def add_virtio_device(self, backend: "VirtioBackend", name: str,
+                          transport: "VirtioTransportConfig | None" = None) -> "VirtioSlot":
+        """Put a :class:`~microvm.api.VirtioBackend` on a virtio-mmio transport in the next
+        free slot (QEMU's order: 0xfeb00e00, IRQ 12 first). ``transport`` chooses the
+        register layout (default: legacy, as QEMU 7.2). Returns the slot (``base``, ``irq``).
+        A ``--device`` of a type registered with ``virtio=True`` is placed by the core."""
+        from .config import VirtioTransportConfig
+
+        return self._m.add_virtio_device(backend, name, transport or VirtioTransportConfig())
+
+    def irq(self, gsi: int) -> "IrqLine":
+        """The :class:`~microvm.irq.IrqLine` of GSI ``gsi`` (ISA IRQs are GSIs 0-15);
+        which interrupt controller is behind it is not the device's business."""
+        return self._m.irq(gsi)
+
+    def isa_irq_entry(self, irq: int) -> Any:
+        """The MP table I/O interrupt entry routing ISA ``irq`` to the IOAPIC pin the
+        irqchip uses for it (return it from ``mptable_entries``)."""
+        return self._m.isa_irq_entry(irq)
+
+    @property
+    def extint_line(self) -> "IrqLine":
+        """The boot CPU's LINT0 in virtual-wire mode: an 8259 emulated in userspace drives
+        this with its INTR output; the boot vCPU then takes the vector from the irqchip's
+        :meth:`~microvm.irq.IrqChip.extint_source`."""
+        return self._m.extint_line
+
+    # ---- host-side configuration -----------------------------------------------------------
+    def chardev(self, chardev_id: str) -> "Chardev":
+        """The host backend of ``--chardev BACKEND,id=ID`` (``write``, ``set_receiver``,
+        ``start``, ``close``), created on first use."""
+        return self._m.chardev(chardev_id)
+
+    def serial_chardev(self, index: int) -> "Chardev | None":
+        """The host side of serial port ``index`` from ``--serial`` (None for ``none`` or
+        when fewer were given)."""
+        return self._m.serial_chardev(index)
+
+    def drive(self, drive_id: str) -> "DriveConfig":
+        """The :class:`~microvm.config.DriveConfig` of ``--drive id=ID,...`` (``file``,
+        ``format``, ``readonly``); a :class:`~microvm.errors.ConfigError` naming the defined
+        drives when there is none. A drive may be used by one device only."""
+        return self._m.drive(drive_id)
+
+    def netdev(self, netdev_id: str) -> Any:
+        """The network backend of ``--netdev TYPE,id=ID,...`` as its plugin's factory made
+        it (a tap, ...), for the one device that uses it; a second user is refused."""
+        return self._m.netdev(netdev_id)
+
+    # ---- services --------------------------------------------------------------------------
+    @property
+    def timers(self) -> "TimerService":
+        """The timer thread: ``add(dev)`` for a device with ``next_deadline()`` and
+        ``tick(now_ns)``; ``wake()`` after reprogramming."""
+        return self._m.timers
+
+    def counters(self, name: str) -> "CounterGroup":
+        """The :class:`~microvm.metrics.CounterGroup` of device ``name`` (the same group its
+        bus accesses are counted in): ``counters(name).counter("bytes_read").add(n)``."""
+        return self._m.metrics.group("devices", name)
+
+    def add_exit_handler(self, exit_reason: int, handler: Callable[[Any], None]) -> None:
+        """Handle a frequent KVM exit (``KVM_EXIT_*`` from :mod:`microvm.api`) on the vCPU
+        thread, without a hook call per exit; ``handler(vcpu)``. Rare exits can use the
+        ``handle_exit`` hook instead."""
+        self._m.add_exit_handler(exit_reason, handler)
+
+    def add_cleanup(self, fn: Callable[[], None]) -> None:
+        """Run ``fn()`` when the machine is torn down (in reverse order of registration)."""
+        self._m.add_cleanup(fn)
+
+    def request_stop(self, status: int, reason: str) -> None:
+        """End the VM (from any thread) with exit ``status``; the first request wins."""
+        self._m.request_stop(status, reason)
+
+    def request_reset(self, reason: str) -> None:
+        """Reset the VM as a triple fault would: reboot, or exit with ``--no-reboot``."""
+        self._m.guest_reset(reason)
+
+    def __repr__(self) -> str:
+        chip = self.irqchip
+        return f"<MachineContext smp={self.smp} ram={self.ram_size >> 20}MiB irqchip={chip.name if chip else None}>"
