@@ -39,6 +39,3 @@ class BusError(MicrovmError):
 class PluginError(MicrovmError):
     """A plugin broke the hook contract (duplicate name, bad return value)."""
 
-
-class GuestHalted(MicrovmError):
-    """The guest cannot continue (an unhandled exit); carries the register dump."""
