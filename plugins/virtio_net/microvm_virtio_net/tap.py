@@ -201,7 +201,11 @@ class Tap:
         """Take an inherited descriptor ``fd`` that must be an attached tap queue opened
         with IFF_NO_PI. ``vnet_hdr=None`` follows the descriptor's IFF_VNET_HDR; True
         requires it; False requires it to be off (a queue's header can't be switched off).
-        On success the Tap owns ``fd`` (closes it); on failure it is left open."""
+        On success the Tap owns ``fd`` (closes it); on failure it is left open.
+
+        IFF_NO_PI can't be checked: TUNGETIFF reports bit 0x1000 for every tap (it is also
+        the kernel's internal IFF_NOFILTER), so a descriptor opened with packet information
+        would go unnoticed, as it does in QEMU."""
         label = _label(fd=fd)
         ifr = bytearray(IFREQ.size)
         try:
@@ -214,8 +218,6 @@ class Tap:
         label = f"tap {name} (fd={fd})"
         if not flags & IFF_TAP:
             raise ConfigError(f"{label}: is a tun (layer 3) device, not a tap")
-        if not flags & IFF_NO_PI:
-            raise ConfigError(f"{label}: was opened without IFF_NO_PI (frames would carry packet information)")
         has = bool(flags & IFF_VNET_HDR)
         if vnet_hdr is not None and vnet_hdr != has:
             raise ConfigError(f"{label}: vnet_hdr={'on' if vnet_hdr else 'off'} asked for, but the descriptor has IFF_VNET_HDR {'on' if has else 'off'}")
