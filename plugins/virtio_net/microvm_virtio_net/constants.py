@@ -87,6 +87,8 @@ HDR_NUM_BUFFERS_OFFSET = 10
 #: 64 KiB GSO packet (65535) plus Ethernet and VLAN headers, the bound Linux's virtio_net and
 #: Firecracker use (65550 + 12 = 65562, Linux's "big packet" receive buffer).
 MAX_FRAME_LEN = 65550
+#: An Ethernet header (destination, source, ethertype): the shortest frame a tap accepts.
+ETH_HLEN = 14
 #: Smallest MTU the device may offer (§5.1.4.1: "at least 68").
 MIN_MTU = 68
 MAX_MTU = 65535

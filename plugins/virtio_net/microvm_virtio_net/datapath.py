@@ -24,9 +24,9 @@ What a hostile driver can do and what happens:
 * a broken ring or a buffer outside guest RAM: the queue raises
   :class:`~microvm.api.QueueError`; the device stops and the transport sets
   DEVICE_NEEDS_RESET;
-* a transmit chain shorter than the header, or with a frame longer than
-  :data:`~.constants.MAX_FRAME_LEN`: returned unused, counted in ``bad_chains`` and
-  ``tx_dropped``;
+* a transmit chain shorter than the header, with a frame shorter than an Ethernet header
+  or longer than :data:`~.constants.MAX_FRAME_LEN`: returned unused, counted in
+  ``bad_chains`` and ``tx_dropped``;
 * a receive chain with device-readable buffers or too short for the header: returned with
   length 0, counted in ``bad_chains``;
 * a frame the kernel refuses (bad GSO header, too short): counted in ``tx_dropped``.
@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Callable, NamedTuple
 
 from microvm.api import get_logger
 
-from .constants import HDR_FLAGS_OFFSET, HDR_LEN, HDR_NUM_BUFFERS_OFFSET, MAX_FRAME_LEN
+from .constants import ETH_HLEN, HDR_FLAGS_OFFSET, HDR_LEN, HDR_NUM_BUFFERS_OFFSET, MAX_FRAME_LEN
 
 if TYPE_CHECKING:
     from microvm.api import DescriptorChain, Virtqueue
@@ -179,6 +179,8 @@ class TxPath:
         frame_len = total - self.hdr_len
         if frame_len < 0:
             why = f"{total} bytes, shorter than the {self.hdr_len}-byte header"
+        elif frame_len < ETH_HLEN:
+            why = f"a {frame_len}-byte frame, shorter than an Ethernet header"
         elif frame_len > MAX_FRAME_LEN:
             why = f"a {frame_len}-byte frame, longer than {MAX_FRAME_LEN}"
         else:

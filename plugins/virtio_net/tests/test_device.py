@@ -460,6 +460,15 @@ def test_tx_chain_shorter_than_the_header(up):
     assert up.tap.recv() == vnet_hdr() + frame(60)
 
 
+def test_tx_runt_frame(up):
+    runt = up.send(vnet_hdr() + frame(13))
+    header_only = up.send(vnet_hdr())
+    up.pump()
+    assert up.txq.get_used() == [(runt, 0), (header_only, 0)]
+    assert up.tap.pending() == []
+    assert (up.net.bad_chains, up.net.tx_dropped) == (2, 2)
+
+
 def test_tx_frame_longer_than_64k(up):
     head = up.send(vnet_hdr() + frame(N.MAX_FRAME_LEN + 1), splits=[12])
     ok = up.send(vnet_hdr() + frame(N.MAX_FRAME_LEN), splits=[12, 40000])

@@ -130,7 +130,7 @@ class NetEnv:
 
     def __init__(self, mem, *, legacy: bool = False, threaded: bool = False, vnet_hdr: bool = True, tap=None, clear: bool = True, **kw) -> None:
         if clear:
-            mem.fill(0, MEM_SIZE)
+            mem.fill(0, mem.size)
         self.mem = mem
         self.tap = tap if tap is not None else SocketTap(vnet_hdr=vnet_hdr)
         self.net = VirtioNet(self.tap, threaded=threaded, name="virtio-net:test", **kw)
