@@ -621,3 +621,55 @@ def test_worker_sleeps_when_idle(mem):
     time.sleep(0.3)
     assert time.process_time() - t0[1] < 0.05
     up.close()
+
+
+class _Machine:
+    """What ``microvm.virtio.slots.VirtioSlots`` uses of a machine (no KVM: vm is None)."""
+
+    def __init__(self, mem) -> None:
+        from microvm.irq import RecordingIrqLine
+
+        self.memory, self.vm, self.lines = mem, None, {}
+        self._line = RecordingIrqLine
+
+    def irq(self, gsi: int):
+        return self.lines.setdefault(gsi, self._line(gsi))
+
+    def add_mmio_device(self, device, base: int, length: int, name: str) -> None:
+        pass
+
+
+def test_with_the_cores_notification_worker(mem):
+    """As the machine runs it today: QueueNotify kicks the slot's eventfd, the core's
+    NotifyWorker thread calls process_queue, the device's own worker moves the frames."""
+    from microvm.virtio.slots import VirtioSlots
+    from virtio_net_testlib import NetDriver
+
+    mem.fill(0, MEM_SIZE)
+    tap = SocketTap()
+    net = VirtioNet(tap, name="virtio-net:test")
+    slots = VirtioSlots(_Machine(mem))
+    slot = slots.add(net, "virtio-net:test", legacy=False)
+    net.on_queue_error = slot.transport.set_needs_reset
+    slots.start()
+    try:
+        drv = NetDriver(slot.transport)
+        rxq, txq = drv.probe()
+        mem.fill(RX_AREA, 4096, 0xEE)
+        head = rxq.add([(RX_AREA, 4096, True)])
+        drv.notify(N.RX_QUEUE)
+        tap.send(vnet_hdr() + frame(1000, seed=7))
+        assert wait_for(rxq.get_used) == [(head, 1012)]
+        assert mem.read(RX_AREA + 12, 1000) == frame(1000, seed=7)
+        mem.write(0x100000, vnet_hdr() + frame(200))
+        tx_head = txq.add([(0x100000, 212, False)])
+        drv.notify(N.TX_QUEUE)
+        assert tap.recv() == vnet_hdr() + frame(200)
+        assert wait_for(txq.get_used) == [(tx_head, 0)]
+        assert wait_for(lambda: slot.transport.irq_line.level)
+        rxq.add([(MEM_SIZE, 64, True)])  # a broken ring, found by the device's worker
+        drv.notify(N.RX_QUEUE)
+        wait_for(drv.needs_reset)
+    finally:
+        slots.close()
+    assert workers() == [] and tap.closed
