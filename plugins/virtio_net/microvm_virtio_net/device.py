@@ -105,7 +105,8 @@ class VirtioNet(NetCounters, VirtioBackend):
     :param mac: the guest's MAC address (bytes or ``"52:54:00:12:34:56"``); default
         :data:`~microvm_virtio_net.mac.DEFAULT_MAC`. The glue assigns defaults to several
         NICs with :class:`~microvm_virtio_net.mac.MacAllocator`.
-    :param mtu: offered as VIRTIO_NET_F_MTU (the guest's maximum MTU).
+    :param mtu: offered as VIRTIO_NET_F_MTU (the guest's maximum MTU). None offers no MTU
+        (QEMU's default without ``host_mtu=``: the guest may raise its MTU as it likes).
     :param queue_size: QueueNumMax of both queues.
     :param name: for log messages (``virtio-net:net0``).
     :param threaded: start the worker thread on activation. Tests pass False and call
@@ -122,7 +123,7 @@ class VirtioNet(NetCounters, VirtioBackend):
         self,
         tap: TapLike,
         mac: bytes | str | None = None,
-        mtu: int = 1500,
+        mtu: int | None = 1500,
         queue_size: int = 256,
         name: str = "virtio-net",
         threaded: bool = True,
@@ -137,7 +138,7 @@ class VirtioNet(NetCounters, VirtioBackend):
         if len(mac) != 6:
             raise ConfigError(f"{name}: a MAC address has 6 bytes, not {len(mac)}")
         self.mac = bytes(mac)
-        if not MIN_MTU <= mtu <= MAX_MTU:
+        if mtu is not None and not MIN_MTU <= mtu <= MAX_MTU:
             raise ConfigError(f"{name}: mtu={mtu} is outside {MIN_MTU}..{MAX_MTU}")
         self.mtu = mtu
         self.queue_max_size = queue_size
@@ -164,10 +165,11 @@ class VirtioNet(NetCounters, VirtioBackend):
         f = (
             (1 << VIRTIO_NET_F_MAC)
             | (1 << VIRTIO_NET_F_STATUS)
-            | (1 << VIRTIO_NET_F_MTU)
             | (1 << VIRTIO_NET_F_MRG_RXBUF)
             | (1 << VIRTIO_F_ANY_LAYOUT)
         )
+        if self.mtu is not None:
+            f |= 1 << VIRTIO_NET_F_MTU
         if self.vnet_hdr:  # offloads travel in the vnet header; without one there are none
             f |= GUEST_OFFLOAD_FEATURES | HOST_OFFLOAD_FEATURES
             if not self.has_ufo:
@@ -175,7 +177,7 @@ class VirtioNet(NetCounters, VirtioBackend):
         return f
 
     def config_space(self) -> bytes:
-        return CONFIG.pack(self.mac, self.status, 1, self.mtu)
+        return CONFIG.pack(self.mac, self.status, 1, self.mtu or 0)
 
     def set_link(self, up: bool) -> None:
         """Carrier on or off (QEMU's ``set_link``): the driver sees ``status`` change."""

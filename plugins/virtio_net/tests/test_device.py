@@ -106,6 +106,14 @@ def test_config_mac_mtu_and_link(mem):
     e.close()
 
 
+def test_no_mtu_offered(mem):
+    e = NetEnv(mem, mtu=None)
+    assert not e.drv.device_features() & bit(N.VIRTIO_NET_F_MTU)
+    e.probe()
+    assert e.drv.mtu == 0
+    e.close()
+
+
 @pytest.mark.parametrize("kw,match", [({"mac": "52:54:00:12:34"}, "mac="), ({"mac": "01:00:5e:00:00:01"}, "multicast"), ({"mtu": 67}, "mtu=67"), ({"mtu": 65536}, "mtu=65536"), ({"mac": b"\x52\x54"}, "6 bytes")])
 def test_bad_configuration(kw, match):
     tap = SocketTap()
