@@ -10,7 +10,7 @@
   the frame it holds and ``num_buffers`` in the first header says how many there are.
 
 A virtqueue has no "unpop", so receive chains popped but not filled by the current frame
-wait in :attr:`RxPath.spare` for the next one (never more than the queue holds: they are
+wait in :attr:`RxPath.held` for the next one (never more than the queue holds: they are
 chains the driver made available). When fewer buffers are posted than a maximal frame
 needs, a scratch buffer ends the read vector: a frame that reaches it did not fit, and is
 dropped (counted) rather than delivered truncated. The scratch buffer is filled only by
@@ -225,6 +225,11 @@ class _RxBuf(NamedTuple):
 class RxPath:
     """The tap -> the receive queue.
 
+    Popped receive chains wait in a window (:attr:`held`, with their views flattened in
+    :attr:`views`) until the window holds enough for a maximal frame or the ring is empty;
+    each frame is read into the whole window and takes the chains it filled from its front.
+    So a frame costs work in proportion to the chains it uses, not to the window.
+
     :param mergeable: VIRTIO_NET_F_MRG_RXBUF was negotiated: a frame may span chains.
     :param write_header: the tap has no vnet header (``vnet_hdr=off``): read the frame
         after the header's place and write a header saying "nothing to do" there.
@@ -251,8 +256,11 @@ class RxPath:
         self.write_header = write_header
         self.guest_csum = guest_csum
         self.warn = _Once(name)
-        #: popped chains the last frame did not need, first to be used by the next
-        self.spare: list[_RxBuf] = []
+        #: popped chains not yet used, in ring order (never more than the queue size)
+        self.held: list[_RxBuf] = []
+        #: their views, concatenated, and their total size
+        self.views: list[memoryview] = []
+        self.capacity = 0
         #: bytes of posted buffers a frame may need: a maximal frame and its header
         self.need = hdr_len + MAX_FRAME_LEN
         self._scratch = memoryview(bytearray(self.need))
@@ -262,47 +270,33 @@ class RxPath:
         MORE | NO_BUFFERS | TAP_GONE)."""
         used = 0
         for _ in range(budget):
-            bufs, bad = self._gather()
-            used += bad
-            if not bufs:
+            used += self._fill()
+            if not self.held:
                 return used, NO_BUFFERS
-            n, state = self._read(bufs)
+            n, state = self._read()
+            if state == DROPPED:
+                continue
             if state is not None:
-                self.spare = bufs + self.spare
-                if state == DROPPED:
-                    continue
                 return used, state
-            used += self._deliver(bufs, n)
+            used += self._deliver(n)
         return used, MORE
 
-    def _gather(self) -> tuple[list[_RxBuf], int]:
-        """Chains for one frame: spare ones first, then newly popped ones, up to the bytes
-        a maximal frame needs (one chain without mergeable buffers). Returns them and how
-        many bad chains were returned on the way."""
-        limit = 1 if not self.mergeable else IOV_MAX - 1
-        bufs: list[_RxBuf] = []
-        total = views = bad = 0
-        while total < self.need and len(bufs) < limit:
-            if self.spare:
-                buf = self.spare[0]
-            else:
-                chain = self.queue.pop()
-                if chain is None:
-                    break
-                buf = self._check(chain)
-                if buf is None:
-                    bad += 1
-                    continue
-                self.spare.append(buf)
-            if bufs and views + len(buf.views) > IOV_MAX - 1:
+    def _fill(self) -> int:
+        """Pop chains until the window holds a maximal frame (one chain without mergeable
+        buffers) or the ring is empty. Returns how many bad chains went back on the way."""
+        bad = 0
+        while self.capacity < self.need and (self.mergeable or not self.held):
+            chain = self.queue.pop()
+            if chain is None:
                 break
-            if not bufs and len(buf.views) > IOV_MAX - 1:  # a pathological indirect table
-                buf = _RxBuf(buf.chain, buf.views[: IOV_MAX - 1], sum(len(v) for v in buf.views[: IOV_MAX - 1]))
-            del self.spare[0]
-            bufs.append(buf)
-            total += buf.capacity
-            views += len(buf.views)
-        return bufs, bad
+            buf = self._check(chain)
+            if buf is None:
+                bad += 1
+                continue
+            self.held.append(buf)
+            self.views += buf.views
+            self.capacity += buf.capacity
+        return bad
 
     def _check(self, chain: "DescriptorChain") -> _RxBuf | None:
         """A receive chain as a buffer, or None (returned unused) if it breaks the rules."""
@@ -318,15 +312,18 @@ class RxPath:
         self.queue.push(chain.head, 0)
         return None
 
-    def _read(self, bufs: list[_RxBuf]) -> tuple[int, str | None]:
-        """readv one frame into ``bufs``; returns (bytes, None) or (0, IDLE | DROPPED |
+    def _read(self) -> tuple[int, str | None]:
+        """readv one frame into the window; returns (bytes, None) or (0, IDLE | DROPPED |
         TAP_GONE)."""
-        views = [v for b in bufs for v in b.views]
+        views = self.views if self.mergeable else self.held[0].views
+        capacity = self.capacity if self.mergeable else self.held[0].capacity
+        if len(views) >= IOV_MAX:  # more buffers than one readv takes: use the first ones
+            views = views[: IOV_MAX - 1]
+            capacity = sum(len(v) for v in views)
         if self.write_header:
             views = split_views(views, self.hdr_len)[1]
-        capacity = sum(b.capacity for b in bufs)
         if capacity < self.need:
-            views.append(self._scratch)  # catches the part of a frame that does not fit
+            views = [*views, self._scratch]  # catches the part of a frame that does not fit
         try:
             n = os.readv(self.fd, views)
         except BlockingIOError:
@@ -347,29 +344,32 @@ class RxPath:
             return 0, DROPPED
         return total, None
 
-    def _deliver(self, bufs: list[_RxBuf], total: int) -> int:
-        """Return the chains holding a ``total``-byte frame (header included); keep the
-        rest for the next frame. Returns how many chains went back."""
-        first = bufs[0].views
+    def _deliver(self, total: int) -> int:
+        """Return the chains at the window's front that hold a ``total``-byte frame (header
+        included). Returns how many went back."""
+        first = self.held[0].views
         if self.write_header:
             write_into(first, 0, bytes(self.hdr_len))
         elif not self.guest_csum:
             write_into(first, HDR_FLAGS_OFFSET, b"\0")
-        remaining, count = total, 0
-        for buf in bufs:
-            if remaining == 0:
-                break
+        count = nviews = 0
+        remaining = total
+        while remaining > 0:
+            buf = self.held[count]
             count += 1
-            remaining -= min(remaining, buf.capacity)
+            nviews += len(buf.views)
+            remaining -= buf.capacity
         if self.hdr_len == HDR_LEN:
             # the tap leaves num_buffers alone (it writes a 10-byte header and skips two)
             write_into(first, HDR_NUM_BUFFERS_OFFSET, _U16.pack(count))
         remaining = total
-        for buf in bufs[:count]:
+        for buf in self.held[:count]:
             n = min(remaining, buf.capacity)
             self.queue.push(buf.chain.head, n)
             remaining -= n
-        self.spare = bufs[count:] + self.spare
+            self.capacity -= buf.capacity
+        del self.held[:count]
+        del self.views[:nviews]
         self.counters.rx_packets += 1
         self.counters.rx_bytes += total - self.hdr_len
         return count
