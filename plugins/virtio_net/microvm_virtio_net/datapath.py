@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import os
 import struct
-from typing import TYPE_CHECKING, Callable, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from microvm.api import get_logger
 

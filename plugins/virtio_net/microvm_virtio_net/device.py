@@ -63,7 +63,7 @@ from .constants import (
     VIRTIO_NET_F_STATUS,
     VIRTIO_NET_S_LINK_UP,
 )
-from .datapath import BLOCKED, MORE, NO_BUFFERS, TAP_GONE, NetCounters, RxPath, TxPath
+from .datapath import MORE, NO_BUFFERS, TAP_GONE, NetCounters, RxPath, TxPath
 from .mac import DEFAULT_MAC, format_mac, parse_mac
 
 if TYPE_CHECKING:

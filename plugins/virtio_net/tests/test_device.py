@@ -12,12 +12,10 @@ import time
 import pytest
 
 from microvm.api import ConfigError
-from microvm.memory import GuestMemory
-from microvm.virtio import QueueError, Virtqueue
+from microvm.virtio import Virtqueue
 from microvm.virtio import constants as C
 from microvm.virtio.testing import DriverQueue, assert_only_changed
 from microvm_virtio_net import constants as N
-from microvm_virtio_net import datapath as D
 from microvm_virtio_net.device import BATCH, VirtioNet, header_length
 from virtio_net_testlib import MEM_SIZE, RX_AREA, TRANSPORTS, NetEnv, SocketTap, frame, vnet_hdr, wait_for
 
