@@ -1,0 +1,375 @@
+"""Moving frames between the virtqueues and the tap, without copying them in Python.
+
+* Transmit (§5.1.6.2): a chain's device-readable buffers are the virtio-net header and the
+  frame; ``os.writev(tap, chain.readable_views())`` hands them to the kernel as they are,
+  the header becoming the tap's vnet header (``IFF_VNET_HDR``).
+* Receive (§5.1.6.3-4): ``os.readv(tap, views)`` reads one frame, vnet header first,
+  straight into the device-writable buffers the driver posted. With
+  VIRTIO_NET_F_MRG_RXBUF a frame may span several chains: the views of as many chains as a
+  maximal frame needs are read into at once, each chain is then returned with the part of
+  the frame it holds and ``num_buffers`` in the first header says how many there are.
+
+A virtqueue has no "unpop", so receive chains popped but not filled by the current frame
+wait in :attr:`RxPath.held` for the next one (never more than the queue holds: they are
+chains the driver made available). When fewer buffers are posted than a maximal frame
+needs, a scratch buffer ends the read vector: a frame that reaches it did not fit, and is
+dropped (counted) rather than delivered truncated. The scratch buffer is filled only by
+the kernel and only for such frames.
+
+Nothing here blocks: the tap is nonblocking, ``BlockingIOError`` means "wait for poll".
+Each call moves a bounded batch so that one direction can't starve the other.
+
+What a hostile driver can do and what happens:
+
+* a broken ring or a buffer outside guest RAM: the queue raises
+  :class:`~microvm.api.QueueError`; the device stops and the transport sets
+  DEVICE_NEEDS_RESET;
+* a transmit chain shorter than the header, with a frame shorter than an Ethernet header
+  or longer than :data:`~.constants.MAX_FRAME_LEN`: returned unused, counted in
+  ``bad_chains`` and ``tx_dropped``;
+* a receive chain with device-readable buffers or too short for the header: returned with
+  length 0, counted in ``bad_chains``;
+* a frame the kernel refuses (bad GSO header, too short): counted in ``tx_dropped``.
+
+In no case does the device write anything but the used rings and the writable buffers of
+the receive chains it returns.
+"""
+from __future__ import annotations
+
+import os
+import struct
+from typing import TYPE_CHECKING, NamedTuple
+
+from microvm.api import get_logger
+
+from .constants import ETH_HLEN, HDR_FLAGS_OFFSET, HDR_LEN, HDR_NUM_BUFFERS_OFFSET, MAX_FRAME_LEN
+
+if TYPE_CHECKING:
+    from microvm.api import DescriptorChain, Virtqueue
+
+log = get_logger("microvm.virtio_net")
+
+try:
+    IOV_MAX = os.sysconf("SC_IOV_MAX")
+except (ValueError, OSError):
+    IOV_MAX = 1024
+
+# what process() found (second element of its result)
+IDLE = "idle"  # the driver has made nothing more available (tx) / the tap has no frame (rx)
+MORE = "more"  # the batch ended with work left: call again without waiting
+BLOCKED = "blocked"  # tx: the tap takes no more for now (wait for POLLOUT)
+NO_BUFFERS = "no-buffers"  # rx: the driver has posted no receive buffers
+TAP_GONE = "tap-gone"  # rx: the tap reported end of file or an error
+DROPPED = "dropped"  # rx: the frame read did not fit the buffers (internal to RxPath)
+
+_U16 = struct.Struct("<H")
+
+
+class NetCounters:
+    """A NIC's counters, as plain attributes (updated by the device's worker only)."""
+
+    def __init__(self) -> None:
+        self.tx_packets = 0
+        self.tx_bytes = 0
+        self.tx_dropped = 0
+        self.rx_packets = 0
+        self.rx_bytes = 0
+        self.rx_dropped = 0
+        #: chains that broke virtio-net's rules (not the ring's: those are QueueErrors)
+        self.bad_chains = 0
+
+    def counters(self) -> dict[str, int]:
+        return {k: getattr(self, k) for k in ("tx_packets", "tx_bytes", "tx_dropped", "rx_packets", "rx_bytes", "rx_dropped", "bad_chains")}
+
+
+def split_views(views: list[memoryview], n: int) -> tuple[list[memoryview], list[memoryview]]:
+    """The first ``n`` bytes of a scatter list and the rest, as views (no copies)."""
+    head: list[memoryview] = []
+    rest: list[memoryview] = []
+    for v in views:
+        if n >= len(v):
+            head.append(v)
+            n -= len(v)
+        elif n > 0:
+            head.append(v[:n])
+            rest.append(v[n:])
+            n = 0
+        else:
+            rest.append(v)
+    return head, rest
+
+
+def write_into(views: list[memoryview], offset: int, data: bytes) -> None:
+    """Write ``data`` at ``offset`` of the byte stream the views make up (a header field
+    that may straddle two descriptors)."""
+    for v in views:
+        if offset >= len(v):
+            offset -= len(v)
+            continue
+        n = min(len(v) - offset, len(data))
+        v[offset : offset + n] = data[:n]
+        data = data[n:]
+        offset = 0
+        if not data:
+            return
+
+
+class _Once:
+    """Log a kind of guest or host misbehaviour at warning level once, then at debug."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.seen: set[str] = set()
+
+    def __call__(self, kind: str, msg: str, *args: object) -> None:
+        level = log.debug if kind in self.seen else log.warning
+        self.seen.add(kind)
+        level("%s: " + msg, self.name, *args)
+
+
+class TxPath:
+    """The transmit queue -> the tap.
+
+    :param strip_header: the tap has no vnet header (``vnet_hdr=off``): skip the first
+        ``hdr_len`` bytes of each chain instead of handing them over.
+    """
+
+    def __init__(self, queue: "Virtqueue", fd: int, hdr_len: int, counters: NetCounters, name: str, strip_header: bool = False) -> None:
+        self.queue = queue
+        self.fd = fd
+        self.hdr_len = hdr_len
+        self.counters = counters
+        self.strip_header = strip_header
+        self.warn = _Once(name)
+        #: a chain whose frame the tap refused with EAGAIN, retried on POLLOUT
+        self.stalled: tuple["DescriptorChain", list[memoryview], int] | None = None
+        #: the tap is gone: frames are dropped without a system call
+        self.tap_gone = False
+
+    def process(self, budget: int) -> tuple[int, str]:
+        """Send up to ``budget`` frames; returns (chains returned to the driver, IDLE |
+        MORE | BLOCKED)."""
+        q = self.queue
+        used = 0
+        if self.stalled is not None:
+            chain, views, frame_len = self.stalled
+            if not self._send(views, frame_len):
+                return used, BLOCKED
+            self.stalled = None
+            q.push(chain.head, 0)
+            used += 1
+        for _ in range(budget):
+            chain = q.pop()
+            if chain is None:
+                return used, IDLE
+            frame = self._frame(chain)
+            if frame is not None:
+                views, frame_len = frame
+                if not self._send(views, frame_len):
+                    self.stalled = (chain, views, frame_len)
+                    return used, BLOCKED
+            q.push(chain.head, 0)  # transmit buffers are read-only: nothing written
+            used += 1
+        return used, MORE
+
+    def _frame(self, chain: "DescriptorChain") -> tuple[list[memoryview], int] | None:
+        """The views to hand to writev and the frame's length, or None for a bad chain."""
+        c = self.counters
+        total = chain.readable_len
+        frame_len = total - self.hdr_len
+        if frame_len < 0:
+            why = f"{total} bytes, shorter than the {self.hdr_len}-byte header"
+        elif frame_len < ETH_HLEN:
+            why = f"a {frame_len}-byte frame, shorter than an Ethernet header"
+        elif frame_len > MAX_FRAME_LEN:
+            why = f"a {frame_len}-byte frame, longer than {MAX_FRAME_LEN}"
+        else:
+            views = [v for v in chain.readable_views() if len(v)]
+            if self.strip_header:
+                views = split_views(views, self.hdr_len)[1]
+            if len(views) <= IOV_MAX:
+                return views, frame_len
+            why = f"{len(views)} buffers, more than the host's IOV_MAX {IOV_MAX}"
+        c.bad_chains += 1
+        c.tx_dropped += 1
+        self.warn("tx-bad", "transmit chain %d dropped: %s", chain.head, why)
+        return None
+
+    def _send(self, views: list[memoryview], frame_len: int) -> bool:
+        """writev one frame; False if the tap would block (try again on POLLOUT)."""
+        c = self.counters
+        if self.tap_gone:
+            c.tx_dropped += 1
+            return True
+        try:
+            os.writev(self.fd, views)
+        except BlockingIOError:
+            return False
+        except OSError as e:
+            # EINVAL: the kernel refused the vnet header or a runt frame; EIO: the interface
+            # is down. The frame is lost, as on a wire.
+            c.tx_dropped += 1
+            self.warn(f"tx-{e.errno}", "tap refused a %d-byte frame: %s", frame_len, e.strerror)
+            return True
+        c.tx_packets += 1
+        c.tx_bytes += frame_len
+        return True
+
+
+class _RxBuf(NamedTuple):
+    chain: "DescriptorChain"
+    views: list[memoryview]  # its device-writable buffers, empty ones left out
+    capacity: int
+
+
+class RxPath:
+    """The tap -> the receive queue.
+
+    Popped receive chains wait in a window (:attr:`held`, with their views flattened in
+    :attr:`views`) until the window holds enough for a maximal frame or the ring is empty;
+    each frame is read into the whole window and takes the chains it filled from its front.
+    So a frame costs work in proportion to the chains it uses, not to the window.
+
+    :param mergeable: VIRTIO_NET_F_MRG_RXBUF was negotiated: a frame may span chains.
+    :param write_header: the tap has no vnet header (``vnet_hdr=off``): read the frame
+        after the header's place and write a header saying "nothing to do" there.
+    :param guest_csum: VIRTIO_NET_F_GUEST_CSUM was negotiated; if not, ``flags`` must be 0
+        (§5.1.6.4.1), even where the tap reports DATA_VALID.
+    """
+
+    def __init__(
+        self,
+        queue: "Virtqueue",
+        fd: int,
+        hdr_len: int,
+        counters: NetCounters,
+        name: str,
+        mergeable: bool,
+        write_header: bool = False,
+        guest_csum: bool = True,
+    ) -> None:
+        self.queue = queue
+        self.fd = fd
+        self.hdr_len = hdr_len
+        self.counters = counters
+        self.mergeable = mergeable
+        self.write_header = write_header
+        self.guest_csum = guest_csum
+        self.warn = _Once(name)
+        #: popped chains not yet used, in ring order (never more than the queue size)
+        self.held: list[_RxBuf] = []
+        #: their views, concatenated, and their total size
+        self.views: list[memoryview] = []
+        self.capacity = 0
+        #: bytes of posted buffers a frame may need: a maximal frame and its header
+        self.need = hdr_len + MAX_FRAME_LEN
+        self._scratch = memoryview(bytearray(self.need))
+
+    def process(self, budget: int) -> tuple[int, str]:
+        """Receive up to ``budget`` frames; returns (chains returned to the driver, IDLE |
+        MORE | NO_BUFFERS | TAP_GONE)."""
+        used = 0
+        for _ in range(budget):
+            used += self._fill()
+            if not self.held:
+                return used, NO_BUFFERS
+            n, state = self._read()
+            if state == DROPPED:
+                continue
+            if state is not None:
+                return used, state
+            used += self._deliver(n)
+        return used, MORE
+
+    def _fill(self) -> int:
+        """Pop chains until the window holds a maximal frame (one chain without mergeable
+        buffers) or the ring is empty. Returns how many bad chains went back on the way."""
+        bad = 0
+        while self.capacity < self.need and (self.mergeable or not self.held):
+            chain = self.queue.pop()
+            if chain is None:
+                break
+            buf = self._check(chain)
+            if buf is None:
+                bad += 1
+                continue
+            self.held.append(buf)
+            self.views += buf.views
+            self.capacity += buf.capacity
+        return bad
+
+    def _check(self, chain: "DescriptorChain") -> _RxBuf | None:
+        """A receive chain as a buffer, or None (returned unused) if it breaks the rules."""
+        if any(not d.write for d in chain.descriptors):
+            why = "it has device-readable buffers"
+        elif chain.writable_len < self.hdr_len:
+            why = f"its {chain.writable_len} bytes can't hold the {self.hdr_len}-byte header"
+        else:
+            views = [v for v in chain.writable_views() if len(v)]
+            return _RxBuf(chain, views, chain.writable_len)
+        self.counters.bad_chains += 1
+        self.warn("rx-bad", "receive chain %d returned unused: %s", chain.head, why)
+        self.queue.push(chain.head, 0)
+        return None
+
+    def _read(self) -> tuple[int, str | None]:
+        """readv one frame into the window; returns (bytes, None) or (0, IDLE | DROPPED |
+        TAP_GONE)."""
+        views = self.views if self.mergeable else self.held[0].views
+        capacity = self.capacity if self.mergeable else self.held[0].capacity
+        if len(views) >= IOV_MAX:  # more buffers than one readv takes: use the first ones
+            views = views[: IOV_MAX - 1]
+            capacity = sum(len(v) for v in views)
+        if self.write_header:
+            views = split_views(views, self.hdr_len)[1]
+        if capacity < self.need:
+            views = [*views, self._scratch]  # catches the part of a frame that does not fit
+        try:
+            n = os.readv(self.fd, views)
+        except BlockingIOError:
+            return 0, IDLE
+        except OSError as e:
+            self.warn("rx-error", "reading the tap failed: %s", e.strerror)
+            return 0, TAP_GONE
+        if n == 0:
+            return 0, TAP_GONE
+        total = n + self.hdr_len if self.write_header else n
+        if total > capacity:
+            # (the tap returns the whole frame's length even when it copied less)
+            self.counters.rx_dropped += 1
+            self.warn("rx-big", "a %d-byte frame did not fit the %d bytes of posted buffers; dropped", total, capacity)
+            return 0, DROPPED
+        if total < self.hdr_len:  # the tap always gives a header; anything else is junk
+            self.counters.rx_dropped += 1
+            return 0, DROPPED
+        return total, None
+
+    def _deliver(self, total: int) -> int:
+        """Return the chains at the window's front that hold a ``total``-byte frame (header
+        included). Returns how many went back."""
+        first = self.held[0].views
+        if self.write_header:
+            write_into(first, 0, bytes(self.hdr_len))
+        elif not self.guest_csum:
+            write_into(first, HDR_FLAGS_OFFSET, b"\0")
+        count = nviews = 0
+        remaining = total
+        while remaining > 0:
+            buf = self.held[count]
+            count += 1
+            nviews += len(buf.views)
+            remaining -= buf.capacity
+        if self.hdr_len == HDR_LEN:
+            # the tap leaves num_buffers alone (it writes a 10-byte header and skips two)
+            write_into(first, HDR_NUM_BUFFERS_OFFSET, _U16.pack(count))
+        remaining = total
+        for buf in self.held[:count]:
+            n = min(remaining, buf.capacity)
+            self.queue.push(buf.chain.head, n)
+            remaining -= n
+            self.capacity -= buf.capacity
+        del self.held[:count]
+        del self.views[:nviews]
+        self.counters.rx_packets += 1
+        self.counters.rx_bytes += total - self.hdr_len
+        return count

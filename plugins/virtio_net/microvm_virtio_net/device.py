@@ -1,0 +1,401 @@
+"""The virtio-net device (virtio 1.2 §5.1) on a tap: features, configuration space, and the
+worker thread that moves frames. No pluggy here.
+
+Threading. Receiving is driven by the tap, not by the guest, so the device has a thread of
+its own: one worker per device that ``poll()``\\ s together
+
+* the tap (POLLIN while the driver has receive buffers posted, POLLOUT while a transmitted
+  frame waits for room),
+* one eventfd per queue (:attr:`VirtioNet.queue_notify_fds`), and
+* a stop eventfd.
+
+The worker is the only thread that touches the virtqueues. :meth:`VirtioNet.process_queue`
+(which the transport runs on its notification thread, or inline on a vCPU) only kicks the
+queue's eventfd; a VMM that has KVM ioeventfds can register ``queue_notify_fds`` directly
+and skip that hop. :meth:`activate` starts the worker, :meth:`reset` and :meth:`close` stop
+it and wait for it, so no queue is touched after they return (docs/virtio-backend.md).
+
+While the driver has posted no receive buffer the tap is not polled for input: frames wait
+in the tap's kernel queue (bounded by its ``txqueuelen``), nothing is buffered in the VMM,
+and the worker sleeps until the driver notifies the receive queue. With
+VIRTIO_F_RING_EVENT_IDX the queue publishes ``avail_event`` on every pop, so the driver
+notifies exactly when it adds to an empty ring; used-buffer interrupts go through the
+``interrupt`` callable, which honours ``used_event``.
+
+A broken ring (:class:`~microvm.api.QueueError`) stops the worker. The device reports it
+through :attr:`VirtioNet.on_queue_error` (the glue points it at the transport's
+``set_needs_reset``) or, without one, raises it from the next :meth:`process_queue`, which
+makes the transport set DEVICE_NEEDS_RESET.
+"""
+from __future__ import annotations
+
+import os
+import select
+import threading
+from typing import TYPE_CHECKING, Callable, Protocol
+
+from microvm.api import (
+    VIRTIO_F_VERSION_1,
+    VIRTIO_ID_NET,
+    ConfigError,
+    GuestMemoryError,
+    QueueError,
+    VirtioBackend,
+    get_logger,
+)
+
+from .constants import (
+    CONFIG,
+    GUEST_OFFLOAD_FEATURES,
+    HDR_LEN,
+    HDR_LEN_LEGACY,
+    HOST_OFFLOAD_FEATURES,
+    MAX_MTU,
+    MIN_MTU,
+    RX_QUEUE,
+    TX_QUEUE,
+    UFO_FEATURES,
+    VIRTIO_F_ANY_LAYOUT,
+    VIRTIO_NET_F_GUEST_CSUM,
+    VIRTIO_NET_F_MAC,
+    VIRTIO_NET_F_MRG_RXBUF,
+    VIRTIO_NET_F_MTU,
+    VIRTIO_NET_F_STATUS,
+    VIRTIO_NET_S_LINK_UP,
+)
+from .datapath import MORE, NO_BUFFERS, TAP_GONE, NetCounters, RxPath, TxPath
+from .mac import DEFAULT_MAC, format_mac, parse_mac
+
+if TYPE_CHECKING:
+    from microvm.api import GuestMemory, Virtqueue
+
+log = get_logger("microvm.virtio_net")
+
+#: Frames moved per direction per round of the worker: a transmit flood can't starve
+#: receive (nor the reverse), and interrupts are batched.
+BATCH = 64
+
+_POLL_ERR = select.POLLERR | select.POLLHUP | select.POLLNVAL
+
+
+class TapLike(Protocol):
+    """What the device needs of its tap (:class:`~microvm_virtio_net.tap.Tap`, or a test's
+    socketpair end). Optional attributes: ``vnet_hdr`` (default True: frames carry a
+    virtio-net header), ``has_ufo`` (default True), ``close()``."""
+
+    def fileno(self) -> int: ...
+
+    def set_vnet_hdr_size(self, size: int) -> None: ...
+
+    def set_offload(self, features: int) -> None: ...
+
+
+def header_length(features: int) -> int:
+    """§5.1.6: the header has ``num_buffers`` (12 bytes) with VERSION_1 or MRG_RXBUF; a
+    legacy driver without mergeable buffers uses the 10-byte ``struct virtio_net_hdr``."""
+    if features & ((1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_NET_F_MRG_RXBUF)):
+        return HDR_LEN
+    return HDR_LEN_LEGACY
+
+
+class VirtioNet(NetCounters, VirtioBackend):
+    """A virtio-net device on ``tap``.
+
+    :param tap: the host side; the device owns it and closes it in :meth:`close`.
+    :param mac: the guest's MAC address (bytes or ``"52:54:00:12:34:56"``); default
+        :data:`~microvm_virtio_net.mac.DEFAULT_MAC`. The glue assigns defaults to several
+        NICs with :class:`~microvm_virtio_net.mac.MacAllocator`.
+    :param mtu: offered as VIRTIO_NET_F_MTU (the guest's maximum MTU). None offers no MTU
+        (QEMU's default without ``host_mtu=``: the guest may raise its MTU as it likes).
+    :param queue_size: QueueNumMax of both queues.
+    :param name: for log messages (``virtio-net:net0``).
+    :param threaded: start the worker thread on activation. Tests pass False and call
+        :meth:`run_once` themselves.
+
+    Counters (plain attributes, see :class:`~microvm_virtio_net.datapath.NetCounters`):
+    ``tx_packets, tx_bytes, tx_dropped, rx_packets, rx_bytes, rx_dropped, bad_chains``.
+    """
+
+    device_id = VIRTIO_ID_NET
+    num_queues = 2  # receiveq1, transmitq1 (§5.1.2); no control queue
+
+    def __init__(
+        self,
+        tap: TapLike,
+        mac: bytes | str | None = None,
+        mtu: int | None = 1500,
+        queue_size: int = 256,
+        name: str = "virtio-net",
+        threaded: bool = True,
+    ) -> None:
+        NetCounters.__init__(self)
+        self.tap = tap
+        self.name = name
+        if mac is None:
+            mac = DEFAULT_MAC
+        elif isinstance(mac, str):
+            mac = parse_mac(mac)
+        if len(mac) != 6:
+            raise ConfigError(f"{name}: a MAC address has 6 bytes, not {len(mac)}")
+        self.mac = bytes(mac)
+        if mtu is not None and not MIN_MTU <= mtu <= MAX_MTU:
+            raise ConfigError(f"{name}: mtu={mtu} is outside {MIN_MTU}..{MAX_MTU}")
+        self.mtu = mtu
+        self.queue_max_size = queue_size
+        self.threaded = threaded
+        self.vnet_hdr = bool(getattr(tap, "vnet_hdr", True))
+        self.has_ufo = bool(getattr(tap, "has_ufo", True))
+        #: the ``status`` field of the configuration space
+        self.status = VIRTIO_NET_S_LINK_UP
+        #: called (on the worker thread) with a reason when the driver broke a ring; the glue
+        #: sets it to the transport's ``set_needs_reset``
+        self.on_queue_error: Callable[[str], None] | None = None
+        #: one eventfd per queue: written by :meth:`process_queue`, or by KVM directly when
+        #: registered as the queue's ioeventfd
+        self.queue_notify_fds = [os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK) for _ in range(self.num_queues)]
+        self._stop_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        #: the host side went away for good (EOF, an error, POLLHUP): the link stays down
+        self._tap_gone = False
+        self._deactivate()
+
+    # -- what the device is --------------------------------------------------------------------
+    def device_features(self) -> int:
+        f = (
+            (1 << VIRTIO_NET_F_MAC)
+            | (1 << VIRTIO_NET_F_STATUS)
+            | (1 << VIRTIO_NET_F_MRG_RXBUF)
+            | (1 << VIRTIO_F_ANY_LAYOUT)
+        )
+        if self.mtu is not None:
+            f |= 1 << VIRTIO_NET_F_MTU
+        if self.vnet_hdr:  # offloads travel in the vnet header; without one there are none
+            f |= GUEST_OFFLOAD_FEATURES | HOST_OFFLOAD_FEATURES
+            if not self.has_ufo:
+                f &= ~UFO_FEATURES
+        return f
+
+    def config_space(self) -> bytes:
+        return CONFIG.pack(self.mac, self.status, 1, self.mtu or 0)
+
+    def set_link(self, up: bool) -> None:
+        """Carrier on or off (QEMU's ``set_link``): the driver sees ``status`` change."""
+        status = (self.status | VIRTIO_NET_S_LINK_UP) if up else (self.status & ~VIRTIO_NET_S_LINK_UP)
+        if status != self.status:
+            self.status = status
+            self.config_changed()
+
+    @property
+    def link_up(self) -> bool:
+        return bool(self.status & VIRTIO_NET_S_LINK_UP)
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def activate(self, queues: list["Virtqueue"], interrupt: Callable[[], None], memory: "GuestMemory") -> None:
+        self._stop_worker()
+        features = self.acked_features
+        hdr_len = header_length(features)
+        self.tap.set_vnet_hdr_size(hdr_len)
+        self.tap.set_offload(features)
+        fd = self.tap.fileno()
+        rxq, txq = queues[RX_QUEUE], queues[TX_QUEUE]
+        self._rx = (
+            RxPath(
+                rxq, fd, hdr_len, self, self.name,
+                mergeable=bool(features & (1 << VIRTIO_NET_F_MRG_RXBUF)),
+                write_header=not self.vnet_hdr,
+                guest_csum=bool(features & (1 << VIRTIO_NET_F_GUEST_CSUM)),
+            )
+            if rxq.ready
+            else None
+        )
+        self._tx = TxPath(txq, fd, hdr_len, self, self.name, strip_header=not self.vnet_hdr) if txq.ready else None
+        if self._tx is not None:
+            self._tx.tap_gone = self._tap_gone
+        self._interrupt = interrupt
+        self._rx_wanted = self._rx_more = self._rx is not None and not self._tap_gone  # until no buffers
+        self._tx_more = self._tx is not None  # whatever was queued before DRIVER_OK
+        self._broken = None
+        self._poller = select.poll()
+        for fd_ in (*self.queue_notify_fds, self._stop_fd):
+            self._poller.register(fd_, select.POLLIN)
+        self._tap_mask = 0
+        self._active = True
+        log.info("%s: up, mac %s, %d-byte header, tap offloads for features %#x", self.name, format_mac(self.mac), hdr_len, features)
+        if self.threaded:
+            self._thread = threading.Thread(target=self._run, name=f"{self.name}-worker", daemon=True)
+            self._thread.start()
+
+    def process_queue(self, index: int) -> None:
+        """The driver notified queue ``index``: wake the worker. Never touches a queue."""
+        if self._broken is not None and self.on_queue_error is None:
+            reason, self._broken = self._broken, None
+            raise QueueError(reason)
+        if 0 <= index < len(self.queue_notify_fds):
+            os.eventfd_write(self.queue_notify_fds[index], 1)
+
+    def reset(self) -> None:
+        """Stop the worker and forget the queues; the tap stays open (its offloads off, so
+        no GSO packet queues up for a driver that may not take them)."""
+        self._stop_worker()
+        self._deactivate()
+        try:
+            self.tap.set_offload(0)
+        except OSError as e:
+            log.debug("%s: TUNSETOFFLOAD 0 at reset failed: %s", self.name, e)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._stop_worker()
+        self._deactivate()
+        for fd in (*self.queue_notify_fds, self._stop_fd):
+            os.close(fd)
+        close = getattr(self.tap, "close", None)
+        if close is not None:
+            close()
+
+    def _deactivate(self) -> None:
+        self._active = False
+        self._rx: RxPath | None = None
+        self._tx: TxPath | None = None
+        self._interrupt: Callable[[], None] = lambda: None
+        self._poller: select.poll | None = None
+        self._broken: str | None = None
+        self._rx_wanted = self._rx_more = self._tx_more = False
+        for fd in self.queue_notify_fds:
+            _drain(fd)
+
+    def _stop_worker(self) -> None:
+        t = self._thread
+        if t is not None:
+            os.eventfd_write(self._stop_fd, 1)
+            if t is not threading.current_thread():
+                t.join()
+            self._thread = None
+        _drain(self._stop_fd)
+
+    # -- the worker ------------------------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            while self.run_once(None):
+                pass
+        except Exception:  # a bug: stop cleanly and say so, rather than die silently
+            log.exception("%s: network worker failed", self.name)
+            self._fail("internal error in the network device")
+
+    def run_once(self, timeout: float | None = 0) -> bool:
+        """One round of the worker: wait for the tap or a notification (up to ``timeout``
+        seconds, None = no limit; no wait at all while a batch left work), then move at most
+        :data:`BATCH` frames each way and interrupt once. Returns False when the device is
+        not running (stopped, reset, or the driver broke a ring).
+
+        :class:`QueueError` (a broken ring) is handled here: see the module docstring."""
+        poller = self._poller
+        if not self._active or poller is None:
+            return False
+        self._update_tap_mask()
+        if self._tx_more or self._rx_more:
+            wait = 0
+        else:
+            wait = None if timeout is None else int(timeout * 1000)
+        rx_kick = tx_kick = tap_in = tap_out = False
+        for fd, ev in poller.poll(wait):
+            if fd == self._stop_fd:
+                return False
+            if fd == self.queue_notify_fds[RX_QUEUE]:
+                rx_kick = _drain(fd)
+            elif fd == self.queue_notify_fds[TX_QUEUE]:
+                tx_kick = _drain(fd)
+            else:  # the tap
+                if ev & _POLL_ERR:
+                    self._lose_tap("the tap reported an error or hang-up")
+                tap_in = bool(ev & select.POLLIN)
+                tap_out = bool(ev & select.POLLOUT)
+        try:
+            self._work(rx_kick, tx_kick, tap_in, tap_out)
+        except (QueueError, GuestMemoryError) as e:
+            self._fail(str(e))
+            return False
+        return True
+
+    def _work(self, rx_kick: bool, tx_kick: bool, tap_in: bool, tap_out: bool) -> None:
+        used = 0
+        tx, rx = self._tx, self._rx
+        if tx is not None and (tx_kick or self._tx_more or (tx.stalled is not None and tap_out)):
+            n, state = tx.process(BATCH)
+            used += n
+            self._tx_more = state == MORE
+        if rx is not None:
+            if rx_kick:  # new buffers: poll the tap for input again
+                self._rx_wanted = self._rx_more = not self._tap_gone
+            if self._rx_wanted and (tap_in or self._rx_more):
+                n, state = rx.process(BATCH)
+                used += n
+                self._rx_more = state == MORE
+                if state == NO_BUFFERS:
+                    self._rx_wanted = False
+                elif state == TAP_GONE:
+                    self._lose_tap("the tap was closed or failed")
+        if used:
+            self._interrupt()
+
+    def _update_tap_mask(self) -> None:
+        mask = 0
+        if not self._tap_gone:
+            if self._rx is not None and self._rx_wanted:
+                mask |= select.POLLIN
+            if self._tx is not None and self._tx.stalled is not None:
+                mask |= select.POLLOUT
+        if mask != self._tap_mask and self._poller is not None:
+            if mask:
+                self._poller.register(self.tap.fileno(), mask)
+            else:
+                self._poller.unregister(self.tap.fileno())
+            self._tap_mask = mask
+
+    def _lose_tap(self, why: str) -> None:
+        """The host side went away: stop polling it, drop what the guest sends, and tell
+        the guest its link is down."""
+        if self._tap_gone:
+            return
+        log.error("%s: %s; link down", self.name, why)
+        self._tap_gone = True
+        self._rx_wanted = self._rx_more = False
+        if self._tx is not None:
+            self._tx.tap_gone = True
+            self._tx_more = True  # a frame stalled on the tap is dropped and its chain returned
+        self._update_tap_mask()
+        self.set_link(False)
+
+    def _fail(self, reason: str) -> None:
+        """The driver broke a ring: stop touching the queues and have the device reset."""
+        self._active = False
+        self._broken = reason
+        log.error("%s: %s; device stopped", self.name, reason)
+        if self.on_queue_error is not None:
+            self.on_queue_error(reason)
+
+    # -- for the glue and tests ------------------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        """Activated, and the driver has not broken a ring."""
+        return self._active
+
+    @property
+    def rx_polling(self) -> bool:
+        """The worker waits for frames from the tap (the driver has receive buffers)."""
+        return self._active and self._rx_wanted and not self._tap_gone
+
+    def __repr__(self) -> str:
+        return f"VirtioNet({self.name}, mac={format_mac(self.mac)}, tap={self.tap!r})"
+
+
+def _drain(fd: int) -> bool:
+    """Read an eventfd to zero; True if it was signalled."""
+    try:
+        os.eventfd_read(fd)
+    except BlockingIOError:
+        return False
+    return True

@@ -1,0 +1,221 @@
+"""The guest's side of virtio-net for the tests, and a socketpair standing in for a tap.
+
+:class:`NetDriver` is Linux's virtio_net probe over the virtio-mmio registers
+(``microvm.virtio.testing.MmioDriver``) plus what its receive and transmit paths leave in
+guest RAM. :class:`SocketTap` is the device's "tap": one end of an ``AF_UNIX``
+``SOCK_SEQPACKET`` pair, which keeps frame boundaries as a tap does; the test holds the other
+end (:attr:`SocketTap.peer`) and plays the host's network stack.
+
+:class:`NetEnv` wires a :class:`~microvm_virtio_net.device.VirtioNet` to a transport. The
+``legacy`` argument is there for the legacy (Version 1) transport: once
+``microvm.virtio.testing`` drives it, the tests parametrize over ``TRANSPORTS``.
+"""
+from __future__ import annotations
+
+import socket
+import struct
+import time
+from typing import Callable
+
+from microvm.irq import RecordingIrqLine
+from microvm.virtio import VirtioMmioTransport
+from microvm.virtio import constants as C
+from microvm.virtio.testing import DriverQueue, MmioDriver
+from microvm_virtio_net import constants as N
+from microvm_virtio_net.device import VirtioNet
+
+MEM_SIZE = 16 << 20
+#: where the tests put transmit data and receive buffers
+TX_AREA = 0x100000
+RX_AREA = 0x800000
+#: the transports the device tests run on; add "legacy" when the driver speaks Version 1
+TRANSPORTS = ["modern"]
+
+HDR = struct.Struct("<BBHHHHH")  # struct virtio_net_hdr_v1 (with num_buffers)
+
+
+def vnet_hdr(flags: int = 0, gso_type: int = 0, hdr_len: int = 0, gso_size: int = 0, csum_start: int = 0, csum_offset: int = 0, num_buffers: int = 0, size: int = 12) -> bytes:
+    return HDR.pack(flags, gso_type, hdr_len, gso_size, csum_start, csum_offset, num_buffers)[:size]
+
+
+def frame(n: int, seed: int = 0) -> bytes:
+    """An n-byte Ethernet frame with a recognisable payload (to 52:54:00:12:34:56, from
+    52:54:00:ab:cd:ef, ethertype 0x88b5 "local experimental")."""
+    head = bytes.fromhex("525400123456" "525400abcdef" "88b5")
+    body = bytes((seed + i * 7) & 0xFF for i in range(max(0, n - len(head))))
+    return (head + body)[:n]
+
+
+class SocketTap:
+    """A tap stand-in (the device's tap protocol) on a SOCK_SEQPACKET socketpair."""
+
+    def __init__(self, vnet_hdr: bool = True, has_ufo: bool = True) -> None:
+        self.sock, self.peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.sock.setblocking(False)
+        self.peer.settimeout(5)
+        # room for the floods the tests send before the device reads
+        self.peer.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+        self.vnet_hdr = vnet_hdr
+        self.has_ufo = has_ufo
+        self.hdr_sizes: list[int] = []
+        self.offloads: list[int] = []
+        self.closed = False
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def set_vnet_hdr_size(self, size: int) -> None:
+        self.hdr_sizes.append(size)
+
+    def set_offload(self, features: int) -> None:
+        self.offloads.append(features)
+
+    def close(self) -> None:
+        self.closed = True
+        self.sock.close()
+        self.peer.close()
+
+    # the host's side
+    def send(self, data: bytes) -> None:
+        self.peer.send(data)
+
+    def recv(self) -> bytes:
+        return self.peer.recv(1 << 17)
+
+    def pending(self) -> list[bytes]:
+        """Frames the device sent that the host has not read yet (without waiting)."""
+        out = []
+        self.peer.setblocking(False)
+        try:
+            while True:
+                try:
+                    out.append(self.peer.recv(1 << 17))
+                except BlockingIOError:
+                    return out
+        finally:
+            self.peer.settimeout(5)
+
+    def unread_by_device(self) -> bool:
+        """Whether frames wait in the device's receive queue (MSG_PEEK: nothing consumed)."""
+        try:
+            self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return False
+        return True
+
+
+class NetDriver(MmioDriver):
+    """virtnet_probe over the registers: config read before DRIVER_OK, receiveq1 and
+    transmitq1 set up."""
+
+    mac: bytes
+    status: int
+    mtu: int
+
+    def driver_probe(self) -> None:
+        assert self.read(C.VIRTIO_MMIO_DEVICE_ID) == C.VIRTIO_ID_NET
+        self.mac = bytes(self.read_config(i, 1) for i in range(6))
+        self.status = self.read_config(6, 2)
+        self.mtu = self.read_config(10, 2)
+
+    def probe(self, features: int | None = None, queues: int = 2, size: int = 16, base: int = 0x10000) -> list[DriverQueue]:
+        dqs = super().probe(features, queues, size, base)
+        assert dqs, "FEATURES_OK refused"
+        self.rxq, self.txq = dqs
+        return dqs
+
+
+class NetEnv:
+    """A VirtioNet on a SocketTap behind a transport, driven without threads by default."""
+
+    def __init__(self, mem, *, legacy: bool = False, threaded: bool = False, vnet_hdr: bool = True, tap=None, clear: bool = True, **kw) -> None:
+        if clear:
+            mem.fill(0, mem.size)
+        self.mem = mem
+        self.tap = tap if tap is not None else SocketTap(vnet_hdr=vnet_hdr)
+        self.net = VirtioNet(self.tap, threaded=threaded, name="virtio-net:test", **kw)
+        self.irq = RecordingIrqLine(gsi=5)
+        self.transport = VirtioMmioTransport(self.net, mem, self.irq, legacy=legacy, name="virtio-net:test")
+        self.net.on_queue_error = self.transport.set_needs_reset
+        self.drv = NetDriver(self.transport)
+        self.tx_next = TX_AREA
+        self.rx_next = RX_AREA
+
+    def probe(self, features: int | None = None, size: int = 16, clear: int = 0) -> "NetEnv":
+        """Handshake with ``features`` (default: all offered, minus ``clear``)."""
+        if features is None:
+            features = self.transport.device_features & ~clear
+        self.drv.probe(features, size=size)
+        self.rxq, self.txq = self.drv.rxq, self.drv.txq
+        return self
+
+    @property
+    def hdr_len(self) -> int:
+        f = self.net.acked_features
+        return 12 if f & ((1 << C.VIRTIO_F_VERSION_1) | (1 << N.VIRTIO_NET_F_MRG_RXBUF)) else 10
+
+    def pump(self, rounds: int = 3) -> None:
+        """Run the worker's loop by hand until it has nothing left to do."""
+        for _ in range(1000):
+            if not self.net.run_once(0):
+                return
+            if not (self.net._tx_more or self.net._rx_more):
+                rounds -= 1
+                if rounds <= 0:
+                    return
+        raise AssertionError("the device never became idle")
+
+    # -- transmit --------------------------------------------------------------------------------
+    def tx_chain(self, data: bytes, splits: list[int] | None = None, gap: int = 64) -> list[tuple[int, int, bool]]:
+        """Write ``data`` into guest RAM as device-readable buffers cut at ``splits``."""
+        cuts = [0, *(splits or []), len(data)]
+        bufs = []
+        for a, b in zip(cuts, cuts[1:]):
+            self.mem.write(self.tx_next, data[a:b])
+            bufs.append((self.tx_next, b - a, False))
+            self.tx_next += b - a + gap
+        return bufs
+
+    def send(self, data: bytes, splits: list[int] | None = None, notify: bool = True) -> int:
+        head = self.txq.add(self.tx_chain(data, splits))
+        if notify:
+            self.drv.notify(N.TX_QUEUE)
+        return head
+
+    # -- receive ---------------------------------------------------------------------------------
+    def rx_bufs(self, sizes: list[int], fill: int = 0xEE, gap: int = 64) -> list[tuple[int, int, bool]]:
+        bufs = []
+        for n in sizes:
+            self.mem.fill(self.rx_next, n, fill)
+            bufs.append((self.rx_next, n, True))
+            self.rx_next += n + gap
+        return bufs
+
+    def post(self, sizes: list[int], notify: bool = True) -> tuple[int, list[tuple[int, int, bool]]]:
+        """Post one receive chain of buffers of ``sizes``; returns (head, buffers)."""
+        bufs = self.rx_bufs(sizes)
+        head = self.rxq.add(bufs)
+        if notify:
+            self.drv.notify(N.RX_QUEUE)
+        return head, bufs
+
+    def read_bufs(self, bufs: list[tuple[int, int, bool]], length: int) -> bytes:
+        out = b""
+        for addr, n, _ in bufs:
+            take = min(n, length - len(out))
+            out += self.mem.read(addr, take)
+        return out
+
+    def close(self) -> None:
+        self.transport.close()
+
+
+def wait_for(cond: Callable[[], object], timeout: float = 5.0) -> object:
+    end = time.monotonic() + timeout
+    while True:
+        v = cond()
+        if v:
+            return v
+        if time.monotonic() > end:
+            raise AssertionError("timed out")
+        time.sleep(0.002)
