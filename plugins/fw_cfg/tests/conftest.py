@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import struct
+import sys
+from pathlib import Path
 from typing import Iterator
 
 import pytest
@@ -10,6 +12,9 @@ from microvm.memory import GuestMemory
 
 from microvm_fw_cfg.device import FwCfg
 from microvm_fw_cfg.keys import FW_CFG_FILE_DIR
+
+# the helpers module (fwcfg_images) next to this file: importlib mode puts no test dir on sys.path
+sys.path.insert(0, str(Path(__file__).parent))
 
 RAM_SIZE = 1 << 20
 DMA_STRUCT = 0x1000      # where the helper puts its FWCfgDmaAccess
