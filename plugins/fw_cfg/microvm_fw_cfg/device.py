@@ -21,23 +21,48 @@ dropped. Accesses that run past a range are the bus's business (it reads all one
 device is two bus devices: :attr:`FwCfg.io` (2 ports) and :attr:`FwCfg.dma_io` (8 ports);
 :meth:`FwCfg.port_ranges` lists them for the glue.
 
-Items (``fw_cfg_common_realize``, which runs for every fw_cfg device):
+Items QEMU 7.2's x86 microvm provides. "device" items this class adds itself (they come from
+``fw_cfg_common_realize``, which every fw_cfg runs); "machine" ones :mod:`.machine` adds as
+``microvm_memory_init`` does; "kernel" ones come from :mod:`.linux` (``x86_load_linux``):
 
-======  ====================  =================================================================
-key     name                  content
-======  ====================  =================================================================
-0x0000  FW_CFG_SIGNATURE      ``b"QEMU"``
-0x0001  FW_CFG_ID             le32: bit 0 traditional interface (always), bit 1 DMA
-0x0002  FW_CFG_UUID           16 bytes, ``-uuid`` (zeros by default)
-0x0004  FW_CFG_NOGRAPHIC      le16: 1 when the machine has no graphics
-0x000e  FW_CFG_BOOT_MENU      le16: ``-boot menu=on``
-0x0019  FW_CFG_FILE_DIR       be32 count + ``file_slots`` entries of 64 bytes (see below)
-file    etc/boot-fail-wait    le32 reboot timeout in ms, 0xffffffff (no reboot) by default
-file    etc/boot-menu-wait    le16 splash time in ms, only when one is given
-======  ====================  =================================================================
+======  ======================  =========  =====================================================
+key     name                    who        content (numbers little-endian)
+======  ======================  =========  =====================================================
+0x0000  FW_CFG_SIGNATURE        device     ``b"QEMU"``
+0x0001  FW_CFG_ID               device     u32: bit 0 traditional interface, bit 1 DMA (3)
+0x0002  FW_CFG_UUID             device     16 bytes, ``-uuid`` (zeros by default)
+0x0003  FW_CFG_RAM_SIZE         machine    u64 RAM bytes
+0x0004  FW_CFG_NOGRAPHIC        device     u16: 1 without a display (``-nographic``)
+0x0005  FW_CFG_NB_CPUS          machine    u16 CPUs
+0x0007  FW_CFG_KERNEL_ADDR      kernel     u32 where the protected-mode part goes (PVH: low)
+0x0008  FW_CFG_KERNEL_SIZE      kernel     u32
+0x000a  FW_CFG_INITRD_ADDR      kernel     u32, with an initrd
+0x000b  FW_CFG_INITRD_SIZE      kernel     u32, with an initrd
+0x000e  FW_CFG_BOOT_MENU        device     u16 ``-boot menu=on``
+0x000f  FW_CFG_MAX_CPUS         machine    u16 ``maxcpus``
+0x0010  FW_CFG_KERNEL_ENTRY     kernel     u32 PVH entry (ELF kernels only)
+0x0011  FW_CFG_KERNEL_DATA      kernel     the bzImage after its setup sectors
+0x0012  FW_CFG_INITRD_DATA      kernel     the initrd
+0x0013  FW_CFG_CMDLINE_ADDR     kernel     u32 (bzImage only)
+0x0014  FW_CFG_CMDLINE_SIZE     kernel     u32 strlen + 1
+0x0015  FW_CFG_CMDLINE_DATA     kernel     the command line and its NUL
+0x0016  FW_CFG_SETUP_ADDR       kernel     u32 (bzImage only)
+0x0017  FW_CFG_SETUP_SIZE       kernel     u32
+0x0018  FW_CFG_SETUP_DATA       kernel     setup sectors, header patched (PVH: first 8 KiB)
+0x0019  FW_CFG_FILE_DIR         device     the file directory (below)
+0x8002  FW_CFG_IRQ0_OVERRIDE    machine    u32 1
+file    etc/boot-fail-wait      device     u32 ms, 0xffffffff = never reboot
+file    etc/boot-menu-wait      device     u16 ms, only with a splash time
+file    etc/e820                machine    see :mod:`.items`
+file    genroms/*.bin           machine    the boot option ROM, with ``x-option-roms=on``
+file    bootorder               machine    see :mod:`.items` (first reset)
+file    bios-geometry           machine    empty on microvm (first reset)
+======  ======================  =========  =====================================================
 
-The machine adds the rest (:mod:`.machine` does it as microvm does: RAM size, CPU counts,
-IRQ0 override, ``etc/e820``, the kernel items, option ROMs, ``bootorder``).
+Not on microvm: MACHINE_ID (0x06), KERNEL_CMDLINE (0x09), BOOT_DEVICE (0x0c), NUMA (0x0d),
+ACPI_TABLES/SMBIOS_ENTRIES/E820_TABLE/HPET (0x8000/1/3/4), ``etc/smbios/*`` (pc only);
+``etc/fdt`` and the ACPI files (``etc/acpi/*``, ``etc/table-loader``) are microvm's but not
+built here (no device-tree builder yet; this VMM has no ACPI).
 
 **File directory.** Key 0x19 holds ``be32 count`` and then ``file_slots`` (0x20, QEMU's
 ``x-file-slots`` default) entries ``{be32 size, be16 select, u16 reserved, char name[56]}``,
