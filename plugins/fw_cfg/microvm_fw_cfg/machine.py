@@ -1,0 +1,102 @@
+"""The fw_cfg device filled the way QEMU 7.2's microvm fills it, for the glue to call.
+
+The order of events in QEMU, and what each adds:
+
+1. ``kvm_arch_init`` (accelerator start): e820 reservation of KVM's identity map.
+2. ``fw_cfg_common_realize``: SIGNATURE, ID, UUID, NOGRAPHIC, BOOT_MENU,
+   ``etc/boot-fail-wait`` (and ``etc/boot-menu-wait`` with a splash time) -- done by
+   :class:`~.device.FwCfg` itself.
+3. ``microvm_memory_init``: NB_CPUS, MAX_CPUS, RAM_SIZE, IRQ0_OVERRIDE (arch key 0x8002,
+   value 1: the firmware should route the PIT's IRQ 0 to IOAPIC pin 2), ``etc/e820``, the
+   kernel items (``x86_load_linux``) and, with ``x-option-roms=on``, the option ROMs as
+   ``genroms/NAME`` files with a ``/rom@genroms/NAME`` boot entry.
+4. ``microvm_machine_done``: ``etc/acpi/*`` + ``etc/table-loader`` (only with ACPI, which
+   this VMM does not have) and ``etc/fdt`` (a device tree for EDK2; not built yet -- pass it
+   in ``extra_files`` when there is a builder).
+5. first reset (``fw_cfg_machine_reset``): ``bootorder`` and ``bios-geometry``, both present
+   even when empty.
+
+The directory is sorted by name, so the order of the ``add_file`` calls changes nothing.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable, Sequence
+
+from .device import FwCfg
+from .items import bios_geometry, bootorder, e820_table, microvm_e820, rom_devpath, sort_boot_devices
+from .keys import FW_CFG_IRQ0_OVERRIDE, FW_CFG_MAX_CPUS, FW_CFG_NB_CPUS, FW_CFG_RAM_SIZE
+from .linux import LinuxBoot
+
+if TYPE_CHECKING:
+    from microvm.api import GuestMemory
+
+
+@dataclass
+class MicrovmFwCfgConfig:
+    """Everything microvm's fw_cfg content depends on.
+
+    ``ram_regions`` are the RAM ranges ``(gpa, size)`` (below 4 GiB, then from 4 GiB).
+    ``linux`` comes from :func:`~.linux.load_linux` or :func:`~.linux.load_pvh` when a
+    kernel is given; its option ROM is added only with ``option_roms`` (``x-option-roms``),
+    its bytes from ``rom_loader(name)`` (e.g. reading ``/usr/share/qemu/NAME``).
+    ``boot_devices`` are ``(bootindex, firmware path)`` of other bootable devices;
+    ``extra_files`` are ``-fw_cfg name=...`` items (and ``etc/fdt`` once built).
+    """
+
+    ram_size: int
+    ram_regions: Sequence[tuple[int, int]]
+    cpus: int = 1
+    max_cpus: int | None = None
+    kvm: bool = True
+    linux: LinuxBoot | None = None
+    option_roms: bool = True
+    rom_loader: Callable[[str], bytes] | None = None
+    boot_devices: Sequence[tuple[int, str]] = ()
+    boot_strict: bool = False
+    extra_files: Sequence[tuple[str, bytes]] = ()
+    uuid: bytes = bytes(16)
+    nographic: bool = True
+    boot_menu: bool = False
+    splash_time: int | None = None
+    reboot_timeout: int = -1
+    dma_enabled: bool = True
+    file_slots: int = 0x20
+    lchs: Sequence[tuple[str, int, int, int]] = field(default_factory=list)
+
+
+def microvm_fw_cfg(memory: GuestMemory | None, cfg: MicrovmFwCfgConfig) -> FwCfg:
+    """A ready fw_cfg device with microvm's items; map :meth:`FwCfg.port_ranges` on the PIO bus."""
+    fw = FwCfg(
+        memory,
+        dma_enabled=cfg.dma_enabled,
+        file_slots=cfg.file_slots,
+        uuid=cfg.uuid,
+        nographic=cfg.nographic,
+        boot_menu=cfg.boot_menu,
+        splash_time=cfg.splash_time,
+        reboot_timeout=cfg.reboot_timeout,
+    )
+    fw.add_i16(FW_CFG_NB_CPUS, cfg.cpus)
+    fw.add_i16(FW_CFG_MAX_CPUS, cfg.max_cpus if cfg.max_cpus is not None else cfg.cpus)
+    fw.add_i64(FW_CFG_RAM_SIZE, cfg.ram_size)
+    fw.add_i32(FW_CFG_IRQ0_OVERRIDE, 1)
+    fw.add_file("etc/e820", e820_table(microvm_e820(cfg.ram_regions, kvm=cfg.kvm)))
+
+    boot = list(cfg.boot_devices)
+    if cfg.linux is not None:
+        for key, data in cfg.linux.items.items():
+            fw.add_bytes(key, data)
+        if cfg.option_roms:
+            if cfg.rom_loader is None:
+                raise ValueError("fw_cfg: x-option-roms=on with a kernel needs a rom_loader")
+            name = f"genroms/{cfg.linux.option_rom}"
+            fw.add_file(name, cfg.rom_loader(cfg.linux.option_rom))
+            boot.append((0, rom_devpath(cfg.linux.option_rom)))   # option_rom[].bootindex = 0
+
+    for name, data in cfg.extra_files:
+        fw.add_file(name, data)
+
+    fw.modify_file("bootorder", bootorder(sort_boot_devices(boot), strict=cfg.boot_strict))
+    fw.modify_file("bios-geometry", bios_geometry(cfg.lchs))
+    return fw
