@@ -16,7 +16,7 @@ protocol is tested without sockets and the server only moves bytes. The behaviou
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterator
 
 from ..log import get_logger
 from .commands import COMMANDS, NEGOTIATION_COMMANDS, OFFERED_CAPABILITIES, check_arguments, version_info
@@ -68,18 +68,21 @@ class QmpSession:
     def greeting_line(self) -> bytes:
         return to_line(greeting())
 
-    def receive(self, data: bytes) -> list[bytes]:
-        """Feed bytes from the client; returns the reply lines, in order."""
-        lines = []
+    def receive(self, data: bytes) -> Iterator[bytes]:
+        """Feed bytes from the client; yields the reply lines, in order.
+
+        Lazy on purpose: each request is executed only when the previous reply has been
+        taken, so an event a command emits lands between its predecessor's reply and its
+        own, as on QEMU's wire.
+        """
         for item in self.stream.feed(data):
             if isinstance(item, JsonError):
-                lines.append(to_line(error_response(item.desc)))
+                yield to_line(error_response(item.desc))
                 if item.fatal:
                     self.fatal = True
-                    break
+                    return
             else:
-                lines.append(to_line(self.dispatch(item)))
-        return lines
+                yield to_line(self.dispatch(item))
 
     def dispatch(self, req: Any) -> dict[str, Any]:
         """One parsed request to one response object."""
