@@ -43,9 +43,10 @@ log = get_logger("microvm.qmp")
 
 DEFAULT_MAX_CLIENTS = 16
 DEFAULT_MAX_OUTPUT = 1 << 20
-#: events queued from other threads before the server thread takes them (it always does
-#: promptly; the bound only matters if it is wedged)
-MAX_PENDING_EVENTS = 4096
+#: events queued from other threads before the server thread takes them. It takes them at
+#: once, so this bound is only reached if that thread is wedged; then the oldest are dropped
+#: (with a warning) rather than letting memory grow
+MAX_PENDING_EVENTS = 1 << 16
 _RECV_SIZE = 65536
 _LISTEN, _WAKE = "listen", "wake"
 #: how long close() keeps trying to deliver queued replies and events (quit's reply and
@@ -134,6 +135,7 @@ class QmpServer:
         self._clients: dict[int, _Client] = {}
         self._lock = threading.Lock()
         self._pending: list[bytes] = []
+        self._warned_pending = False
         self._thread: threading.Thread | None = None
         self._thread_ident = 0
         self._stopping = False
@@ -208,6 +210,9 @@ class QmpServer:
                 return
             if len(self._pending) >= MAX_PENDING_EVENTS:
                 del self._pending[0]
+                if not self._warned_pending:
+                    self._warned_pending = True
+                    log.warning("QMP server thread is not taking events: dropping the oldest")
             self._pending.append(line)
             self._wake()  # under the lock: the thread closes the pipe under it too
 
