@@ -9,6 +9,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 from typing import Any, Callable, Iterator
@@ -382,6 +383,23 @@ def test_close_delivers_the_reply_to_quit(make_server, machine):
         c.line()
 
 
+def test_close_from_inside_a_command_still_answers(make_server, machine):
+    srv = make_server()
+    c = Client(srv).negotiate()
+
+    def quit_now() -> None:  # a machine side that tears QMP down synchronously
+        machine.emit("SHUTDOWN", {"guest": False, "reason": "host-qmp-quit"})
+        srv.close()
+
+    machine.quit = quit_now  # type: ignore[method-assign]
+    c.send({"execute": "quit"})
+    assert c.msg()["event"] == "SHUTDOWN"
+    assert c.msg() == {"return": {}}
+    with pytest.raises((EOFError, ConnectionResetError)):
+        c.line()
+    wait_until(lambda: not os.path.exists(srv.path), "the socket file to be removed")
+
+
 @pytest.mark.parametrize("address, message", [
     ("unix:/nonexistent-dir/q.sock", "No such file or directory"),
     ("tcp:127.0.0.1:99999", "expected tcp:HOST:PORT"),
@@ -422,5 +440,5 @@ def test_importing_microvm_does_not_import_qmp():
     code = ("import sys, microvm, microvm.machine, microvm.cli; "
             "bad = [m for m in ('microvm.qmp', 'json', 'asyncio', 'selectors') if m in sys.modules]; "
             "print(bad); sys.exit(1 if bad else 0)")
-    r = subprocess.run([os.sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr

@@ -202,7 +202,7 @@ class QmpServer:
         client. Raises ValueError for an event or member QEMU 7.2 does not have."""
         check_event(name, data)
         line = to_line(event_message(name, data))
-        if threading.get_ident() == self._thread_ident and not self._stopping:
+        if threading.get_ident() == self._thread_ident:
             self._broadcast(line)  # inside a command: before its reply, as in QEMU
             return
         with self._lock:
