@@ -1,0 +1,486 @@
+"""The QMP server: one listening socket, many clients, one thread, bounded memory.
+
+Why one thread with ``selectors`` (no thread per client, no asyncio): a monitor is idle
+nearly always, asyncio would cost start-up time and a second concurrency model next to the
+vCPU threads, and a thread per client lets a hostile client multiply threads. The thread
+owns every socket; other threads only hand it events (:meth:`QmpServer.emit_event`) through
+a locked list and a wake-up pipe, so a vCPU thread never blocks on a client.
+
+Semantics are QEMU's ``-qmp unix:PATH,server=on,wait=off`` / ``tcp:HOST:PORT,...``: the VM
+does not wait for a client (unless ``wait=on`` and the machine side calls
+:meth:`QmpServer.wait_for_client`), each client gets its own greeting and negotiation state,
+and events go to every client that has completed negotiation. Unlike QEMU's socket chardev,
+which serves one client at a time, up to ``max_clients`` are served at once; further
+connections wait in the listen backlog until one leaves.
+
+Hostile clients (limits are per client, see docs/qmp.md):
+
+* malformed JSON gets QEMU's error reply and the connection keeps being served;
+* one message larger than ``max_message`` bytes (default 1 MiB; QEMU allows 64 MiB) or
+  nested deeper than 1024 gets QEMU's limit error and the connection is closed;
+* a client whose unsent output exceeds ``max_output`` (default 1 MiB: it stopped reading)
+  is dropped, so neither the server nor the VM ever waits for it.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import selectors
+import socket
+import stat
+import threading
+from collections import deque
+from typing import Any
+
+from ..errors import ConfigError
+from ..log import get_logger
+from .control import MachineControl
+from .events import check_event, event_message
+from .protocol import QmpSession
+from .qjson import DEFAULT_MAX_MESSAGE, to_line
+
+log = get_logger("microvm.qmp")
+
+DEFAULT_MAX_CLIENTS = 16
+DEFAULT_MAX_OUTPUT = 1 << 20
+#: events queued from other threads before the server thread takes them. It takes them at
+#: once, so this bound is only reached if that thread is wedged; then the oldest are dropped
+#: (with a warning) rather than letting memory grow
+MAX_PENDING_EVENTS = 1 << 16
+_RECV_SIZE = 65536
+_LISTEN, _WAKE = "listen", "wake"
+#: how long close() keeps trying to deliver queued replies and events (quit's reply and
+#: the SHUTDOWN event)
+CLOSE_FLUSH_SECONDS = 1.0
+
+
+class Address:
+    """A parsed ``unix:PATH[,opts]`` or ``tcp:[HOST]:PORT[,opts]`` monitor address."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        head, *opts = text.split(",")
+        self.wait = False
+        for opt in opts:
+            key, _, value = opt.partition("=")
+            value = value or "on"
+            if key == "nowait":
+                key, value = "wait", "off"
+            if key not in ("server", "wait") or value not in ("on", "off"):
+                raise ConfigError(f"-qmp {text}: unsupported option {opt!r} (server=on, wait=on|off)")
+            if key == "server" and value == "off":
+                raise ConfigError(f"-qmp {text}: only server=on is supported (microvm listens, it does not connect)")
+            if key == "wait":
+                self.wait = value == "on"
+        kind, sep, rest = head.partition(":")
+        if not sep or kind not in ("unix", "tcp") or not rest:
+            raise ConfigError(f"-qmp {text}: expected unix:PATH or tcp:HOST:PORT")
+        self.kind = kind
+        self.path = ""
+        self.host = ""
+        self.port = 0
+        if kind == "unix":
+            self.path = rest
+            if len(os.fsencode(rest)) > 107:
+                raise ConfigError(f"-qmp {text}: socket path longer than 107 bytes")
+        else:
+            host, sep, port = rest.rpartition(":")
+            if not sep or not port.isdigit() or int(port) > 65535:
+                raise ConfigError(f"-qmp {text}: expected tcp:HOST:PORT")
+            if host.startswith("[") and host.endswith("]"):
+                host = host[1:-1]
+            self.host = host
+            self.port = int(port)
+
+
+class _Client:
+    __slots__ = ("sock", "session", "out", "out_bytes", "mask", "name")
+
+    def __init__(self, sock: socket.socket, session: QmpSession, name: str) -> None:
+        self.sock = sock
+        self.session = session
+        self.out: deque[bytes] = deque()
+        self.out_bytes = 0
+        self.mask = 0
+        self.name = name
+
+
+class QmpServer:
+    """A QMP monitor listening on ``address`` for ``control``'s machine.
+
+    ``start()`` binds (raising :class:`~microvm.errors.ConfigError` with one line if it
+    cannot) and starts the thread; ``close()`` stops it, delivers what is queued for up to
+    a second, closes every socket and removes the Unix socket file. ``emit_event`` may be
+    called from any thread at any time (before start and after close it does nothing).
+    """
+
+    def __init__(
+        self,
+        address: str,
+        control: MachineControl,
+        *,
+        max_clients: int = DEFAULT_MAX_CLIENTS,
+        max_message: int = DEFAULT_MAX_MESSAGE,
+        max_output: int = DEFAULT_MAX_OUTPUT,
+    ) -> None:
+        self.address = Address(address)
+        self.control = control
+        self.max_clients = max_clients
+        self.max_message = max_message
+        self.max_output = max_output
+        self._listener: socket.socket | None = None
+        self._listening = False
+        self._sel: selectors.BaseSelector | None = None
+        self._wake_r = self._wake_w = -1
+        self._clients: dict[int, _Client] = {}
+        self._lock = threading.Lock()
+        self._pending: list[bytes] = []
+        self._warned_pending = False
+        self._thread: threading.Thread | None = None
+        self._thread_ident = 0
+        self._stopping = False
+        self._closed = False
+        self._unix_id: tuple[int, int] | None = None
+        self._connected = threading.Event()
+        #: counters, for tests and diagnostics
+        self.stats = {"accepted": 0, "dropped_slow": 0, "dropped_limit": 0, "events": 0}
+
+    # ------------------------------------------------------------------ public API
+    @property
+    def port(self) -> int:
+        """The bound TCP port (useful with ``tcp:127.0.0.1:0``)."""
+        if self._listener is None or self.address.kind != "tcp":
+            return 0
+        return self._listener.getsockname()[1]
+
+    @property
+    def path(self) -> str:
+        return self.address.path
+
+    @property
+    def wait(self) -> bool:
+        """True when the address asked for ``wait=on``: call :meth:`wait_for_client` before
+        starting the vCPUs."""
+        return self.address.wait
+
+    def start(self) -> None:
+        if self._thread is not None:
+            raise RuntimeError("QMP server already started")
+        self._listener = self._bind()
+        self._listener.setblocking(False)
+        self._sel = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._sel.register(self._wake_r, selectors.EVENT_READ, _WAKE)
+        self._listen(True)
+        self._thread = threading.Thread(target=self._run, name="qmp", daemon=True)
+        self._thread.start()
+        log.info("QMP monitor listening on %s", self.address.text)
+
+    def wait_for_client(self, timeout: float | None = None) -> bool:
+        """Block until a first client has connected (``wait=on`` semantics)."""
+        return self._connected.wait(timeout)
+
+    def close(self) -> None:
+        """Stop serving. Safe from any thread, including the server thread itself, and twice."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._stopping = True
+            if self._thread is not None:
+                self._wake()
+        if self._thread is None:
+            self._close_listener()
+            return
+        if threading.get_ident() != self._thread_ident:
+            self._thread.join(CLOSE_FLUSH_SECONDS + 5)
+            if self._thread.is_alive():
+                log.warning("QMP server thread did not stop")
+
+    def emit_event(self, name: str, data: dict[str, Any] | None = None) -> None:
+        """Send event ``name`` to every negotiated client. Any thread; never blocks on a
+        client. Raises ValueError for an event or member QEMU 7.2 does not have."""
+        check_event(name, data)
+        line = to_line(event_message(name, data))
+        if threading.get_ident() == self._thread_ident:
+            self._broadcast(line)  # inside a command: before its reply, as in QEMU
+            return
+        with self._lock:
+            if self._thread is None or self._closed:
+                return
+            if len(self._pending) >= MAX_PENDING_EVENTS:
+                del self._pending[0]
+                if not self._warned_pending:
+                    self._warned_pending = True
+                    log.warning("QMP server thread is not taking events: dropping the oldest")
+            self._pending.append(line)
+            self._wake()  # under the lock: the thread closes the pipe under it too
+
+    def emit_stop(self) -> None:
+        self.emit_event("STOP")
+
+    def emit_resume(self) -> None:
+        self.emit_event("RESUME")
+
+    def emit_reset(self, guest: bool, reason: str) -> None:
+        self.emit_event("RESET", {"guest": guest, "reason": reason})
+
+    def emit_shutdown(self, guest: bool, reason: str) -> None:
+        self.emit_event("SHUTDOWN", {"guest": guest, "reason": reason})
+
+    def emit_guest_panicked(self, action: str, info: dict[str, Any] | None = None) -> None:
+        data: dict[str, Any] = {"action": action}
+        if info is not None:
+            data["info"] = info
+        self.emit_event("GUEST_PANICKED", data)
+
+    @property
+    def client_count(self) -> int:
+        return len(self._clients)
+
+    # ------------------------------------------------------------------ binding
+    def _bind(self) -> socket.socket:
+        a = self.address
+        if a.kind == "unix":
+            return self._bind_unix(a.path)
+        try:
+            infos = socket.getaddrinfo(a.host or None, a.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        except socket.gaierror as e:
+            raise ConfigError(f"-qmp {a.text}: cannot resolve {a.host!r}: {e.strerror}") from None
+        last: OSError | None = None
+        for family, type_, proto, _, sockaddr in infos:
+            sock = socket.socket(family, type_ | socket.SOCK_CLOEXEC, proto)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind(sockaddr)
+                sock.listen(64)
+                return sock
+            except OSError as e:
+                sock.close()
+                last = e
+        raise ConfigError(f"-qmp {a.text}: cannot listen: {last.strerror if last else 'no address'}")
+
+    def _bind_unix(self, path: str) -> socket.socket:
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            raise ConfigError(f"-qmp {self.address.text}: {e.strerror}") from None
+        else:
+            if not stat.S_ISSOCK(st.st_mode):
+                raise ConfigError(f"-qmp {self.address.text}: {path} exists and is not a socket")
+            try:  # a stale socket from an earlier run, as QEMU unlinks it
+                os.unlink(path)
+            except OSError as e:
+                raise ConfigError(f"-qmp {self.address.text}: cannot remove old socket: {e.strerror}") from None
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            sock.bind(path)
+            sock.listen(64)
+            st = os.stat(path)
+        except OSError as e:
+            sock.close()
+            raise ConfigError(f"-qmp {self.address.text}: cannot listen: {e.strerror}") from None
+        self._unix_id = (st.st_dev, st.st_ino)
+        return sock
+
+    def _close_listener(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        if self._unix_id is not None:
+            try:  # only our own socket: another process may have taken the path since
+                st = os.lstat(self.address.path)
+                if (st.st_dev, st.st_ino) == self._unix_id:
+                    os.unlink(self.address.path)
+            except OSError:
+                pass
+            self._unix_id = None
+
+    # ------------------------------------------------------------------ the thread
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"\0")
+        except (BlockingIOError, OSError):
+            pass  # already pending (pipe full) or closing: the thread will look anyway
+
+    def _listen(self, on: bool) -> None:
+        assert self._sel is not None and self._listener is not None
+        if on and not self._listening:
+            self._sel.register(self._listener, selectors.EVENT_READ, _LISTEN)
+        elif not on and self._listening:
+            self._sel.unregister(self._listener)
+        self._listening = on
+
+    def _run(self) -> None:
+        self._thread_ident = threading.get_ident()
+        sel = self._sel
+        assert sel is not None
+        try:
+            while not self._stopping:
+                for key, mask in sel.select():
+                    if key.data is _LISTEN:
+                        self._accept()
+                    elif key.data is _WAKE:
+                        try:
+                            os.read(self._wake_r, 4096)
+                        except BlockingIOError:
+                            pass
+                    else:
+                        client: _Client = key.data
+                        if mask & selectors.EVENT_READ and client.sock.fileno() in self._clients:
+                            self._read(client)
+                        if mask & selectors.EVENT_WRITE and client.sock.fileno() in self._clients:
+                            self._flush(client)
+                self._take_pending()
+        except Exception:
+            log.exception("QMP server thread failed")
+        finally:
+            self._take_pending()
+            self._shutdown()
+
+    def _accept(self) -> None:
+        assert self._listener is not None and self._sel is not None
+        while len(self._clients) < self.max_clients:
+            try:
+                sock, peer = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    log.warning("QMP: cannot accept a client: %s", e.strerror)
+                    self._listen(False)  # retried when a client leaves
+                return
+            sock.setblocking(False)
+            if sock.family in (socket.AF_INET, socket.AF_INET6):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            client = _Client(sock, QmpSession(self.control, self.max_message), str(peer) or "unix client")
+            self._clients[sock.fileno()] = client
+            self._sel.register(sock, selectors.EVENT_READ, client)
+            client.mask = selectors.EVENT_READ
+            self.stats["accepted"] += 1
+            self._connected.set()
+            self._queue(client, client.session.greeting_line())
+        self._listen(False)  # full: the rest wait in the backlog
+
+    def _read(self, client: _Client) -> None:
+        try:
+            data = client.sock.recv(_RECV_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._drop(client)
+            return
+        for line in client.session.receive(data):
+            if not self._queue(client, line):
+                return
+        if client.session.fatal:
+            log.warning("QMP client %s: message over the limits, closing", client.name)
+            self.stats["dropped_limit"] += 1
+            self._flush(client)
+            self._drop(client)
+
+    def _queue(self, client: _Client, line: bytes) -> bool:
+        """Queue ``line`` for ``client`` and try to send; False if the client was dropped."""
+        client.out.append(line)
+        client.out_bytes += len(line)
+        if client.out_bytes > self.max_output:
+            log.warning("QMP client %s is not reading (%d bytes queued): dropping it", client.name, client.out_bytes)
+            self.stats["dropped_slow"] += 1
+            self._drop(client)
+            return False
+        return self._flush(client)
+
+    def _flush(self, client: _Client) -> bool:
+        out = client.out
+        while out:
+            chunk = out[0]
+            try:
+                sent = client.sock.send(chunk)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                self._drop(client)
+                return False
+            client.out_bytes -= sent
+            if sent == len(chunk):
+                out.popleft()
+            else:
+                out[0] = chunk[sent:]
+                break
+        want = selectors.EVENT_READ | (selectors.EVENT_WRITE if out else 0)
+        if self._stopping:
+            want = selectors.EVENT_WRITE  # closing: only delivering what is queued
+        if want != client.mask and self._sel is not None:
+            self._sel.modify(client.sock, want, client)
+            client.mask = want
+        return True
+
+    def _drop(self, client: _Client) -> None:
+        fd = client.sock.fileno()
+        if self._clients.pop(fd, None) is None:
+            return
+        if self._sel is not None:
+            try:
+                self._sel.unregister(client.sock)
+            except (KeyError, ValueError):
+                pass
+        client.sock.close()
+        client.out.clear()
+        if not self._stopping and not self._listening and self._listener is not None:
+            self._listen(True)
+
+    def _broadcast(self, line: bytes) -> None:
+        self.stats["events"] += 1
+        for client in list(self._clients.values()):
+            if client.session.negotiated:
+                self._queue(client, line)
+
+    def _take_pending(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, []
+        for line in pending:
+            self._broadcast(line)
+
+    def _shutdown(self) -> None:
+        """Deliver what is queued (bounded in time), then close everything."""
+        import time
+
+        sel = self._sel
+        if self._listener is not None and self._listening and sel is not None:
+            self._listen(False)
+        for client in list(self._clients.values()):
+            if client.out and sel is not None:
+                sel.modify(client.sock, selectors.EVENT_WRITE, client)
+                client.mask = selectors.EVENT_WRITE
+            else:
+                self._drop(client)
+        deadline = time.monotonic() + CLOSE_FLUSH_SECONDS
+        while sel is not None and any(c.out for c in self._clients.values()):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            for key, mask in sel.select(left):
+                if isinstance(key.data, _Client) and mask & selectors.EVENT_WRITE:
+                    if key.data.sock.fileno() in self._clients and self._flush(key.data):
+                        if not key.data.out:
+                            self._drop(key.data)
+                elif key.data is _WAKE:
+                    try:
+                        os.read(self._wake_r, 4096)
+                    except BlockingIOError:
+                        pass
+        for client in list(self._clients.values()):
+            self._drop(client)
+        if sel is not None:
+            sel.close()
+            self._sel = None
+        with self._lock:
+            for fd in (self._wake_r, self._wake_w):
+                if fd >= 0:
+                    os.close(fd)
+            self._wake_r = self._wake_w = -1
+        self._close_listener()
