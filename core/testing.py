@@ -21,11 +21,12 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 from .boot.loader import BootImages
+from .bus import Bus  # re-exported: place a device under test on a real bus
 from .irq import RecordingIrqLine
 from .machine import Machine
 from .spec import MachineSpec
 
-__all__ = ["FakeIrqChip", "TestMachine", "plugin_hooks"]
+__all__ = ["Bus", "FakeIrqChip", "TestMachine", "plugin_hooks"]
 
 
 def plugin_hooks(plugin: Any) -> set[str]:
@@ -130,6 +131,16 @@ class TestMachine(Machine):
         self.irqchip = self.fake_irqchip
         self.hook.create_devices(ctx=self.ctx)
         self._create_user_devices()
+        return self
+
+    def start(self) -> "TestMachine":
+        """What :meth:`Machine.run` starts besides the vCPUs: the ``machine_start`` hook, the
+        virtio devices' notification workers and the timer thread (``close()`` stops them)."""
+        self.hook.machine_start(ctx=self.ctx)
+        if self._virtio is not None:
+            self._virtio.start()
+        if self._timers is not None:
+            self._timers.start()
         return self
 
     def call(self, hook: str, **kwargs: Any) -> list[Any]:

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-from microvm.bus import Bus
-from microvm.memory import GuestMemory
+from microvm.testing import Bus
+from microvm.api import GuestMemory
 
 from microvm_fw_cfg.device import FwCfg
 from microvm_fw_cfg.keys import FW_CFG_FILE_DIR

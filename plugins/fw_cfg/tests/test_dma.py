@@ -5,7 +5,7 @@ import struct
 import threading
 
 import pytest
-from microvm.memory import GuestMemory
+from microvm.api import GuestMemory
 
 from microvm_fw_cfg.device import FwCfg
 from microvm_fw_cfg.keys import (

@@ -8,8 +8,8 @@ import struct
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from microvm.bus import Bus
-from microvm.memory import GuestMemory
+from microvm.testing import Bus
+from microvm.api import GuestMemory
 
 from microvm_fw_cfg.device import FwCfg
 

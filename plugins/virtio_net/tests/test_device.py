@@ -12,8 +12,8 @@ import time
 import pytest
 
 from microvm.api import ConfigError
-from microvm.virtio import Virtqueue
-from microvm.virtio import constants as C
+import microvm.api as C
+from microvm.api import Virtqueue
 from microvm.virtio.testing import DriverQueue, assert_only_changed
 from microvm_virtio_net import constants as N
 from microvm_virtio_net.device import BATCH, VirtioNet, header_length
@@ -629,35 +629,20 @@ def test_worker_sleeps_when_idle(mem):
     up.close()
 
 
-class _Machine:
-    """What ``microvm.virtio.slots.VirtioSlots`` uses of a machine (no KVM: vm is None)."""
-
-    def __init__(self, mem) -> None:
-        from microvm.irq import RecordingIrqLine
-
-        self.memory, self.vm, self.lines = mem, None, {}
-        self._line = RecordingIrqLine
-
-    def irq(self, gsi: int):
-        return self.lines.setdefault(gsi, self._line(gsi))
-
-    def add_mmio_device(self, device, base: int, length: int, name: str) -> None:
-        pass
-
-
-def test_with_the_cores_notification_worker(mem):
+def test_with_the_cores_notification_worker():
     """As the machine runs it today: QueueNotify kicks the slot's eventfd, the core's
     NotifyWorker thread calls process_queue, the device's own worker moves the frames."""
-    from microvm.virtio.slots import VirtioSlots
+    from microvm.api import VirtioTransportConfig
+    from microvm.testing import TestMachine
     from virtio_net_testlib import NetDriver
 
-    mem.fill(0, MEM_SIZE)
     tap = SocketTap()
     net = VirtioNet(tap, name="virtio-net:test")
-    slots = VirtioSlots(_Machine(mem))
-    slot = slots.add(net, "virtio-net:test", legacy=False)
+    m = TestMachine(mem_size=MEM_SIZE, serial=["none"]).create_devices()
+    mem = m.memory
+    slot = m.ctx.add_virtio_device(net, "virtio-net:test", VirtioTransportConfig(legacy=False))
     net.on_queue_error = slot.transport.set_needs_reset
-    slots.start()
+    m.start()
     try:
         drv = NetDriver(slot.transport)
         rxq, txq = drv.probe()
@@ -672,10 +657,10 @@ def test_with_the_cores_notification_worker(mem):
         drv.notify(N.TX_QUEUE)
         assert tap.recv() == vnet_hdr() + frame(200)
         assert wait_for(txq.get_used) == [(tx_head, 0)]
-        assert wait_for(lambda: slot.transport.irq_line.level)
+        assert wait_for(lambda: m.line(slot.irq).level)
         rxq.add([(MEM_SIZE, 64, True)])  # a broken ring, found by the device's worker
         drv.notify(N.RX_QUEUE)
         wait_for(drv.needs_reset)
     finally:
-        slots.close()
+        m.close()
     assert workers() == [] and tap.closed

@@ -8,7 +8,7 @@ from __future__ import annotations
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from microvm.virtio import constants as C
+import microvm.api as C
 from microvm.virtio.testing import assert_only_changed
 from microvm_virtio_net import constants as N
 from virtio_net_testlib import NetEnv, vnet_hdr

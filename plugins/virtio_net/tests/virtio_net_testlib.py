@@ -17,10 +17,9 @@ import struct
 import time
 from typing import Callable
 
-from microvm.irq import RecordingIrqLine
-from microvm.virtio import VirtioMmioTransport
-from microvm.virtio import constants as C
-from microvm.virtio.testing import DriverQueue, MmioDriver
+import microvm.api as C
+from microvm.api import RecordingIrqLine
+from microvm.virtio.testing import DriverQueue, MmioDriver, VirtioMmioTransport
 from microvm_virtio_net import constants as N
 from microvm_virtio_net.device import VirtioNet
 
