@@ -1,5 +1,5 @@
 """The core's own hook implementations: options that belong to the machine itself (not to a
-device), the host character devices every machine has (``stdio``, ``null``, ``file``), and
+device), the host character devices (QEMU's ``stdio``, ``null``, ``file``, ``pipe``, ``pty``, ``socket``), and
 the virtio-mmio slots' command line and MP table entries. Registered by
 :class:`microvm.plugins.PluginHost` under the name ``core``, always."""
 from __future__ import annotations
@@ -41,33 +41,83 @@ def register_machine_options(register: Callable[[MachineOption], None]) -> None:
     ))
 
 
-def _stdio(ctx: "MachineContext", ident: str, props: "Properties") -> Any:
-    from .chardev import stdio_chardev
+def _common(ctx: "MachineContext", ident: str, props: "Properties") -> dict[str, Any]:
+    """What every core chardev backend gets: its counters, mux, and C-a x routed to the
+    machine running now (a backend outlives a guest reset)."""
+    chardevs = ctx._m.chardevs  # core code: the context's machine is ours to use
+    return {
+        "counters": ctx.counters(f"chardev.{ident}"),
+        "mux": bool(props.get("mux", False)),
+        "escapes": bool(props.get("mux", False)),
+        "on_quit": lambda: chardevs.request_stop(0, "terminated by C-a x"),
+    }
 
-    return stdio_chardev(on_quit=lambda: ctx.request_stop(0, "terminated by C-a x"))
+
+def _stdio(ctx: "MachineContext", ident: str, props: "Properties") -> Any:
+    from .chardev.fd import StdioBackend
+
+    ctx._m.chardevs.claim_stdio(ident)
+    kw = _common(ctx, ident, props)
+    kw["escapes"] = True  # C-a x / C-a b on the terminal, mux or not (see docs/chardev.md)
+    return StdioBackend(ident, signal=props.signal, **kw)
 
 
 def _null(ctx: "MachineContext", ident: str, props: "Properties") -> Any:
-    from .chardev import NullChardev
+    from .chardev.base import NullBackend
 
-    return NullChardev()
+    return NullBackend(ident, **_common(ctx, ident, props))
 
 
 def _file(ctx: "MachineContext", ident: str, props: "Properties") -> Any:
-    from .chardev import file_chardev
+    from .chardev.fd import FileBackend
 
-    return file_chardev(props.path, append=props.append)
+    return FileBackend(ident, props.path, append=props.append, input_path=props["input-path"], **_common(ctx, ident, props))
+
+
+def _pipe(ctx: "MachineContext", ident: str, props: "Properties") -> Any:
+    from .chardev.fd import PipeBackend
+
+    return PipeBackend(ident, props.path, **_common(ctx, ident, props))
+
+
+def _pty(ctx: "MachineContext", ident: str, props: "Properties") -> Any:
+    from .chardev.pty import PtyBackend
+
+    return PtyBackend(ident, **_common(ctx, ident, props))
+
+
+def _socket(ctx: "MachineContext", ident: str, props: "Properties") -> Any:
+    from .chardev.socket import SocketBackend
+
+    return SocketBackend(
+        ident, path=props.path, host=props.host, port=props.port, server=props.server, wait=props.wait,
+        reconnect=props.reconnect, nodelay=props.nodelay, **_common(ctx, ident, props),
+    )
+
+
+_MUX = Property("mux", "bool", False, "share the chardev between several devices; C-a c switches input between them")
 
 
 @hookimpl
 def register_backends(register: Callable[..., None]) -> None:
     register("chardev", "stdio", _stdio, "the VMM's standard input and output (C-a x quits, C-a b sends a break)",
-             properties=(Property("mux", "bool", False, "accepted for QEMU compatibility (C-a commands are always on)"),
-                         Property("signal", "bool", True, "accepted for QEMU compatibility")))
-    register("chardev", "null", _null, "discards output, never produces input")
-    register("chardev", "file", _file, "output to a file (input: none)",
-             properties=(Property("path", "str", required=True, help="the file"),
-                         Property("append", "bool", False, "append instead of truncating (once per process)")))
+             properties=(_MUX, Property("signal", "bool", True, "off: Ctrl-C goes to the guest instead of ending the VMM")))
+    register("chardev", "null", _null, "discards output, never produces input", properties=(_MUX,))
+    register("chardev", "file", _file, "output to a file, input from input-path if given",
+             properties=(Property("path", "str", required=True, help="the output file"),
+                         Property("append", "bool", False, "append instead of truncating"),
+                         Property("input-path", "str", None, "a file to read input from"), _MUX))
+    register("chardev", "pipe", _pipe, "PATH.out and PATH.in (or PATH both ways): FIFOs or files",
+             properties=(Property("path", "str", required=True, help="the FIFO (or the stem of PATH.in/PATH.out)"), _MUX))
+    register("chardev", "pty", _pty, "a new pseudo-terminal (its /dev/pts name is printed on stderr)", properties=(_MUX,))
+    register("chardev", "socket", _socket, "a unix (path=) or TCP (host=,port=) stream socket, server or client",
+             properties=(Property("path", "str", None, "unix socket path"),
+                         Property("host", "str", None, "TCP host (server: the address to listen on)"),
+                         Property("port", "str", None, "TCP port"),
+                         Property("server", "bool", False, "listen for a client instead of connecting"),
+                         Property("wait", "bool", True, "server: wait for a client before the guest starts"),
+                         Property("reconnect", "int", 0, "client: seconds between attempts to connect again (0: never)"),
+                         Property("nodelay", "bool", False, "TCP_NODELAY"), _MUX))
 
 
 @hookimpl

@@ -21,7 +21,8 @@ log = get_logger("microvm.machine")
 
 if TYPE_CHECKING:
     from .bus.protocol import BusDevice
-    from .chardev import Chardev
+    from .chardev import Chardev, ChardevInfo
+    from .chardev.registry import ChardevSet
     from .metrics import Metrics
 #: Interrupts a vCPU thread's KVM_RUN (EINTR). A real-time signal, as Firecracker uses, so an
 #: embedding program's SIGUSR1 stays its own.
@@ -84,8 +85,10 @@ class Machine:
     (``self.ctx``). A Machine runs once; a guest reset builds a new one (:func:`run_spec`).
     """
 
-    def __init__(self, spec: MachineSpec, host: Any = None, images: Any = None, metrics: "Metrics | None" = None) -> None:
+    def __init__(self, spec: MachineSpec, host: Any = None, images: Any = None, metrics: "Metrics | None" = None,
+                 chardevs: "ChardevSet | None" = None) -> None:
         from .boot.loader import read_images
+        from .chardev.registry import ChardevSet
         from .context import MachineContext
         from .metrics import Metrics
         from .plugins import PluginHost, plugin_host
@@ -112,11 +115,17 @@ class Machine:
         self.smp = spec.smp
         self.ram_size = spec.mem_size
         self.devices: dict[str, Any] = {}
-        self._chardevs: dict[str, Chardev] = {}
-        self._stdio_user: str | None = None
+        #: the process's character devices: they outlive this boot (run_spec passes them on)
+        self._owns_chardevs = chardevs is None
+        self.chardevs: ChardevSet = chardevs if chardevs is not None else ChardevSet()
+        self.chardevs.machine = self
+        #: this boot's frontends on them, by (chardev id, who holds it)
+        self._frontends: dict[tuple[str, Any], Any] = {}
         self._drive_users: dict[str, str] = {}
-        #: the device whose factory runs now (who claims a drive or netdev)
+        #: the device whose factory runs now (who claims a drive, netdev or chardev), and a
+        #: key that tells two devices of the same type apart
         self._creating = "a device"
+        self._creating_key: Any = ("hook",)
         self._netdevs: dict[str, tuple[Any, str]] = {}
         self._irq_lines: dict[int, Any] = {}
         self.stopping = False
@@ -255,13 +264,16 @@ class Machine:
     def _make_backend(self, kind: str, cfg: Any) -> Any:
         from .config import parse_properties
 
+        if kind == "chardev":  # made once per process, kept across guest resets
+            made = self.chardevs.get(cfg.id)
+            if made is not None:
+                return made
         reg = self._backend_type(kind, cfg)
         props = parse_properties(f"{kind} {cfg.id} ({cfg.backend})", reg.properties, cfg.props)
-        if kind == "chardev" and cfg.backend == "stdio":
-            if self._stdio_user is not None:
-                raise ConfigError(f"cannot use stdio for both {self._stdio_user} and chardev {cfg.id}")
-            self._stdio_user = f"chardev {cfg.id}" if not cfg.id.startswith("serial") else f"serial port {cfg.id[6:]}"
         backend = reg.factory(self.ctx, cfg.id, props)
+        if kind == "chardev":
+            self.chardevs.add(cfg.id, backend)
+            return backend
         close = getattr(backend, "close", None)
         if close is not None:
             self.add_cleanup(close)
@@ -309,29 +321,54 @@ class Machine:
         self._cleanups.append(fn)
 
     def chardev(self, chardev_id: str) -> Chardev:
-        """The ``--chardev BACKEND,id=ID`` backend, created on first use."""
-        dev = self._chardevs.get(chardev_id)
-        if dev is None:
-            cfg = self.spec.chardev_configs.get(chardev_id)
-            if cfg is None:
-                known = ", ".join(sorted(self.spec.chardev_configs)) or "none"
-                raise ConfigError(f"chardev {chardev_id!r} not found (defined chardevs: {known})")
-            dev = self._chardevs[chardev_id] = self._make_backend("chardev", cfg)
-        return dev
+        """A frontend on the ``--chardev BACKEND,id=ID`` backend for the device being
+        created (the same one when that device asks again); a second device is refused
+        unless the chardev has ``mux=on``, as QEMU does."""
+        cfg = self.spec.chardev_configs.get(chardev_id)
+        if cfg is None:
+            known = ", ".join(sorted(self.spec.chardev_configs)) or "none"
+            raise ConfigError(f"{self._creating}: chardev {chardev_id!r} not found (defined chardevs: {known})")
+        return self._frontend(cfg, self._creating, self._creating_key)
 
     def serial_chardev(self, index: int) -> Chardev | None:
-        """The host side of serial port ``index`` from ``-serial`` (None for ``none``)."""
+        """The frontend of serial port ``index`` on its ``-serial`` chardev (None for ``none``)."""
         if index >= len(self.spec.serial_configs):
             return None
         s = self.spec.serial_configs[index]
         if s.ref is not None:
-            return self.chardev(s.ref)
-        if s.chardev is None:
+            cfg = self.spec.chardev_configs[s.ref]  # checked by MachineSpec.validate
+        elif s.chardev is not None:
+            cfg = s.chardev
+        else:
             return None
-        dev = self._chardevs.get(s.chardev.id)
-        if dev is None:
-            dev = self._chardevs[s.chardev.id] = self._make_backend("chardev", s.chardev)
-        return dev
+        return self._frontend(cfg, f"serial port {index}", ("serial", index))
+
+    def _frontend(self, cfg: Any, owner: str, key: Any) -> Any:
+        fe = self._frontends.get((cfg.id, key))
+        if fe is not None:
+            return fe
+        backend = self._make_backend("chardev", cfg)
+        attach = getattr(backend, "attach", None)
+        if attach is not None:
+            fe = attach(owner)
+        else:  # a plugin's backend that is not a CharBackend: one user, the object itself
+            for (ident, _), other in self._frontends.items():
+                if ident == cfg.id:
+                    raise ConfigError(f"{owner}: chardev {cfg.id!r} is already in use")
+            fe = backend
+        self._frontends[(cfg.id, key)] = fe
+        return fe
+
+    def chardev_infos(self) -> list["ChardevInfo"]:
+        """Every character device as QMP's ``query-chardev`` lists it."""
+        return self.chardevs.infos()
+
+    def _open_chardevs(self) -> None:
+        """Make every ``--chardev`` backend now, used or not (as QEMU does), so a socket
+        that cannot be bound is an error before the guest runs. ``--serial`` shorthands are
+        made when their port asks (a default ``stdio`` nobody uses claims nothing)."""
+        for cfg in self.spec.chardev_configs.values():
+            self._make_backend("chardev", cfg)
 
     # ------------------------------------------------------------------ construction
     def build(self) -> None:
@@ -349,6 +386,7 @@ class Machine:
         self._vmx_housekeeping()
         self.supported_cpuid = self.kvm.supported_cpuid()
         self._create_irqchip()
+        self._open_chardevs()
         self.hook.create_devices(ctx=self.ctx)
         self._create_user_devices()
         tsc_deadline = bool(self.kvm.check_extension("KVM_CAP_TSC_DEADLINE_TIMER"))
@@ -402,7 +440,7 @@ class Machine:
         from .config import VIRTIO_TRANSPORT_PROPERTIES, VirtioTransportConfig, parse_properties
 
         names: set[str] = set()
-        for cfg in self.spec.device_configs:
+        for index, cfg in enumerate(self.spec.device_configs):
             reg = self.host.device_types[cfg.driver]  # checked in __init__
             declared = self.device_properties(reg) + (VIRTIO_TRANSPORT_PROPERTIES if reg.virtio else ())
             props = parse_properties(cfg.driver, declared, cfg.props)
@@ -411,10 +449,12 @@ class Machine:
                     raise ConfigError(f"--device {cfg.driver}: duplicate id {props['id']!r}")
                 names.add(props["id"])
             self._creating = f"--device {cfg.driver}" + (f",id={props['id']}" if props["id"] else "")
+            self._creating_key = ("device", index)
             try:
                 made = reg.factory(self.ctx, props)
             finally:
                 self._creating = "a device"
+                self._creating_key = ("hook",)
             if not reg.virtio:
                 continue
             from .virtio.backend import VirtioBackend
@@ -514,6 +554,10 @@ class Machine:
             if not install_kick_handler():
                 log.warning("Machine.run outside the main thread before microvm.machine was imported in it: "
                             "a vCPU halted in the guest may take seconds to stop")
+            # chardev I/O runs from here; the first boot waits for socket servers' clients
+            self.chardevs.start(self._stop_event)
+            if self.stopping:
+                return self.exit_status
             self.hook.machine_start(ctx=self.ctx)
             if self._virtio is not None:
                 self._virtio.start()
@@ -550,7 +594,13 @@ class Machine:
                 self._virtio.close()  # closes the backends' files and releases their locks
             except Exception:
                 log.exception("closing virtio devices failed")
-        self._chardevs.clear()
+        if self._frontends:  # this boot's devices let go of the chardevs
+            from .chardev.base import CharFrontend
+
+            for fe in self._frontends.values():
+                if isinstance(fe, CharFrontend):
+                    fe.close()
+            self._frontends.clear()
         alive = any(t.is_alive() for t in self.threads)
         for fn in reversed(self._cleanups):
             if alive and fn in (getattr(self.memory, "close", None),):
@@ -560,6 +610,10 @@ class Machine:
             except Exception:
                 log.debug("cleanup failed", exc_info=True)
         self._cleanups.clear()
+        if self.chardevs.machine is self:
+            self.chardevs.machine = None
+        if self._owns_chardevs:
+            self.chardevs.close()
 
 
 def run_spec(spec: MachineSpec, host: Any = None) -> int:
@@ -567,17 +621,21 @@ def run_spec(spec: MachineSpec, host: Any = None) -> int:
     ``spec.metrics``, write the counters (of every boot) there at the end."""
     from .metrics import Metrics
 
+    from .chardev.registry import ChardevSet
+
     images = None
     metrics = Metrics()
+    chardevs = ChardevSet()  # kept across guest resets, as QEMU keeps its chardevs
     try:
         while True:
-            m = Machine(spec, host, images, metrics)
+            m = Machine(spec, host, images, metrics, chardevs)
             images = m.images
             status = m.run()
             if not m.reset_requested:
                 return status
             log.info("rebooting")
     finally:
+        chardevs.close()
         if spec.metrics and images is not None:
             try:
                 metrics.write_json(spec.metrics)

@@ -75,7 +75,7 @@ class MachineSpec:
         self.drives = list(drives or [])
         self.chardevs = list(chardevs or [])
         self.netdevs = list(netdevs or [])
-        self.serial = list(serial) if serial is not None else ["stdio"]
+        self.serial = list(serial) if serial is not None else ["mon:stdio"]  # QEMU -nographic's
         self.extra_plugins = list(extra_plugins or [])
         self.metrics = metrics
         self.drive_configs: dict[str, DriveConfig] = {}

@@ -212,7 +212,7 @@ def test_parse_props_duplicate_key() -> None:
 def test_default_spec_is_valid() -> None:
     spec = MachineSpec()
     spec.validate()
-    assert (spec.mem_size, spec.smp, spec.serial) == (128 * MiB, 1, ["stdio"])
+    assert (spec.mem_size, spec.smp, spec.serial) == (128 * MiB, 1, ["mon:stdio"])  # QEMU -nographic
 
 
 @pytest.mark.parametrize(

@@ -28,7 +28,7 @@ def run_command(**options: Any) -> int:
         spec = MachineSpec(
             kernel=kernel, initrd=initrd, append=append or "", mem_size=parse_size(o["memory"]), smp=o["smp"],
             no_reboot=o["no_reboot"], machine=list(machine), devices=list(device), drives=list(o["drive"]),
-            chardevs=list(o["chardev"]), netdevs=list(o["netdev"]), serial=list(o["serial"]) or ["stdio"],
+            chardevs=list(o["chardev"]), netdevs=list(o["netdev"]), serial=list(o["serial"]) or ["mon:stdio"],
             metrics=o["metrics"],
         )
         spec.validate()
