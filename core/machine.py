@@ -46,6 +46,20 @@ def install_kick_handler() -> bool:
 
 _kick_handler_installed = False
 install_kick_handler()
+
+#: the machine whose run() is under way (SIGTERM/SIGHUP go to it) and the termination signal
+#: received since run_spec started, if any: a signal that arrives while a reset rebuilds the
+#: machine must end the process, not be lost with the old machine
+_current: "Machine | None" = None
+_terminated_by: int | None = None
+
+
+def _on_terminate(signum: int, _frame: Any) -> None:
+    global _terminated_by
+    _terminated_by = signum
+    m = _current
+    if m is not None:
+        m.request_stop(0, f"terminated by signal {signum}")
 #: Guest command-line words that keep Linux off instructions an emulating host cannot run
 #: (HOST.md: no XSAVE; clearcpuid 151 = POPCNT, 308 = SMAP, by number since names need
 #: CONFIG_X86_FEATURE_NAMES).
@@ -133,6 +147,11 @@ class Machine:
         self.stop_reason = ""
         self.reset_requested = False
         self._stop_event = threading.Event()
+        #: vCPU threads may be kicked (their kvm_run pages are mapped); cleared, under
+        #: _kick_lock, before the vCPUs are closed, so a late request_stop (a signal, C-a x on a
+        #: chardev thread) never writes to an unmapped kvm_run
+        self._kickable = False
+        self._kick_lock = threading.Lock()
         self._cleanups: list[Callable[[], None]] = []
         self.threads: list[Any] = []
         self.vcpus: list[Any] = []
@@ -510,9 +529,11 @@ class Machine:
             self.stopping = True
             log.log(40 if status else 20, "stopping: %s", reason)  # ERROR / INFO
         self._stop_event.set()
-        for t in self.threads:
-            if t is not threading.current_thread():
-                t.kick()
+        with self._kick_lock:
+            if self._kickable:
+                for t in self.threads:
+                    if t is not threading.current_thread():
+                        t.kick()
 
     def guest_reset(self, reason: str) -> None:
         """The guest asked for a reset (triple fault): end the process with --no-reboot, as
@@ -533,10 +554,14 @@ class Machine:
     def _install_termination_handlers(self) -> None:
         """SIGTERM/SIGHUP stop the machine cleanly (the terminal is restored, disks closed), as
         QEMU does; only possible from the main thread."""
+        global _current
+        _current = self
         if threading.current_thread() is not threading.main_thread():
             return
         for sig in (signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, lambda signum, _frame: self.request_stop(0, f"terminated by signal {signum}"))
+            signal.signal(sig, _on_terminate)
+        if _terminated_by is not None:  # it came while this machine was being built
+            self.request_stop(0, f"terminated by signal {_terminated_by}")
 
     def run(self) -> int:
         """Boot and run until the guest stops; returns the exit status. A Machine runs once:
@@ -564,6 +589,8 @@ class Machine:
             if self._timers is not None:
                 self._timers.start()
             self.threads = [VcpuThread(self, v) for v in self.vcpus]
+            with self._kick_lock:
+                self._kickable = True
             for t in self.threads:
                 self.metrics.add_source("vcpus", t.name, t.exit_counts)
                 t.start()
@@ -577,10 +604,15 @@ class Machine:
                 if t.is_alive():
                     log.warning("vCPU thread %s did not stop", t.name)
         finally:
+            global _current
+            if _current is self:
+                _current = None
             self.close()
         return self.exit_status
 
     def close(self) -> None:
+        with self._kick_lock:
+            self._kickable = False
         if not self._stopped_hooks and self._built:
             self._stopped_hooks = True
             try:
@@ -623,15 +655,26 @@ def run_spec(spec: MachineSpec, host: Any = None) -> int:
 
     from .chardev.registry import ChardevSet
 
+    global _terminated_by
+    _terminated_by = None
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGHUP):  # from now on a SIGTERM is never lost
+            signal.signal(sig, _on_terminate)
     images = None
     metrics = Metrics()
     chardevs = ChardevSet()  # kept across guest resets, as QEMU keeps its chardevs
     try:
         while True:
-            m = Machine(spec, host, images, metrics, chardevs)
-            images = m.images
-            status = m.run()
-            if not m.reset_requested:
+            try:
+                m = Machine(spec, host, images, metrics, chardevs)
+                images = m.images
+                status = m.run()
+            except (MicrovmError, OSError):
+                if _terminated_by is not None:  # e.g. EINTR in a KVM ioctl: the signal wins
+                    log.info("terminated by signal %d while the machine was built", _terminated_by)
+                    return 0
+                raise
+            if not m.reset_requested or _terminated_by is not None:
                 return status
             log.info("rebooting")
     finally:
