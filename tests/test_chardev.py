@@ -189,7 +189,7 @@ def test_output_reaches_the_pipe_whole_and_in_order():
 
 
 def test_a_stalled_sink_never_blocks_the_writer_and_close_is_bounded():
-    """The sink: a one-page pipe nobody reads. 1 MiB of writes all return; what did not fit
+    """The sink: a one-page pipe nobody reads. 4 MiB of writes all return; what did not fit
     (pipe + OUTPUT_BUFFER) is dropped and counted; close() returns though the sink is stuck."""
     out_r, out_w = os.pipe()
     fcntl.fcntl(out_w, fcntl.F_SETPIPE_SZ, 4096)
@@ -197,7 +197,7 @@ def test_a_stalled_sink_never_blocks_the_writer_and_close_is_bounded():
     b = FdBackend("c0", out_w, None, out_mode=NONBLOCK, owned=(out_w,))
     fe = b.attach("dev")
     b.start()
-    total = 1 << 20
+    total = 4 << 20
 
     def guest() -> None:
         for _ in range(total // 64):
@@ -338,7 +338,7 @@ def test_pipe_backend_with_nobody_reading_drops_instead_of_blocking(tmp_path: Pa
     fe = b.attach("dev")
     b.start()
     for _ in range(64):
-        fe.write(b"y" * 8192)
+        fe.write(b"y" * 65536)  # 4 MiB: more than the FIFO and the backend's buffer hold
     until(lambda: b.counters["bytes_dropped"] > 0, "dropping what the FIFO cannot hold")
     b.close()
 

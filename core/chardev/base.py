@@ -49,8 +49,10 @@ log = get_logger("microvm.chardev")
 
 Receiver = Callable[[bytes], None]
 
-#: bytes a backend holds for a sink that cannot take them yet; beyond this output is dropped
-OUTPUT_BUFFER = 64 * 1024
+#: bytes a backend holds for a sink that cannot take them yet; beyond this output is dropped.
+#: Large enough to ride out the I/O thread waiting for the GIL while a virtio worker pushes
+#: a burst (a healthy sink then loses nothing); small enough to be no memory concern.
+OUTPUT_BUFFER = 1 << 20
 #: bytes of input read ahead of what the focused frontend takes
 INPUT_PENDING = 4096
 #: most bytes one read or write moves
@@ -266,6 +268,8 @@ class CharBackend:
         self.connected = True
         self._input_eof = False
         self._sink_gone = False
+        #: the sink said "would block" and has not taken anything since
+        self._stalled = False
         self._error: OSError | None = None
         self._thread: threading.Thread | None = None
         self._closing = False
@@ -333,7 +337,8 @@ class CharBackend:
                 elif k >= n:
                     self._count_written(k)
                     return
-                else:
+                else:  # the sink is full for now: the rest waits for the I/O thread
+                    self._stalled = True
                     if k:
                         self._count_written(k)
                         data = data[k:]
@@ -343,6 +348,10 @@ class CharBackend:
                 wake = self._queue(data, n)
         if wake:
             self.wake()
+        elif len(self._out) > self._limit // 2 and not self._stalled:
+            # the sink keeps up but the I/O thread waits for the GIL (a virtio worker pushing a
+            # burst): let it run. Yield, never wait: a stalled sink gets no yields at all.
+            time.sleep(0)
 
     def _queue(self, data: bytes, n: int) -> bool:
         """Append to the buffer (lock held), dropping what does not fit; True when the
@@ -464,6 +473,7 @@ class CharBackend:
             try:
                 k = self._sink_write(chunk)
             except BlockingIOError:
+                self._stalled = True
                 break
             except OSError as e:
                 self._on_sink_error(e)
@@ -473,6 +483,7 @@ class CharBackend:
             with self._lock:
                 del self._out[:k]
             self._count_written(k)
+            self._stalled = False
             freed = True
         if freed:
             for fe in list(self.frontends):
