@@ -25,6 +25,7 @@ def test_second_writer_is_refused_while_readers_share(tmp_path):
         assert r.returncode == 2
         lines = r.stderr.decode().splitlines()
         assert len(lines) == 1 and "is locked by another process" in lines[0], lines
+        assert 'Failed to get "write" lock' in lines[0] and str(img) in lines[0], lines  # QEMU's words
     finally:
         first.kill()
         first.wait()
