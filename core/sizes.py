@@ -37,6 +37,9 @@ _HEX = "0123456789abcdefABCDEF"
 #: The smallest normal double: glibc's strtod reports ERANGE below it (underflow).
 _DBL_MIN = 2.2250738585072014e-308
 
+#: machine_set_mem() rounds the RAM size up to this.
+_RAM_ALIGN = 8192
+
 _EINVAL = "EINVAL"
 _ERANGE = "ERANGE"
 
@@ -205,8 +208,9 @@ def parse_memory_size(text: str) -> int | None:
     (so ``-m 1.5`` is refused: a fraction of a byte); then, if it ends in a digit, it is read
     again with ``M`` appended ("legacy suffix-less format"), so ``-m 1.0`` is 1 MiB,
     ``-m 0x80`` 128 MiB and ``-m 99999999999999`` out of range. Errors name ``-m`` and the
-    text, as QEMU's do. QEMU then rounds the size up to 8 KiB (``machine_set_mem``); that is
-    left to the caller, as are QEMU's ``-m size=...,slots=...,maxmem=...`` keys."""
+    text, as QEMU's do. Last, the size is rounded up to 8 KiB as ``machine_set_mem`` does
+    (``-m 1001K`` is 1008 KiB of RAM in QEMU). QEMU's ``-m size=...,slots=...,maxmem=...``
+    keys are not taken."""
     s = text if isinstance(text, str) else str(text)
     if s == "":
         return None
@@ -222,4 +226,7 @@ def parse_memory_size(text: str) -> int | None:
             size = parse_size(s, "B", name="memory.size")
         except ConfigError as e:
             raise ConfigError(f"-m {text}: {e}") from None
+    size = -(-size // _RAM_ALIGN) * _RAM_ALIGN
+    if size >= _U64:  # QEMU's QEMU_ALIGN_UP would wrap to a tiny size here
+        raise ConfigError(f"-m {text}: ram size too large")
     return size
