@@ -116,40 +116,39 @@ def qemu_image_permissions(readonly: bool) -> tuple[int, int]:
     return perm, BLK_PERM_ALL & ~BLK_PERM_WRITE
 
 
-class _Locking:
-    """``fcntl`` lock requests, OFD where the kernel has them (QEMU's qemu_probe_lock_ops:
-    F_OFD_GETLK on /dev/null), else process-associated ones as QEMU falls back to."""
+class _Ofd:
+    """Does the kernel have OFD locks? Probed once as QEMU's qemu_probe_lock_ops does
+    (F_OFD_GETLK on /dev/null). Without them QEMU's default ``locking=auto`` takes no image
+    locks at all (POSIX process locks vanish when any descriptor of the file is closed), and
+    neither does microvm."""
 
-    setlk = F_OFD_SETLK
-    getlk = F_OFD_GETLK
-    probed = False
+    available: bool | None = None
 
     @classmethod
-    def probe(cls) -> None:
-        if cls.probed:
-            return
-        cls.probed = True
-        try:
-            fd = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
-        except OSError:
-            fd = -1
-        try:
-            if fd < 0:
-                raise OSError(errno.EBADF, "no /dev/null")
-            fcntl.fcntl(fd, F_OFD_GETLK, FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0))
-        except OSError:
-            cls.setlk, cls.getlk = fcntl.F_SETLK, fcntl.F_GETLK
-        finally:
-            if fd >= 0:
-                os.close(fd)
+    def probe(cls) -> bool:
+        if cls.available is None:
+            try:
+                fd = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
+            except OSError:
+                cls.available = False
+            else:
+                try:
+                    fcntl.fcntl(fd, F_OFD_GETLK, FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0))
+                    cls.available = True
+                except OSError:
+                    cls.available = False
+                finally:
+                    os.close(fd)
+            if not cls.available:
+                log.warning("virtio-blk: the kernel has no OFD locks; images are not locked (as QEMU's locking=auto)")
+        return cls.available
 
 
 def _lock_byte(fd: int, offset: int, lock_type: int) -> None:
     """qemu_lock_fd / qemu_unlock_fd: a shared (read) lock, or an unlock, on one byte."""
-    _Locking.probe()
     while True:
         try:
-            fcntl.fcntl(fd, _Locking.setlk, FLOCK.pack(lock_type, os.SEEK_SET, offset, 1, 0))
+            fcntl.fcntl(fd, F_OFD_SETLK, FLOCK.pack(lock_type, os.SEEK_SET, offset, 1, 0))
             return
         except InterruptedError:
             continue
@@ -157,9 +156,8 @@ def _lock_byte(fd: int, offset: int, lock_type: int) -> None:
 
 def _byte_is_locked(fd: int, offset: int) -> bool:
     """qemu_lock_fd_test(exclusive): would a write lock on the byte conflict with a lock some
-    other open file (or, without OFD locks, another process) holds?"""
-    _Locking.probe()
-    got = fcntl.fcntl(fd, _Locking.getlk, FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, offset, 1, 0))
+    other open file holds?"""
+    got = fcntl.fcntl(fd, F_OFD_GETLK, FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, offset, 1, 0))
     return FLOCK.unpack(got)[0] != fcntl.F_UNLCK
 
 
@@ -168,6 +166,8 @@ def lock_image(fd: int, readonly: bool) -> str | None:
     no other user conflicts (file-posix.c's raw_apply_lock_bytes, then raw_check_lock_bytes).
     Returns None, or QEMU's words for the conflict (``Failed to get "write" lock``); raises
     OSError when the file system refuses locks. Closing ``fd`` drops every lock."""
+    if not _Ofd.probe():
+        return None
     perm, shared = qemu_image_permissions(readonly)
     for bit in BLK_PERM_NAMES:
         if perm & bit:

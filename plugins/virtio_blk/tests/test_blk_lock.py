@@ -175,12 +175,12 @@ class Qemu:
     them again when the check fails."""
 
     def __init__(self, path: Path, readonly: bool) -> None:
+        # held: QEMU's two lock records (100[-101] and 201) are there besides those before it
+        # started (locks on the bytes alone would not tell its from microvm's)
+        before = len(lock_records(path))
         self.p = subprocess.Popen(qemu_cmd(path, readonly), stdin=subprocess.DEVNULL,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        # held: QEMU's two lock records (100[-101] and 201) are there besides any before it
-        # (locks on the bytes alone would not tell its from microvm's)
         self.held = False
-        before = len(lock_records(path))
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and self.p.poll() is None:
             if len(lock_records(path)) >= before + 2:
