@@ -709,17 +709,25 @@ class CharBackend:
         return None
 
     # ---- closing -----------------------------------------------------------------------------
-    def close(self) -> None:
-        """Stop the I/O thread (after at most :data:`CLOSE_FLUSH_SECONDS` of flushing) and
-        release everything. Idempotent."""
-        if self.closed:
-            return
+    def begin_close(self) -> None:
+        """Tell the I/O thread to hand over what it holds and stop (it gives the sink at most
+        :data:`CLOSE_FLUSH_SECONDS`). :meth:`close` waits for it; closing several chardevs,
+        begin them all first so that their flushes overlap (:class:`ChardevSet` does)."""
         self._closing = True
         self.wake()
+
+    def close(self, deadline: float | None = None) -> None:
+        """Stop the I/O thread and release everything, by ``deadline`` (``time.monotonic()``;
+        default: :data:`CLOSE_FLUSH_SECONDS` and a little from now). Idempotent."""
+        if self.closed:
+            return
+        if deadline is None:
+            deadline = time.monotonic() + CLOSE_FLUSH_SECONDS + 0.3
+        self.begin_close()
         t = self._thread
         stuck = False
         if t is not None and t is not threading.current_thread():
-            t.join(timeout=CLOSE_FLUSH_SECONDS + 0.3)
+            t.join(timeout=max(0.0, deadline - time.monotonic()))
             stuck = t.is_alive()
         elif t is None:  # never started: hand over what was written, as the thread would
             self._final_flush()
