@@ -103,7 +103,7 @@ class Machine:
         if spec.kernel is None:
             raise ConfigError("no kernel given (--kernel FILE)")
         #: kernel and initrd bytes (microvm.boot.loader.BootImages), checked before KVM is touched
-        self.images = images or read_images(spec.kernel, spec.initrd)
+        self.images = images or read_images(spec.kernel, spec.initrd, max_size=spec.mem_size)
         #: a machine rebuilt after a guest reset (run_spec passes the images on)
         self.rebooted = images is not None
         #: the process's counters (run_spec keeps one across reboots)
