@@ -234,3 +234,38 @@ def test_lapic_register_page_round_trip():
     finally:
         vm.close()
         kvm.close()
+
+
+@requires_kvm
+@pytest.mark.kvm
+def test_sigterm_at_any_moment_of_a_reboot_loop_ends_cleanly(guest_cache, tmp_path):
+    """hello-pvh triple-faults after each HELLO and, without --no-reboot, the machine is
+    rebuilt again and again: SIGTERM lands in a boot, in a teardown or between two machines.
+    Each time the process must end by itself with status 0 and write its metrics (it used to
+    deadlock in the handler, or lose the signal between two machines and run on)."""
+    import json
+    import random
+    import signal
+    import subprocess
+
+    from kvm_helpers import microvm_cmd
+
+    elf = build_guest("hello-pvh", guest_cache)
+    for i in range(8):
+        metrics = tmp_path / f"m{i}.json"
+        p = subprocess.Popen(microvm_cmd("run", "--kernel", str(elf), "--serial", "stdio", "--metrics", str(metrics)),
+                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            seen = b""
+            while seen.count(b"HELLO") < random.randint(1, 6):
+                chunk = p.stdout.read1(4096)
+                assert chunk, p.stderr.read()
+                seen += chunk
+            time.sleep(random.uniform(0, 0.02))
+            p.send_signal(signal.SIGTERM)
+            p.communicate(timeout=20)  # raises if the process does not end by itself
+        finally:
+            p.kill()
+            p.wait()
+        assert p.returncode == 0, (i, p.returncode)
+        assert json.loads(metrics.read_text())["vcpus"]["vcpu0"]["KVM_EXIT_SHUTDOWN"] >= 1

@@ -210,7 +210,11 @@ class Vcpu(_Fd):
         #: raw view of the kvm_run page, for PIO data at ``run.io.data_offset``
         self.run_buf = ffi.buffer(self.run_ptr, vm.kvm.vcpu_mmap_size)
 
+    #: set first thing in close(): from then on run_ptr may point at unmapped memory
+    closed = False
+
     def close(self) -> None:
+        self.closed = True
         try:
             self._run_map.close()
         except BufferError:  # a cffi view still alive; the fd close below is what matters
