@@ -46,20 +46,6 @@ def install_kick_handler() -> bool:
 
 _kick_handler_installed = False
 install_kick_handler()
-
-#: the machine whose run() is under way (SIGTERM/SIGHUP go to it) and the termination signal
-#: received since run_spec started, if any: a signal that arrives while a reset rebuilds the
-#: machine must end the process, not be lost with the old machine
-_current: "Machine | None" = None
-_terminated_by: int | None = None
-
-
-def _on_terminate(signum: int, _frame: Any) -> None:
-    global _terminated_by
-    _terminated_by = signum
-    m = _current
-    if m is not None:
-        m.request_stop(0, f"terminated by signal {signum}")
 #: Guest command-line words that keep Linux off instructions an emulating host cannot run
 #: (HOST.md: no XSAVE; clearcpuid 151 = POPCNT, 308 = SMAP, by number since names need
 #: CONFIG_X86_FEATURE_NAMES).
@@ -69,6 +55,24 @@ EMULATING_HOST_CMDLINE = ["noxsave", "clearcpuid=151,308"]
 def host_is_emulating() -> bool:
     """True on hosts whose KVM emulates guest kernel code (kvm_pvm, see HOST.md)."""
     return os.path.exists("/sys/module/kvm_pvm")
+
+
+#: the termination signal received (SIGTERM/SIGHUP), if any: it ends the process's machine,
+#: whichever boot it is in (a guest reset builds a new Machine), and no reboot follows
+_terminating: int | None = None
+#: the machine whose main loop a termination signal must wake
+_current: "Machine | None" = None
+
+
+def _on_termination_signal(signum: int, _frame: Any) -> None:
+    """Record the signal and wake the running machine's main loop, which stops it. Nothing
+    else here: a handler runs between two bytecodes of the main thread, possibly while that
+    thread holds a lock the stop would need (a deadlock, seen with Event.set)."""
+    global _terminating
+    _terminating = signum
+    m = _current
+    if m is not None:
+        m._wake()
 
 
 class ExtIntLine:
@@ -120,7 +124,7 @@ class Machine:
         if spec.kernel is None:
             raise ConfigError("no kernel given (--kernel FILE)")
         #: kernel and initrd bytes (microvm.boot.loader.BootImages), checked before KVM is touched
-        self.images = images or read_images(spec.kernel, spec.initrd)
+        self.images = images or read_images(spec.kernel, spec.initrd, max_size=spec.mem_size)
         #: a machine rebuilt after a guest reset (run_spec passes the images on)
         self.rebooted = images is not None
         #: the process's counters (run_spec keeps one across reboots)
@@ -146,11 +150,14 @@ class Machine:
         self.exit_status = 0
         self.stop_reason = ""
         self.reset_requested = False
-        self._stop_event = threading.Event()
-        #: vCPU threads may be kicked (their kvm_run pages are mapped); cleared, under
-        #: _kick_lock, before the vCPUs are closed, so a late request_stop (a signal, C-a x on a
-        #: chardev thread) never writes to an unmapped kvm_run
-        self._kickable = False
+        #: while running, the main thread sleeps on this pipe; request_stop and the signal
+        #: handlers write a byte (a handler must not take locks: it may run while the main
+        #: thread holds them)
+        self._wake_r = self._wake_w = -1
+        self._closed = False
+        #: taken by request_stop around kicking the vCPUs and by close() around _closed, so a
+        #: stop from another thread (C-a x on a chardev thread) never writes to a kvm_run that
+        #: close() is unmapping
         self._kick_lock = threading.Lock()
         self._cleanups: list[Callable[[], None]] = []
         self.threads: list[Any] = []
@@ -528,12 +535,22 @@ class Machine:
             self.stop_reason = reason
             self.stopping = True
             log.log(40 if status else 20, "stopping: %s", reason)  # ERROR / INFO
-        self._stop_event.set()
+        self._wake()
         with self._kick_lock:
-            if self._kickable:
-                for t in self.threads:
-                    if t is not threading.current_thread():
-                        t.kick()
+            if self._closed:
+                return  # the vCPUs' kvm_run pages are unmapped: nothing to kick
+            for t in self.threads:
+                if t is not threading.current_thread():
+                    t.kick()
+
+    def _wake(self) -> None:
+        fd = self._wake_w
+        if fd < 0:
+            return
+        try:
+            os.write(fd, b"x")
+        except OSError:
+            pass  # full (a wake-up is pending anyway) or closed
 
     def guest_reset(self, reason: str) -> None:
         """The guest asked for a reset (triple fault): end the process with --no-reboot, as
@@ -553,15 +570,28 @@ class Machine:
 
     def _install_termination_handlers(self) -> None:
         """SIGTERM/SIGHUP stop the machine cleanly (the terminal is restored, disks closed), as
-        QEMU does; only possible from the main thread."""
+        QEMU does; only possible from the main thread. See :func:`_on_termination_signal`."""
         global _current
         _current = self
         if threading.current_thread() is not threading.main_thread():
             return
         for sig in (signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, _on_terminate)
-        if _terminated_by is not None:  # it came while this machine was being built
-            self.request_stop(0, f"terminated by signal {_terminated_by}")
+            if signal.getsignal(sig) is not _on_termination_signal:
+                signal.signal(sig, _on_termination_signal)
+
+    def _wait_for_stop(self) -> None:
+        """Sleep in the main thread until a stop is requested or a signal arrives."""
+        import select
+
+        while not self.stopping:
+            try:
+                select.select([self._wake_r], [], [])
+                while os.read(self._wake_r, 64):
+                    pass
+            except BlockingIOError:
+                pass
+            if _terminating is not None:
+                self.request_stop(0, f"terminated by signal {_terminating}")
 
     def run(self) -> int:
         """Boot and run until the guest stops; returns the exit status. A Machine runs once:
@@ -572,16 +602,20 @@ class Machine:
         if self._ran:
             raise MicrovmError("this Machine has already run; build a new Machine(spec) to boot again")
         self._ran = True
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._install_termination_handlers()
         try:
             if not self._built:
                 self.build()
-            self._install_termination_handlers()
             if not install_kick_handler():
                 log.warning("Machine.run outside the main thread before microvm.machine was imported in it: "
                             "a vCPU halted in the guest may take seconds to stop")
+            if _terminating is not None:  # arrived while this machine was being built
+                self.request_stop(0, f"terminated by signal {_terminating}")
+                return self.exit_status
             # chardev I/O runs from here; the first boot waits for socket servers' clients
-            self.chardevs.start(self._stop_event)
-            if self.stopping:
+            self.chardevs.start(lambda: self.stopping or _terminating is not None)
+            if self.stopping or _terminating is not None:
                 return self.exit_status
             self.hook.machine_start(ctx=self.ctx)
             if self._virtio is not None:
@@ -589,14 +623,11 @@ class Machine:
             if self._timers is not None:
                 self._timers.start()
             self.threads = [VcpuThread(self, v) for v in self.vcpus]
-            with self._kick_lock:
-                self._kickable = True
             for t in self.threads:
                 self.metrics.add_source("vcpus", t.name, t.exit_counts)
                 t.start()
             try:
-                while not self._stop_event.wait(0.5):
-                    pass
+                self._wait_for_stop()
             except KeyboardInterrupt:
                 self.request_stop(0, "interrupted (SIGINT)")
             for t in self.threads:
@@ -604,15 +635,10 @@ class Machine:
                 if t.is_alive():
                     log.warning("vCPU thread %s did not stop", t.name)
         finally:
-            global _current
-            if _current is self:
-                _current = None
             self.close()
         return self.exit_status
 
     def close(self) -> None:
-        with self._kick_lock:
-            self._kickable = False
         if not self._stopped_hooks and self._built:
             self._stopped_hooks = True
             try:
@@ -634,6 +660,8 @@ class Machine:
                     fe.close()
             self._frontends.clear()
         alive = any(t.is_alive() for t in self.threads)
+        with self._kick_lock:
+            self._closed = True  # from here on request_stop kicks no vCPU (their pages go away)
         for fn in reversed(self._cleanups):
             if alive and fn in (getattr(self.memory, "close", None),):
                 continue  # a stuck vCPU may still touch guest RAM: leave the mapping
@@ -646,35 +674,28 @@ class Machine:
             self.chardevs.machine = None
         if self._owns_chardevs:
             self.chardevs.close()
+        fds = (self._wake_r, self._wake_w)
+        self._wake_r = self._wake_w = -1  # first: a late _wake must not write to a reused fd
+        for fd in fds:
+            if fd >= 0:
+                os.close(fd)
 
 
 def run_spec(spec: MachineSpec, host: Any = None) -> int:
     """Run a machine, rebuilding it after each guest reset unless --no-reboot; with
     ``spec.metrics``, write the counters (of every boot) there at the end."""
+    from .chardev.registry import ChardevSet
     from .metrics import Metrics
 
-    from .chardev.registry import ChardevSet
-
-    global _terminated_by
-    _terminated_by = None
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGTERM, signal.SIGHUP):  # from now on a SIGTERM is never lost
-            signal.signal(sig, _on_terminate)
     images = None
     metrics = Metrics()
     chardevs = ChardevSet()  # kept across guest resets, as QEMU keeps its chardevs
     try:
         while True:
-            try:
-                m = Machine(spec, host, images, metrics, chardevs)
-                images = m.images
-                status = m.run()
-            except (MicrovmError, OSError):
-                if _terminated_by is not None:  # e.g. EINTR in a KVM ioctl: the signal wins
-                    log.info("terminated by signal %d while the machine was built", _terminated_by)
-                    return 0
-                raise
-            if not m.reset_requested or _terminated_by is not None:
+            m = Machine(spec, host, images, metrics, chardevs)
+            images = m.images
+            status = m.run()
+            if not m.reset_requested or _terminating is not None:
                 return status
             log.info("rebooting")
     finally:

@@ -9,7 +9,7 @@ running now and answers ``query-chardev``.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import ConfigError
 
@@ -46,10 +46,10 @@ class ChardevSet:
         if m is not None:
             m.request_stop(status, reason)
 
-    def start(self, stop: Any = None) -> None:
+    def start(self, stopping: Callable[[], bool] | None = None) -> None:
         """Start every backend's I/O thread; the first time, wait for the clients of socket
-        servers with ``wait=on`` (QEMU does before the guest runs). ``stop``, a
-        threading.Event, cuts the wait short."""
+        servers with ``wait=on`` (QEMU does before the guest runs). ``stopping()`` true (a
+        SIGTERM came) cuts the wait short."""
         for b in list(self.backends.values()):
             start = getattr(b, "start", None)
             if start is not None:
@@ -60,8 +60,8 @@ class ChardevSet:
         for b in list(self.backends.values()):
             wait = getattr(b, "wait_connected", None)
             if wait is not None:
-                wait(stop)
-                if stop is not None and stop.is_set():
+                wait(stopping)
+                if stopping is not None and stopping():
                     return
 
     def infos(self) -> list["ChardevInfo"]:

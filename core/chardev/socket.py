@@ -21,7 +21,7 @@ import socket
 import stat
 import sys
 import time
-from typing import Any
+from typing import Any, Callable
 
 from ..errors import ConfigError
 from .base import CharBackend, log
@@ -166,20 +166,18 @@ class SocketBackend(CharBackend):
         self._peer = "" if self.path else f"{addr[0]}:{addr[1]}"
         self._attach_conn(conn)
 
-    def wait_connected(self, stop: Any = None) -> None:
+    def wait_connected(self, stopping: Callable[[], bool] | None = None) -> None:
         """``wait=on``: hold the VM back until a client connects (QEMU prints the same
-        line); ``stop`` (a threading.Event) ends the wait early. The I/O thread accepts."""
+        line); ``stopping()`` true ends the wait early. The I/O thread accepts."""
         if not self.wait or self.connected:
             return
         sys.stderr.write(f"microvm: waiting for connection on: {self.filename()}\n")
         sys.stderr.flush()
         self.start()
         while not self.connected and not self.closed:
-            if stop is not None:
-                if stop.wait(0.05):
-                    return
-            else:
-                time.sleep(0.05)
+            if stopping is not None and stopping():
+                return
+            time.sleep(0.05)
 
     # ---- client --------------------------------------------------------------------------------
     def _connect(self) -> None:
