@@ -142,6 +142,11 @@ def test_machine_hooks_are_called_in_order_during_a_boot(guest_cache):
     assert m.stopping and m.exit_status == 1 and "unhandled KVM exit" in m.stop_reason
     m.stopping = False
     assert m.run() == 0
+    # a Machine runs once (its devices and KVM objects are gone): a second run says so
+    from microvm.errors import MicrovmError
+
+    with pytest.raises(MicrovmError, match="already run; build a new Machine"):
+        m.run()
     assert rec.calls == [
         "create_devices",
         "cpuid:0", "configure_vcpu:0", "cpuid:1", "configure_vcpu:1",
