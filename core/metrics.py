@@ -66,6 +66,17 @@ class CounterGroup:
                 c = self._counters.setdefault(name, Counter())
         return c
 
+    def adopt(self, other: "CounterGroup") -> None:
+        """Take over the counters of ``other`` (a device's group made before the device was
+        placed): the same Counter objects, so what was bound to them keeps counting here."""
+        with self._lock:
+            for name, c in other._counters.items():
+                mine = self._counters.get(name)
+                if mine is None:
+                    self._counters[name] = c
+                elif mine is not c:
+                    mine.add(c.value)
+
     def __getitem__(self, name: str) -> int:
         """The current value of counter ``name`` (0 when it was never created)."""
         c = self._counters.get(name)

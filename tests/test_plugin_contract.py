@@ -273,3 +273,19 @@ def test_in_kernel_irqchip_refuses_a_userspace_pic() -> None:
     with pytest.raises(ConfigError, match="has its own 8259s"):
         chip.attach_pic(object())
     assert chip.extint_source() is None and chip.has_pic()
+
+
+@pytest.mark.parametrize("decl, why", [
+    (Property("n", "integer"), "kind 'integer' is not one of"),
+    (Property("c", "choice", "x"), "a choice needs choices"),
+    (Property("c", "choice", "z", choices=("x", "y")), "default 'z' is not one of its choices"),
+    (Property("r", "str", None, "help", (), True), "help and auto_means are strings"),  # required=True by position
+    (Property("o", "OnOffAuto", True), "an OnOffAuto default is on, off or auto"),
+])
+def test_malformed_declarations_are_refused_at_registration(decl, why) -> None:
+    from types import SimpleNamespace
+
+    p = SimpleNamespace(__name__="bad", register_device_types=api.hookimpl(
+        lambda register: register("x-dev", lambda ctx, props: None, "", properties=[decl])))
+    with pytest.raises(PluginError, match=why):
+        PluginHost(extra=[p], use_entry_points=False)
