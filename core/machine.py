@@ -117,6 +117,8 @@ class Machine:
         self.options: dict[str, Any] = host.options.parse_machine(spec.machine)
         #: the optional legacy devices, resolved once from the declared options
         self.legacy = host.options.legacy_devices(self.options)
+        #: (config, registration, converted properties) of every --device, in order
+        self._device_props: list[tuple[Any, Any, Any]] = []
         self._check_device_types()
         if spec.kernel is None:
             raise ConfigError("no kernel given (--kernel FILE)")
@@ -186,9 +188,21 @@ class Machine:
             if cfg.help:
                 props = describe_properties(self.device_properties(reg) + (VIRTIO_TRANSPORT_PROPERTIES if reg.virtio else ()))
                 raise ConfigError(f"{cfg.driver} properties: " + "; ".join(props))
-        # every backend is checked, used or not: its type exists and its keys are valid
+        # every device's properties are converted now, before any KVM set-up
         from .config import parse_properties
 
+        ids: set[str] = set()
+        self._device_props = []
+        for cfg in self.spec.device_configs:
+            reg = types[cfg.driver]
+            declared = self.device_properties(reg) + (VIRTIO_TRANSPORT_PROPERTIES if reg.virtio else ())
+            props = parse_properties(cfg.driver, declared, cfg.props)
+            if props["id"]:
+                if props["id"] in ids:
+                    raise ConfigError(f"--device {cfg.driver}: duplicate id {props['id']!r}")
+                ids.add(props["id"])
+            self._device_props.append((cfg, reg, props))
+        # every backend is checked, used or not: its type exists and its keys are valid
         backends = [("chardev", c) for c in self.spec.chardev_configs.values()]
         backends += [("chardev", s.chardev) for s in self.spec.serial_configs if s.chardev is not None]
         backends += [("netdev", c) for c in self.spec.netdev_configs.values()]
@@ -419,19 +433,11 @@ class Machine:
         self.add_exit_handler(lib.KVM_EXIT_IOAPIC_EOI, lambda vcpu: self.irqchip.eoi(vcpu.run_ptr.eoi.vector))
 
     def _create_user_devices(self) -> None:
-        """One device per ``--device``, converted against its type's declared properties;
-        virtio types are placed by the core with the transport the user chose."""
-        from .config import VIRTIO_TRANSPORT_PROPERTIES, VirtioTransportConfig, parse_properties
+        """One device per ``--device`` (properties converted in ``__init__``); virtio types
+        are placed by the core with the transport the user chose."""
+        from .config import VirtioTransportConfig
 
-        names: set[str] = set()
-        for cfg in self.spec.device_configs:
-            reg = self.host.device_types[cfg.driver]  # checked in __init__
-            declared = self.device_properties(reg) + (VIRTIO_TRANSPORT_PROPERTIES if reg.virtio else ())
-            props = parse_properties(cfg.driver, declared, cfg.props)
-            if props["id"]:
-                if props["id"] in names:
-                    raise ConfigError(f"--device {cfg.driver}: duplicate id {props['id']!r}")
-                names.add(props["id"])
+        for cfg, reg, props in self._device_props:
             self._creating = f"--device {cfg.driver}" + (f",id={props['id']}" if props["id"] else "")
             try:
                 made = reg.factory(self.ctx, props)
@@ -443,12 +449,29 @@ class Machine:
 
             if not isinstance(made, VirtioBackend):
                 raise PluginError(f"plugin {reg.plugin}: the {cfg.driver} factory returned {made!r}, not a VirtioBackend")
-            name = props["id"] or made.label or f"{cfg.driver}.{len(self.virtio_transports)}"
             try:
+                if props["id"]:
+                    if self._name_taken(props["id"]):
+                        raise ConfigError(f"--device {cfg.driver},id={props['id']}: another device is named {props['id']}")
+                    name = props["id"]
+                else:
+                    name = self._unique_name(made.label or cfg.driver)
                 self.add_virtio_device(made, name, VirtioTransportConfig(legacy=props["force-legacy"]))
             except BaseException:
                 made.close()
                 raise
+
+    def _name_taken(self, name: str) -> bool:
+        """Whether a placed device already has ``name`` (names key the counters)."""
+        return any(m.name == name for bus in (self.pio_bus, self.mmio_bus) for m in bus.mappings())
+
+    def _unique_name(self, base: str) -> str:
+        """``base``, or ``base.1``, ``base.2``... when devices share a default name."""
+        name, n = base, 0
+        while self._name_taken(name):
+            n += 1
+            name = f"{base}.{n}"
+        return name
 
     def _load_kernel(self) -> None:
         from .boot import cpu as bootcpu

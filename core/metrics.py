@@ -153,7 +153,33 @@ class Metrics:
 
         data = {"microvm": __version__, **self.snapshot()}
         tmp = f"{path}.{os.getpid()}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(data, f, indent=1, sort_keys=False)
-            f.write("\n")
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "w") as f:
+                json.dump(data, f, indent=1, sort_keys=False)
+                f.write("\n")
+            os.replace(tmp, path)
+        except OSError:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+
+
+def check_metrics_path(path: str) -> None:
+    """Refuse a ``--metrics`` path that cannot be written, before the VM runs (one line,
+    status 2), rather than after it: an empty path, a directory, a missing or read-only
+    directory."""
+    import os
+
+    from .errors import ConfigError
+
+    if not path:
+        raise ConfigError("--metrics: a file name is needed")
+    if os.path.isdir(path):
+        raise ConfigError(f"--metrics {path}: is a directory")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise ConfigError(f"--metrics {path}: no such directory {parent}")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"--metrics {path}: cannot write in {parent}")
