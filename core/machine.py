@@ -46,13 +46,13 @@ def install_kick_handler() -> bool:
 _kick_handler_installed = False
 install_kick_handler()
 #: Guest command-line words that keep Linux off instructions an emulating host cannot run
-#: (HOST.md: no XSAVE; clearcpuid 151 = POPCNT, 308 = SMAP, by number since names need
+#: (docs/emulating-hosts.md: no XSAVE; clearcpuid 151 = POPCNT, 308 = SMAP, by number since names need
 #: CONFIG_X86_FEATURE_NAMES).
 EMULATING_HOST_CMDLINE = ["noxsave", "clearcpuid=151,308"]
 
 
 def host_is_emulating() -> bool:
-    """True on hosts whose KVM emulates guest kernel code (kvm_pvm, see HOST.md)."""
+    """True on hosts whose KVM emulates guest kernel code (kvm_pvm, see docs/emulating-hosts.md)."""
     return os.path.exists("/sys/module/kvm_pvm")
 
 
@@ -151,6 +151,8 @@ class Machine:
         self._cleanups: list[Callable[[], None]] = []
         self.threads: list[Any] = []
         self.vcpus: list[Any] = []
+        #: what plugins get of each vCPU (microvm.context.VcpuView), one per vCPU
+        self.vcpu_views: list[Any] = []
         self.irqchip: Any = None
         self.kvm: Any = None
         self.vm: Any = None
@@ -372,6 +374,7 @@ class Machine:
     # ------------------------------------------------------------------ construction
     def build(self) -> None:
         from .boot import cpu as bootcpu
+        from .context import VcpuView
         from .kvm import Kvm
 
         self.kvm = Kvm()
@@ -391,6 +394,7 @@ class Machine:
         for i in range(self.smp):
             vcpu = self.vm.create_vcpu(i)
             self.vcpus.append(vcpu)
+            self.vcpu_views.append(VcpuView(vcpu))
             self.add_cleanup(vcpu.close)
             entries = bootcpu.edit_cpuid(self.supported_cpuid, i, self.smp, tsc_deadline)
             self.hook.cpuid(ctx=self.ctx, vcpu_id=i, entries=entries)
@@ -399,7 +403,7 @@ class Machine:
             fpu = vcpu.get_fpu()
             bootcpu.setup_fpu(fpu)
             vcpu.set_fpu(fpu)
-            self.hook.configure_vcpu(ctx=self.ctx, vcpu=vcpu)
+            self.hook.configure_vcpu(ctx=self.ctx, vcpu=self.vcpu_views[i])
         self._load_kernel()
         self._built = True
 
@@ -430,7 +434,7 @@ class Machine:
 
         # the guest's EOI of a level-triggered vector, routed by the split irqchip's MSI
         # routes (KVM_CAP_SPLIT_IRQCHIP); KVM's own IOAPIC never exits for it
-        self.add_exit_handler(lib.KVM_EXIT_IOAPIC_EOI, lambda vcpu: self.irqchip.eoi(vcpu.run_ptr.eoi.vector))
+        self.add_exit_handler(lib.KVM_EXIT_IOAPIC_EOI, lambda vcpu: self.irqchip.eoi(vcpu.run.eoi.vector))
 
     def _create_user_devices(self) -> None:
         """One device per ``--device`` (properties converted in ``__init__``); virtio types
