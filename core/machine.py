@@ -47,13 +47,13 @@ def install_kick_handler() -> bool:
 _kick_handler_installed = False
 install_kick_handler()
 #: Guest command-line words that keep Linux off instructions an emulating host cannot run
-#: (HOST.md: no XSAVE; clearcpuid 151 = POPCNT, 308 = SMAP, by number since names need
+#: (docs/emulating-hosts.md: no XSAVE; clearcpuid 151 = POPCNT, 308 = SMAP, by number since names need
 #: CONFIG_X86_FEATURE_NAMES).
 EMULATING_HOST_CMDLINE = ["noxsave", "clearcpuid=151,308"]
 
 
 def host_is_emulating() -> bool:
-    """True on hosts whose KVM emulates guest kernel code (kvm_pvm, see HOST.md)."""
+    """True on hosts whose KVM emulates guest kernel code (kvm_pvm, see docs/emulating-hosts.md)."""
     return os.path.exists("/sys/module/kvm_pvm")
 
 
@@ -120,6 +120,8 @@ class Machine:
         self.options: dict[str, Any] = host.options.parse_machine(spec.machine)
         #: the optional legacy devices, resolved once from the declared options
         self.legacy = host.options.legacy_devices(self.options)
+        #: (config, registration, converted properties) of every --device, in order
+        self._device_props: list[tuple[Any, Any, Any]] = []
         self._check_device_types()
         if spec.kernel is None:
             raise ConfigError("no kernel given (--kernel FILE)")
@@ -162,6 +164,8 @@ class Machine:
         self._cleanups: list[Callable[[], None]] = []
         self.threads: list[Any] = []
         self.vcpus: list[Any] = []
+        #: what plugins get of each vCPU (microvm.context.VcpuView), one per vCPU
+        self.vcpu_views: list[Any] = []
         self.irqchip: Any = None
         self.kvm: Any = None
         self.vm: Any = None
@@ -199,14 +203,51 @@ class Machine:
             if cfg.help:
                 props = describe_properties(self.device_properties(reg) + (VIRTIO_TRANSPORT_PROPERTIES if reg.virtio else ()))
                 raise ConfigError(f"{cfg.driver} properties: " + "; ".join(props))
-        # every backend is checked, used or not: its type exists and its keys are valid
+        # every device's properties are converted now, before any KVM set-up
         from .config import parse_properties
 
+        ids: set[str] = set()
+        self._device_props = []
+        for cfg in self.spec.device_configs:
+            reg = types[cfg.driver]
+            declared = self.device_properties(reg) + (VIRTIO_TRANSPORT_PROPERTIES if reg.virtio else ())
+            props = parse_properties(cfg.driver, declared, cfg.props)
+            if props["id"]:
+                if props["id"] in ids:
+                    raise ConfigError(f"--device {cfg.driver}: duplicate id {props['id']!r}")
+                ids.add(props["id"])
+            self._device_props.append((cfg, reg, props))
+        self._check_drives()
+        stdio = [c.id for c in self.spec.chardev_configs.values() if c.backend == "stdio"]
+        stdio += [s.text for s in self.spec.serial_configs if s.chardev is not None and s.chardev.backend == "stdio"]
+        if len(stdio) > 1:  # QEMU's words; several frontends share one stdio with -chardev stdio,mux=on
+            raise ConfigError("cannot use stdio by multiple character devices")
+        # every backend is checked, used or not: its type exists and its keys are valid
         backends = [("chardev", c) for c in self.spec.chardev_configs.values()]
         backends += [("chardev", s.chardev) for s in self.spec.serial_configs if s.chardev is not None]
         backends += [("netdev", c) for c in self.spec.netdev_configs.values()]
         for kind, c in backends:
             parse_properties(f"{kind} {c.id} ({c.backend})", self._backend_type(kind, c).properties, c.props)
+
+    def _check_drives(self) -> None:
+        """Every --drive's image, used by a device or not, can be opened as QEMU's ``file``
+        driver would (a regular file or a block device; read-write unless readonly=on)."""
+        import stat
+
+        for d in self.spec.drive_configs.values():
+            where = f"--drive id={d.id},file={d.file}"
+            try:
+                fd = os.open(d.file, (os.O_RDONLY if d.readonly else os.O_RDWR) | os.O_CLOEXEC | os.O_NONBLOCK)
+            except IsADirectoryError:
+                raise ConfigError(f"{where}: 'file' driver requires '{d.file}' to be a regular file") from None
+            except OSError as e:
+                raise ConfigError(f"{where}: Could not open '{d.file}': {e.strerror}") from None
+            try:
+                mode = os.fstat(fd).st_mode
+            finally:
+                os.close(fd)
+            if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
+                raise ConfigError(f"{where}: 'file' driver requires '{d.file}' to be a regular file")
 
     @staticmethod
     def device_properties(reg: Any) -> tuple[Any, ...]:
@@ -399,13 +440,18 @@ class Machine:
     # ------------------------------------------------------------------ construction
     def build(self) -> None:
         from .boot import cpu as bootcpu
+        from .context import VcpuView
         from .kvm import Kvm
 
         self.kvm = Kvm()
         self.vm = self.kvm.create_vm()
         self.add_cleanup(self.kvm.close)
         self.add_cleanup(self.vm.close)
-        self.memory = GuestMemory(self.ram_size)
+        try:
+            self.memory = GuestMemory(self.ram_size)
+        except (OSError, MemoryError) as e:  # -m larger than the host can map
+            why = getattr(e, "strerror", None) or "Cannot allocate memory"
+            raise ConfigError(f"cannot set up {self.ram_size >> 20} MiB of guest memory: {why}") from None
         self.add_cleanup(self.memory.close)
         for slot, region in enumerate(self.memory.regions):
             self.vm.set_user_memory_region(slot, region.gpa, region.size, self.memory.host_address(region))
@@ -419,6 +465,7 @@ class Machine:
         for i in range(self.smp):
             vcpu = self.vm.create_vcpu(i)
             self.vcpus.append(vcpu)
+            self.vcpu_views.append(VcpuView(vcpu))
             self.add_cleanup(vcpu.close)
             entries = bootcpu.edit_cpuid(self.supported_cpuid, i, self.smp, tsc_deadline)
             self.hook.cpuid(ctx=self.ctx, vcpu_id=i, entries=entries)
@@ -427,7 +474,7 @@ class Machine:
             fpu = vcpu.get_fpu()
             bootcpu.setup_fpu(fpu)
             vcpu.set_fpu(fpu)
-            self.hook.configure_vcpu(ctx=self.ctx, vcpu=vcpu)
+            self.hook.configure_vcpu(ctx=self.ctx, vcpu=self.vcpu_views[i])
         self._load_kernel()
         self._built = True
 
@@ -458,22 +505,14 @@ class Machine:
 
         # the guest's EOI of a level-triggered vector, routed by the split irqchip's MSI
         # routes (KVM_CAP_SPLIT_IRQCHIP); KVM's own IOAPIC never exits for it
-        self.add_exit_handler(lib.KVM_EXIT_IOAPIC_EOI, lambda vcpu: self.irqchip.eoi(vcpu.run_ptr.eoi.vector))
+        self.add_exit_handler(lib.KVM_EXIT_IOAPIC_EOI, lambda vcpu: self.irqchip.eoi(vcpu.run.eoi.vector))
 
     def _create_user_devices(self) -> None:
-        """One device per ``--device``, converted against its type's declared properties;
-        virtio types are placed by the core with the transport the user chose."""
-        from .config import VIRTIO_TRANSPORT_PROPERTIES, VirtioTransportConfig, parse_properties
+        """One device per ``--device`` (properties converted in ``__init__``); virtio types
+        are placed by the core with the transport the user chose."""
+        from .config import VirtioTransportConfig
 
-        names: set[str] = set()
-        for index, cfg in enumerate(self.spec.device_configs):
-            reg = self.host.device_types[cfg.driver]  # checked in __init__
-            declared = self.device_properties(reg) + (VIRTIO_TRANSPORT_PROPERTIES if reg.virtio else ())
-            props = parse_properties(cfg.driver, declared, cfg.props)
-            if props["id"]:
-                if props["id"] in names:
-                    raise ConfigError(f"--device {cfg.driver}: duplicate id {props['id']!r}")
-                names.add(props["id"])
+        for index, (cfg, reg, props) in enumerate(self._device_props):
             self._creating = f"--device {cfg.driver}" + (f",id={props['id']}" if props["id"] else "")
             self._creating_key = ("device", index)
             try:
@@ -487,12 +526,29 @@ class Machine:
 
             if not isinstance(made, VirtioBackend):
                 raise PluginError(f"plugin {reg.plugin}: the {cfg.driver} factory returned {made!r}, not a VirtioBackend")
-            name = props["id"] or made.label or f"{cfg.driver}.{len(self.virtio_transports)}"
             try:
+                if props["id"]:
+                    if self._name_taken(props["id"]):
+                        raise ConfigError(f"--device {cfg.driver},id={props['id']}: another device is named {props['id']}")
+                    name = props["id"]
+                else:
+                    name = self._unique_name(made.label or cfg.driver)
                 self.add_virtio_device(made, name, VirtioTransportConfig(legacy=props["force-legacy"]))
             except BaseException:
                 made.close()
                 raise
+
+    def _name_taken(self, name: str) -> bool:
+        """Whether a placed device already has ``name`` (names key the counters)."""
+        return any(m.name == name for bus in (self.pio_bus, self.mmio_bus) for m in bus.mappings())
+
+    def _unique_name(self, base: str) -> str:
+        """``base``, or ``base.1``, ``base.2``... when devices share a default name."""
+        name, n = base, 0
+        while self._name_taken(name):
+            n += 1
+            name = f"{base}.{n}"
+        return name
 
     def _load_kernel(self) -> None:
         from .boot import cpu as bootcpu

@@ -101,6 +101,7 @@ def test_seed_second_machine_console_on_virtconsole(default_guest, root_image, t
     metrics = tmp_path / "metrics.json"
     cmd = microvm_cmd(
         "run", "-M", SEED_MACHINE, "-m", "512M", "--smp", "2",
+        "--serial", "none",  # QEMU's -nodefaults: no default serial chardev on stdio
         "--chardev", "stdio,id=virtiocon0",
         "--device", "virtio-serial-device",
         "--device", "virtconsole,chardev=virtiocon0",
@@ -136,7 +137,7 @@ def test_seed_second_machine_console_on_virtconsole(default_guest, root_image, t
     devices = json.loads(metrics.read_text())["devices"]
     con = devices["chardev.virtiocon0"]
     assert con["bytes_dropped"] == 0 and con["bytes_written"] == len(s.out), (con, len(s.out))
-    dev = devices["virtio-serial-device.0"]
+    dev = devices["virtio-serial-device"]
     assert dev["port0.bytes_out"] == len(s.out), (dev, len(s.out))
     assert dev["port0.ready"] == 1 and dev["port0.guest_opens"] == 1, dev  # hvc0 opened port 0
     assert dev["port1.ready"] == 1, dev  # the guest answered PORT_ADD with PORT_READY

@@ -134,9 +134,6 @@ class VirtioSerial(VirtioBackend):
         self.num_queues = 2 * (max_ports + 1)
         self.emergency_write = emergency_write
         self.ports: dict[int, Port] = {}
-        #: called with a reason when a ring broke outside ``process_queue`` (on a chardev's
-        #: thread); the glue points it at the transport's ``set_needs_reset``
-        self.on_queue_error: Callable[[str], None] | None = None
         self._lock = threading.Lock()
         self._counts: dict[str, Any] = {}
         #: bound on control messages waiting for a guest buffer
@@ -247,10 +244,7 @@ class VirtioSerial(VirtioBackend):
     # -- queue notifications (the transport's worker) ---------------------------------------------
     def process_queue(self, index: int) -> None:
         with self._lock:
-            if self._broken is not None:
-                if self.on_queue_error is None:
-                    reason, self._broken = self._broken, None
-                    raise QueueError(reason)
+            if self._broken is not None:  # the transport was told (set_needs_reset)
                 return
             if self._queues is None:
                 return
@@ -281,7 +275,7 @@ class VirtioSerial(VirtioBackend):
 
     def _guarded(self, fn: Callable[..., None], *args: Any) -> None:
         """Run ``fn`` on a chardev's thread (lock held): a broken ring stops the device and
-        asks the transport for DEVICE_NEEDS_RESET."""
+        asks the transport for DEVICE_NEEDS_RESET (``set_needs_reset``)."""
         if self._queues is None or self._broken is not None:
             return
         self._used = False
@@ -292,8 +286,7 @@ class VirtioSerial(VirtioBackend):
             self._broken = str(e)
             self._queues = None
             log.error("%s: %s; device stopped", self.counters.name, e)
-            if self.on_queue_error is not None:
-                self.on_queue_error(str(e))
+            self.set_needs_reset(str(e))
 
     def _queue(self, index: int) -> "Virtqueue | None":
         qs = self._queues

@@ -86,15 +86,3 @@ def register_device_types(register: Callable[..., None]) -> None:
              properties=PORT_PROPERTIES)
     register("virtserialport", create_serialport, "a serial port (the guest's /dev/vportNpM) on a virtio-serial-device",
              properties=PORT_PROPERTIES)
-
-
-@hookimpl
-def machine_start(ctx: "MachineContext") -> None:
-    """A ring that breaks while a chardev thread fills it puts the device in NEEDS_RESET."""
-    buses = ctx.devices.get(BUSES) or []
-    if not buses:
-        return
-    for slot in ctx.virtio_devices:
-        for _, dev in buses:
-            if slot.transport.backend is dev:
-                dev.on_queue_error = slot.transport.set_needs_reset

@@ -99,6 +99,24 @@ class FakeChardev:
             self.on_writable()
 
 
+class BusWindow:
+    """A placed virtio-mmio device's registers through the machine's MMIO bus, as a guest
+    reaches them (what MmioDriver needs of a transport: read, write, memory)."""
+
+    def __init__(self, machine: Any, index: int = 0) -> None:
+        info = machine.ctx.virtio_devices[index]
+        self.base = info.base
+        self.bus = machine.mmio_bus
+        self.memory = machine.memory
+        self.irq = machine.line(info.irq)
+
+    def read(self, offset: int, data: memoryview) -> None:
+        self.bus.read(self.base + offset, data)
+
+    def write(self, offset: int, data: bytes) -> None:
+        self.bus.write(self.base + offset, data)
+
+
 class Alloc:
     """A bump allocator of guest buffers."""
 
@@ -123,19 +141,19 @@ class LinuxConsoleDriver:
     """
 
     def __init__(self, dev: VirtioSerial, legacy: bool = True, queue_size: int = 8,
-                 transport: VirtioMmioTransport | None = None) -> None:
-        """``transport``: a transport the machine placed (its notifications are processed on
-        the machine's worker thread, so the driver waits for used buffers as Linux spins)."""
+                 transport: Any = None) -> None:
+        """``transport``: the device's registers where a machine placed it (a
+        :class:`BusWindow`; notifications are processed on the machine's worker thread, so
+        the driver waits for used buffers as Linux spins)."""
         self.dev = dev
         self.own = transport is None
         if transport is None:
             self.mem = GuestMemory(MEM_SIZE)
             self.irq = RecordingIrqLine()
             transport = VirtioMmioTransport(dev, self.mem, self.irq, legacy=legacy, name="virtio-serial")
-            dev.on_queue_error = transport.set_needs_reset
         else:
             self.mem = transport.memory
-            self.irq = transport.irq_line
+            self.irq = transport.irq
         self.transport = transport
         self.mmio = MmioDriver(self.transport)
         self.queue_size = queue_size
