@@ -12,6 +12,8 @@ _start:
         SETUP
         cld
         mov $(TOTAL / CHUNK), %ebp
+        test %ebp, %ebp
+        jz 3f                           /* TOTAL=0: the benchmark's baseline */
 1:      mov $chunk, %esi
         mov $CHUNK, %ecx
         .ifdef POLLED
@@ -24,7 +26,7 @@ _start:
         .endif
         dec %ebp
         jnz 1b
-        SHUTDOWN
+3:      SHUTDOWN
 
         .data
         .align 64
