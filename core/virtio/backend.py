@@ -45,6 +45,7 @@ class VirtioBackend(abc.ABC):
     #: a name for log lines and counters when the user gave the device no ``id=``
     label: str = ""
     _config_notifier: Callable[[], None] | None = None
+    _needs_reset_notifier: Callable[[str], None] | None = None
     _counters: "CounterGroup | None" = None
 
     @property
@@ -96,6 +97,18 @@ class VirtioBackend(abc.ABC):
         interrupt once the driver is up."""
         if self._config_notifier is not None:
             self._config_notifier()
+
+    def set_needs_reset(self, reason: str) -> bool:
+        """Call from a thread of your own (a receive loop) when the driver broke a ring
+        there: the transport sets DEVICE_NEEDS_RESET (§2.1.2), sends a configuration-change
+        interrupt and stops calling :meth:`process_queue` until the driver resets the device,
+        as it does for a :class:`~microvm.virtio.queue.QueueError` raised from
+        :meth:`process_queue`. Returns False when no transport is attached (a bare backend
+        in a test): then raise the error from the next :meth:`process_queue` instead."""
+        if self._needs_reset_notifier is None:
+            return False
+        self._needs_reset_notifier(reason)
+        return True
 
     # -- lifecycle ------------------------------------------------------------------------
     @abc.abstractmethod

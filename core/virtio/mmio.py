@@ -142,6 +142,7 @@ class VirtioMmioTransport:
         self.guest_page_size = 4096  # legacy
         self._logged: set[tuple[str, int]] = set()
         backend._config_notifier = self._config_changed
+        backend._needs_reset_notifier = self.set_needs_reset
         if counters is None:
             from ..metrics import CounterGroup
 
