@@ -21,7 +21,9 @@ turns (the order alternates per round). The kernel is the default guest's ``qemu
 variant (``microvm guest build --variant qemu-compatible``: Linux's INT3 self-test patched
 out, ``core/guest/qemu-compatible-no-int3-selftest.patch``), because QEMU 7.2 stops at that
 INT3 on an emulating host KVM; microvm's own command-line additions for such a host
-(``noxsave clearcpuid=...``) are given to both. QEMU is Debian's ``qemu-system-x86``
+(``noxsave clearcpuid=...``) are given to both, and so is ``no-kvmclock`` (on a loaded
+emulating host the guest kernel does not come back from switching to kvm-clock;
+``--kvmclock`` keeps it). QEMU is Debian's ``qemu-system-x86``
 (installed when missing) as ``-M microvm,acpi=off,x-option-roms=off -enable-kvm -cpu MODEL``
 with ``-netdev tap,...,script=no,downscript=no -device virtio-net-device``; MODEL is
 ``host``, or ``host,-arch-capabilities`` where plain ``host`` aborts (probed in _common).
@@ -177,6 +179,8 @@ def main() -> None:
     ap.add_argument("--sizes", default="56,1400,8000", help="flood payload sizes (default 56,1400,8000)")
     ap.add_argument("--only", choices=("microvm", "qemu"), help="run one VMM only")
     ap.add_argument("--tries", type=int, default=3, help="tries per round and VMM when a run fails by itself (default 3)")
+    ap.add_argument("--kvmclock", action="store_true",
+                    help="leave the guest on kvm-clock (default: no-kvmclock, see docs/emulating-hosts.md)")
     args = ap.parse_args()
     sizes = [int(x) for x in args.sizes.split(",") if x]
     if os.geteuid() != 0:
@@ -197,7 +201,9 @@ def main() -> None:
     qemu = (ensure_qemu() or sys.exit("qemu-system-x86_64 is not available")) if args.only != "microvm" else ""
     cpu = qemu_cpu_model(qemu) if qemu else None
     # what microvm adds by itself on an emulating host, given to both so the guests match
-    cmdline = " ".join([CMDLINE, *(EMULATING_HOST_CMDLINE if host_is_emulating() else [])])
+    cmdline = " ".join([CMDLINE, *(EMULATING_HOST_CMDLINE if host_is_emulating() else []),
+                        *([] if args.kvmclock else ["no-kvmclock"])])
+    args.cmdline = cmdline
     with tempfile.TemporaryDirectory(prefix="microvm-net-bench-") as tmp:
         initrd = make_initramfs(Path(tmp) / "initramfs.cpio", build_spin_init(Path(tmp) / "build/init"))
         tapdev = f"tap,id=n0,ifname={TAP},script=no,downscript=no"
@@ -246,6 +252,7 @@ def report(results: dict[str, list[Result]], tallies: dict[str, Tally], sizes: l
     print("ICMP from the host side of the tap (in a network namespace per run). Medians over the runs that")
     print(f"completed; {args.rtt_count} echo requests for the RTT, {args.flood_count} per flood size (ping -f).")
     print("The guest kernel is emulated on this host: every figure is bound by guest CPU.")
+    print(f"Guest command line (both VMMs): {args.cmdline}")
     if cpu_line:
         print(cpu_line)
     print()
