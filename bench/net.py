@@ -155,7 +155,9 @@ def run_once(cmd: list[str], rtt_count: int, flood_count: int, sizes: list[int])
                 raise RunFailed(f"no echo reply in the round-trip run: {r.stdout.strip()[-200:]}")
             res = Result(boot, statistics.median(times))
             for size in sizes:
-                f = ping(ns, "-f", "-c", str(flood_count), "-s", str(size), "-W", "5", "-w", str(120 + flood_count // 10))
+                # -W: how long ping waits when no reply came at all (the guest is slow to answer
+                # a burst of fragments); -w bounds the whole flood
+                f = ping(ns, "-f", "-c", str(flood_count), "-s", str(size), "-W", "60", "-w", str(180 + flood_count // 5))
                 try:
                     sent, received, secs = ping_summary(f.stdout)
                 except ValueError:
