@@ -45,7 +45,8 @@ class VirtioBackend(abc.ABC):
     #: a name for log lines and counters when the user gave the device no ``id=``
     label: str = ""
     _config_notifier: Callable[[], None] | None = None
-    _needs_reset_notifier: Callable[[str], None] | None = None
+    _queue_notifier: Callable[[int], None] | None = None
+    _reset_notifier: Callable[[str], None] | None = None
     _counters: "CounterGroup | None" = None
 
     @property
@@ -53,7 +54,8 @@ class VirtioBackend(abc.ABC):
         """This device's counters (shared with its transport, which counts notifications,
         interrupts and NEEDS_RESET): count what the device does, e.g.
         ``self.counters.counter("bytes_read").add(n)`` (look the counter up once, in
-        ``activate`` or ``__init__``)."""
+        ``activate`` or ``__init__``: counters made before the device is placed move into the
+        machine's group with it)."""
         if self._counters is None:
             from ..metrics import CounterGroup
 
@@ -62,6 +64,8 @@ class VirtioBackend(abc.ABC):
 
     @counters.setter
     def counters(self, group: "CounterGroup") -> None:
+        if self._counters is not None and self._counters is not group:
+            group.adopt(self._counters)
         self._counters = group
 
     # -- what the device is ---------------------------------------------------------------
@@ -98,17 +102,22 @@ class VirtioBackend(abc.ABC):
         if self._config_notifier is not None:
             self._config_notifier()
 
-    def set_needs_reset(self, reason: str) -> bool:
-        """Call from a thread of your own (a receive loop) when the driver broke a ring
-        there: the transport sets DEVICE_NEEDS_RESET (§2.1.2), sends a configuration-change
-        interrupt and stops calling :meth:`process_queue` until the driver resets the device,
-        as it does for a :class:`~microvm.virtio.queue.QueueError` raised from
-        :meth:`process_queue`. Returns False when no transport is attached (a bare backend
-        in a test): then raise the error from the next :meth:`process_queue` instead."""
-        if self._needs_reset_notifier is None:
-            return False
-        self._needs_reset_notifier(reason)
-        return True
+    # -- work that does not start with the driver's notification --------------------------
+    def notify_queue(self, index: int) -> None:
+        """Have queue ``index`` processed as if the driver had notified it: the transport
+        runs :meth:`process_queue` on the device's worker, serialised with activation and
+        reset and with its error handling (a ``QueueError`` sets DEVICE_NEEDS_RESET). For
+        work that starts elsewhere: a timer (virtio-rng's rate limit), host input. Safe from
+        any thread; ignored while the device is not active."""
+        if self._queue_notifier is not None:
+            self._queue_notifier(index)
+
+    def set_needs_reset(self, reason: str) -> None:
+        """Report a broken ring found on a thread of the device's own (outside
+        :meth:`process_queue`): the transport sets DEVICE_NEEDS_RESET (§2.1.2) and tells the
+        driver. Stop touching the queues until :meth:`reset`."""
+        if self._reset_notifier is not None:
+            self._reset_notifier(reason)
 
     # -- lifecycle ------------------------------------------------------------------------
     @abc.abstractmethod

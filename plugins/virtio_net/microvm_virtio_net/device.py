@@ -391,8 +391,10 @@ class VirtioNet(VirtioBackend):
         """The driver broke a ring: stop touching the queues and have the device reset."""
         self._active = False
         log.error("%s: %s; device stopped", self.name, reason)
-        if not self.set_needs_reset(reason):
-            self._broken = reason
+        # the transport (if any) sets NEEDS_RESET now and ignores notifications until the
+        # driver resets; a bare device raises the error from the next process_queue
+        self._broken = reason
+        self.set_needs_reset(reason)
 
     # -- for the glue and tests ------------------------------------------------------------------
     @property
