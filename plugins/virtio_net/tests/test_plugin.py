@@ -50,7 +50,7 @@ def machine(*devices: str, netdevs=("socketpair,id=n0",), plugins=None) -> tuple
 
 
 def nets(m: TestMachine) -> list:
-    return [s.transport.backend for s in m.ctx.virtio_devices]
+    return [s.transport.backend for s in m.virtio_transports]
 
 
 # -- what the plugin registers ------------------------------------------------------------------------
@@ -69,7 +69,7 @@ def test_placed_on_the_first_virtio_slot_legacy_by_default():
     m, sp = machine("virtio-net-device,netdev=n0")
     with m:
         m.create_devices()
-        (slot,) = m.ctx.virtio_devices
+        (slot,) = m.virtio_transports
         assert (slot.base, slot.irq, slot.name) == (0xFEB00E00, 12, "virtio-net:n0")
         assert slot.transport.legacy and slot.transport.device_id == C.VIRTIO_ID_NET
         net = slot.transport.backend
@@ -106,7 +106,7 @@ def test_mac_reaches_the_guest_through_the_registers():
     m, _ = machine("virtio-net-device,netdev=n0,mac=52:54:00:ab:cd:ef,id=nic0,force-legacy=off")
     with m:
         m.create_devices()
-        (slot,) = m.ctx.virtio_devices
+        (slot,) = m.virtio_transports
         drv = NetDriver(slot.transport)
         drv.probe()
         assert drv.mac == bytes.fromhex("525400abcdef") and slot.name == "nic0"  # the core names a device by its id=
@@ -118,7 +118,7 @@ def test_mtu_offered(prop):
     m, _ = machine(f"virtio-net-device,netdev=n0,{prop}")
     with m:
         m.create_devices()
-        (slot,) = m.ctx.virtio_devices
+        (slot,) = m.virtio_transports
         assert slot.transport.device_features & (1 << N.VIRTIO_NET_F_MTU)
         assert MmioDriver(slot.transport).read_config(10, 2) == 9000
 
@@ -136,12 +136,12 @@ def test_mtu_offered(prop):
     ("virtio-net-device,netdev=n0,speed=100", r"unknown property speed \(valid: "),
 ])
 def test_bad_device_properties(device, match):
-    m, sp = machine(device)
-    with m, pytest.raises(ConfigError, match=match) as e:
-        m.create_devices()
+    sp = SocketpairNetdev()
+    with pytest.raises(ConfigError, match=match) as e:  # when the machine is made, or its devices
+        with TestMachine(devices=[device], netdevs=["socketpair,id=n0"], plugins=[sp], serial=["none"]) as m:
+            m.create_devices()
     assert "\n" not in str(e.value)
-    if "netdev=n0" in device:
-        assert "n0" not in sp.made  # checked before the backend is opened
+    assert "n0" not in sp.made  # checked before the backend is opened
 
 
 def test_two_devices_on_one_netdev():
@@ -190,7 +190,7 @@ def test_frames_counters_and_needs_reset_through_the_core():
     m, sp = machine("virtio-net-device,netdev=n0")
     with m:
         m.create_devices()
-        (slot,) = m.ctx.virtio_devices
+        (slot,) = m.virtio_transports
         tap = sp.made["n0"]
         m.start()
         drv = NetDriver(slot.transport)
