@@ -109,12 +109,12 @@ def machine_command() -> int:
     return 0
 
 
-def guest_build_command(force: bool) -> int:
+def guest_build_command(force: bool, variant: str | None = None) -> int:
     from ..guest import GuestBuildError, build
 
     try:
-        g = build(force=force, progress=lambda s: sys.stderr.write(f"microvm: guest build: {s}\n"))
-    except GuestBuildError as e:
+        g = build(force=force, progress=lambda s: sys.stderr.write(f"microvm: guest build: {s}\n"), variant=variant)
+    except (GuestBuildError, ValueError) as e:  # ValueError: an unknown variant
         return error(str(e))
     print(f"kernel    {g.kernel}\nvmlinux   {g.vmlinux}\ninitramfs {g.initramfs}\ncmdline   {g.cmdline}")
     return 0
