@@ -21,9 +21,8 @@ turns (the order alternates per round). The kernel is the default guest's ``qemu
 variant (``microvm guest build --variant qemu-compatible``: Linux's INT3 self-test patched
 out, ``core/guest/qemu-compatible-no-int3-selftest.patch``), because QEMU 7.2 stops at that
 INT3 on an emulating host KVM; microvm's own command-line additions for such a host
-(``noxsave clearcpuid=...``) are given to both, and so is ``no-kvmclock`` (on a loaded
-emulating host the guest kernel does not come back from switching to kvm-clock;
-``--kvmclock`` keeps it). QEMU is Debian's ``qemu-system-x86``
+(``noxsave clearcpuid=...``) are given to both (``--no-kvmclock`` adds that word too, to
+compare without the paravirtual clock). QEMU is Debian's ``qemu-system-x86``
 (installed when missing) as ``-M microvm,acpi=off,x-option-roms=off -enable-kvm -cpu MODEL``
 with ``-netdev tap,...,script=no,downscript=no -device virtio-net-device``; MODEL is
 ``host``, or ``host,-arch-capabilities`` where plain ``host`` aborts (probed in _common).
@@ -181,8 +180,7 @@ def main() -> None:
     ap.add_argument("--sizes", default="56,1400,8000", help="flood payload sizes (default 56,1400,8000)")
     ap.add_argument("--only", choices=("microvm", "qemu"), help="run one VMM only")
     ap.add_argument("--tries", type=int, default=3, help="tries per round and VMM when a run fails by itself (default 3)")
-    ap.add_argument("--kvmclock", action="store_true",
-                    help="leave the guest on kvm-clock (default: no-kvmclock, see docs/emulating-hosts.md)")
+    ap.add_argument("--no-kvmclock", action="store_true", help="boot both guests with no-kvmclock")
     args = ap.parse_args()
     sizes = [int(x) for x in args.sizes.split(",") if x]
     if os.geteuid() != 0:
@@ -204,7 +202,7 @@ def main() -> None:
     cpu = qemu_cpu_model(qemu) if qemu else None
     # what microvm adds by itself on an emulating host, given to both so the guests match
     cmdline = " ".join([CMDLINE, *(EMULATING_HOST_CMDLINE if host_is_emulating() else []),
-                        *([] if args.kvmclock else ["no-kvmclock"])])
+                        *(["no-kvmclock"] if args.no_kvmclock else [])])
     args.cmdline = cmdline
     with tempfile.TemporaryDirectory(prefix="microvm-net-bench-") as tmp:
         initrd = make_initramfs(Path(tmp) / "initramfs.cpio", build_spin_init(Path(tmp) / "build/init"))

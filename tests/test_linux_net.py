@@ -43,16 +43,6 @@ GUEST_IP = "192.0.2.2"
 HOST_CIDR = "192.0.2.1/24"
 IP_CONFIG = f"ip={GUEST_IP}::192.0.2.1:255.255.255.0::eth0:off"
 GUEST_MAC = "52:54:00:12:34:99"
-#: On this emulating host, under load, the guest kernel does not come back from switching
-#: its clocksource to kvm-clock (``initcall_debug``: clocksource_done_booting never returns,
-#: the vCPU spinning; with ``no-kvmclock`` the same boot goes on; docs/emulating-hosts.md).
-#: The clocksource is not what these tests check, so they keep the guest off kvm-clock.
-CLOCK = "no-kvmclock"
-#: Without kvmclock the kernel must calibrate the TSC and the LAPIC timer against the PIT,
-#: which fails there too ("tsc: Unable to calibrate against PIT", "APIC timer disabled due to
-#: verification failure"); one vCPU boots anyway, two stall bringing up the second. So the
-#: SMP boot keeps kvmclock (TSC frequency from it) and only uses the TSC as clocksource.
-SMP_CLOCK = "clocksource=tsc tsc=reliable"
 #: Overall limits per boot; the guest is emulated instruction by instruction here and the
 #: machine is shared, so they are generous (a limit, never a measurement).
 BOOT_TIMEOUT = 900
@@ -106,7 +96,7 @@ def test_guest_on_a_tap_answers_ping_with_the_given_mac(default_guest, netns, tm
     metrics = tmp_path / "metrics.json"
     cmd = netns.argv(*microvm_cmd(
         "run", "--kernel", str(default_guest.vmlinux), "--initrd", str(initrd),
-        "--append", f"console=ttyS0 reboot=t panic=1 {IP_CONFIG} {CLOCK}", "-m", "128M",
+        "--append", f"console=ttyS0 reboot=t panic=1 {IP_CONFIG}", "-m", "128M",
         "--netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no",
         "--device", f"virtio-net-device,netdev=n0,mac={GUEST_MAC}",
         "--no-reboot", "--metrics", str(metrics), "-v"))
@@ -147,7 +137,7 @@ def test_qemu_docs_first_example_smp2_512m_ext4_root_and_tap(default_guest, netn
     image = make_ext4(tmp_path / "test.img", make_rootdir(tmp_path / "root", init), "32M")
     cmd = netns.argv(*microvm_cmd(
         "run", "-M", "microvm", "--smp", "2", "-m", "512M", "--kernel", str(default_guest.vmlinux),
-        "--append", f"earlyprintk=ttyS0 console=ttyS0 root=/dev/vda reboot=t panic=1 {IP_CONFIG} {SMP_CLOCK}",
+        "--append", f"earlyprintk=ttyS0 console=ttyS0 root=/dev/vda reboot=t panic=1 {IP_CONFIG}",
         "--serial", "stdio",
         "--drive", f"id=test,file={image},format=raw,if=none", "--device", "virtio-blk-device,drive=test",
         "--netdev", "tap,id=tap0,script=no,downscript=no", "--device", "virtio-net-device,netdev=tap0",
