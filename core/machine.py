@@ -45,6 +45,11 @@ def install_kick_handler() -> bool:
 
 _kick_handler_installed = False
 install_kick_handler()
+#: how long Machine.pause waits for the vCPUs to leave KVM_RUN and park (an exit being
+#: handled, e.g. a blocking console write, finishes first)
+PAUSE_TIMEOUT = 10.0
+MSR_IA32_TSC = 0x10
+MSR_KVM_SYSTEM_TIME_NEW = 0x4B564D01
 #: Guest command-line words that keep Linux off instructions an emulating host cannot run
 #: (HOST.md: no XSAVE; clearcpuid 151 = POPCNT, 308 = SMAP, by number since names need
 #: CONFIG_X86_FEATURE_NAMES).
@@ -84,7 +89,8 @@ class Machine:
     (``self.ctx``). A Machine runs once; a guest reset builds a new one (:func:`run_spec`).
     """
 
-    def __init__(self, spec: MachineSpec, host: Any = None, images: Any = None, metrics: "Metrics | None" = None) -> None:
+    def __init__(self, spec: MachineSpec, host: Any = None, images: Any = None, metrics: "Metrics | None" = None,
+                 lifecycle: Any = None) -> None:
         from .boot.loader import read_images
         from .context import MachineContext
         from .metrics import Metrics
@@ -115,11 +121,32 @@ class Machine:
         self._chardevs: dict[str, Chardev] = {}
         self._stdio_user: str | None = None
         self._drive_users: dict[str, str] = {}
+        #: drive id -> QOM path of the device using it (QMP query-block's qdev)
+        self.drive_qdevs: dict[str, str] = {}
+        self._creating_qdev: str | None = None
         #: the device whose factory runs now (who claims a drive or netdev)
         self._creating = "a device"
         self._netdevs: dict[str, tuple[Any, str]] = {}
         self._irq_lines: dict[int, Any] = {}
-        self.stopping = False
+        if lifecycle is None:
+            from .lifecycle import Lifecycle
+
+            lifecycle = Lifecycle(spec)
+        #: run state across reboots and what a reset, power-off, panic or error does
+        #: (microvm.lifecycle.Lifecycle; run_spec keeps one for every boot)
+        self.lifecycle = lifecycle
+        self._stopping = False
+        #: stopping or paused: the one flag a vCPU loop checks before each KVM_RUN
+        self.hold = False
+        #: paused (QMP stop, -S, a stopped run state): the vCPUs park on pause_cond
+        self.paused = False
+        self.pause_cond = threading.Condition()
+        self.parked = 0  # vCPU threads parked (under pause_cond)
+        self.vcpus_active = 0  # vCPU threads in their loop (under pause_cond)
+        self._guest_ran = False  # the vCPUs were released at least once (QEMU's clock_valid)
+        self._saved_clock: int | None = None
+        #: a host signal (SIGTERM, SIGHUP, SIGINT) ended the run: its number
+        self.host_signal = 0
         self.exit_status = 0
         self.stop_reason = ""
         self.reset_requested = False
@@ -167,7 +194,8 @@ class Machine:
         # every backend is checked, used or not: its type exists and its keys are valid
         from .config import parse_properties
 
-        backends = [("chardev", c) for c in self.spec.chardev_configs.values()]
+        monitors = self.spec.monitor_chardevs  # a --mon's socket is the QMP server's, not a backend
+        backends = [("chardev", c) for c in self.spec.chardev_configs.values() if c.id not in monitors]
         backends += [("chardev", s.chardev) for s in self.spec.serial_configs if s.chardev is not None]
         backends += [("netdev", c) for c in self.spec.netdev_configs.values()]
         for kind, c in backends:
@@ -228,6 +256,8 @@ class Machine:
         if other is not None:
             raise ConfigError(f"{user}: drive {drive_id} is already used by {other}")
         self._drive_users[drive_id] = user
+        if self._creating_qdev is not None:
+            self.drive_qdevs[drive_id] = self._creating_qdev
         return cfg
 
     def netdev(self, netdev_id: str) -> Any:
@@ -312,12 +342,36 @@ class Machine:
         """The ``--chardev BACKEND,id=ID`` backend, created on first use."""
         dev = self._chardevs.get(chardev_id)
         if dev is None:
+            if chardev_id in self.spec.monitor_chardevs:
+                raise ConfigError(f"{self._creating}: chardev {chardev_id} is used by a monitor (--mon)")
             cfg = self.spec.chardev_configs.get(chardev_id)
             if cfg is None:
                 known = ", ".join(sorted(self.spec.chardev_configs)) or "none"
                 raise ConfigError(f"chardev {chardev_id!r} not found (defined chardevs: {known})")
             dev = self._chardevs[chardev_id] = self._make_backend("chardev", cfg)
         return dev
+
+    def chardev_list(self) -> list[tuple[str, str, bool]]:
+        """(label, filename, frontend open) of each host character device, for QMP's
+        ``query-chardev``: the ``--chardev`` ones (a frontend opened it when some device
+        asked for it) and the serial ports' own (``serial0``: ``stdio``), as QEMU names
+        them. A backend with ``info()`` (a mapping with ``filename``) describes itself."""
+        out = []
+        monitors = self.spec.monitor_chardevs
+        configs = [c for c in self.spec.chardev_configs.values() if c.id not in monitors]
+        configs += [s.chardev for s in self.spec.serial_configs if s.chardev is not None]
+        for cfg in configs:
+            dev = self._chardevs.get(cfg.id)
+            filename = cfg.backend  # QEMU 7.2: "stdio", "null", "file"
+            info = getattr(dev, "info", None)
+            if callable(info):
+                try:
+                    described = info()
+                    filename = str(described.get("filename", filename))
+                except Exception:
+                    log.debug("chardev %s: info() failed", cfg.id, exc_info=True)
+            out.append((cfg.id, filename, dev is not None))
+        return out
 
     def serial_chardev(self, index: int) -> Chardev | None:
         """The host side of serial port ``index`` from ``-serial`` (None for ``none``)."""
@@ -402,6 +456,7 @@ class Machine:
         from .config import VIRTIO_TRANSPORT_PROPERTIES, VirtioTransportConfig, parse_properties
 
         names: set[str] = set()
+        anonymous = 0
         for cfg in self.spec.device_configs:
             reg = self.host.device_types[cfg.driver]  # checked in __init__
             declared = self.device_properties(reg) + (VIRTIO_TRANSPORT_PROPERTIES if reg.virtio else ())
@@ -411,10 +466,14 @@ class Machine:
                     raise ConfigError(f"--device {cfg.driver}: duplicate id {props['id']!r}")
                 names.add(props["id"])
             self._creating = f"--device {cfg.driver}" + (f",id={props['id']}" if props["id"] else "")
+            # the device's QOM path as QEMU 7.2's query-block shows it
+            self._creating_qdev = props["id"] or f"/machine/peripheral-anon/device[{anonymous}]"
+            anonymous += 0 if props["id"] else 1
             try:
                 made = reg.factory(self.ctx, props)
             finally:
                 self._creating = "a device"
+                self._creating_qdev = None
             if not reg.virtio:
                 continue
             from .virtio.backend import VirtioBackend
@@ -462,6 +521,16 @@ class Machine:
         bsp.set_regs(regs)
 
     # ------------------------------------------------------------------ lifecycle
+    @property
+    def stopping(self) -> bool:
+        """The machine is ending (request_stop); vCPU loops leave, parked ones too."""
+        return self._stopping
+
+    @stopping.setter
+    def stopping(self, value: bool) -> None:
+        self._stopping = value
+        self.hold = value or self.paused
+
     def request_stop(self, status: int, reason: str) -> None:
         """Stop the machine (from any thread). The first reason wins."""
         if not self.stopping:
@@ -470,18 +539,136 @@ class Machine:
             self.stopping = True
             log.log(40 if status else 20, "stopping: %s", reason)  # ERROR / INFO
         self._stop_event.set()
+        with self.pause_cond:  # parked vCPUs leave too
+            self.pause_cond.notify_all()
         for t in self.threads:
             if t is not threading.current_thread():
                 t.kick()
 
     def guest_reset(self, reason: str) -> None:
-        """The guest asked for a reset (triple fault): end the process with --no-reboot, as
-        QEMU does, else rebuild the machine and boot again."""
-        if self.spec.no_reboot:
-            self.request_stop(0, f"guest reset ({reason}) with --no-reboot: exiting")
-        else:
-            self.reset_requested = True
-            self.request_stop(0, f"guest reset ({reason}): rebooting")
+        """The guest asked for a reset (triple fault): reboot (the machine is rebuilt), or
+        with --no-reboot a shutdown, as QEMU does (see Lifecycle)."""
+        self.lifecycle.guest_reset(self, reason)
+
+    def guest_shutdown(self) -> None:
+        """The guest powered off (KVM_SYSTEM_EVENT_SHUTDOWN)."""
+        self.lifecycle.guest_shutdown(self)
+
+    def guest_panicked(self, detail: str) -> None:
+        """The guest reported a panic (KVM_SYSTEM_EVENT_CRASH, a pvpanic device)."""
+        self.lifecycle.guest_panicked(self, detail)
+
+    def internal_error(self, message: str) -> None:
+        """A KVM internal error or an exit nobody handles: with a QMP monitor the VM stays in
+        ``internal-error`` (message and register dump in the log), else it ends with status 1."""
+        self.lifecycle.internal_error(self, message)
+
+    # ------------------------------------------------------------------ pause / resume
+    def vcpu_started(self) -> None:
+        with self.pause_cond:
+            self.vcpus_active += 1
+
+    def vcpu_finished(self) -> None:
+        with self.pause_cond:
+            self.vcpus_active -= 1
+            self.pause_cond.notify_all()
+
+    def pause(self, wait: bool = True) -> None:
+        """Stop the guest where it is: every vCPU out of KVM_RUN and parked, the timer thread
+        idle, every virtio worker parked and each backend paused (no guest memory written
+        from here on), and kvmclock saved (QEMU's kvmclock_vm_state_change). ``wait``: wait
+        until each vCPU has parked (not from a vCPU thread, which parks when it returns).
+        Any thread; a no-op when already paused."""
+        with self.pause_cond:
+            if self.paused:
+                return
+            self.paused = True
+            self.hold = True
+        me = threading.current_thread()
+        for t in self.threads:
+            if t is not me:
+                t.kick()
+        if wait and not any(t is me for t in self.threads):
+            with self.pause_cond:
+                if not self.pause_cond.wait_for(lambda: self.parked >= self.vcpus_active or self.stopping, PAUSE_TIMEOUT):
+                    log.warning("pause: %d of %d vCPUs still busy after %.0f s", self.vcpus_active - self.parked,
+                                self.vcpus_active, PAUSE_TIMEOUT)
+        if self._timers is not None:
+            self._timers.pause()
+        if self._virtio is not None:
+            self._virtio.pause()
+        if self._guest_ran:
+            self._save_clock()
+
+    def resume(self) -> None:
+        """Undo :meth:`pause`: kvmclock restored, devices and timers resumed, vCPUs released."""
+        with self.pause_cond:
+            if not self.paused:
+                return
+        self._restore_clock()
+        if self._virtio is not None:
+            self._virtio.resume()
+        if self._timers is not None:
+            self._timers.resume()
+        with self.pause_cond:
+            self.paused = False
+            self.hold = self.stopping
+            self._guest_ran = True
+            self.pause_cond.notify_all()
+
+    def _save_clock(self) -> None:
+        """The guest's kvmclock now, to set again on resume so the guest does not see the
+        paused interval (QEMU). Without a stable master clock (KVM_CLOCK_TSC_STABLE unset)
+        KVM_GET_CLOCK may lag what a vCPU's pvclock page already showed, so, as QEMU, the
+        value is computed from vCPU 0's page instead when the guest has one."""
+        if self.vm is None:
+            return
+        from .kvm import KvmError, lib
+
+        try:
+            clock, flags = self.vm.get_clock()
+        except KvmError as e:
+            log.debug("kvmclock not saved: %s", e)
+            return
+        if not flags & lib.KVM_CLOCK_TSC_STABLE:
+            clock = self._pvclock_now() or clock
+        self._saved_clock = clock
+
+    def _pvclock_now(self) -> int:
+        """kvmclock as vCPU 0's pvclock page shows it at vCPU 0's TSC (QEMU's
+        kvmclock_current_nsec); 0 when the guest enabled no kvmclock."""
+        import struct
+
+        if not self.vcpus or self.memory is None:
+            return 0
+        try:
+            msrs = self.vcpus[0].get_msrs([MSR_KVM_SYSTEM_TIME_NEW, MSR_IA32_TSC])
+        except OSError:
+            return 0
+        system_time_msr = msrs.get(MSR_KVM_SYSTEM_TIME_NEW, 0)
+        if not system_time_msr & 1 or MSR_IA32_TSC not in msrs:
+            return 0
+        try:
+            raw = self.memory.read(system_time_msr & ~1, 32)
+        except Exception:
+            return 0
+        _version, _pad, tsc_timestamp, system_time, mul, shift, _flags = struct.unpack_from("<IIQQIbB", raw)
+        delta = max(msrs[MSR_IA32_TSC] - tsc_timestamp, 0)
+        delta = delta >> -shift if shift < 0 else delta << shift
+        return system_time + ((delta * mul) >> 32)
+
+    def _restore_clock(self) -> None:
+        clock, self._saved_clock = self._saved_clock, None
+        if clock is None or self.vm is None:
+            return
+        from .kvm import KvmError
+
+        try:
+            self.vm.set_clock(clock)
+        except KvmError as e:
+            log.warning("kvmclock not restored: %s", e)
+        for v in self.vcpus:  # PVCLOCK_GUEST_STOPPED: the guest's watchdogs forgive the gap
+            v.kvmclock_ctrl()
 
     def signal_thread(self, thread: Any) -> None:
         if _kick_handler_installed and thread.ident is not None and thread.is_alive():
@@ -492,11 +679,16 @@ class Machine:
 
     def _install_termination_handlers(self) -> None:
         """SIGTERM/SIGHUP stop the machine cleanly (the terminal is restored, disks closed), as
-        QEMU does; only possible from the main thread."""
+        QEMU does; only possible from the main thread. The handler only records the signal
+        (run_spec reports SHUTDOWN host-signal to QMP clients outside the handler)."""
         if threading.current_thread() is not threading.main_thread():
             return
         for sig in (signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, lambda signum, _frame: self.request_stop(0, f"terminated by signal {signum}"))
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum: int, _frame: Any = None) -> None:
+        self.host_signal = self.host_signal or signum
+        self.request_stop(0, f"terminated by signal {signum}")
 
     def run(self) -> int:
         """Boot and run until the guest stops; returns the exit status. A Machine runs once:
@@ -515,11 +707,15 @@ class Machine:
                 log.warning("Machine.run outside the main thread before microvm.machine was imported in it: "
                             "a vCPU halted in the guest may take seconds to stop")
             self.hook.machine_start(ctx=self.ctx)
+            self.threads = [VcpuThread(self, v) for v in self.vcpus]
+            if self.lifecycle.machine_starting(self):
+                self.pause(wait=False)  # -S, or a reset while not running: prelaunch
+            else:
+                self._guest_ran = True
             if self._virtio is not None:
                 self._virtio.start()
             if self._timers is not None:
                 self._timers.start()
-            self.threads = [VcpuThread(self, v) for v in self.vcpus]
             for t in self.threads:
                 self.metrics.add_source("vcpus", t.name, t.exit_counts)
                 t.start()
@@ -527,6 +723,7 @@ class Machine:
                 while not self._stop_event.wait(0.5):
                     pass
             except KeyboardInterrupt:
+                self.host_signal = self.host_signal or signal.SIGINT
                 self.request_stop(0, "interrupted (SIGINT)")
             for t in self.threads:
                 t.join(timeout=5)
@@ -564,20 +761,32 @@ class Machine:
 
 def run_spec(spec: MachineSpec, host: Any = None) -> int:
     """Run a machine, rebuilding it after each guest reset unless --no-reboot; with
-    ``spec.metrics``, write the counters (of every boot) there at the end."""
+    ``spec.metrics``, write the counters (of every boot) there at the end.
+
+    The :class:`~microvm.lifecycle.Lifecycle` (run state, QMP monitors) lives here, across
+    the machines of the run: its monitors are bound once the first Machine has checked the
+    options, before any vCPU runs, and closed when the run ends."""
+    from .lifecycle import Lifecycle
     from .metrics import Metrics
 
     images = None
     metrics = Metrics()
+    lifecycle = Lifecycle(spec)
     try:
         while True:
-            m = Machine(spec, host, images, metrics)
+            m = Machine(spec, host, images, metrics, lifecycle=lifecycle)
+            if images is None:
+                lifecycle.start_monitors()
             images = m.images
-            status = m.run()
-            if not m.reset_requested:
+            try:
+                status = m.run()
+            finally:
+                lifecycle.machine_ended(m)
+            if not m.reset_requested or lifecycle.quit_requested:
                 return status
             log.info("rebooting")
     finally:
+        lifecycle.close_monitors()
         if spec.metrics and images is not None:
             try:
                 metrics.write_json(spec.metrics)
