@@ -17,8 +17,10 @@ QEMU 7.2's rules (softmmu/runstate.c), checked against QEMU itself:
 * a shutdown ends the process, or with ``-no-shutdown`` stops the VM in state ``shutdown``
   (``STOP``), still served; only ``system_reset`` (then ``cont``) or ``quit`` leave it;
 * a host signal or QMP ``quit`` always ends the process;
-* a guest panic: ``GUEST_PANICKED {action: poweroff}`` then a ``guest-panic`` shutdown, or
-  with ``-no-shutdown`` ``GUEST_PANICKED {action: pause}`` and state ``guest-panicked``;
+* a guest panic: ``GUEST_PANICKED {action: poweroff}`` then ``SHUTDOWN {guest: true,
+  reason: guest-panic}`` and the process ends (no ``STOP``: QEMU's deferred vm_stop never
+  runs), or with ``-no-shutdown`` ``GUEST_PANICKED {action: pause}``, ``STOP`` and state
+  ``guest-panicked``, which ``cont`` leaves (pvpanic's crash-loaded: ``GUEST_CRASHLOADED``);
 * a KVM internal error stops the VM in ``internal-error`` (``STOP``); without a QMP monitor
   nobody could ever act on that state, so microvm then ends with status 1 as before;
 * a reset of a VM that was not running leaves it in ``prelaunch`` until ``cont``.
@@ -181,11 +183,17 @@ class Lifecycle:
         if self.no_shutdown:  # -no-shutdown turns the panic's shutdown into a pause
             self.emit("GUEST_PANICKED", {"action": "pause"})
             self._enter(m, GUEST_PANICKED)
-        else:
+        else:  # QEMU's shutdown request wins over its deferred vm_stop: no STOP event
             self.emit("GUEST_PANICKED", {"action": "poweroff"})
-            self._enter(m, GUEST_PANICKED)
+            with self._lock:
+                self.state = GUEST_PANICKED
             self.emit("SHUTDOWN", {"guest": True, "reason": "guest-panic"})
             m.request_stop(0, f"guest panicked ({detail})")
+
+    def guest_crashloaded(self, m: "Machine") -> None:
+        """QEMU's qemu_system_guest_crashloaded: an event, the guest runs on."""
+        log.warning("guest loaded a crash kernel")
+        self.emit("GUEST_CRASHLOADED", {"action": "run"})
 
     def internal_error(self, m: "Machine", message: str) -> None:
         if not self.monitored:

@@ -558,6 +558,10 @@ class Machine:
         """The guest reported a panic (KVM_SYSTEM_EVENT_CRASH, a pvpanic device)."""
         self.lifecycle.guest_panicked(self, detail)
 
+    def guest_crashloaded(self) -> None:
+        """The guest loaded a crash kernel after a panic (pvpanic CRASH_LOADED)."""
+        self.lifecycle.guest_crashloaded(self)
+
     def internal_error(self, message: str) -> None:
         """A KVM internal error or an exit nobody handles: with a QMP monitor the VM stays in
         ``internal-error`` (message and register dump in the log), else it ends with status 1."""
