@@ -261,3 +261,20 @@ def test_hostile_clients_while_the_vm_keeps_a_disk_busy(guest_cache, tmp_path):
         assert grown < 64 << 20, f"RSS grew by {grown >> 20} MiB"
         for c in (keep, bad, big, slow):
             c.close()
+
+
+def test_sigterm_while_paused_ends_the_vm_with_a_host_signal_shutdown(guest_cache, tmp_path):
+    """A host signal always ends the process (QEMU's qemu_system_killed), also when paused
+    and with -no-shutdown: SHUTDOWN {guest: false, reason: host-signal}, status 0."""
+    import signal
+
+    elf = build_guest("spin", guest_cache)
+    with Vm(str(tmp_path), "--kernel", str(elf), "--no-shutdown") as vm:
+        q = Line(vm.sock)
+        wait_until(lambda: b"SPIN" in vm.out, "the guest")
+        q.cmd("stop")
+        assert q.event("STOP")
+        vm.proc.send_signal(signal.SIGTERM)
+        assert q.event("SHUTDOWN")["data"] == {"guest": False, "reason": "host-signal"}
+        assert vm.wait() == 0
+        assert "terminated by signal 15" in vm.stderr() or vm.stderr() == ""
