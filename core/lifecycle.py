@@ -121,8 +121,10 @@ class Lifecycle:
         try:
             for mon in wanted:
                 mon.server = QmpServer(mon.address, self)
-                mon.server.start()
+                # listed before it starts: a client may connect and command at once, and the
+                # events its commands cause must reach it
                 self.monitors.append(mon)
+                mon.server.start()
         except BaseException:
             self.close_monitors()
             raise
@@ -143,19 +145,27 @@ class Lifecycle:
 
     # ------------------------------------------------------------------ machines
     def machine_starting(self, m: "Machine") -> bool:
-        """A machine is built and about to start its vCPUs: True when they must start paused
-        (``-S``, or a reset of a VM that was not running: ``prelaunch``)."""
+        """A machine is built and about to start its vCPUs: pause it first when it must not
+        run (``-S``, or a reset of a VM that was not running: ``prelaunch``); True then.
+        Under the lock, so a ``cont`` either finds no machine yet (and this one starts
+        running) or finds it paused (and resumes it)."""
         with self._lock:
             self.machine = m
             self._vcpus = []
             if self.reset_cause is not None:  # the reset is done: a new machine stands
                 cause, self.reset_cause = self.reset_cause, None
+                # the event first: a client that sees the new state has the event before
+                self.emit("RESET", {"guest": cause.startswith("guest"), "reason": cause})
                 if self.state != RUNNING:
                     self.state = PRELAUNCH
-                self.emit("RESET", {"guest": cause.startswith("guest"), "reason": cause})
             if self.quit_requested:
                 m.request_stop(0, "quit")
-            return self.state != RUNNING
+            paused = self.state != RUNNING
+            if paused:
+                m.pause(wait=False)  # no vCPU thread runs yet: nothing to wait for
+            else:
+                m.mark_running()
+            return paused
 
     def machine_ended(self, m: "Machine") -> None:
         """``m.run()`` returned: report a host signal, forget the machine (keeping what

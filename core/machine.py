@@ -620,6 +620,10 @@ class Machine:
             self._guest_ran = True
             self.pause_cond.notify_all()
 
+    def mark_running(self) -> None:
+        """The vCPUs start running (not paused): a later pause saves the guest's clock."""
+        self._guest_ran = True
+
     def _save_clock(self) -> None:
         """The guest's kvmclock now, to set again on resume so the guest does not see the
         paused interval (QEMU). Without a stable master clock (KVM_CLOCK_TSC_STABLE unset)
@@ -712,10 +716,7 @@ class Machine:
                             "a vCPU halted in the guest may take seconds to stop")
             self.hook.machine_start(ctx=self.ctx)
             self.threads = [VcpuThread(self, v) for v in self.vcpus]
-            if self.lifecycle.machine_starting(self):
-                self.pause(wait=False)  # -S, or a reset while not running: prelaunch
-            else:
-                self._guest_ran = True
+            self.lifecycle.machine_starting(self)  # pauses it for -S, or a reset while not running
             if self._virtio is not None:
                 self._virtio.start()
             if self._timers is not None:

@@ -378,6 +378,10 @@ class QmpServer:
         if not data:
             self._drop(client)
             return
+        # events other threads emitted before this input arrived go out before its replies
+        self._take_pending()
+        if client.sock.fileno() not in self._clients:
+            return  # dropped while delivering them (it stopped reading)
         for line in client.session.receive(data):
             if not self._queue(client, line):
                 return
