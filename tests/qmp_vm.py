@@ -79,7 +79,16 @@ class Line:
 
     def __init__(self, path: str, negotiate: bool = True) -> None:
         self.sock = socket.socket(socket.AF_UNIX)
-        self.sock.connect(path)
+        # the socket file appears at bind(), a moment before listen(): retry a refused connect
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                self.sock.connect(path)
+                break
+            except ConnectionRefusedError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
         self.sock.settimeout(60)
         self.f = self.sock.makefile("rwb")
         self.events: list[dict[str, Any]] = []

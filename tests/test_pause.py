@@ -43,7 +43,15 @@ class Qmp:
 
     def __init__(self, path: str) -> None:
         self.sock = socket.socket(socket.AF_UNIX)
-        self.sock.connect(path)
+        deadline = time.monotonic() + 30
+        while True:  # the socket file appears at bind(), a moment before listen()
+            try:
+                self.sock.connect(path)
+                break
+            except ConnectionRefusedError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
         self.sock.settimeout(30)
         self.f = self.sock.makefile("rwb")
         self.events: list[dict[str, Any]] = []
