@@ -167,15 +167,19 @@ class Lifecycle:
                 m.mark_running()
             return paused
 
-    def machine_ended(self, m: "Machine") -> None:
-        """``m.run()`` returned: report a host signal, forget the machine (keeping what
-        ``query-cpus-fast`` showed while a reset rebuilds it)."""
-        if m.host_signal:
-            self.emit("SHUTDOWN", {"guest": False, "reason": "host-signal"})
+    def machine_closing(self, m: "Machine") -> None:
+        """``m`` is being torn down: forget it (keeping what ``query-cpus-fast`` showed, for
+        while a reset rebuilds the machine); commands from now on change the state only."""
         with self._lock:
             if self.machine is m:
-                self._vcpus = self._vcpu_info(m)
+                self._vcpus = self._vcpu_info(m) if self.monitors else []
                 self.machine = None
+
+    def machine_ended(self, m: "Machine") -> None:
+        """``m.run()`` returned: report a host signal."""
+        self.machine_closing(m)
+        if m.host_signal:
+            self.emit("SHUTDOWN", {"guest": False, "reason": "host-signal"})
 
     # ------------------------------------------------------------------ what the guest does
     def guest_reset(self, m: "Machine", reason: str) -> None:

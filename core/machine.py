@@ -141,6 +141,9 @@ class Machine:
         #: paused (QMP stop, -S, a stopped run state): the vCPUs park on pause_cond
         self.paused = False
         self.pause_cond = threading.Condition()
+        #: serialises kicks with the teardown that unmaps the vCPUs' kvm_run pages
+        self.kick_lock = threading.Lock()
+        self.torn_down = False
         self.parked = 0  # vCPU threads parked (under pause_cond)
         self.vcpus_active = 0  # vCPU threads in their loop (under pause_cond)
         self._guest_ran = False  # the vCPUs were released at least once (QEMU's clock_valid)
@@ -739,6 +742,7 @@ class Machine:
         return self.exit_status
 
     def close(self) -> None:
+        self.lifecycle.machine_closing(self)  # QMP commands go to no torn-down machine
         if not self._stopped_hooks and self._built:
             self._stopped_hooks = True
             try:
@@ -754,6 +758,8 @@ class Machine:
                 log.exception("closing virtio devices failed")
         self._chardevs.clear()
         alive = any(t.is_alive() for t in self.threads)
+        with self.kick_lock:  # no kick writes to a kvm_run page from here on
+            self.torn_down = True
         for fn in reversed(self._cleanups):
             if alive and fn in (getattr(self.memory, "close", None),):
                 continue  # a stuck vCPU may still touch guest RAM: leave the mapping

@@ -83,9 +83,15 @@ class VcpuThread(threading.Thread):
         return {exit_name(r): n for r, n in enumerate(self.exits) if n}
 
     def kick(self) -> None:
-        """Make KVM_RUN return soon: immediate_exit for the next entry, a signal for this one."""
-        self.run_ptr.immediate_exit = 1
-        self.machine.signal_thread(self)
+        """Make KVM_RUN return soon: immediate_exit for the next entry, a signal for this one.
+        Any thread; a no-op once the machine tore its vCPUs down (their kvm_run pages are
+        unmapped then: a QMP command or a device thread may still hold the machine)."""
+        m = self.machine
+        with m.kick_lock:
+            if m.torn_down:
+                return
+            self.run_ptr.immediate_exit = 1
+            m.signal_thread(self)
 
     def run(self) -> None:
         m = self.machine

@@ -85,10 +85,13 @@ class NotifyWorker(threading.Thread):
         self._stopping = False
 
     def _poke(self) -> None:
-        try:
-            os.write(self._ctl_w, b"x")
-        except (BlockingIOError, OSError):
-            pass  # already poked (pipe full) or closed
+        with self._cond:  # not after stop() closed the pipe (its number may be reused)
+            if self._ctl_w < 0:
+                return
+            try:
+                os.write(self._ctl_w, b"x")
+            except (BlockingIOError, OSError):
+                pass  # already poked (pipe full)
 
     def pause(self) -> None:
         """Park the worker; returns once no notification is being processed (it waits for
@@ -114,8 +117,11 @@ class NotifyWorker(threading.Thread):
         self._poke()
         if self.is_alive() and self is not threading.current_thread():
             self.join(timeout=5)
-        os.close(self._ctl_r)
-        os.close(self._ctl_w)
+        with self._cond:
+            if self._ctl_w >= 0:
+                os.close(self._ctl_r)
+                os.close(self._ctl_w)
+                self._ctl_r = self._ctl_w = -1
 
     def _hold(self) -> bool:
         """Between notifications: park while paused. False when the worker must end."""

@@ -62,7 +62,7 @@ def test_guest_panic_reaches_a_qmp_client(tmp_path):
         assert q.event("GUEST_PANICKED")["data"] == {"action": "pause"}
         assert q.event("STOP")
         assert q.cmd("query-status")["status"] == "guest-panicked"
-        assert vm.out == b"EVENTS=3\nPANIC\n"
+        wait_until(lambda: vm.out == b"EVENTS=3\nPANIC\n", "the output up to the panic")
         q.cmd("cont")
         assert q.event("RESUME")
         assert q.event("GUEST_CRASHLOADED")["data"] == {"action": "run"}
@@ -79,4 +79,4 @@ def test_guest_panic_reaches_a_qmp_client(tmp_path):
         assert q.event("SHUTDOWN")["data"] == {"guest": True, "reason": "guest-panic"}
         assert q.events == [] and b"STOP" not in q.f.read()  # to the end: no STOP, as QEMU
         assert vm.wait() == 0
-        assert vm.out == b"EVENTS=3\nPANIC\n"
+        wait_until(lambda: vm.out == b"EVENTS=3\nPANIC\n", "the output up to the panic")
