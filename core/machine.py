@@ -48,8 +48,6 @@ install_kick_handler()
 #: how long Machine.pause waits for the vCPUs to leave KVM_RUN and park (an exit being
 #: handled, e.g. a blocking console write, finishes first)
 PAUSE_TIMEOUT = 10.0
-MSR_IA32_TSC = 0x10
-MSR_KVM_SYSTEM_TIME_NEW = 0x4B564D01
 #: Guest command-line words that keep Linux off instructions an emulating host cannot run
 #: (HOST.md: no XSAVE; clearcpuid 151 = POPCNT, 308 = SMAP, by number since names need
 #: CONFIG_X86_FEATURE_NAMES).
@@ -628,58 +626,18 @@ class Machine:
         self._guest_ran = True
 
     def _save_clock(self) -> None:
-        """The guest's kvmclock now, to set again on resume so the guest does not see the
-        paused interval (QEMU). Without a stable master clock (KVM_CLOCK_TSC_STABLE unset)
-        KVM_GET_CLOCK may lag what a vCPU's pvclock page already showed, so, as QEMU, the
-        value is computed from vCPU 0's page instead when the guest has one."""
-        if self.vm is None:
-            return
-        from .kvm import KvmError, lib
+        """The guest's kvmclock now, set again on resume (microvm.guestclock, as QEMU)."""
+        if self.vm is not None:
+            from . import guestclock
 
-        try:
-            clock, flags = self.vm.get_clock()
-        except KvmError as e:
-            log.debug("kvmclock not saved: %s", e)
-            return
-        if not flags & lib.KVM_CLOCK_TSC_STABLE:
-            clock = self._pvclock_now() or clock
-        self._saved_clock = clock
-
-    def _pvclock_now(self) -> int:
-        """kvmclock as vCPU 0's pvclock page shows it at vCPU 0's TSC (QEMU's
-        kvmclock_current_nsec); 0 when the guest enabled no kvmclock."""
-        import struct
-
-        if not self.vcpus or self.memory is None:
-            return 0
-        try:
-            msrs = self.vcpus[0].get_msrs([MSR_KVM_SYSTEM_TIME_NEW, MSR_IA32_TSC])
-        except OSError:
-            return 0
-        system_time_msr = msrs.get(MSR_KVM_SYSTEM_TIME_NEW, 0)
-        if not system_time_msr & 1 or MSR_IA32_TSC not in msrs:
-            return 0
-        try:
-            raw = self.memory.read(system_time_msr & ~1, 32)
-        except Exception:
-            return 0
-        _version, _pad, tsc_timestamp, system_time, mul, shift, _flags = struct.unpack_from("<IIQQIbB", raw)
-        delta = max(msrs[MSR_IA32_TSC] - tsc_timestamp, 0)
-        delta = delta >> -shift if shift < 0 else delta << shift
-        return system_time + ((delta * mul) >> 32)
+            self._saved_clock = guestclock.save(self.vm, self.vcpus, self.memory)
 
     def _restore_clock(self) -> None:
         clock, self._saved_clock = self._saved_clock, None
-        if clock is None or self.vm is None:
-            return
-        from .kvm import KvmError
+        if clock is not None and self.vm is not None:
+            from . import guestclock
 
-        try:
-            self.vm.set_clock(clock)
-        except KvmError as e:
-            log.warning("kvmclock not restored: %s", e)
-        for v in self.vcpus:  # PVCLOCK_GUEST_STOPPED: the guest's watchdogs forgive the gap
-            v.kvmclock_ctrl()
+            guestclock.restore(self.vm, self.vcpus, clock)
 
     def signal_thread(self, thread: Any) -> None:
         if _kick_handler_installed and thread.ident is not None and thread.is_alive():

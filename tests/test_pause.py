@@ -265,3 +265,25 @@ def test_notify_worker_leaves_notifications_counted_while_paused(guest_memory):
     finally:
         w.stop()
         os.close(efd)
+
+
+def test_pvclock_now_reads_the_guests_clock_page(guest_memory):
+    """Without a stable master clock the saved clock comes from vCPU 0's pvclock page at its
+    TSC (QEMU's kvmclock_current_nsec): system_time + ((tsc - tsc_timestamp) << shift) * mul / 2^32."""
+    from microvm import guestclock
+
+    mem = guest_memory(2 << 20)
+    page = 0x10000
+    mem.write(page, guestclock.PVCLOCK.pack(4, 0, 1_000_000, 5_000_000_000, 0x80000000, 1, 0))
+
+    class Vcpu:
+        def __init__(self, msr: int) -> None:
+            self.msr = msr
+
+        def get_msrs(self, indices):
+            return {guestclock.MSR_KVM_SYSTEM_TIME_NEW: self.msr, guestclock.MSR_IA32_TSC: 1_000_000 + 3000}
+
+    # 3000 TSC ticks << 1 = 6000, * 0.5 = 3000 ns after system_time
+    assert guestclock.pvclock_now([Vcpu(page | 1)], mem) == 5_000_003_000
+    assert guestclock.pvclock_now([Vcpu(page)], mem) == 0  # the guest has not enabled kvmclock
+    assert guestclock.pvclock_now([], mem) == 0
