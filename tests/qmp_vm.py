@@ -14,11 +14,12 @@ from typing import Any, Callable
 from kvm_helpers import microvm_cmd
 
 
-def wait_until(cond: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+def wait_until(cond: Callable[[], bool], what: str, timeout: float = 60.0,
+               detail: Callable[[], str] | None = None) -> None:
     deadline = time.monotonic() + timeout
     while not cond():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
+            raise AssertionError(f"timed out waiting for {what}" + (f"\n{detail()}" if detail else ""))
         time.sleep(0.02)
 
 
@@ -49,6 +50,10 @@ class Vm:
             if not chunk:
                 return
             self.out += chunk
+
+    def tail(self) -> str:
+        """The end of the console output and of the log, for a failure message."""
+        return f"console: ...{bytes(self.out[-3000:]).decode(errors='replace')}\nlog: ...{self.stderr()[-1500:]}"
 
     def stderr(self) -> str:
         self.err.seek(0)

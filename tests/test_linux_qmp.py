@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.kvm, pytest.mark.linux, requires_kvm]
 def test_linux_guest_stop_cont_guest_reset_and_system_reset(default_guest, tmp_path):
     with Vm(str(tmp_path), "--no-shutdown", "-v") as vm:
         q = Line(vm.sock)
-        wait_until(lambda: b"Linux version" in vm.out, "the kernel's banner", 300)
+        wait_until(lambda: b"Linux version" in vm.out, "the kernel's banner", 300, vm.tail)
         # stop in the middle of the boot: the kernel prints nothing more while paused
         assert q.cmd("stop") == {}
         assert q.event("STOP") and q.cmd("query-status")["status"] == "paused"
@@ -29,15 +29,15 @@ def test_linux_guest_stop_cont_guest_reset_and_system_reset(default_guest, tmp_p
         assert q.cmd("cont") == {}
         assert q.event("RESUME") and q.cmd("query-status")["status"] == "running"
         # the kernel goes on booting from where it stopped
-        wait_until(lambda: b"Run /init as init process" in vm.out, "the kernel to reach /init", 900)
+        wait_until(lambda: b"Run /init as init process" in vm.out, "the kernel to reach /init", 900, vm.tail)
         # then the guest resets itself (init exits or dies, panic=1 reboot=t): -no-shutdown
         # does not turn a reset into a shutdown (QEMU 7.2), so it reboots, still served
         assert q.event("RESET", timeout=600)["data"] == {"guest": True, "reason": "guest-reset"}
         assert q.cmd("query-status")["status"] == "running"
-        wait_until(lambda: vm.out.count(b"Linux version") == 2, "the second boot", 300)
+        wait_until(lambda: vm.out.count(b"Linux version") == 2, "the second boot", 300, vm.tail)
         assert q.cmd("system_reset") == {}
         assert q.event("RESET")["data"] == {"guest": False, "reason": "host-qmp-system-reset"}
-        wait_until(lambda: vm.out.count(b"Linux version") == 3, "the boot after system_reset", 300)
+        wait_until(lambda: vm.out.count(b"Linux version") == 3, "the boot after system_reset", 300, vm.tail)
         cpus = q.cmd("query-cpus-fast")
         assert len(cpus) == 1 and cpus[0]["thread-id"] > 0
         assert q.cmd("quit") == {}
