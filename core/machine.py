@@ -49,14 +49,32 @@ install_kick_handler()
 #: handled, e.g. a blocking console write, finishes first)
 PAUSE_TIMEOUT = 10.0
 #: Guest command-line words that keep Linux off instructions an emulating host cannot run
-#: (HOST.md: no XSAVE; clearcpuid 151 = POPCNT, 308 = SMAP, by number since names need
+#: (docs/emulating-hosts.md: no XSAVE; clearcpuid 151 = POPCNT, 308 = SMAP, by number since names need
 #: CONFIG_X86_FEATURE_NAMES).
 EMULATING_HOST_CMDLINE = ["noxsave", "clearcpuid=151,308"]
 
 
 def host_is_emulating() -> bool:
-    """True on hosts whose KVM emulates guest kernel code (kvm_pvm, see HOST.md)."""
+    """True on hosts whose KVM emulates guest kernel code (kvm_pvm, see docs/emulating-hosts.md)."""
     return os.path.exists("/sys/module/kvm_pvm")
+
+
+#: the termination signal received (SIGTERM/SIGHUP), if any: it ends the process's machine,
+#: whichever boot it is in (a guest reset builds a new Machine), and no reboot follows
+_terminating: int | None = None
+#: the machine whose main loop a termination signal must wake
+_current: "Machine | None" = None
+
+
+def _on_termination_signal(signum: int, _frame: Any) -> None:
+    """Record the signal and wake the running machine's main loop, which stops it. Nothing
+    else here: a handler runs between two bytecodes of the main thread, possibly while that
+    thread holds a lock the stop would need (a deadlock, seen with Event.set)."""
+    global _terminating
+    _terminating = signum
+    m = _current
+    if m is not None:
+        m._wake()
 
 
 class ExtIntLine:
@@ -103,11 +121,13 @@ class Machine:
         self.options: dict[str, Any] = host.options.parse_machine(spec.machine)
         #: the optional legacy devices, resolved once from the declared options
         self.legacy = host.options.legacy_devices(self.options)
+        #: (config, registration, converted properties) of every --device, in order
+        self._device_props: list[tuple[Any, Any, Any]] = []
         self._check_device_types()
         if spec.kernel is None:
             raise ConfigError("no kernel given (--kernel FILE)")
         #: kernel and initrd bytes (microvm.boot.loader.BootImages), checked before KVM is touched
-        self.images = images or read_images(spec.kernel, spec.initrd)
+        self.images = images or read_images(spec.kernel, spec.initrd, max_size=spec.mem_size)
         #: a machine rebuilt after a guest reset (run_spec passes the images on)
         self.rebooted = images is not None
         #: the process's counters (run_spec keeps one across reboots)
@@ -151,10 +171,16 @@ class Machine:
         self.exit_status = 0
         self.stop_reason = ""
         self.reset_requested = False
-        self._stop_event = threading.Event()
+        #: while running, the main thread sleeps on this pipe; request_stop and the signal
+        #: handlers write a byte (a handler must not take locks: it may run while the main
+        #: thread holds them)
+        self._wake_r = self._wake_w = -1
+        self._closed = False
         self._cleanups: list[Callable[[], None]] = []
         self.threads: list[Any] = []
         self.vcpus: list[Any] = []
+        #: what plugins get of each vCPU (microvm.context.VcpuView), one per vCPU
+        self.vcpu_views: list[Any] = []
         self.irqchip: Any = None
         self.kvm: Any = None
         self.vm: Any = None
@@ -192,9 +218,21 @@ class Machine:
             if cfg.help:
                 props = describe_properties(self.device_properties(reg) + (VIRTIO_TRANSPORT_PROPERTIES if reg.virtio else ()))
                 raise ConfigError(f"{cfg.driver} properties: " + "; ".join(props))
-        # every backend is checked, used or not: its type exists and its keys are valid
+        # every device's properties are converted now, before any KVM set-up
         from .config import parse_properties
 
+        ids: set[str] = set()
+        self._device_props = []
+        for cfg in self.spec.device_configs:
+            reg = types[cfg.driver]
+            declared = self.device_properties(reg) + (VIRTIO_TRANSPORT_PROPERTIES if reg.virtio else ())
+            props = parse_properties(cfg.driver, declared, cfg.props)
+            if props["id"]:
+                if props["id"] in ids:
+                    raise ConfigError(f"--device {cfg.driver}: duplicate id {props['id']!r}")
+                ids.add(props["id"])
+            self._device_props.append((cfg, reg, props))
+        # every backend is checked, used or not: its type exists and its keys are valid
         monitors = self.spec.monitor_chardevs  # a --mon's socket is the QMP server's, not a backend
         backends = [("chardev", c) for c in self.spec.chardev_configs.values() if c.id not in monitors]
         backends += [("chardev", s.chardev) for s in self.spec.serial_configs if s.chardev is not None]
@@ -391,6 +429,7 @@ class Machine:
     # ------------------------------------------------------------------ construction
     def build(self) -> None:
         from .boot import cpu as bootcpu
+        from .context import VcpuView
         from .kvm import Kvm
 
         self.kvm = Kvm()
@@ -410,6 +449,7 @@ class Machine:
         for i in range(self.smp):
             vcpu = self.vm.create_vcpu(i)
             self.vcpus.append(vcpu)
+            self.vcpu_views.append(VcpuView(vcpu))
             self.add_cleanup(vcpu.close)
             entries = bootcpu.edit_cpuid(self.supported_cpuid, i, self.smp, tsc_deadline)
             self.hook.cpuid(ctx=self.ctx, vcpu_id=i, entries=entries)
@@ -418,7 +458,7 @@ class Machine:
             fpu = vcpu.get_fpu()
             bootcpu.setup_fpu(fpu)
             vcpu.set_fpu(fpu)
-            self.hook.configure_vcpu(ctx=self.ctx, vcpu=vcpu)
+            self.hook.configure_vcpu(ctx=self.ctx, vcpu=self.vcpu_views[i])
         self._load_kernel()
         self._built = True
 
@@ -449,23 +489,15 @@ class Machine:
 
         # the guest's EOI of a level-triggered vector, routed by the split irqchip's MSI
         # routes (KVM_CAP_SPLIT_IRQCHIP); KVM's own IOAPIC never exits for it
-        self.add_exit_handler(lib.KVM_EXIT_IOAPIC_EOI, lambda vcpu: self.irqchip.eoi(vcpu.run_ptr.eoi.vector))
+        self.add_exit_handler(lib.KVM_EXIT_IOAPIC_EOI, lambda vcpu: self.irqchip.eoi(vcpu.run.eoi.vector))
 
     def _create_user_devices(self) -> None:
-        """One device per ``--device``, converted against its type's declared properties;
-        virtio types are placed by the core with the transport the user chose."""
-        from .config import VIRTIO_TRANSPORT_PROPERTIES, VirtioTransportConfig, parse_properties
+        """One device per ``--device`` (properties converted in ``__init__``); virtio types
+        are placed by the core with the transport the user chose."""
+        from .config import VirtioTransportConfig
 
-        names: set[str] = set()
         anonymous = 0
-        for cfg in self.spec.device_configs:
-            reg = self.host.device_types[cfg.driver]  # checked in __init__
-            declared = self.device_properties(reg) + (VIRTIO_TRANSPORT_PROPERTIES if reg.virtio else ())
-            props = parse_properties(cfg.driver, declared, cfg.props)
-            if props["id"]:
-                if props["id"] in names:
-                    raise ConfigError(f"--device {cfg.driver}: duplicate id {props['id']!r}")
-                names.add(props["id"])
+        for cfg, reg, props in self._device_props:
             self._creating = f"--device {cfg.driver}" + (f",id={props['id']}" if props["id"] else "")
             # the device's QOM path as QEMU 7.2's query-block shows it
             self._creating_qdev = props["id"] or f"/machine/peripheral-anon/device[{anonymous}]"
@@ -481,12 +513,29 @@ class Machine:
 
             if not isinstance(made, VirtioBackend):
                 raise PluginError(f"plugin {reg.plugin}: the {cfg.driver} factory returned {made!r}, not a VirtioBackend")
-            name = props["id"] or made.label or f"{cfg.driver}.{len(self.virtio_transports)}"
             try:
+                if props["id"]:
+                    if self._name_taken(props["id"]):
+                        raise ConfigError(f"--device {cfg.driver},id={props['id']}: another device is named {props['id']}")
+                    name = props["id"]
+                else:
+                    name = self._unique_name(made.label or cfg.driver)
                 self.add_virtio_device(made, name, VirtioTransportConfig(legacy=props["force-legacy"]))
             except BaseException:
                 made.close()
                 raise
+
+    def _name_taken(self, name: str) -> bool:
+        """Whether a placed device already has ``name`` (names key the counters)."""
+        return any(m.name == name for bus in (self.pio_bus, self.mmio_bus) for m in bus.mappings())
+
+    def _unique_name(self, base: str) -> str:
+        """``base``, or ``base.1``, ``base.2``... when devices share a default name."""
+        name, n = base, 0
+        while self._name_taken(name):
+            n += 1
+            name = f"{base}.{n}"
+        return name
 
     def _load_kernel(self) -> None:
         from .boot import cpu as bootcpu
@@ -539,12 +588,23 @@ class Machine:
             self.stop_reason = reason
             self.stopping = True
             log.log(40 if status else 20, "stopping: %s", reason)  # ERROR / INFO
-        self._stop_event.set()
+        self._wake()
         with self.pause_cond:  # parked vCPUs leave too
             self.pause_cond.notify_all()
+        if self._closed:
+            return  # the vCPUs' kvm_run pages are unmapped: nothing to kick
         for t in self.threads:
             if t is not threading.current_thread():
                 t.kick()
+
+    def _wake(self) -> None:
+        fd = self._wake_w
+        if fd < 0:
+            return
+        try:
+            os.write(fd, b"x")
+        except OSError:
+            pass  # full (a wake-up is pending anyway) or closed
 
     def guest_reset(self, reason: str) -> None:
         """The guest asked for a reset (triple fault): reboot (the machine is rebuilt), or
@@ -648,14 +708,32 @@ class Machine:
 
     def _install_termination_handlers(self) -> None:
         """SIGTERM/SIGHUP stop the machine cleanly (the terminal is restored, disks closed), as
-        QEMU does; only possible from the main thread. The handler only records the signal
-        (run_spec reports SHUTDOWN host-signal to QMP clients outside the handler)."""
+        QEMU does; only possible from the main thread. See :func:`_on_termination_signal`."""
+        global _current
+        _current = self
         if threading.current_thread() is not threading.main_thread():
             return
         for sig in (signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, self._on_signal)
+            if signal.getsignal(sig) is not _on_termination_signal:
+                signal.signal(sig, _on_termination_signal)
 
-    def _on_signal(self, signum: int, _frame: Any = None) -> None:
+    def _wait_for_stop(self) -> None:
+        """Sleep in the main thread until a stop is requested or a signal arrives."""
+        import select
+
+        while not self.stopping:
+            try:
+                select.select([self._wake_r], [], [])
+                while os.read(self._wake_r, 64):
+                    pass
+            except BlockingIOError:
+                pass
+            if _terminating is not None:
+                self._terminated(_terminating)
+
+    def _terminated(self, signum: int) -> None:
+        """A host signal ends the run (run_spec reports SHUTDOWN host-signal to QMP clients,
+        outside the signal handler)."""
         self.host_signal = self.host_signal or signum
         self.request_stop(0, f"terminated by signal {signum}")
 
@@ -668,13 +746,17 @@ class Machine:
         if self._ran:
             raise MicrovmError("this Machine has already run; build a new Machine(spec) to boot again")
         self._ran = True
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._install_termination_handlers()
         try:
             if not self._built:
                 self.build()
-            self._install_termination_handlers()
             if not install_kick_handler():
                 log.warning("Machine.run outside the main thread before microvm.machine was imported in it: "
                             "a vCPU halted in the guest may take seconds to stop")
+            if _terminating is not None:  # arrived while this machine was being built
+                self._terminated(_terminating)
+                return self.exit_status
             self.hook.machine_start(ctx=self.ctx)
             self.threads = [VcpuThread(self, v) for v in self.vcpus]
             self.lifecycle.machine_starting(self)  # pauses it for -S, or a reset while not running
@@ -686,8 +768,7 @@ class Machine:
                 self.metrics.add_source("vcpus", t.name, t.exit_counts)
                 t.start()
             try:
-                while not self._stop_event.wait(0.5):
-                    pass
+                self._wait_for_stop()
             except KeyboardInterrupt:
                 self.host_signal = self.host_signal or signal.SIGINT
                 self.request_stop(0, "interrupted (SIGINT)")
@@ -718,6 +799,7 @@ class Machine:
         alive = any(t.is_alive() for t in self.threads)
         with self.kick_lock:  # no kick writes to a kvm_run page from here on
             self.torn_down = True
+        self._closed = True  # and request_stop kicks no vCPU (their pages go away)
         for fn in reversed(self._cleanups):
             if alive and fn in (getattr(self.memory, "close", None),):
                 continue  # a stuck vCPU may still touch guest RAM: leave the mapping
@@ -726,6 +808,11 @@ class Machine:
             except Exception:
                 log.debug("cleanup failed", exc_info=True)
         self._cleanups.clear()
+        fds = (self._wake_r, self._wake_w)
+        self._wake_r = self._wake_w = -1  # first: a late _wake must not write to a reused fd
+        for fd in fds:
+            if fd >= 0:
+                os.close(fd)
 
 
 def run_spec(spec: MachineSpec, host: Any = None) -> int:
@@ -751,7 +838,7 @@ def run_spec(spec: MachineSpec, host: Any = None) -> int:
                 status = m.run()
             finally:
                 lifecycle.machine_ended(m)
-            if not m.reset_requested or lifecycle.quit_requested:
+            if not m.reset_requested or lifecycle.quit_requested or _terminating is not None:
                 return status
             log.info("rebooting")
     finally:
