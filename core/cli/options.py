@@ -53,7 +53,10 @@ RUN_OPTIONS: tuple[RunOption, ...] = (
     RunOption(("--name",), "name", "str", None, "A name for the VM (QMP query-name).", "NAME"),
     RunOption(("--metrics",), "metrics", "str", None,
               "Write the VM's counters (exits, device accesses, interrupts, bytes) as JSON to FILE at exit.", "FILE"),
-    RunOption(("-v", "--verbose"), "verbose", "count", 0, "More log output (-vv for debug)."),
+    RunOption(("-d",), "log_items", "list", (),
+              "Log items, as QEMU's -d: guest_errors logs every guest error (default: the first of each kind, "
+              "then summaries).", "ITEMS"),
+    RunOption(("-v", "--verbose"), "verbose", "count", 0, "More log output (-vv for debug; also every guest error)."),
 )
 
 #: spelling → option, for the fast parser
