@@ -290,6 +290,16 @@ class MachineContext:
         """Reset the VM as a triple fault would: reboot, or exit with ``--no-reboot``."""
         self._m.guest_reset(reason)
 
+    def report_guest_panic(self, detail: str = "") -> None:
+        """The guest reported a panic (a pvpanic-like device, on a vCPU thread): QMP
+        ``GUEST_PANICKED``, then the VM stops (``guest-panicked``) and ends, or with
+        ``--no-shutdown`` stays stopped, as QEMU's default panic action does."""
+        self._m.guest_panicked(detail or "reported by a device")
+
+    def report_guest_crashloaded(self) -> None:
+        """The guest loaded a crash kernel after a panic (QMP ``GUEST_CRASHLOADED``); it runs on."""
+        self._m.guest_crashloaded()
+
     def __repr__(self) -> str:
         chip = self.irqchip
         return f"<MachineContext smp={self.smp} ram={self.ram_size >> 20}MiB irqchip={chip.name if chip else None}>"

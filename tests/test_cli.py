@@ -131,6 +131,7 @@ def test_fast_path_result_in_detail(captured: list[dict]) -> None:
     assert captured == [{
         "kernel": "k", "initrd": None, "append": None, "memory": "2G", "smp": 3, "no_reboot": True,
         "machine": ["a=1", "b=2"], "device": [], "drive": [], "chardev": [], "netdev": [], "serial": [],
+        "qmp": [], "mon": [], "prelaunch": False, "no_shutdown": False, "name": None,
         "metrics": None, "log_items": [], "verbose": 2,
     }]
 

@@ -41,7 +41,8 @@ def run_command(**options: Any) -> int:
             kernel=kernel, initrd=initrd, append=append or "", mem_size=parse_memory_size(o["memory"]) or DEFAULT_RAM, smp=o["smp"],
             no_reboot=o["no_reboot"], machine=list(machine), devices=list(device), drives=list(o["drive"]),
             chardevs=list(o["chardev"]), netdevs=list(o["netdev"]), serial=list(o["serial"]) or ["stdio"],
-            metrics=o["metrics"],
+            metrics=o["metrics"], qmp=list(o["qmp"]), mon=list(o["mon"]), prelaunch=o["prelaunch"],
+            no_shutdown=o["no_shutdown"], name=o["name"],
         )
         spec.validate()
         if kernel is None:

@@ -220,6 +220,16 @@ class VirtioMmioTransport:
         if driver_ok:
             self._raise_interrupt(VIRTIO_MMIO_INT_CONFIG)
 
+    def pause(self) -> None:
+        """The machine pauses: the backend's own threads stop (:meth:`VirtioBackend.pause`).
+        The caller has already stopped whatever calls :meth:`notify`."""
+        with self._dev_lock:
+            self.backend.pause()
+
+    def resume(self) -> None:
+        with self._dev_lock:
+            self.backend.resume()
+
     def close(self) -> None:
         """Reset the device and release the backend's host resources."""
         with self._dev_lock:

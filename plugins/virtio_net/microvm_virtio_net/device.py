@@ -14,6 +14,8 @@ The worker is the only thread that touches the virtqueues. :meth:`VirtioNet.proc
 queue's eventfd; a VMM that has KVM ioeventfds can register ``queue_notify_fds`` directly
 and skip that hop. :meth:`activate` starts the worker, :meth:`reset` and :meth:`close` stop
 it and wait for it, so no queue is touched after they return (docs/virtio-backend.md).
+:meth:`pause` (the machine pauses: QMP ``stop``) stops it the same way but keeps the queues,
+and :meth:`resume` starts a new one: no guest memory is written in between.
 
 While the driver has posted no receive buffer the tap is not polled for input: frames wait
 in the tap's kernel queue (bounded by its ``txqueuelen``), nothing is buffered in the VMM,
@@ -168,6 +170,7 @@ class VirtioNet(VirtioBackend):
         self.queue_notify_fds = [os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK) for _ in range(self.num_queues)]
         self._stop_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         self._thread: threading.Thread | None = None
+        self._paused = False  # the machine is paused: no worker (pause/resume)
         self._closed = False
         #: the host side went away for good (EOF, an error, POLLHUP): the link stays down
         self._tap_gone = False
@@ -240,7 +243,7 @@ class VirtioNet(VirtioBackend):
         self._tap_mask = 0
         self._active = True
         log.info("%s: up, mac %s, %d-byte header, tap offloads for features %#x", self.name, format_mac(self.mac), hdr_len, features)
-        if self.threaded:
+        if self.threaded and not self._paused:  # (activated while paused: resume starts it)
             self._thread = threading.Thread(target=self._run, name=f"{self.name}-worker", daemon=True)
             self._thread.start()
 
@@ -261,6 +264,19 @@ class VirtioNet(VirtioBackend):
             self.tap.set_offload(0)
         except OSError as e:
             log.debug("%s: TUNSETOFFLOAD 0 at reset failed: %s", self.name, e)
+
+    def pause(self) -> None:
+        """The machine pauses (docs/virtio-backend.md): stop the worker between two rounds,
+        keeping the queues and every flag; frames that arrive meanwhile wait in the tap."""
+        self._paused = True
+        self._stop_worker()
+
+    def resume(self) -> None:
+        """Start the worker again where it stopped (with the work it left, if any)."""
+        self._paused = False
+        if self._active and self.threaded and self._thread is None:
+            self._thread = threading.Thread(target=self._run, name=f"{self.name}-worker", daemon=True)
+            self._thread.start()
 
     def close(self) -> None:
         if self._closed:

@@ -627,6 +627,34 @@ def test_worker_thread_moves_frames_and_stops_on_reset(mem):
     assert workers() == [] and up.tap.closed
 
 
+def test_pause_holds_the_worker_and_resume_serves_what_waited(mem):
+    """The machine's pause hook: after pause() no frame reaches guest RAM and no transmit
+    is served, whatever arrives; resume() serves both, in order."""
+    up = NetEnv(mem, threaded=True).probe()
+    head, bufs = up.post([2048])
+    up.tap.send(vnet_hdr() + frame(100, seed=1))
+    assert wait_for(up.rxq.get_used) == [(head, 112)]
+    heads = [up.post([2048], notify=False)[0] for _ in range(2)]
+    up.net.pause()
+    assert workers() == []
+    up.drv.notify(N.RX_QUEUE)  # notifications while paused (as if the vCPU had sent them)
+    up.send(vnet_hdr() + frame(90))
+    snapshot = up.mem.read(0, MEM_SIZE)
+    up.tap.send(vnet_hdr() + frame(200, seed=2))
+    up.tap.send(vnet_hdr() + frame(201, seed=3))
+    time.sleep(0.1)
+    assert up.mem.read(0, MEM_SIZE) == snapshot and up.tap.pending() == []  # the device did nothing
+    up.net.resume()
+    assert len(workers()) == 1
+    assert up.tap.recv() == vnet_hdr() + frame(90)
+    used = wait_for(up.rxq.get_used)
+    while len(used) < 2:
+        used += wait_for(up.rxq.get_used)
+    assert [h for h, _ in used] == heads and [n for _, n in used] == [212, 213]
+    up.close()
+    assert workers() == []
+
+
 def test_worker_thread_reports_a_broken_ring(mem):
     up = NetEnv(mem, threaded=True).probe()
     up.rxq.add([(MEM_SIZE, 4096, True)])
