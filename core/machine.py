@@ -110,6 +110,8 @@ class Machine:
         self.metrics = metrics if metrics is not None else Metrics()
         self.ctx = MachineContext(self)
         self.smp = spec.smp
+        #: the vCPUs' APIC IDs (= KVM vCPU ids), by vCPU index, laid out by the topology
+        self.apic_ids: list[int] = spec.topology.apic_ids()
         self.ram_size = spec.mem_size
         self.devices: dict[str, Any] = {}
         self._chardevs: dict[str, Chardev] = {}
@@ -160,7 +162,9 @@ class Machine:
                 known = ", ".join(sorted(types)) or "none installed"
                 if cfg.help and not cfg.driver:
                     raise ConfigError(f"device types: {known}")
-                raise ConfigError(f"--device {cfg.driver}: unknown device type (available: {known})")
+                from .providers import hint
+
+                raise ConfigError(f"--device {cfg.driver}: unknown device type{hint('device', cfg.driver)} (available: {known})")
             if cfg.help:
                 props = describe_properties(self.device_properties(reg) + (VIRTIO_TRANSPORT_PROPERTIES if reg.virtio else ()))
                 raise ConfigError(f"{cfg.driver} properties: " + "; ".join(props))
@@ -249,7 +253,10 @@ class Machine:
         if reg is None or reg.factory is None:
             known = ", ".join(sorted(n for k, n in self.host.backends if k == kind)) or "none installed"
             what = {"netdev": "network", "chardev": "character device"}[kind]
-            raise ConfigError(f"--{kind} {cfg.backend},id={cfg.id}: no plugin provides this {what} backend (available: {known})")
+            from .providers import hint
+
+            raise ConfigError(f"--{kind} {cfg.backend},id={cfg.id}: no plugin provides this {what} backend"
+                              f"{hint(kind, cfg.backend)} (available: {known})")
         return reg
 
     def _make_backend(self, kind: str, cfg: Any) -> Any:
@@ -352,12 +359,16 @@ class Machine:
         self.hook.create_devices(ctx=self.ctx)
         self._create_user_devices()
         tsc_deadline = bool(self.kvm.check_extension("KVM_CAP_TSC_DEADLINE_TIMER"))
-        for i in range(self.smp):
-            vcpu = self.vm.create_vcpu(i)
+        for i, apic_id in enumerate(self.apic_ids):
+            vcpu = self.vm.create_vcpu(apic_id)
             self.vcpus.append(vcpu)
             self.add_cleanup(vcpu.close)
-            entries = bootcpu.edit_cpuid(self.supported_cpuid, i, self.smp, tsc_deadline)
-            self.hook.cpuid(ctx=self.ctx, vcpu_id=i, entries=entries)
+            entries = bootcpu.edit_cpuid(self.supported_cpuid, apic_id, self.smp, tsc_deadline, self.spec.topology)
+            self.hook.cpuid(ctx=self.ctx, vcpu_id=apic_id, entries=entries)
+            if self.spec.cpu_features:  # -cpu host,+x,-y: the user has the last word
+                from .boot.cpufeatures import apply_features
+
+                apply_features(entries, self.spec.cpu_features, self.supported_cpuid, warn=log.warning if i == 0 else None)
             vcpu.set_cpuid(entries)
             vcpu.set_msrs(bootcpu.boot_msrs())
             fpu = vcpu.get_fpu()
@@ -387,7 +398,10 @@ class Machine:
                 return
         reg = chips.get(name)
         if reg is None or reg.factory is None:
-            raise ConfigError(f"kernel-irqchip={name}: not available; installed: {', '.join(sorted(chips)) or 'none'}")
+            from .providers import hint
+
+            raise ConfigError(f"kernel-irqchip={name}: not available{hint('irqchip', name)}; "
+                              f"installed: {', '.join(sorted(chips)) or 'none'}")
         self.irqchip = reg.factory(self.ctx)
         self.add_cleanup(self.irqchip.close)
         from .kvm import lib
@@ -562,9 +576,11 @@ class Machine:
         self._cleanups.clear()
 
 
-def run_spec(spec: MachineSpec, host: Any = None) -> int:
+def run_spec(spec: MachineSpec, host: Any = None, ready: Callable[[], None] | None = None) -> int:
     """Run a machine, rebuilding it after each guest reset unless --no-reboot; with
-    ``spec.metrics``, write the counters (of every boot) there at the end."""
+    ``spec.metrics``, write the counters (of every boot) there at the end. ``ready`` is
+    called once, when the first machine is built and about to run (``-daemonize`` detaches
+    there, as QEMU does after its machine is created)."""
     from .metrics import Metrics
 
     images = None
@@ -573,6 +589,14 @@ def run_spec(spec: MachineSpec, host: Any = None) -> int:
         while True:
             m = Machine(spec, host, images, metrics)
             images = m.images
+            if ready is not None:
+                try:
+                    m.build()
+                except BaseException:
+                    m.close()
+                    raise
+                ready()
+                ready = None
             status = m.run()
             if not m.reset_requested:
                 return status

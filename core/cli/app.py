@@ -68,6 +68,14 @@ def machine_cmd() -> None:
     raise typer.Exit(machine_command())
 
 
+@guest_app.command("path")
+def guest_path(which: Optional[str] = typer.Argument(None, help="vmlinux, bzImage or initramfs (default: all, one a line)")) -> None:
+    """Print the default guest's file paths: microvm -kernel $(microvm guest path vmlinux) ..."""
+    from .commands import guest_path_command
+
+    raise typer.Exit(guest_path_command(which))
+
+
 @guest_app.command("build")
 def guest_build(force: bool = typer.Option(False, "--force", help="Rebuild even when cached.")) -> None:
     """Build (or reuse from ~/.cache/microvm) the default guest kernel and initramfs."""
