@@ -153,7 +153,7 @@ class Machine:
     def _check_device_types(self) -> None:
         """Every --device names an installed type, and ``--device NAME,help`` is answered:
         before anything is built, so a typo costs no KVM set-up."""
-        from .config import VIRTIO_TRANSPORT_PROPERTIES, describe_properties
+        from .config import VIRTIO_TRANSPORT_PROPERTIES, describe_properties, parse_properties
 
         types = self.host.device_types
         for cfg in self.spec.device_configs:
@@ -165,11 +165,17 @@ class Machine:
                 from .providers import hint
 
                 raise ConfigError(f"--device {cfg.driver}: unknown device type{hint('device', cfg.driver)} (available: {known})")
+            declared = self.device_properties(reg) + (VIRTIO_TRANSPORT_PROPERTIES if reg.virtio else ())
             if cfg.help:
-                props = describe_properties(self.device_properties(reg) + (VIRTIO_TRANSPORT_PROPERTIES if reg.virtio else ()))
-                raise ConfigError(f"{cfg.driver} properties: " + "; ".join(props))
+                raise ConfigError(f"{cfg.driver} properties: " + "; ".join(describe_properties(declared)))
+            parse_properties(cfg.driver, declared, cfg.props)  # a typo costs no KVM set-up either
+        chip = self.options.get("kernel-irqchip")
+        if chip is not None and chip not in self.host.irqchips:
+            from .providers import hint
+
+            raise ConfigError(f"kernel-irqchip={chip}: not available{hint('irqchip', chip)}; "
+                              f"installed: {', '.join(sorted(self.host.irqchips)) or 'none'}")
         # every backend is checked, used or not: its type exists and its keys are valid
-        from .config import parse_properties
 
         backends = [("chardev", c) for c in self.spec.chardev_configs.values()]
         backends += [("chardev", s.chardev) for s in self.spec.serial_configs if s.chardev is not None]
