@@ -114,6 +114,7 @@ def run_options(o: dict[str, Any], style: str = "run") -> int:
             daemon.set_process_name(process)
         detached = daemon.Daemon() if o["daemonize"] else None  # the parent exits in here
         pidfile = None
+        saved = daemon.exit_on_termination()  # until the machine takes SIGTERM/SIGHUP over
         try:
             if o["pidfile"]:
                 pidfile = daemon.PidFile(o["pidfile"])
@@ -126,6 +127,7 @@ def run_options(o: dict[str, Any], style: str = "run") -> int:
         finally:
             if pidfile is not None:
                 pidfile.remove()
+            daemon.restore_signals(saved)
     except UserError as e:
         return rep.usage(str(e))
     except MicrovmError as e:

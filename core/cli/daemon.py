@@ -108,6 +108,26 @@ class PidFile:
         self.fd = -1
 
 
+def exit_on_termination() -> dict[int, object]:
+    """Until :meth:`microvm.machine.Machine.run` installs its own handlers, SIGTERM and
+    SIGHUP end the VMM with status 0 through the normal path (so ``finally`` blocks remove the
+    pidfile), as QEMU, which handles them from its start. Returns the previous handlers."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+
+    def terminate(signum: int, _frame: object) -> None:
+        raise SystemExit(0)
+
+    return {sig: signal.signal(sig, terminate) for sig in (signal.SIGTERM, signal.SIGHUP)}
+
+
+def restore_signals(saved: dict[int, object]) -> None:
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)  # type: ignore[arg-type]
+
+
 def set_process_name(name: str) -> None:
     """``-name ...,process=NAME``: the name ``ps -o comm`` and ``/proc/PID/comm`` show
     (``prctl(PR_SET_NAME)``, at most 15 bytes, as QEMU)."""
