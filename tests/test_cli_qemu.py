@@ -391,3 +391,27 @@ def test_as_a_process(argv: list[str], status: int, stderr: str, env) -> None:
 def test_python_dash_m_takes_the_qemu_spelling_too(env) -> None:
     r = subprocess.run([sys.executable, "-m", "microvm", "-version"], env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and r.stdout.startswith("QEMU emulator version 7.2.0 (microvm ")
+
+
+# ---- (5) the default guest under QEMU's spelling -------------------------------------------------
+def test_guest_path_prints_the_default_guests_files(monkeypatch, capsys) -> None:
+    import microvm.guest
+    from microvm.guest import GuestArtifacts
+
+    g = GuestArtifacts.in_dir(Path("/cache/guest/abc"))
+    monkeypatch.setattr(microvm.guest, "default_guest", lambda build=True, progress=None: g)
+    assert run_main(["guest", "path", "vmlinux"], capsys) == (0, "/cache/guest/abc/vmlinux\n", "")
+    assert run_main(["guest", "path", "bzImage"], capsys) == (0, "/cache/guest/abc/bzImage\n", "")
+    assert run_main(["guest", "path", "initramfs"], capsys) == (0, "/cache/guest/abc/initramfs.cpio\n", "")
+    rv, out, _ = run_main(["guest", "path"], capsys)
+    assert rv == 0 and out.splitlines() == [
+        "vmlinux   /cache/guest/abc/vmlinux", "bzImage   /cache/guest/abc/bzImage",
+        "initramfs /cache/guest/abc/initramfs.cpio", f"cmdline   {g.cmdline}"]
+    rv, out, err = run_main(["guest", "path", "kernel"], capsys)
+    assert (rv, out) == (2, "") and err == "microvm: error: guest path kernel: expected one of vmlinux, bzImage, initramfs\n"
+
+
+def test_guest_path_never_builds(env) -> None:
+    r = subprocess.run([str(MICROVM), "guest", "path", "vmlinux"], env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.startswith("microvm: error: the default guest is not built") and "microvm guest build" in r.stderr

@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from .main import error, setup_logging
+from .main import error, oneline, setup_logging
 from ..log import get_logger
 
 log = get_logger("microvm.cli")
@@ -32,6 +32,7 @@ class Reporter:
         self.usage_status = 1 if style == "qemu" else 2
 
     def usage(self, msg: str) -> int:
+        msg = oneline(msg)
         if self.style == "qemu":
             say(f"microvm: {qemu_words(msg)}\n")
         else:
@@ -39,6 +40,7 @@ class Reporter:
         return self.usage_status
 
     def failure(self, msg: str) -> int:
+        msg = oneline(msg)
         say(f"microvm: {qemu_words(msg) if self.style == 'qemu' else msg}\n")
         return 1
 
@@ -136,7 +138,7 @@ def run_options(o: dict[str, Any], style: str = "run") -> int:
         return rep.failure(str(e))
     except Exception as e:  # a bug: say so in one line; the traceback is for -v
         log.debug("internal error", exc_info=True)
-        say(f"microvm: internal error: {type(e).__name__}: {e} (run with -v -v for the traceback)\n")
+        say(oneline(f"microvm: internal error: {type(e).__name__}: {e} (run with -v -v for the traceback)") + "\n")
         return 1
 
 

@@ -30,9 +30,17 @@ def setup_logging(verbose: int, logfile: str | None = None) -> None:
     set_threshold(level, lambda logging: logging.basicConfig(level=level, format="microvm: %(message)s", stream=stream))
 
 
+def oneline(msg: str) -> str:
+    """``msg`` with every unprintable character escaped (``\\n``, ``\\x1b``...): an error
+    quoting the user's input stays one line, whatever the input held."""
+    if msg.isprintable():
+        return msg
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in msg)
+
+
 def error(msg: str) -> int:
     try:
-        sys.stderr.write(f"microvm: error: {msg}\n")
+        sys.stderr.write(f"microvm: error: {oneline(msg)}\n")
         sys.stderr.flush()
     except (OSError, ValueError, AttributeError):  # stderr closed or a broken pipe: status stays 2
         pass

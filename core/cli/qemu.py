@@ -158,13 +158,15 @@ def qemu_main(argv: list[str]) -> int:
     try:
         options, action = parse_qemu(argv)
     except QemuUsageError as e:
-        sys.stderr.write(f"microvm: {e}\n")
+        from .commands import say
+        from .main import oneline
+
+        say(f"microvm: {oneline(str(e))}\n")
         return 1
-    if action == "version":
-        sys.stdout.write(version_text())
-        return 0
-    if action == "help":
-        sys.stdout.write(help_text())
+    if action is not None:
+        from .commands import say
+
+        say(version_text() if action == "version" else help_text(), sys.stdout)
         return 0
     from .commands import run_options
 
