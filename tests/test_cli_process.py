@@ -137,3 +137,19 @@ def test_a_usage_error_keeps_its_status_with_stderr_closed(redirect: str, status
 def test_help_into_a_closed_or_broken_stdout() -> None:
     assert shell([*MICROVM, "-device", "help"], ">&-") == 0
     assert shell([*MICROVM, "-h"], "| true") == 0
+
+
+@requires_kvm
+def test_dash_D_sends_the_log_to_a_file_and_errors_stay_on_stderr(guests, tmp_path) -> None:
+    log = tmp_path / "log.txt"
+    r = subprocess.run([*MICROVM, "-M", "microvm", "-kernel", str(guests["hello-pvh"]), "-no-reboot", "-v", "-D", str(log)],
+                       stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+    assert (r.returncode, r.stdout, r.stderr) == (0, "HELLO\n", "")
+    assert "microvm: stopping: guest reset (triple fault) with --no-reboot: exiting\n" in log.read_text()
+    r = subprocess.run([*MICROVM, "-kernel", str(tmp_path / "missing"), "-D", str(log)],
+                       stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+    assert (r.returncode, r.stderr) == (1, f"microvm: kernel {tmp_path / 'missing'}: no such file\n")
+    r = subprocess.run([*MICROVM, "-kernel", str(guests["hello-pvh"]), "-D", str(tmp_path / "no/dir/log")],
+                       stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+    assert (r.returncode, r.stderr) == (1, f"microvm: -D {tmp_path / 'no/dir/log'}: cannot open the log file: "
+                                           "No such file or directory\n")
