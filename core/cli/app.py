@@ -92,5 +92,8 @@ def typer_main(argv: list[str]) -> int:
     except Abort:
         return 130
     except ClickException as e:  # unknown option, missing value, bad type: one line
-        return error(e.format_message().replace("\n", " "))
+        msg = e.format_message().replace("\n", " ").strip()
+        if not msg:  # `microvm` alone: typer printed the help
+            return e.exit_code
+        return error(msg)
     return rv if isinstance(rv, int) else 0
