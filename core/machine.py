@@ -56,6 +56,24 @@ def host_is_emulating() -> bool:
     return os.path.exists("/sys/module/kvm_pvm")
 
 
+#: the termination signal received (SIGTERM/SIGHUP), if any: it ends the process's machine,
+#: whichever boot it is in (a guest reset builds a new Machine), and no reboot follows
+_terminating: int | None = None
+#: the machine whose main loop a termination signal must wake
+_current: "Machine | None" = None
+
+
+def _on_termination_signal(signum: int, _frame: Any) -> None:
+    """Record the signal and wake the running machine's main loop, which stops it. Nothing
+    else here: a handler runs between two bytecodes of the main thread, possibly while that
+    thread holds a lock the stop would need (a deadlock, seen with Event.set)."""
+    global _terminating
+    _terminating = signum
+    m = _current
+    if m is not None:
+        m._wake()
+
+
 class ExtIntLine:
     """The boot CPU's LINT0 in virtual-wire mode, as an :class:`~microvm.irq.IrqLine`: an
     8259's INTR going high asks the boot vCPU to run an INTA cycle (KVM_INTERRUPT) when it
@@ -103,7 +121,7 @@ class Machine:
         if spec.kernel is None:
             raise ConfigError("no kernel given (--kernel FILE)")
         #: kernel and initrd bytes (microvm.boot.loader.BootImages), checked before KVM is touched
-        self.images = images or read_images(spec.kernel, spec.initrd)
+        self.images = images or read_images(spec.kernel, spec.initrd, max_size=spec.mem_size)
         #: a machine rebuilt after a guest reset (run_spec passes the images on)
         self.rebooted = images is not None
         #: the process's counters (run_spec keeps one across reboots)
@@ -125,7 +143,11 @@ class Machine:
         self.exit_status = 0
         self.stop_reason = ""
         self.reset_requested = False
-        self._stop_event = threading.Event()
+        #: while running, the main thread sleeps on this pipe; request_stop and the signal
+        #: handlers write a byte (a handler must not take locks: it may run while the main
+        #: thread holds them)
+        self._wake_r = self._wake_w = -1
+        self._closed = False
         self._cleanups: list[Callable[[], None]] = []
         self.threads: list[Any] = []
         self.vcpus: list[Any] = []
@@ -489,10 +511,21 @@ class Machine:
             self.stop_reason = reason
             self.stopping = True
             log.log(40 if status else 20, "stopping: %s", reason)  # ERROR / INFO
-        self._stop_event.set()
+        self._wake()
+        if self._closed:
+            return  # the vCPUs' kvm_run pages are unmapped: nothing to kick
         for t in self.threads:
             if t is not threading.current_thread():
                 t.kick()
+
+    def _wake(self) -> None:
+        fd = self._wake_w
+        if fd < 0:
+            return
+        try:
+            os.write(fd, b"x")
+        except OSError:
+            pass  # full (a wake-up is pending anyway) or closed
 
     def guest_reset(self, reason: str) -> None:
         """The guest asked for a reset (triple fault): end the process with --no-reboot, as
@@ -512,11 +545,28 @@ class Machine:
 
     def _install_termination_handlers(self) -> None:
         """SIGTERM/SIGHUP stop the machine cleanly (the terminal is restored, disks closed), as
-        QEMU does; only possible from the main thread."""
+        QEMU does; only possible from the main thread. See :func:`_on_termination_signal`."""
+        global _current
+        _current = self
         if threading.current_thread() is not threading.main_thread():
             return
         for sig in (signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, lambda signum, _frame: self.request_stop(0, f"terminated by signal {signum}"))
+            if signal.getsignal(sig) is not _on_termination_signal:
+                signal.signal(sig, _on_termination_signal)
+
+    def _wait_for_stop(self) -> None:
+        """Sleep in the main thread until a stop is requested or a signal arrives."""
+        import select
+
+        while not self.stopping:
+            try:
+                select.select([self._wake_r], [], [])
+                while os.read(self._wake_r, 64):
+                    pass
+            except BlockingIOError:
+                pass
+            if _terminating is not None:
+                self.request_stop(0, f"terminated by signal {_terminating}")
 
     def run(self) -> int:
         """Boot and run until the guest stops; returns the exit status. A Machine runs once:
@@ -527,13 +577,17 @@ class Machine:
         if self._ran:
             raise MicrovmError("this Machine has already run; build a new Machine(spec) to boot again")
         self._ran = True
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._install_termination_handlers()
         try:
             if not self._built:
                 self.build()
-            self._install_termination_handlers()
             if not install_kick_handler():
                 log.warning("Machine.run outside the main thread before microvm.machine was imported in it: "
                             "a vCPU halted in the guest may take seconds to stop")
+            if _terminating is not None:  # arrived while this machine was being built
+                self.request_stop(0, f"terminated by signal {_terminating}")
+                return self.exit_status
             self.hook.machine_start(ctx=self.ctx)
             if self._virtio is not None:
                 self._virtio.start()
@@ -544,8 +598,7 @@ class Machine:
                 self.metrics.add_source("vcpus", t.name, t.exit_counts)
                 t.start()
             try:
-                while not self._stop_event.wait(0.5):
-                    pass
+                self._wait_for_stop()
             except KeyboardInterrupt:
                 self.request_stop(0, "interrupted (SIGINT)")
             for t in self.threads:
@@ -572,6 +625,7 @@ class Machine:
                 log.exception("closing virtio devices failed")
         self._chardevs.clear()
         alive = any(t.is_alive() for t in self.threads)
+        self._closed = True  # from here on request_stop kicks no vCPU (their pages go away)
         for fn in reversed(self._cleanups):
             if alive and fn in (getattr(self.memory, "close", None),):
                 continue  # a stuck vCPU may still touch guest RAM: leave the mapping
@@ -580,6 +634,11 @@ class Machine:
             except Exception:
                 log.debug("cleanup failed", exc_info=True)
         self._cleanups.clear()
+        fds = (self._wake_r, self._wake_w)
+        self._wake_r = self._wake_w = -1  # first: a late _wake must not write to a reused fd
+        for fd in fds:
+            if fd >= 0:
+                os.close(fd)
 
 
 def run_spec(spec: MachineSpec, host: Any = None, ready: Callable[[], None] | None = None) -> int:
@@ -604,7 +663,7 @@ def run_spec(spec: MachineSpec, host: Any = None, ready: Callable[[], None] | No
                 ready()
                 ready = None
             status = m.run()
-            if not m.reset_requested:
+            if not m.reset_requested or _terminating is not None:
                 return status
             log.info("rebooting")
     finally:

@@ -78,6 +78,8 @@ class VcpuThread(threading.Thread):
 
     def kick(self) -> None:
         """Make KVM_RUN return soon: immediate_exit for the next entry, a signal for this one."""
+        if self.vcpu.closed:
+            return  # its kvm_run page may be unmapped
         self.run_ptr.immediate_exit = 1
         self.machine.signal_thread(self)
 

@@ -178,8 +178,9 @@ BAD_LINES = {
                   r"-smp 300: Invalid SMP CPUs 300. The max CPUs supported by machine 'microvm' is 255"),
     "--smp not multiplying out": (["run", "--kernel", "{text}", "--smp", "3,sockets=2"],
                                   r"-smp 3,sockets=2: Invalid CPU topology: product of the hierarchy must match"),
-    "-m 0": (["run", "--kernel", "{text}", "-m", "0"], r"-m: guest memory must be larger than 0"),
-    "-m abc": (["run", "--kernel", "{text}", "-m", "abc"], r"invalid size 'abc'"),
+    "-m 12q": (["run", "--kernel", "{text}", "-m", "12q"], r"-m 12q: Parameter 'size' expects a non-negative number"),
+    "-m abc": (["run", "--kernel", "{text}", "-m", "abc"], r"-m abc: Parameter 'size' expects a non-negative number"),
+    "-m 128MB": (["run", "--kernel", "{text}", "-m", "128MB"], r"-m 128MB: Parameter 'size'"),  # QEMU refuses it too
     "--smp abc": (["run", "--smp", "abc"], r"-smp abc: Parameter 'smp.cpus' expects integer"),
     "missing kernel": (["run", "--kernel", "{missing}"], r"kernel {missing}: no such file"),
     "not a kernel": (["run", "--kernel", "{text}"], r"not a kernel image"),

@@ -92,10 +92,16 @@ def accel_irqchip(accel: list[str], machine_accels: list[str]) -> str | None:
     return irqchip
 
 
-def parse_memory(text: str) -> int:
-    """QEMU's ``-m [size=]SIZE[,slots=N,maxmem=SIZE]`` (MiB when bare); no memory hotplug."""
-    from ..spec import parse_size
+#: QEMU's default RAM size, also what ``-m 0`` and ``-m ""`` give there
+DEFAULT_RAM = 128 << 20
 
+
+def parse_memory(text: str) -> int:
+    """QEMU's ``-m [size=]SIZE[,slots=N,maxmem=SIZE]`` (sizes as :func:`microvm.sizes.
+    parse_memory_size` reads them, QEMU 7.2's rules); no memory hotplug."""
+    from ..sizes import parse_memory_size
+
+    text = str(text)
     try:
         props = last_wins(text, "size")
     except ConfigError as e:
@@ -105,10 +111,16 @@ def parse_memory(text: str) -> int:
             raise ConfigError(f"-m {text}: memory hotplug (slots=, maxmem=) is unsupported on microvm")
         if key != "size":
             raise ConfigError(f"-m {text}: Invalid parameter '{key}'")
+    size = props.get("size")
+    if size is None:
+        return DEFAULT_RAM
+    if size == "" and "size=" in text:
+        raise ConfigError(f"-m {text}: Parameter 'size' expects a non-negative number below 2^64")
     try:
-        return parse_size(props.get("size", "128M"))
-    except ConfigError as e:
-        raise ConfigError(f"-m {text}: {e}") from None
+        return parse_memory_size(size) or DEFAULT_RAM
+    except ConfigError as e:  # worded "-m SIZE: ...": name the whole argument
+        msg, prefix = str(e), f"-m {size}:"
+        raise ConfigError(f"-m {text}:{msg[len(prefix):]}" if msg.startswith(prefix) else f"-m {text}: {msg}") from None
 
 
 def parse_name(text: str | None) -> tuple[str | None, str | None]:

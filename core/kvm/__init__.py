@@ -210,7 +210,11 @@ class Vcpu(_Fd):
         #: raw view of the kvm_run page, for PIO data at ``run.io.data_offset``
         self.run_buf = ffi.buffer(self.run_ptr, vm.kvm.vcpu_mmap_size)
 
+    #: set first thing in close(): from then on run_ptr may point at unmapped memory
+    closed = False
+
     def close(self) -> None:
+        self.closed = True
         try:
             self._run_map.close()
         except BufferError:  # a cffi view still alive; the fd close below is what matters
@@ -258,7 +262,8 @@ class Vcpu(_Fd):
 
     def get_lapic_regs(self) -> bytearray:
         """The LAPIC register page (KVM_GET_LAPIC, 1 KiB, as laid out in guest memory)."""
-        return bytearray(ffi.buffer(self.get_lapic().regs))
+        lapic = self.get_lapic()  # the owner: ``lapic.regs`` alone would not keep it alive
+        return bytearray(ffi.buffer(lapic.regs))
 
     def set_lapic_regs(self, regs: bytes | bytearray) -> None:
         """KVM_SET_LAPIC with the register page ``regs`` (from :meth:`get_lapic_regs`)."""
