@@ -29,8 +29,10 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "LegacyDevices": ("microvm.config", "LegacyDevices"),
     "DriveConfig": ("microvm.config", "DriveConfig"),
     "VirtioTransportConfig": ("microvm.config", "VirtioTransportConfig"),
-    "Vcpu": ("microvm.kvm", "Vcpu"),
-    "KvmVm": ("microvm.kvm", "Vm"),
+    "Vcpu": ("microvm.context", "VcpuView"),
+    "KvmVm": ("microvm.context", "KvmVm"),
+    "VirtioDeviceInfo": ("microvm.context", "VirtioDeviceInfo"),
+    "Timers": ("microvm.context", "Timers"),
     # errors a plugin raises or handles
     "MicrovmError": ("microvm.errors", "MicrovmError"),
     "ConfigError": ("microvm.errors", "ConfigError"),
@@ -103,4 +105,11 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return __all__
+    """Every exported name, the prefixed constants included (this imports their modules)."""
+    import importlib
+
+    names = set(__all__)
+    for module, prefixes in _PREFIXED:
+        mod = importlib.import_module(module)
+        names.update(n for n in dir(getattr(mod, "lib", mod)) if n.startswith(prefixes))
+    return sorted(names)

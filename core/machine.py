@@ -46,13 +46,13 @@ def install_kick_handler() -> bool:
 _kick_handler_installed = False
 install_kick_handler()
 #: Guest command-line words that keep Linux off instructions an emulating host cannot run
-#: (HOST.md: no XSAVE; clearcpuid 151 = POPCNT, 308 = SMAP, by number since names need
+#: (docs/emulating-hosts.md: no XSAVE; clearcpuid 151 = POPCNT, 308 = SMAP, by number since names need
 #: CONFIG_X86_FEATURE_NAMES).
 EMULATING_HOST_CMDLINE = ["noxsave", "clearcpuid=151,308"]
 
 
 def host_is_emulating() -> bool:
-    """True on hosts whose KVM emulates guest kernel code (kvm_pvm, see HOST.md)."""
+    """True on hosts whose KVM emulates guest kernel code (kvm_pvm, see docs/emulating-hosts.md)."""
     return os.path.exists("/sys/module/kvm_pvm")
 
 
@@ -117,6 +117,8 @@ class Machine:
         self.options: dict[str, Any] = host.options.parse_machine(spec.machine)
         #: the optional legacy devices, resolved once from the declared options
         self.legacy = host.options.legacy_devices(self.options)
+        #: (config, registration, converted properties) of every --device, in order
+        self._device_props: list[tuple[Any, Any, Any]] = []
         self._check_device_types()
         if spec.kernel is None:
             raise ConfigError("no kernel given (--kernel FILE)")
@@ -151,6 +153,8 @@ class Machine:
         self._cleanups: list[Callable[[], None]] = []
         self.threads: list[Any] = []
         self.vcpus: list[Any] = []
+        #: what plugins get of each vCPU (microvm.context.VcpuView), one per vCPU
+        self.vcpu_views: list[Any] = []
         self.irqchip: Any = None
         self.kvm: Any = None
         self.vm: Any = None
@@ -190,15 +194,25 @@ class Machine:
             declared = self.device_properties(reg) + (VIRTIO_TRANSPORT_PROPERTIES if reg.virtio else ())
             if cfg.help:
                 raise ConfigError(f"{cfg.driver} properties: " + "; ".join(describe_properties(declared)))
-            parse_properties(cfg.driver, declared, cfg.props)  # a typo costs no KVM set-up either
         chip = self.options.get("kernel-irqchip")
         if chip is not None and chip not in self.host.irqchips:
             from .providers import hint
 
             raise ConfigError(f"kernel-irqchip={chip}: not available{hint('irqchip', chip)}; "
                               f"installed: {', '.join(sorted(self.host.irqchips)) or 'none'}")
+        # every device's properties are converted now, before any KVM set-up
+        ids: set[str] = set()
+        self._device_props = []
+        for cfg in self.spec.device_configs:
+            reg = types[cfg.driver]
+            declared = self.device_properties(reg) + (VIRTIO_TRANSPORT_PROPERTIES if reg.virtio else ())
+            props = parse_properties(cfg.driver, declared, cfg.props)
+            if props["id"]:
+                if props["id"] in ids:
+                    raise ConfigError(f"--device {cfg.driver}: duplicate id {props['id']!r}")
+                ids.add(props["id"])
+            self._device_props.append((cfg, reg, props))
         # every backend is checked, used or not: its type exists and its keys are valid
-
         backends = [("chardev", c) for c in self.spec.chardev_configs.values()]
         backends += [("chardev", s.chardev) for s in self.spec.serial_configs if s.chardev is not None]
         backends += [("netdev", c) for c in self.spec.netdev_configs.values()]
@@ -371,6 +385,7 @@ class Machine:
     # ------------------------------------------------------------------ construction
     def build(self) -> None:
         from .boot import cpu as bootcpu
+        from .context import VcpuView
         from .kvm import Kvm
 
         self.kvm = Kvm()
@@ -390,6 +405,7 @@ class Machine:
         for i, apic_id in enumerate(self.apic_ids):
             vcpu = self.vm.create_vcpu(apic_id)
             self.vcpus.append(vcpu)
+            self.vcpu_views.append(VcpuView(vcpu))
             self.add_cleanup(vcpu.close)
             entries = bootcpu.edit_cpuid(self.supported_cpuid, apic_id, self.smp, tsc_deadline, self.spec.topology)
             self.hook.cpuid(ctx=self.ctx, vcpu_id=apic_id, entries=entries)
@@ -402,7 +418,7 @@ class Machine:
             fpu = vcpu.get_fpu()
             bootcpu.setup_fpu(fpu)
             vcpu.set_fpu(fpu)
-            self.hook.configure_vcpu(ctx=self.ctx, vcpu=vcpu)
+            self.hook.configure_vcpu(ctx=self.ctx, vcpu=self.vcpu_views[i])
         self._load_kernel()
         self._built = True
 
@@ -436,22 +452,14 @@ class Machine:
 
         # the guest's EOI of a level-triggered vector, routed by the split irqchip's MSI
         # routes (KVM_CAP_SPLIT_IRQCHIP); KVM's own IOAPIC never exits for it
-        self.add_exit_handler(lib.KVM_EXIT_IOAPIC_EOI, lambda vcpu: self.irqchip.eoi(vcpu.run_ptr.eoi.vector))
+        self.add_exit_handler(lib.KVM_EXIT_IOAPIC_EOI, lambda vcpu: self.irqchip.eoi(vcpu.run.eoi.vector))
 
     def _create_user_devices(self) -> None:
-        """One device per ``--device``, converted against its type's declared properties;
-        virtio types are placed by the core with the transport the user chose."""
-        from .config import VIRTIO_TRANSPORT_PROPERTIES, VirtioTransportConfig, parse_properties
+        """One device per ``--device`` (properties converted in ``__init__``); virtio types
+        are placed by the core with the transport the user chose."""
+        from .config import VirtioTransportConfig
 
-        names: set[str] = set()
-        for cfg in self.spec.device_configs:
-            reg = self.host.device_types[cfg.driver]  # checked in __init__
-            declared = self.device_properties(reg) + (VIRTIO_TRANSPORT_PROPERTIES if reg.virtio else ())
-            props = parse_properties(cfg.driver, declared, cfg.props)
-            if props["id"]:
-                if props["id"] in names:
-                    raise ConfigError(f"--device {cfg.driver}: duplicate id {props['id']!r}")
-                names.add(props["id"])
+        for cfg, reg, props in self._device_props:
             self._creating = f"--device {cfg.driver}" + (f",id={props['id']}" if props["id"] else "")
             try:
                 made = reg.factory(self.ctx, props)
@@ -463,12 +471,29 @@ class Machine:
 
             if not isinstance(made, VirtioBackend):
                 raise PluginError(f"plugin {reg.plugin}: the {cfg.driver} factory returned {made!r}, not a VirtioBackend")
-            name = props["id"] or made.label or f"{cfg.driver}.{len(self.virtio_transports)}"
             try:
+                if props["id"]:
+                    if self._name_taken(props["id"]):
+                        raise ConfigError(f"--device {cfg.driver},id={props['id']}: another device is named {props['id']}")
+                    name = props["id"]
+                else:
+                    name = self._unique_name(made.label or cfg.driver)
                 self.add_virtio_device(made, name, VirtioTransportConfig(legacy=props["force-legacy"]))
             except BaseException:
                 made.close()
                 raise
+
+    def _name_taken(self, name: str) -> bool:
+        """Whether a placed device already has ``name`` (names key the counters)."""
+        return any(m.name == name for bus in (self.pio_bus, self.mmio_bus) for m in bus.mappings())
+
+    def _unique_name(self, base: str) -> str:
+        """``base``, or ``base.1``, ``base.2``... when devices share a default name."""
+        name, n = base, 0
+        while self._name_taken(name):
+            n += 1
+            name = f"{base}.{n}"
+        return name
 
     def _load_kernel(self) -> None:
         from .boot import cpu as bootcpu

@@ -26,6 +26,9 @@ class OptionRegistry:
             raise PluginError(f"register_machine_options: expected a MachineOption, got {option!r}")
         if not isinstance(option, MachineOption):  # declared as a plain Property: same fields
             option = MachineOption(*option)
+        why = option.problem()
+        if why:
+            raise PluginError(f"machine option declared by {option.plugin or '?'}: {why}")
         if option.name in self.options:
             other = self.options[option.name]
             raise PluginError(f"machine option {option.name!r} declared twice ({other.plugin or '?'} and {option.plugin or '?'})")

@@ -105,6 +105,10 @@ class MachineSpec:
         self.netdev_configs = _by_id("--netdev", self.netdevs, NetdevConfig)
         self.device_configs = [d if isinstance(d, DeviceConfig) else DeviceConfig.parse(d) for d in self.devices]
         self.serial_configs = [SerialConfig.parse(s, i) for i, s in enumerate(self.serial)]
+        if self.metrics is not None:
+            from .metrics import check_metrics_path
+
+            check_metrics_path(self.metrics)
         for s in self.serial_configs:
             if s.ref is not None and s.ref not in self.chardev_configs:
                 raise ConfigError(f"--serial {s.text}: no --chardev with id={s.ref}")

@@ -63,6 +63,8 @@ class VcpuThread(threading.Thread):
         self.vcpu = vcpu
         self.run_ptr = vcpu.run_ptr
         self.run_view = memoryview(vcpu.run_buf)
+        #: what exit handlers and the handle_exit hook get of this vCPU
+        self.view = machine.vcpu_views[vcpu.id] if vcpu.id < len(machine.vcpu_views) else None
         chip = machine.irqchip
         #: the 8259 emulated in userspace that answers this vCPU's INTA cycles (boot vCPU only)
         self.extint_source = chip.extint_source() if chip is not None and vcpu.id == 0 else None
@@ -173,9 +175,9 @@ class VcpuThread(threading.Thread):
                     f"KVM internal error (suberror {sub}) on vCPU {self.vcpu.id}\n" + register_dump(self.vcpu, m.memory),
                 )
         elif reason in m.exit_handlers:
-            m.exit_handlers[reason](self.vcpu)
+            m.exit_handlers[reason](self.view)
         elif reason == lib.KVM_EXIT_HLT:
             # with the in-kernel LAPIC KVM handles HLT itself; an exit means no irqchip woke it
             m.request_stop(0, f"vCPU {self.vcpu.id} halted")
-        elif not m.hook.handle_exit(ctx=m.ctx, vcpu=self.vcpu, exit_reason=reason):
+        elif not m.hook.handle_exit(ctx=m.ctx, vcpu=self.view, exit_reason=reason):
             m.request_stop(1, f"unhandled KVM exit {exit_name(reason)} on vCPU {self.vcpu.id}\n" + register_dump(self.vcpu, m.memory))

@@ -1,6 +1,6 @@
 """Disk images and a serial-console driver for the Linux guests of the block tests and bench.
 
-Guest user mode cannot make system calls on an emulating host (HOST.md), so the guest's
+Guest user mode cannot make system calls on an emulating host (docs/emulating-hosts.md), so the guest's
 ``/sbin/init`` is a static binary that never makes one: :func:`build_spin_init` is ``jmp .``,
 which keeps the kernel alive. :func:`make_ext4` builds an image with ``mkfs.ext4 -d``.
 :class:`ConsoleSession` runs a VMM with the guest's console on its stdio, collects the

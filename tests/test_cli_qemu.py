@@ -86,7 +86,7 @@ ACCEPTED: dict[str, tuple[list[str], object]] = {
     "-m 256,size=512 (last wins)": (["-m", "256,size=512"], lambda s: s.mem_size == 512 * MiB),
     "no -m: 128 MiB": ([], lambda s: s.mem_size == 128 * MiB),
     "-m 0: QEMU's default": (["-m", "0"], lambda s: s.mem_size == 128 * MiB),
-    "-m 1001K: rounded up to 8 KiB as QEMU": (["-m", "1001K"], lambda s: s.mem_size == 1008 * 1024),
+    "-m 4097K: rounded up to 8 KiB as QEMU": (["-m", "4097K"], lambda s: s.mem_size == 4104 * 1024),
     "-smp 2": (["-smp", "2"], lambda s: s.smp == 2 and topo(s) == (2, 1, 2, 1, 2)),
     "-smp 4,sockets=2,cores=2": (["-smp", "4,sockets=2,cores=2"], lambda s: s.smp == 4 and topo(s) == (4, 2, 2, 1, 4)),
     "-smp cpus=2,maxcpus=4": (["-smp", "cpus=2,maxcpus=4"], lambda s: s.smp == 2 and topo(s) == (2, 1, 4, 1, 4)),

@@ -137,12 +137,16 @@ def test_machine_hooks_are_called_in_order_during_a_boot(guest_cache):
     seen = []
     m.add_exit_handler(4244, seen.append)
     VcpuThread(m, m.vcpus[0])._other_exit(4244)
-    assert seen == [m.vcpus[0]] and not m.stopping
+    assert [v.id for v in seen] == [0] and seen[0] is m.vcpu_views[0] and not m.stopping
     VcpuThread(m, m.vcpus[0])._other_exit(4243)  # nobody handles it: the machine stops
     assert m.stopping and m.exit_status == 1 and "unhandled KVM exit" in m.stop_reason
     m.stopping = False
-    m._stop_event.clear()
     assert m.run() == 0
+    # a Machine runs once (its devices and KVM objects are gone): a second run says so
+    from microvm.errors import MicrovmError
+
+    with pytest.raises(MicrovmError, match="already run; build a new Machine"):
+        m.run()
     assert rec.calls == [
         "create_devices",
         "cpuid:0", "configure_vcpu:0", "cpuid:1", "configure_vcpu:1",

@@ -45,6 +45,8 @@ class VirtioBackend(abc.ABC):
     #: a name for log lines and counters when the user gave the device no ``id=``
     label: str = ""
     _config_notifier: Callable[[], None] | None = None
+    _queue_notifier: Callable[[int], None] | None = None
+    _reset_notifier: Callable[[str], None] | None = None
     _counters: "CounterGroup | None" = None
 
     @property
@@ -52,7 +54,8 @@ class VirtioBackend(abc.ABC):
         """This device's counters (shared with its transport, which counts notifications,
         interrupts and NEEDS_RESET): count what the device does, e.g.
         ``self.counters.counter("bytes_read").add(n)`` (look the counter up once, in
-        ``activate`` or ``__init__``)."""
+        ``activate`` or ``__init__``: counters made before the device is placed move into the
+        machine's group with it)."""
         if self._counters is None:
             from ..metrics import CounterGroup
 
@@ -61,6 +64,8 @@ class VirtioBackend(abc.ABC):
 
     @counters.setter
     def counters(self, group: "CounterGroup") -> None:
+        if self._counters is not None and self._counters is not group:
+            group.adopt(self._counters)
         self._counters = group
 
     # -- what the device is ---------------------------------------------------------------
@@ -96,6 +101,23 @@ class VirtioBackend(abc.ABC):
         interrupt once the driver is up."""
         if self._config_notifier is not None:
             self._config_notifier()
+
+    # -- work that does not start with the driver's notification --------------------------
+    def notify_queue(self, index: int) -> None:
+        """Have queue ``index`` processed as if the driver had notified it: the transport
+        runs :meth:`process_queue` on the device's worker, serialised with activation and
+        reset and with its error handling (a ``QueueError`` sets DEVICE_NEEDS_RESET). For
+        work that starts elsewhere: a timer (virtio-rng's rate limit), host input. Safe from
+        any thread; ignored while the device is not active."""
+        if self._queue_notifier is not None:
+            self._queue_notifier(index)
+
+    def set_needs_reset(self, reason: str) -> None:
+        """Report a broken ring found on a thread of the device's own (outside
+        :meth:`process_queue`): the transport sets DEVICE_NEEDS_RESET (§2.1.2) and tells the
+        driver. Stop touching the queues until :meth:`reset`."""
+        if self._reset_notifier is not None:
+            self._reset_notifier(reason)
 
     # -- lifecycle ------------------------------------------------------------------------
     @abc.abstractmethod

@@ -142,6 +142,8 @@ class VirtioMmioTransport:
         self.guest_page_size = 4096  # legacy
         self._logged: set[tuple[str, int]] = set()
         backend._config_notifier = self._config_changed
+        backend._queue_notifier = self._backend_notify
+        backend._reset_notifier = self.set_needs_reset
         if counters is None:
             from ..metrics import CounterGroup
 
@@ -197,6 +199,11 @@ class VirtioMmioTransport:
             except Exception:  # a backend bug must not kill the vCPU or worker thread
                 log.exception("%s: backend failed processing queue %d", self.name, queue_index)
                 self.set_needs_reset(f"backend error on queue {queue_index}")
+
+    def _backend_notify(self, queue_index: int) -> None:
+        """The backend asked for its queue to be processed (VirtioBackend.notify_queue): the
+        same path as the driver's QueueNotify, onto the device's worker."""
+        self.on_notify(queue_index)
 
     def set_needs_reset(self, reason: str) -> None:
         """Put the device in DEVICE_NEEDS_RESET (§2.1.2) and, if the driver is up, send a

@@ -640,7 +640,8 @@ def test_with_the_cores_notification_worker():
     net = VirtioNet(tap, name="virtio-net:test")
     m = TestMachine(mem_size=MEM_SIZE, serial=["none"]).create_devices()
     mem = m.memory
-    slot = m.ctx.add_virtio_device(net, "virtio-net:test", VirtioTransportConfig(legacy=False))
+    m.ctx.add_virtio_device(net, "virtio-net:test", VirtioTransportConfig(legacy=False))
+    slot = m.virtio_transports[-1]
     net.on_queue_error = slot.transport.set_needs_reset
     m.start()
     try:
