@@ -217,7 +217,7 @@ def build_spec(o: dict[str, Any], warn: Callable[[str], None]) -> Any:
             raise ConfigError(text if text.startswith("-cpu") else f"-cpu {o['cpu']}: {text}") from None
     topology = parse_smp(o["smp"] if o["smp"] is not None else "1", warn=warn)
     name, _process = parse_name(o["name"])
-    metrics = os.path.abspath(o["metrics"]) if o["metrics"] else None  # -daemonize changes to /
+    metrics = os.path.abspath(o["metrics"]) if o["metrics"] else o["metrics"]  # -daemonize changes to /
     spec = MachineSpec(
         kernel=o["kernel"], initrd=o["initrd"], append=o["append"] or "", mem_size=parse_memory(o["memory"]),
         smp=topology.cpus, topology=topology, cpu=o["cpu"], no_reboot=o["no_reboot"], machine=machine,
