@@ -123,10 +123,19 @@ class Property(NamedTuple):
     plugin: str = ""
     required: bool = False
     auto_value: bool | None = None
+    #: called with the converted value; raises ConfigError for a value the kind admits but
+    #: the device cannot use (a date that does not parse), so the error comes at parse time
+    check: Any = None
 
     def parse(self, text: str, owner: str = "") -> Any:
-        """Convert ``text`` to this property's type; ``owner`` (e.g. ``virtio-blk-device``)
-        prefixes the error."""
+        """Convert ``text`` to this property's type (and run its ``check``); ``owner`` (e.g.
+        ``virtio-blk-device``) prefixes the error."""
+        value = self._convert(text, owner)
+        if self.check is not None:
+            self.check(value)
+        return value
+
+    def _convert(self, text: str, owner: str) -> Any:
         what = self._what(owner)
         kind = self.kind
         if kind == "str":
@@ -172,6 +181,8 @@ class Property(NamedTuple):
             return f"property {self.name!r}: help and auto_means are strings (fields after help go by keyword)"
         if not isinstance(self.required, bool) or self.auto_value not in (None, True, False):
             return f"property {self.name!r}: required and auto_value are booleans"
+        if self.check is not None and not callable(self.check):
+            return f"property {self.name!r}: check is a callable"
         return None
 
     def resolve(self, value: Any) -> Any:

@@ -212,12 +212,37 @@ class Machine:
                     raise ConfigError(f"--device {cfg.driver}: duplicate id {props['id']!r}")
                 ids.add(props["id"])
             self._device_props.append((cfg, reg, props))
+        self._check_drives()
+        stdio = [c.id for c in self.spec.chardev_configs.values() if c.backend == "stdio"]
+        stdio += [s.text for s in self.spec.serial_configs if s.chardev is not None and s.chardev.backend == "stdio"]
+        if len(stdio) > 1:  # QEMU's words; several frontends share one stdio with -chardev stdio,mux=on
+            raise ConfigError("cannot use stdio by multiple character devices")
         # every backend is checked, used or not: its type exists and its keys are valid
         backends = [("chardev", c) for c in self.spec.chardev_configs.values()]
         backends += [("chardev", s.chardev) for s in self.spec.serial_configs if s.chardev is not None]
         backends += [("netdev", c) for c in self.spec.netdev_configs.values()]
         for kind, c in backends:
             parse_properties(f"{kind} {c.id} ({c.backend})", self._backend_type(kind, c).properties, c.props)
+
+    def _check_drives(self) -> None:
+        """Every --drive's image, used by a device or not, can be opened as QEMU's ``file``
+        driver would (a regular file or a block device; read-write unless readonly=on)."""
+        import stat
+
+        for d in self.spec.drive_configs.values():
+            where = f"--drive id={d.id},file={d.file}"
+            try:
+                fd = os.open(d.file, (os.O_RDONLY if d.readonly else os.O_RDWR) | os.O_CLOEXEC | os.O_NONBLOCK)
+            except IsADirectoryError:
+                raise ConfigError(f"{where}: 'file' driver requires '{d.file}' to be a regular file") from None
+            except OSError as e:
+                raise ConfigError(f"{where}: Could not open '{d.file}': {e.strerror}") from None
+            try:
+                mode = os.fstat(fd).st_mode
+            finally:
+                os.close(fd)
+            if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
+                raise ConfigError(f"{where}: 'file' driver requires '{d.file}' to be a regular file")
 
     @staticmethod
     def device_properties(reg: Any) -> tuple[Any, ...]:
@@ -392,7 +417,11 @@ class Machine:
         self.vm = self.kvm.create_vm()
         self.add_cleanup(self.kvm.close)
         self.add_cleanup(self.vm.close)
-        self.memory = GuestMemory(self.ram_size)
+        try:
+            self.memory = GuestMemory(self.ram_size)
+        except (OSError, MemoryError) as e:  # -m larger than the host can map
+            why = getattr(e, "strerror", None) or "Cannot allocate memory"
+            raise ConfigError(f"cannot set up {self.ram_size >> 20} MiB of guest memory: {why}") from None
         self.add_cleanup(self.memory.close)
         for slot, region in enumerate(self.memory.regions):
             self.vm.set_user_memory_region(slot, region.gpa, region.size, self.memory.host_address(region))

@@ -132,7 +132,7 @@ def test_fast_path_result_in_detail(captured: list[dict]) -> None:
         **fast.DEFAULTS,
         "kernel": "k", "initrd": None, "append": None, "memory": "2G", "smp": "3", "no_reboot": True,
         "machine": ["a=1", "b=2"], "device": [], "drive": [], "chardev": [], "netdev": [], "serial": [],
-        "metrics": None, "verbose": 2,
+        "metrics": None, "log_items": [], "verbose": 2,
     }]
 
 

@@ -8,6 +8,8 @@ from .main import error, oneline, setup_logging
 from ..log import get_logger
 
 log = get_logger("microvm.cli")
+#: the -d log items microvm knows (QEMU has more, for its TCG)
+LOG_ITEMS = frozenset({"guest_errors"})
 
 
 def run_command(**options: Any) -> int:
@@ -82,6 +84,13 @@ def run_options(o: dict[str, Any], style: str = "run") -> int:
         setup_logging(o["verbose"], o["logfile"])
     except OSError as e:
         return rep.usage(f"-D {o['logfile']}: cannot open the log file: {e.strerror}")
+    items = {i for text in o["log_items"] for i in text.split(",") if i}
+    unknown = items - LOG_ITEMS
+    if unknown:
+        return rep.usage(f"-d {','.join(sorted(unknown))}: unknown log item (supported: {', '.join(sorted(LOG_ITEMS))})")
+    from ..log import log_every_event
+
+    log_every_event("guest_errors" in items or o["verbose"] > 0)
     from .introspect import answer, help_request
 
     try:
@@ -197,12 +206,12 @@ def guest_path_command(which: str | None) -> int:
     return 0
 
 
-def guest_build_command(force: bool) -> int:
+def guest_build_command(force: bool, variant: str | None = None) -> int:
     from ..guest import GuestBuildError, build
 
     try:
-        g = build(force=force, progress=lambda s: sys.stderr.write(f"microvm: guest build: {s}\n"))
-    except GuestBuildError as e:
+        g = build(force=force, progress=lambda s: sys.stderr.write(f"microvm: guest build: {s}\n"), variant=variant)
+    except (GuestBuildError, ValueError) as e:  # ValueError: an unknown variant
         return error(str(e))
     print(f"kernel    {g.kernel}\nvmlinux   {g.vmlinux}\ninitramfs {g.initramfs}\ncmdline   {g.cmdline}")
     return 0

@@ -65,7 +65,10 @@ RUN_OPTIONS: tuple[RunOption, ...] = (
     RunOption(("--metrics",), "metrics", "str", None,
               "Write the VM's counters (exits, device accesses, interrupts, bytes) as JSON to FILE at exit.", "FILE",
               ("metrics",)),
-    RunOption(("-v", "--verbose"), "verbose", "count", 0, "More log output (-vv for debug).", "", ("v",)),
+    RunOption(("-d",), "log_items", "list", (),
+              "Log items, as QEMU's -d: guest_errors logs every guest error (default: the first of each kind, "
+              "then summaries).", "ITEMS", ("d",)),
+    RunOption(("-v", "--verbose"), "verbose", "count", 0, "More log output (-vv for debug; also every guest error).", "", ("v",)),
     # ---- QEMU's options around the seed's examples (issue 10) --------------------------------
     RunOption(("--enable-kvm",), "enable_kvm", "flag", False,
               "Use KVM (always: microvm has no other accelerator); QEMU's -machine accel=kvm.", "", ("enable-kvm",)),

@@ -23,9 +23,13 @@ notifies exactly when it adds to an empty ring; used-buffer interrupts go throug
 ``interrupt`` callable, which honours ``used_event``.
 
 A broken ring (:class:`~microvm.api.QueueError`) stops the worker. The device reports it
-through :attr:`VirtioNet.on_queue_error` (the glue points it at the transport's
-``set_needs_reset``) or, without one, raises it from the next :meth:`process_queue`, which
-makes the transport set DEVICE_NEEDS_RESET.
+to its transport with :meth:`~microvm.api.VirtioBackend.set_needs_reset` (DEVICE_NEEDS_RESET
+and a configuration-change interrupt at once) or, on a bare device without a transport,
+raises it from the next :meth:`process_queue`.
+
+Counters live in the device's :class:`~microvm.api.CounterGroup` (``self.counters``, shared
+with the transport; ``--metrics`` writes them): ``tx_packets tx_bytes tx_dropped rx_packets
+rx_bytes rx_dropped bad_chains``, readable as attributes of the device too.
 """
 from __future__ import annotations
 
@@ -63,7 +67,7 @@ from .constants import (
     VIRTIO_NET_F_STATUS,
     VIRTIO_NET_S_LINK_UP,
 )
-from .datapath import MORE, NO_BUFFERS, TAP_GONE, NetCounters, RxPath, TxPath
+from .datapath import COUNTER_NAMES, MORE, NO_BUFFERS, TAP_GONE, NetCounters, RxPath, TxPath
 from .mac import DEFAULT_MAC, format_mac, parse_mac
 
 if TYPE_CHECKING:
@@ -98,7 +102,11 @@ def header_length(features: int) -> int:
     return HDR_LEN_LEGACY
 
 
-class VirtioNet(NetCounters, VirtioBackend):
+def _counter_value(name: str) -> property:
+    return property(lambda self: self.counters[name], doc=f"the ``{name}`` counter's value")
+
+
+class VirtioNet(VirtioBackend):
     """A virtio-net device on ``tap``.
 
     :param tap: the host side; the device owns it and closes it in :meth:`close`.
@@ -112,12 +120,21 @@ class VirtioNet(NetCounters, VirtioBackend):
     :param threaded: start the worker thread on activation. Tests pass False and call
         :meth:`run_once` themselves.
 
-    Counters (plain attributes, see :class:`~microvm_virtio_net.datapath.NetCounters`):
-    ``tx_packets, tx_bytes, tx_dropped, rx_packets, rx_bytes, rx_dropped, bad_chains``.
+    Counters: in ``self.counters`` (the transport's group for this device); their values
+    as attributes ``tx_packets, tx_bytes, tx_dropped, rx_packets, rx_bytes, rx_dropped,
+    bad_chains`` and as a dict from :meth:`counter_values`.
     """
 
     device_id = VIRTIO_ID_NET
     num_queues = 2  # receiveq1, transmitq1 (§5.1.2); no control queue
+
+    tx_packets = _counter_value("tx_packets")
+    tx_bytes = _counter_value("tx_bytes")
+    tx_dropped = _counter_value("tx_dropped")
+    rx_packets = _counter_value("rx_packets")
+    rx_bytes = _counter_value("rx_bytes")
+    rx_dropped = _counter_value("rx_dropped")
+    bad_chains = _counter_value("bad_chains")
 
     def __init__(
         self,
@@ -128,9 +145,8 @@ class VirtioNet(NetCounters, VirtioBackend):
         name: str = "virtio-net",
         threaded: bool = True,
     ) -> None:
-        NetCounters.__init__(self)
         self.tap = tap
-        self.name = name
+        self.name = self.label = name
         if mac is None:
             mac = DEFAULT_MAC
         elif isinstance(mac, str):
@@ -147,9 +163,6 @@ class VirtioNet(NetCounters, VirtioBackend):
         self.has_ufo = bool(getattr(tap, "has_ufo", True))
         #: the ``status`` field of the configuration space
         self.status = VIRTIO_NET_S_LINK_UP
-        #: called (on the worker thread) with a reason when the driver broke a ring; the glue
-        #: sets it to the transport's ``set_needs_reset``
-        self.on_queue_error: Callable[[str], None] | None = None
         #: one eventfd per queue: written by :meth:`process_queue`, or by KVM directly when
         #: registered as the queue's ioeventfd
         self.queue_notify_fds = [os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK) for _ in range(self.num_queues)]
@@ -186,6 +199,10 @@ class VirtioNet(NetCounters, VirtioBackend):
             self.status = status
             self.config_changed()
 
+    def counter_values(self) -> dict[str, int]:
+        """The device's counters by name (what ``--metrics`` shows for it)."""
+        return {n: self.counters[n] for n in COUNTER_NAMES}
+
     @property
     def link_up(self) -> bool:
         return bool(self.status & VIRTIO_NET_S_LINK_UP)
@@ -199,9 +216,10 @@ class VirtioNet(NetCounters, VirtioBackend):
         self.tap.set_offload(features)
         fd = self.tap.fileno()
         rxq, txq = queues[RX_QUEUE], queues[TX_QUEUE]
+        counters = NetCounters(self.counters)  # looked up once; the data path bumps them
         self._rx = (
             RxPath(
-                rxq, fd, hdr_len, self, self.name,
+                rxq, fd, hdr_len, counters, self.name,
                 mergeable=bool(features & (1 << VIRTIO_NET_F_MRG_RXBUF)),
                 write_header=not self.vnet_hdr,
                 guest_csum=bool(features & (1 << VIRTIO_NET_F_GUEST_CSUM)),
@@ -209,7 +227,7 @@ class VirtioNet(NetCounters, VirtioBackend):
             if rxq.ready
             else None
         )
-        self._tx = TxPath(txq, fd, hdr_len, self, self.name, strip_header=not self.vnet_hdr) if txq.ready else None
+        self._tx = TxPath(txq, fd, hdr_len, counters, self.name, strip_header=not self.vnet_hdr) if txq.ready else None
         if self._tx is not None:
             self._tx.tap_gone = self._tap_gone
         self._interrupt = interrupt
@@ -228,7 +246,7 @@ class VirtioNet(NetCounters, VirtioBackend):
 
     def process_queue(self, index: int) -> None:
         """The driver notified queue ``index``: wake the worker. Never touches a queue."""
-        if self._broken is not None and self.on_queue_error is None:
+        if self._broken is not None:  # found by the worker of a device without a transport
             reason, self._broken = self._broken, None
             raise QueueError(reason)
         if 0 <= index < len(self.queue_notify_fds):
@@ -372,10 +390,11 @@ class VirtioNet(NetCounters, VirtioBackend):
     def _fail(self, reason: str) -> None:
         """The driver broke a ring: stop touching the queues and have the device reset."""
         self._active = False
-        self._broken = reason
         log.error("%s: %s; device stopped", self.name, reason)
-        if self.on_queue_error is not None:
-            self.on_queue_error(reason)
+        # the transport (if any) sets NEEDS_RESET now and ignores notifications until the
+        # driver resets; a bare device raises the error from the next process_queue
+        self._broken = reason
+        self.set_needs_reset(reason)
 
     # -- for the glue and tests ------------------------------------------------------------------
     @property

@@ -2,7 +2,9 @@
 
 Written as an outside author would write it: :mod:`microvm.api` only. The properties are
 declared once; the core converts and checks them, adds the transport's ``force-legacy``
-and places the returned backend on a virtio-mmio transport (``virtio=True``).
+and places the returned backend on a virtio-mmio transport (``virtio=True``). QEMU's
+``rng=`` (an ``-object rng-random``/``rng-egd`` backend) is not offered: the entropy always
+comes from the host kernel's ``getrandom()``, which is what QEMU's default backend reads.
 """
 from __future__ import annotations
 
