@@ -215,7 +215,9 @@ def build_spec(o: dict[str, Any], warn: Callable[[str], None]) -> Any:
         except ConfigError as e:
             text = str(e)
             raise ConfigError(text if text.startswith("-cpu") else f"-cpu {o['cpu']}: {text}") from None
-    topology = parse_smp(o["smp"] if o["smp"] is not None else "1", warn=warn)
+    # QEMU also warns about explicit zeros (-smp 0); not here: a line that fails later (an
+    # unknown -M key, found when the machine is made) must stay one line on stderr
+    topology = parse_smp(o["smp"] if o["smp"] is not None else "1")
     name, _process = parse_name(o["name"])
     metrics = os.path.abspath(o["metrics"]) if o["metrics"] else o["metrics"]  # -daemonize changes to /
     spec = MachineSpec(
