@@ -134,6 +134,8 @@ class Machine:
         self.metrics = metrics if metrics is not None else Metrics()
         self.ctx = MachineContext(self)
         self.smp = spec.smp
+        #: the vCPUs' APIC IDs (= KVM vCPU ids), by vCPU index, laid out by the topology
+        self.apic_ids: list[int] = spec.topology.apic_ids()
         self.ram_size = spec.mem_size
         self.devices: dict[str, Any] = {}
         self._chardevs: dict[str, Chardev] = {}
@@ -205,7 +207,7 @@ class Machine:
     def _check_device_types(self) -> None:
         """Every --device names an installed type, and ``--device NAME,help`` is answered:
         before anything is built, so a typo costs no KVM set-up."""
-        from .config import VIRTIO_TRANSPORT_PROPERTIES, describe_properties
+        from .config import VIRTIO_TRANSPORT_PROPERTIES, describe_properties, parse_properties
 
         types = self.host.device_types
         for cfg in self.spec.device_configs:
@@ -214,13 +216,19 @@ class Machine:
                 known = ", ".join(sorted(types)) or "none installed"
                 if cfg.help and not cfg.driver:
                     raise ConfigError(f"device types: {known}")
-                raise ConfigError(f"--device {cfg.driver}: unknown device type (available: {known})")
-            if cfg.help:
-                props = describe_properties(self.device_properties(reg) + (VIRTIO_TRANSPORT_PROPERTIES if reg.virtio else ()))
-                raise ConfigError(f"{cfg.driver} properties: " + "; ".join(props))
-        # every device's properties are converted now, before any KVM set-up
-        from .config import parse_properties
+                from .providers import hint
 
+                raise ConfigError(f"--device {cfg.driver}: unknown device type{hint('device', cfg.driver)} (available: {known})")
+            declared = self.device_properties(reg) + (VIRTIO_TRANSPORT_PROPERTIES if reg.virtio else ())
+            if cfg.help:
+                raise ConfigError(f"{cfg.driver} properties: " + "; ".join(describe_properties(declared)))
+        chip = self.options.get("kernel-irqchip")
+        if chip is not None and chip not in self.host.irqchips:
+            from .providers import hint
+
+            raise ConfigError(f"kernel-irqchip={chip}: not available{hint('irqchip', chip)}; "
+                              f"installed: {', '.join(sorted(self.host.irqchips)) or 'none'}")
+        # every device's properties are converted now, before any KVM set-up
         ids: set[str] = set()
         self._device_props = []
         for cfg in self.spec.device_configs:
@@ -343,7 +351,10 @@ class Machine:
         if reg is None or reg.factory is None:
             known = ", ".join(sorted(n for k, n in self.host.backends if k == kind)) or "none installed"
             what = {"netdev": "network", "chardev": "character device"}[kind]
-            raise ConfigError(f"--{kind} {cfg.backend},id={cfg.id}: no plugin provides this {what} backend (available: {known})")
+            from .providers import hint
+
+            raise ConfigError(f"--{kind} {cfg.backend},id={cfg.id}: no plugin provides this {what} backend"
+                              f"{hint(kind, cfg.backend)} (available: {known})")
         return reg
 
     def _make_backend(self, kind: str, cfg: Any) -> Any:
@@ -475,13 +486,17 @@ class Machine:
         self.hook.create_devices(ctx=self.ctx)
         self._create_user_devices()
         tsc_deadline = bool(self.kvm.check_extension("KVM_CAP_TSC_DEADLINE_TIMER"))
-        for i in range(self.smp):
-            vcpu = self.vm.create_vcpu(i)
+        for i, apic_id in enumerate(self.apic_ids):
+            vcpu = self.vm.create_vcpu(apic_id)
             self.vcpus.append(vcpu)
             self.vcpu_views.append(VcpuView(vcpu))
             self.add_cleanup(vcpu.close)
-            entries = bootcpu.edit_cpuid(self.supported_cpuid, i, self.smp, tsc_deadline)
-            self.hook.cpuid(ctx=self.ctx, vcpu_id=i, entries=entries)
+            entries = bootcpu.edit_cpuid(self.supported_cpuid, apic_id, self.smp, tsc_deadline, self.spec.topology)
+            self.hook.cpuid(ctx=self.ctx, vcpu_id=apic_id, entries=entries)
+            if self.spec.cpu_features:  # -cpu host,+x,-y: the user has the last word
+                from .boot.cpufeatures import apply_features
+
+                apply_features(entries, self.spec.cpu_features, self.supported_cpuid, warn=log.warning if i == 0 else None)
             vcpu.set_cpuid(entries)
             vcpu.set_msrs(bootcpu.boot_msrs())
             fpu = vcpu.get_fpu()
@@ -511,7 +526,10 @@ class Machine:
                 return
         reg = chips.get(name)
         if reg is None or reg.factory is None:
-            raise ConfigError(f"kernel-irqchip={name}: not available; installed: {', '.join(sorted(chips)) or 'none'}")
+            from .providers import hint
+
+            raise ConfigError(f"kernel-irqchip={name}: not available{hint('irqchip', name)}; "
+                              f"installed: {', '.join(sorted(chips)) or 'none'}")
         self.irqchip = reg.factory(self.ctx)
         self.add_cleanup(self.irqchip.close)
         from .kvm import lib
@@ -844,9 +862,11 @@ class Machine:
                 os.close(fd)
 
 
-def run_spec(spec: MachineSpec, host: Any = None) -> int:
+def run_spec(spec: MachineSpec, host: Any = None, ready: Callable[[], None] | None = None) -> int:
     """Run a machine, rebuilding it after each guest reset unless --no-reboot; with
-    ``spec.metrics``, write the counters (of every boot) there at the end.
+    ``spec.metrics``, write the counters (of every boot) there at the end. ``ready`` is
+    called once, when the first machine is built and about to run (``-daemonize`` detaches
+    there, as QEMU does after its machine is created).
 
     The :class:`~microvm.lifecycle.Lifecycle` (run state, QMP monitors) lives here, across
     the machines of the run: its monitors are bound once the first Machine has checked the
@@ -863,6 +883,15 @@ def run_spec(spec: MachineSpec, host: Any = None) -> int:
             if images is None:
                 lifecycle.start_monitors()
             images = m.images
+            if ready is not None:
+                try:
+                    m.build()
+                except BaseException:
+                    lifecycle.machine_ended(m)
+                    m.close()
+                    raise
+                ready()
+                ready = None
             try:
                 status = m.run()
             finally:
