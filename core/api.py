@@ -54,6 +54,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "CounterGroup": ("microvm.metrics", "CounterGroup"),
     "layout": ("microvm", "layout"),
     "get_logger": ("microvm.log", "get_logger"),
+    "EventLog": ("microvm.log", "EventLog"),
     # virtio devices
     "VirtioBackend": ("microvm.virtio.backend", "VirtioBackend"),
     "Virtqueue": ("microvm.virtio.queue", "Virtqueue"),

@@ -136,8 +136,15 @@ class MachineContext:
     # ---- what the machine is ---------------------------------------------------------------
     @property
     def smp(self) -> int:
-        """Number of vCPUs (their APIC IDs are 0 .. smp-1)."""
+        """Number of vCPUs (their APIC IDs: :attr:`apic_ids`)."""
         return self._m.smp
+
+    @property
+    def apic_ids(self) -> list[int]:
+        """The vCPUs' APIC IDs by vCPU index (the first is the boot CPU). ``0 .. smp-1``
+        unless ``-smp`` gives a topology whose counts are not powers of two, which leaves
+        holes, as in QEMU; an IOAPIC takes ``max(apic_ids) + 1``."""
+        return list(self._m.apic_ids)
 
     @property
     def ram_size(self) -> int:
@@ -289,6 +296,16 @@ class MachineContext:
     def request_reset(self, reason: str) -> None:
         """Reset the VM as a triple fault would: reboot, or exit with ``--no-reboot``."""
         self._m.guest_reset(reason)
+
+    def report_guest_panic(self, detail: str = "") -> None:
+        """The guest reported a panic (a pvpanic-like device, on a vCPU thread): QMP
+        ``GUEST_PANICKED``, then the VM stops (``guest-panicked``) and ends, or with
+        ``--no-shutdown`` stays stopped, as QEMU's default panic action does."""
+        self._m.guest_panicked(detail or "reported by a device")
+
+    def report_guest_crashloaded(self) -> None:
+        """The guest loaded a crash kernel after a panic (QMP ``GUEST_CRASHLOADED``); it runs on."""
+        self._m.guest_crashloaded()
 
     def __repr__(self) -> str:
         chip = self.irqchip

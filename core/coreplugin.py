@@ -57,9 +57,8 @@ def _stdio(ctx: "MachineContext", ident: str, props: "Properties") -> Any:
     from .chardev.fd import StdioBackend
 
     ctx._m.chardevs.claim_stdio(ident)
-    kw = _common(ctx, ident, props)
-    kw["escapes"] = True  # C-a x / C-a b on the terminal, mux or not (see docs/chardev.md)
-    return StdioBackend(ident, signal=props.signal, **kw)
+    # the C-a commands with mux=on only, as QEMU (-serial mon:stdio, the default, has it)
+    return StdioBackend(ident, signal=props.signal, **_common(ctx, ident, props))
 
 
 def _null(ctx: "MachineContext", ident: str, props: "Properties") -> Any:
@@ -100,8 +99,11 @@ _MUX = Property("mux", "bool", False, "share the chardev between several devices
 
 @hookimpl
 def register_backends(register: Callable[..., None]) -> None:
-    register("chardev", "stdio", _stdio, "the VMM's standard input and output (C-a x quits, C-a b sends a break)",
-             properties=(_MUX, Property("signal", "bool", True, "off: Ctrl-C goes to the guest instead of ending the VMM")))
+    register("chardev", "stdio", _stdio, "the VMM's standard input and output",
+             properties=(Property("mux", "bool", False, "share it between devices, with the C-a commands: C-a h help, "
+                                                        "C-a x quit, C-a b break, C-a c next device "
+                                                        "(on for -serial mon:stdio and -nographic's default)"),
+                         Property("signal", "bool", True, "a terminal's Ctrl-C ends the VMM instead of reaching the guest")))
     register("chardev", "null", _null, "discards output, never produces input", properties=(_MUX,))
     register("chardev", "file", _file, "output to a file, input from input-path if given",
              properties=(Property("path", "str", required=True, help="the output file"),

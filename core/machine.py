@@ -21,7 +21,7 @@ log = get_logger("microvm.machine")
 
 if TYPE_CHECKING:
     from .bus.protocol import BusDevice
-    from .chardev import Chardev, ChardevInfo
+    from .chardev import Chardev
     from .chardev.registry import ChardevSet
     from .metrics import Metrics
 #: Interrupts a vCPU thread's KVM_RUN (EINTR). A real-time signal, as Firecracker uses, so an
@@ -46,6 +46,9 @@ def install_kick_handler() -> bool:
 
 _kick_handler_installed = False
 install_kick_handler()
+#: how long Machine.pause waits for the vCPUs to leave KVM_RUN and park (an exit being
+#: handled, e.g. a blocking console write, finishes first)
+PAUSE_TIMEOUT = 10.0
 #: Guest command-line words that keep Linux off instructions an emulating host cannot run
 #: (docs/emulating-hosts.md: no XSAVE; clearcpuid 151 = POPCNT, 308 = SMAP, by number since names need
 #: CONFIG_X86_FEATURE_NAMES).
@@ -104,7 +107,7 @@ class Machine:
     """
 
     def __init__(self, spec: MachineSpec, host: Any = None, images: Any = None, metrics: "Metrics | None" = None,
-                 chardevs: "ChardevSet | None" = None) -> None:
+                 lifecycle: Any = None, chardevs: "ChardevSet | None" = None) -> None:
         from .boot.loader import read_images
         from .chardev.registry import ChardevSet
         from .context import MachineContext
@@ -133,6 +136,8 @@ class Machine:
         self.metrics = metrics if metrics is not None else Metrics()
         self.ctx = MachineContext(self)
         self.smp = spec.smp
+        #: the vCPUs' APIC IDs (= KVM vCPU ids), by vCPU index, laid out by the topology
+        self.apic_ids: list[int] = spec.topology.apic_ids()
         self.ram_size = spec.mem_size
         self.devices: dict[str, Any] = {}
         #: the process's character devices: they outlive this boot (run_spec passes them on)
@@ -142,13 +147,37 @@ class Machine:
         #: this boot's frontends on them, by (chardev id, who holds it)
         self._frontends: dict[tuple[str, Any], Any] = {}
         self._drive_users: dict[str, str] = {}
+        #: drive id -> QOM path of the device using it (QMP query-block's qdev)
+        self.drive_qdevs: dict[str, str] = {}
+        self._creating_qdev: str | None = None
         #: the device whose factory runs now (who claims a drive, netdev or chardev), and a
         #: key that tells two devices of the same type apart
         self._creating = "a device"
         self._creating_key: Any = ("hook",)
         self._netdevs: dict[str, tuple[Any, str]] = {}
         self._irq_lines: dict[int, Any] = {}
-        self.stopping = False
+        if lifecycle is None:
+            from .lifecycle import Lifecycle
+
+            lifecycle = Lifecycle(spec)
+        #: run state across reboots and what a reset, power-off, panic or error does
+        #: (microvm.lifecycle.Lifecycle; run_spec keeps one for every boot)
+        self.lifecycle = lifecycle
+        self._stopping = False
+        #: stopping or paused: the one flag a vCPU loop checks before each KVM_RUN
+        self.hold = False
+        #: paused (QMP stop, -S, a stopped run state): the vCPUs park on pause_cond
+        self.paused = False
+        self.pause_cond = threading.Condition()
+        #: serialises kicks with the teardown that unmaps the vCPUs' kvm_run pages
+        self.kick_lock = threading.Lock()
+        self.torn_down = False
+        self.parked = 0  # vCPU threads parked (under pause_cond)
+        self.vcpus_active = 0  # vCPU threads in their loop (under pause_cond)
+        self._guest_ran = False  # the vCPUs were released at least once (QEMU's clock_valid)
+        self._saved_clock: int | None = None
+        #: a host signal (SIGTERM, SIGHUP, SIGINT) ended the run: its number
+        self.host_signal = 0
         self.exit_status = 0
         self.stop_reason = ""
         self.reset_requested = False
@@ -157,10 +186,6 @@ class Machine:
         #: thread holds them)
         self._wake_r = self._wake_w = -1
         self._closed = False
-        #: taken by request_stop around kicking the vCPUs and by close() around _closed, so a
-        #: stop from another thread (C-a x on a chardev thread) never writes to a kvm_run that
-        #: close() is unmapping
-        self._kick_lock = threading.Lock()
         self._cleanups: list[Callable[[], None]] = []
         self.threads: list[Any] = []
         self.vcpus: list[Any] = []
@@ -190,7 +215,7 @@ class Machine:
     def _check_device_types(self) -> None:
         """Every --device names an installed type, and ``--device NAME,help`` is answered:
         before anything is built, so a typo costs no KVM set-up."""
-        from .config import VIRTIO_TRANSPORT_PROPERTIES, describe_properties
+        from .config import VIRTIO_TRANSPORT_PROPERTIES, describe_properties, parse_properties
 
         types = self.host.device_types
         for cfg in self.spec.device_configs:
@@ -199,13 +224,19 @@ class Machine:
                 known = ", ".join(sorted(types)) or "none installed"
                 if cfg.help and not cfg.driver:
                     raise ConfigError(f"device types: {known}")
-                raise ConfigError(f"--device {cfg.driver}: unknown device type (available: {known})")
-            if cfg.help:
-                props = describe_properties(self.device_properties(reg) + (VIRTIO_TRANSPORT_PROPERTIES if reg.virtio else ()))
-                raise ConfigError(f"{cfg.driver} properties: " + "; ".join(props))
-        # every device's properties are converted now, before any KVM set-up
-        from .config import parse_properties
+                from .providers import hint
 
+                raise ConfigError(f"--device {cfg.driver}: unknown device type{hint('device', cfg.driver)} (available: {known})")
+            declared = self.device_properties(reg) + (VIRTIO_TRANSPORT_PROPERTIES if reg.virtio else ())
+            if cfg.help:
+                raise ConfigError(f"{cfg.driver} properties: " + "; ".join(describe_properties(declared)))
+        chip = self.options.get("kernel-irqchip")
+        if chip is not None and chip not in self.host.irqchips:
+            from .providers import hint
+
+            raise ConfigError(f"kernel-irqchip={chip}: not available{hint('irqchip', chip)}; "
+                              f"installed: {', '.join(sorted(self.host.irqchips)) or 'none'}")
+        # every device's properties are converted now, before any KVM set-up
         ids: set[str] = set()
         self._device_props = []
         for cfg in self.spec.device_configs:
@@ -223,7 +254,8 @@ class Machine:
         if len(stdio) > 1:  # QEMU's words; several frontends share one stdio with -chardev stdio,mux=on
             raise ConfigError("cannot use stdio by multiple character devices")
         # every backend is checked, used or not: its type exists and its keys are valid
-        backends = [("chardev", c) for c in self.spec.chardev_configs.values()]
+        monitors = self.spec.monitor_chardevs  # a --mon's socket is the QMP server's, not a backend
+        backends = [("chardev", c) for c in self.spec.chardev_configs.values() if c.id not in monitors]
         backends += [("chardev", s.chardev) for s in self.spec.serial_configs if s.chardev is not None]
         backends += [("netdev", c) for c in self.spec.netdev_configs.values()]
         for kind, c in backends:
@@ -304,6 +336,8 @@ class Machine:
         if other is not None:
             raise ConfigError(f"{user}: drive {drive_id} is already used by {other}")
         self._drive_users[drive_id] = user
+        if self._creating_qdev is not None:
+            self.drive_qdevs[drive_id] = self._creating_qdev
         return cfg
 
     def netdev(self, netdev_id: str) -> Any:
@@ -325,7 +359,10 @@ class Machine:
         if reg is None or reg.factory is None:
             known = ", ".join(sorted(n for k, n in self.host.backends if k == kind)) or "none installed"
             what = {"netdev": "network", "chardev": "character device"}[kind]
-            raise ConfigError(f"--{kind} {cfg.backend},id={cfg.id}: no plugin provides this {what} backend (available: {known})")
+            from .providers import hint
+
+            raise ConfigError(f"--{kind} {cfg.backend},id={cfg.id}: no plugin provides this {what} backend"
+                              f"{hint(kind, cfg.backend)} (available: {known})")
         return reg
 
     def _make_backend(self, kind: str, cfg: Any) -> Any:
@@ -391,11 +428,42 @@ class Machine:
         """A frontend on the ``--chardev BACKEND,id=ID`` backend for the device being
         created (the same one when that device asks again); a second device is refused
         unless the chardev has ``mux=on``, as QEMU does."""
+        if chardev_id in self.spec.monitor_chardevs:
+            raise ConfigError(f"{self._creating}: chardev {chardev_id} is used by a monitor (--mon)")
         cfg = self.spec.chardev_configs.get(chardev_id)
         if cfg is None:
             known = ", ".join(sorted(self.spec.chardev_configs)) or "none"
             raise ConfigError(f"{self._creating}: chardev {chardev_id!r} not found (defined chardevs: {known})")
         return self._frontend(cfg, self._creating, self._creating_key)
+
+    def chardev_list(self) -> list[tuple[str, str, bool]]:
+        """(label, filename, frontend open) of each host character device, for QMP's
+        ``query-chardev``: the ``--chardev`` ones and the serial ports' own (``serial0``),
+        as QEMU names them, with QEMU's filenames (``stdio``, ``unix:PATH,server=on``,
+        ``pty:/dev/pts/N``...; a socket without a peer is ``disconnected:...``); a
+        frontend is open once its device has its side open (a virtio serial port: while the
+        guest has it open). A shorthand no port asked for is listed as not open."""
+        out = []
+        monitors = self.spec.monitor_chardevs
+        configs = [c for c in self.spec.chardev_configs.values() if c.id not in monitors]
+        configs += [s.chardev for s in self.spec.serial_configs if s.chardev is not None]
+        for cfg in configs:
+            dev = self.chardevs.get(cfg.id)
+            filename, is_open = cfg.backend, False
+            info = getattr(dev, "info", None)
+            if callable(info):
+                try:
+                    described = info()
+                    if hasattr(described, "filename"):  # a CharBackend's ChardevInfo
+                        filename, is_open = described.filename, bool(described.frontend_open)
+                    else:  # a plugin's backend describing itself with a mapping
+                        filename, is_open = str(described.get("filename", filename)), True
+                except Exception:
+                    log.debug("chardev %s: info() failed", cfg.id, exc_info=True)
+            elif dev is not None:
+                is_open = True
+            out.append((cfg.id, filename, is_open))
+        return out
 
     def serial_chardev(self, index: int) -> Chardev | None:
         """The frontend of serial port ``index`` on its ``-serial`` chardev (None for ``none``)."""
@@ -426,16 +494,15 @@ class Machine:
         self._frontends[(cfg.id, key)] = fe
         return fe
 
-    def chardev_infos(self) -> list["ChardevInfo"]:
-        """Every character device as QMP's ``query-chardev`` lists it."""
-        return self.chardevs.infos()
-
     def _open_chardevs(self) -> None:
         """Make every ``--chardev`` backend now, used or not (as QEMU does), so a socket
         that cannot be bound is an error before the guest runs. ``--serial`` shorthands are
-        made when their port asks (a default ``stdio`` nobody uses claims nothing)."""
+        made when their port asks (a default ``stdio`` nobody uses claims nothing). A
+        ``--mon``'s socket is the QMP server's own, not a backend."""
+        monitors = self.spec.monitor_chardevs
         for cfg in self.spec.chardev_configs.values():
-            self._make_backend("chardev", cfg)
+            if cfg.id not in monitors:
+                self._make_backend("chardev", cfg)
 
     # ------------------------------------------------------------------ construction
     def build(self) -> None:
@@ -462,13 +529,17 @@ class Machine:
         self.hook.create_devices(ctx=self.ctx)
         self._create_user_devices()
         tsc_deadline = bool(self.kvm.check_extension("KVM_CAP_TSC_DEADLINE_TIMER"))
-        for i in range(self.smp):
-            vcpu = self.vm.create_vcpu(i)
+        for i, apic_id in enumerate(self.apic_ids):
+            vcpu = self.vm.create_vcpu(apic_id)
             self.vcpus.append(vcpu)
             self.vcpu_views.append(VcpuView(vcpu))
             self.add_cleanup(vcpu.close)
-            entries = bootcpu.edit_cpuid(self.supported_cpuid, i, self.smp, tsc_deadline)
-            self.hook.cpuid(ctx=self.ctx, vcpu_id=i, entries=entries)
+            entries = bootcpu.edit_cpuid(self.supported_cpuid, apic_id, self.smp, tsc_deadline, self.spec.topology)
+            self.hook.cpuid(ctx=self.ctx, vcpu_id=apic_id, entries=entries)
+            if self.spec.cpu_features:  # -cpu host,+x,-y: the user has the last word
+                from .boot.cpufeatures import apply_features
+
+                apply_features(entries, self.spec.cpu_features, self.supported_cpuid, warn=log.warning if i == 0 else None)
             vcpu.set_cpuid(entries)
             vcpu.set_msrs(bootcpu.boot_msrs())
             fpu = vcpu.get_fpu()
@@ -498,7 +569,10 @@ class Machine:
                 return
         reg = chips.get(name)
         if reg is None or reg.factory is None:
-            raise ConfigError(f"kernel-irqchip={name}: not available; installed: {', '.join(sorted(chips)) or 'none'}")
+            from .providers import hint
+
+            raise ConfigError(f"kernel-irqchip={name}: not available{hint('irqchip', name)}; "
+                              f"installed: {', '.join(sorted(chips)) or 'none'}")
         self.irqchip = reg.factory(self.ctx)
         self.add_cleanup(self.irqchip.close)
         from .kvm import lib
@@ -512,14 +586,19 @@ class Machine:
         are placed by the core with the transport the user chose."""
         from .config import VirtioTransportConfig
 
+        anonymous = 0
         for index, (cfg, reg, props) in enumerate(self._device_props):
             self._creating = f"--device {cfg.driver}" + (f",id={props['id']}" if props["id"] else "")
             self._creating_key = ("device", index)
+            # the device's QOM path as QEMU 7.2's query-block shows it
+            self._creating_qdev = props["id"] or f"/machine/peripheral-anon/device[{anonymous}]"
+            anonymous += 0 if props["id"] else 1
             try:
                 made = reg.factory(self.ctx, props)
             finally:
                 self._creating = "a device"
                 self._creating_key = ("hook",)
+                self._creating_qdev = None
             if not reg.virtio:
                 continue
             from .virtio.backend import VirtioBackend
@@ -584,6 +663,16 @@ class Machine:
         bsp.set_regs(regs)
 
     # ------------------------------------------------------------------ lifecycle
+    @property
+    def stopping(self) -> bool:
+        """The machine is ending (request_stop); vCPU loops leave, parked ones too."""
+        return self._stopping
+
+    @stopping.setter
+    def stopping(self, value: bool) -> None:
+        self._stopping = value
+        self.hold = value or self.paused
+
     def request_stop(self, status: int, reason: str) -> None:
         """Stop the machine (from any thread). The first reason wins."""
         if not self.stopping:
@@ -592,12 +681,13 @@ class Machine:
             self.stopping = True
             log.log(40 if status else 20, "stopping: %s", reason)  # ERROR / INFO
         self._wake()
-        with self._kick_lock:
-            if self._closed:
-                return  # the vCPUs' kvm_run pages are unmapped: nothing to kick
-            for t in self.threads:
-                if t is not threading.current_thread():
-                    t.kick()
+        with self.pause_cond:  # parked vCPUs leave too
+            self.pause_cond.notify_all()
+        if self._closed:
+            return  # the vCPUs' kvm_run pages are unmapped: nothing to kick
+        for t in self.threads:
+            if t is not threading.current_thread():
+                t.kick()
 
     def _wake(self) -> None:
         fd = self._wake_w
@@ -609,13 +699,97 @@ class Machine:
             pass  # full (a wake-up is pending anyway) or closed
 
     def guest_reset(self, reason: str) -> None:
-        """The guest asked for a reset (triple fault): end the process with --no-reboot, as
-        QEMU does, else rebuild the machine and boot again."""
-        if self.spec.no_reboot:
-            self.request_stop(0, f"guest reset ({reason}) with --no-reboot: exiting")
-        else:
-            self.reset_requested = True
-            self.request_stop(0, f"guest reset ({reason}): rebooting")
+        """The guest asked for a reset (triple fault): reboot (the machine is rebuilt), or
+        with --no-reboot a shutdown, as QEMU does (see Lifecycle)."""
+        self.lifecycle.guest_reset(self, reason)
+
+    def guest_shutdown(self) -> None:
+        """The guest powered off (KVM_SYSTEM_EVENT_SHUTDOWN)."""
+        self.lifecycle.guest_shutdown(self)
+
+    def guest_panicked(self, detail: str) -> None:
+        """The guest reported a panic (KVM_SYSTEM_EVENT_CRASH, a pvpanic device)."""
+        self.lifecycle.guest_panicked(self, detail)
+
+    def guest_crashloaded(self) -> None:
+        """The guest loaded a crash kernel after a panic (pvpanic CRASH_LOADED)."""
+        self.lifecycle.guest_crashloaded(self)
+
+    def internal_error(self, message: str) -> None:
+        """A KVM internal error or an exit nobody handles: with a QMP monitor the VM stays in
+        ``internal-error`` (message and register dump in the log), else it ends with status 1."""
+        self.lifecycle.internal_error(self, message)
+
+    # ------------------------------------------------------------------ pause / resume
+    def vcpu_started(self) -> None:
+        with self.pause_cond:
+            self.vcpus_active += 1
+
+    def vcpu_finished(self) -> None:
+        with self.pause_cond:
+            self.vcpus_active -= 1
+            self.pause_cond.notify_all()
+
+    def pause(self, wait: bool = True) -> None:
+        """Stop the guest where it is: every vCPU out of KVM_RUN and parked, the timer thread
+        idle, every virtio worker parked and each backend paused (no guest memory written
+        from here on), and kvmclock saved (QEMU's kvmclock_vm_state_change). ``wait``: wait
+        until each vCPU has parked (not from a vCPU thread, which parks when it returns).
+        Any thread; a no-op when already paused."""
+        with self.pause_cond:
+            if self.paused:
+                return
+            self.paused = True
+            self.hold = True
+        me = threading.current_thread()
+        for t in self.threads:
+            if t is not me:
+                t.kick()
+        if wait and not any(t is me for t in self.threads):
+            with self.pause_cond:
+                if not self.pause_cond.wait_for(lambda: self.parked >= self.vcpus_active or self.stopping, PAUSE_TIMEOUT):
+                    log.warning("pause: %d of %d vCPUs still busy after %.0f s", self.vcpus_active - self.parked,
+                                self.vcpus_active, PAUSE_TIMEOUT)
+        if self._timers is not None:
+            self._timers.pause()
+        if self._virtio is not None:
+            self._virtio.pause()
+        if self._guest_ran:
+            self._save_clock()
+
+    def resume(self) -> None:
+        """Undo :meth:`pause`: kvmclock restored, devices and timers resumed, vCPUs released."""
+        with self.pause_cond:
+            if not self.paused:
+                return
+        self._restore_clock()
+        if self._virtio is not None:
+            self._virtio.resume()
+        if self._timers is not None:
+            self._timers.resume()
+        with self.pause_cond:
+            self.paused = False
+            self.hold = self.stopping
+            self._guest_ran = True
+            self.pause_cond.notify_all()
+
+    def mark_running(self) -> None:
+        """The vCPUs start running (not paused): a later pause saves the guest's clock."""
+        self._guest_ran = True
+
+    def _save_clock(self) -> None:
+        """The guest's kvmclock now, set again on resume (microvm.guestclock, as QEMU)."""
+        if self.vm is not None:
+            from . import guestclock
+
+            self._saved_clock = guestclock.save(self.vm, self.vcpus, self.memory)
+
+    def _restore_clock(self) -> None:
+        clock, self._saved_clock = self._saved_clock, None
+        if clock is not None and self.vm is not None:
+            from . import guestclock
+
+            guestclock.restore(self.vm, self.vcpus, clock)
 
     def signal_thread(self, thread: Any) -> None:
         if _kick_handler_installed and thread.ident is not None and thread.is_alive():
@@ -647,7 +821,13 @@ class Machine:
             except BlockingIOError:
                 pass
             if _terminating is not None:
-                self.request_stop(0, f"terminated by signal {_terminating}")
+                self._terminated(_terminating)
+
+    def _terminated(self, signum: int) -> None:
+        """A host signal ends the run (run_spec reports SHUTDOWN host-signal to QMP clients,
+        outside the signal handler)."""
+        self.host_signal = self.host_signal or signum
+        self.request_stop(0, f"terminated by signal {signum}")
 
     def run(self) -> int:
         """Boot and run until the guest stops; returns the exit status. A Machine runs once:
@@ -667,24 +847,26 @@ class Machine:
                 log.warning("Machine.run outside the main thread before microvm.machine was imported in it: "
                             "a vCPU halted in the guest may take seconds to stop")
             if _terminating is not None:  # arrived while this machine was being built
-                self.request_stop(0, f"terminated by signal {_terminating}")
+                self._terminated(_terminating)
                 return self.exit_status
             # chardev I/O runs from here; the first boot waits for socket servers' clients
             self.chardevs.start(lambda: self.stopping or _terminating is not None)
             if self.stopping or _terminating is not None:
                 return self.exit_status
             self.hook.machine_start(ctx=self.ctx)
+            self.threads = [VcpuThread(self, v) for v in self.vcpus]
+            self.lifecycle.machine_starting(self)  # pauses it for -S, or a reset while not running
             if self._virtio is not None:
                 self._virtio.start()
             if self._timers is not None:
                 self._timers.start()
-            self.threads = [VcpuThread(self, v) for v in self.vcpus]
             for t in self.threads:
                 self.metrics.add_source("vcpus", t.name, t.exit_counts)
                 t.start()
             try:
                 self._wait_for_stop()
             except KeyboardInterrupt:
+                self.host_signal = self.host_signal or signal.SIGINT
                 self.request_stop(0, "interrupted (SIGINT)")
             for t in self.threads:
                 t.join(timeout=5)
@@ -695,6 +877,7 @@ class Machine:
         return self.exit_status
 
     def close(self) -> None:
+        self.lifecycle.machine_closing(self)  # QMP commands go to no torn-down machine
         if not self._stopped_hooks and self._built:
             self._stopped_hooks = True
             try:
@@ -716,8 +899,9 @@ class Machine:
                     fe.close()
             self._frontends.clear()
         alive = any(t.is_alive() for t in self.threads)
-        with self._kick_lock:
-            self._closed = True  # from here on request_stop kicks no vCPU (their pages go away)
+        with self.kick_lock:  # no kick writes to a kvm_run page from here on
+            self.torn_down = True
+        self._closed = True  # and request_stop kicks no vCPU (their pages go away)
         for fn in reversed(self._cleanups):
             if alive and fn in (getattr(self.memory, "close", None),):
                 continue  # a stuck vCPU may still touch guest RAM: leave the mapping
@@ -737,25 +921,48 @@ class Machine:
                 os.close(fd)
 
 
-def run_spec(spec: MachineSpec, host: Any = None) -> int:
+def run_spec(spec: MachineSpec, host: Any = None, ready: Callable[[], None] | None = None) -> int:
     """Run a machine, rebuilding it after each guest reset unless --no-reboot; with
-    ``spec.metrics``, write the counters (of every boot) there at the end."""
+    ``spec.metrics``, write the counters (of every boot) there at the end. ``ready`` is
+    called once, when the first machine is built and about to run (``-daemonize`` detaches
+    there, as QEMU does after its machine is created).
+
+    The :class:`~microvm.lifecycle.Lifecycle` (run state, QMP monitors) lives here, across
+    the machines of the run: its monitors are bound once the first Machine has checked the
+    options, before any vCPU runs, and closed when the run ends."""
     from .chardev.registry import ChardevSet
+    from .lifecycle import Lifecycle
     from .metrics import Metrics
 
     images = None
     metrics = Metrics()
+    lifecycle = Lifecycle(spec)
     chardevs = ChardevSet()  # kept across guest resets, as QEMU keeps its chardevs
     try:
         while True:
-            m = Machine(spec, host, images, metrics, chardevs)
+            m = Machine(spec, host, images, metrics, lifecycle=lifecycle, chardevs=chardevs)
+            if images is None:
+                lifecycle.start_monitors()
             images = m.images
-            status = m.run()
-            if not m.reset_requested or _terminating is not None:
+            if ready is not None:
+                try:
+                    m.build()
+                except BaseException:
+                    lifecycle.machine_ended(m)
+                    m.close()
+                    raise
+                ready()
+                ready = None
+            try:
+                status = m.run()
+            finally:
+                lifecycle.machine_ended(m)
+            if not m.reset_requested or lifecycle.quit_requested or _terminating is not None:
                 return status
             log.info("rebooting")
     finally:
         chardevs.close()
+        lifecycle.close_monitors()
         if spec.metrics and images is not None:
             try:
                 metrics.write_json(spec.metrics)

@@ -25,6 +25,10 @@ class MachineSpec:
     :meth:`validate` parses them once into ``drive_configs``, ``chardev_configs``,
     ``netdev_configs`` (by id), ``device_configs`` and ``serial_configs`` (in order).
     ``metrics`` names a file the counters are written to as JSON when the VM ends.
+    ``topology`` (a :class:`microvm.topology.CpuTopology`, from ``-smp ...,sockets=...``)
+    lays out ``smp`` vCPUs in packages, cores and threads (default: one package of ``smp``
+    cores); ``cpu`` is ``-cpu``'s text (``host[,+feature|-feature...]``); ``name`` is
+    ``-name``'s guest name.
     """
 
     def __init__(
@@ -43,6 +47,13 @@ class MachineSpec:
         serial: list[str] | None = None,
         extra_plugins: list[Any] | None = None,
         metrics: str | None = None,
+        qmp: list[str] | None = None,        # --qmp ADDRESS (QEMU's -qmp)
+        mon: list[str] | None = None,        # --mon chardev=ID,mode=control (QEMU's -mon)
+        prelaunch: bool = False,             # -S: start paused until QMP cont
+        no_shutdown: bool = False,           # --no-shutdown: stop, not exit, on a shutdown
+        name: str | None = None,             # --name (QEMU's -name), for query-name
+        topology: Any = None,                # -smp's sockets/cores/threads (microvm.topology)
+        cpu: str = "host",                   # -cpu host[,+feature,-feature]
     ) -> None:
         self.kernel = kernel
         self.initrd = initrd
@@ -55,9 +66,20 @@ class MachineSpec:
         self.drives = list(drives or [])
         self.chardevs = list(chardevs or [])
         self.netdevs = list(netdevs or [])
-        self.serial = list(serial) if serial is not None else ["mon:stdio"]  # QEMU -nographic's
+        self.serial = list(serial) if serial is not None else ["mon:stdio"]
         self.extra_plugins = list(extra_plugins or [])
         self.metrics = metrics
+        self.qmp = list(qmp or [])
+        self.mon = list(mon or [])
+        self.prelaunch = prelaunch
+        self.no_shutdown = no_shutdown
+        self.name = name
+        #: chardev id -> QMP address, for the socket chardevs a --mon took (set by validate)
+        self.monitor_chardevs: dict[str, str] = {}
+        self.topology = topology
+        self.cpu = cpu
+        #: ``-cpu``'s feature flags, parsed by :meth:`validate`
+        self.cpu_features: dict[str, bool] = {}
         self.drive_configs: dict[str, DriveConfig] = {}
         self.chardev_configs: dict[str, ChardevConfig] = {}
         self.netdev_configs: dict[str, NetdevConfig] = {}
@@ -65,7 +87,8 @@ class MachineSpec:
         self.serial_configs: list[SerialConfig] = []
 
     def __repr__(self) -> str:
-        return f"MachineSpec({', '.join(f'{k}={v!r}' for k, v in vars(self).items() if not k.endswith('_configs'))})"
+        skip = ("cpu_features",)
+        return f"MachineSpec({', '.join(f'{k}={v!r}' for k, v in vars(self).items() if not k.endswith('_configs') and k not in skip)})"
 
     def validate(self) -> None:
         """Check the sizes and parse every option list into its typed config (once)."""
@@ -77,6 +100,16 @@ class MachineSpec:
             raise ConfigError("-m: guest memory must be a multiple of 4 KiB")
         if not 1 <= self.smp <= MAX_SMP:
             raise ConfigError(f"--smp {self.smp}: the number of vCPUs must be between 1 and {MAX_SMP}")
+        from .topology import CpuTopology
+
+        if self.topology is None:
+            self.topology = CpuTopology.flat(self.smp)
+        elif self.topology.cpus != self.smp:
+            raise ConfigError(f"--smp: the topology has {self.topology.cpus} vCPUs, the machine {self.smp}")
+        if self.cpu != "host":
+            from .boot.cpufeatures import parse_cpu
+
+            _, self.cpu_features = parse_cpu(self.cpu)
         self.drive_configs = _by_id("--drive", self.drives, DriveConfig)
         self.chardev_configs = _by_id("--chardev", self.chardevs, ChardevConfig)
         self.netdev_configs = _by_id("--netdev", self.netdevs, NetdevConfig)
@@ -86,11 +119,73 @@ class MachineSpec:
             from .metrics import check_metrics_path
 
             check_metrics_path(self.metrics)
+        self.monitor_chardevs = {}
+        for text in self.mon:
+            chardev_id, address = _monitor_address(text, self.chardev_configs)
+            if chardev_id in self.monitor_chardevs:
+                raise ConfigError(f"--mon {text}: chardev {chardev_id} already has a monitor")
+            self.monitor_chardevs[chardev_id] = address
         for s in self.serial_configs:
+            if s.ref is not None and s.ref in self.monitor_chardevs:
+                raise ConfigError(f"--serial {s.text}: chardev {s.ref} is used by a monitor (--mon)")
             if s.ref is not None and s.ref not in self.chardev_configs:
                 raise ConfigError(f"--serial {s.text}: no --chardev with id={s.ref}")
             if s.chardev is not None and s.chardev.id in self.chardev_configs:
                 raise ConfigError(f"--serial {s.text}: id {s.chardev.id} is taken by a --chardev")
+
+
+    def mon_addresses(self) -> dict[str, str]:
+        """The QMP address of each ``--mon`` (by chardev id), once validated."""
+        return dict(self.monitor_chardevs)
+
+
+#: the socket chardev keys a QMP monitor understands (QEMU's -chardev socket)
+_MON_SOCKET_KEYS = ("path", "host", "port", "server", "wait")
+
+
+def _monitor_address(text: str, chardevs: dict[str, ChardevConfig]) -> tuple[str, str]:
+    """``chardev=ID,mode=control[,pretty=off]`` (QEMU's -mon) on ``--chardev
+    socket,id=ID,path=P|host=H,port=N,server=on[,wait=on|off]``: (ID, the QMP address in
+    ``-qmp`` syntax). QEMU's defaults: mode=readline (HMP, not supported here), wait=on."""
+    props = parse_props(text, positional="chardev", what="--mon")
+    chardev_id = props.pop("chardev", "")
+    mode = props.pop("mode", "readline")
+    pretty = props.pop("pretty", "off")
+    if props:
+        raise ConfigError(f"--mon {text}: unknown option {next(iter(props))!r} (chardev=ID,mode=control)")
+    if not chardev_id:
+        raise ConfigError(f"--mon {text}: chardev=ID is required")
+    if mode != "control":
+        raise ConfigError(f"--mon {text}: only mode=control (QMP) is supported; the HMP monitor (mode=readline) is not")
+    if pretty not in ("off", "false", "no"):
+        raise ConfigError(f"--mon {text}: pretty=on is not supported (replies are one line each)")
+    cfg = chardevs.get(chardev_id)
+    if cfg is None:
+        known = ", ".join(sorted(chardevs)) or "none"
+        raise ConfigError(f"--mon {text}: chardev {chardev_id!r} not found (defined chardevs: {known})")
+    if cfg.backend != "socket":
+        raise ConfigError(f"--mon {text}: chardev {chardev_id} is {cfg.backend!r}; a QMP monitor needs a socket chardev")
+    p = dict(cfg.props)
+    extra = [k for k in p if k not in _MON_SOCKET_KEYS]
+    if extra:
+        raise ConfigError(f"--chardev socket,id={chardev_id}: option {extra[0]!r} is not supported for a monitor "
+                          f"({', '.join(_MON_SOCKET_KEYS)})")
+    server = p.get("server", "off")
+    if server not in ("on", "true", "yes"):
+        raise ConfigError(f"--chardev socket,id={chardev_id}: a monitor socket must listen (server=on)")
+    wait = p.get("wait", "on")
+    if wait not in ("on", "off", "true", "false", "yes", "no"):
+        raise ConfigError(f"--chardev socket,id={chardev_id}: wait={wait}: expected on or off")
+    wait = "on" if wait in ("on", "true", "yes") else "off"
+    if "path" in p:
+        if "host" in p or "port" in p:
+            raise ConfigError(f"--chardev socket,id={chardev_id}: path= and host=/port= exclude each other")
+        head = f"unix:{p['path']}"
+    elif "port" in p:
+        head = f"tcp:{p.get('host', '')}:{p['port']}"
+    else:
+        raise ConfigError(f"--chardev socket,id={chardev_id}: needs path=PATH or host=HOST,port=PORT")
+    return chardev_id, f"{head},server=on,wait={wait}"
 
 
 def _by_id(option: str, items: list[Any], cls: Any) -> dict[str, Any]:

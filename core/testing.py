@@ -116,7 +116,7 @@ class TestMachine(Machine):
         )
         super().__init__(spec, host=host, images=BootImages(b"", None, "elf"))
         self.rebooted = False
-        self.fake_irqchip = FakeIrqChip(irqchip, ioapic_id=smp) if irqchip else None
+        self.fake_irqchip = FakeIrqChip(irqchip, ioapic_id=max(self.apic_ids) + 1) if irqchip else None
 
     def build(self) -> None:
         raise NotImplementedError("a TestMachine has no KVM: use create_devices()")

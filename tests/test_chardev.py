@@ -24,7 +24,7 @@ from microvm.chardev import (
     PtyBackend,
     SocketBackend,
 )
-from microvm.chardev.base import OUTPUT_BUFFER
+from microvm.chardev.base import MUX_HELP, OUTPUT_BUFFER, TERMINATED
 from microvm.chardev.fd import NONBLOCK
 from microvm.config import SerialConfig
 from microvm.errors import ConfigError
@@ -136,15 +136,48 @@ def test_plain_byte_stream_without_escapes():
     assert run_input(raw, escapes=False) == ([raw], [])
 
 
-def test_help_escape_prints_the_commands():
-    b, out_r, in_w = pipe_backend(escapes=True)
-    b.attach("dev")
+def test_c_a_h_prints_qemus_mux_help_and_c_a_x_says_terminated():
+    """C-a h answers on the output in QEMU's layout (the commands microvm has); nothing
+    reaches the guest. C-a x says "Terminated" as QEMU's mux does, then quits."""
+    quits: list[str] = []
+    b, out_r, in_w = pipe_backend(escapes=True, mux=True, on_quit=lambda: quits.append("QUIT"))
+    sink = Sink()
+    sink.attach(b.attach("dev"))
     b.start()
-    os.write(in_w, b"\x01h")
-    assert b"C-a x    exit emulator" in read_all(out_r, 40)
+    os.write(in_w, b"a\x01hb\x01x")
+    until(lambda: quits, "C-a x")
+    out = read_all(out_r, len(MUX_HELP + TERMINATED))
+    until(lambda: sink.data == b"ab", "the bytes around the escapes")
     b.close()
     os.close(in_w)
     os.close(out_r)
+    assert out == MUX_HELP + TERMINATED
+    assert MUX_HELP == (b"\n\rC-a h    print this help\n\rC-a x    exit emulator\n\r"
+                        b"C-a b    send break (magic sysrq)\n\rC-a c    switch between frontends\n\r"
+                        b"C-a C-a  sends C-a\n\r")
+
+
+def test_a_terminal_keeps_isig_only_with_signals():
+    """QEMU's stdio signal=on (the default) leaves Ctrl-C to the terminal's line discipline,
+    which signals the VMM; signal=off (the mux of -nographic) passes it to the guest. The
+    terminal is raw otherwise, and restored at close."""
+    import pty
+    import termios
+
+    for signals in (True, False):
+        master, slave = pty.openpty()
+        before = termios.tcgetattr(slave)
+        b = FdBackend("c0", None, None, tty_fd=slave, signals=signals)
+        try:
+            b.start()
+            lflag = termios.tcgetattr(slave)[3]
+            assert bool(lflag & termios.ISIG) == signals
+            assert not lflag & termios.ICANON and not lflag & termios.ECHO  # raw otherwise
+        finally:
+            b.close()
+            assert termios.tcgetattr(slave) == before
+            os.close(master)
+            os.close(slave)
 
 
 def test_mux_shares_output_and_switches_input_focus():

@@ -40,11 +40,6 @@ pytestmark = [pytest.mark.kvm, pytest.mark.linux, requires_kvm]
 SEED_TIMEOUT = 1200  # 512 MiB, 2 vCPUs: about 3.5 minutes here, much longer under load
 BOOT_TIMEOUT = 420
 SEED_MACHINE = "microvm,x-option-roms=off,pit=off,pic=off,isa-serial=off,rtc=off"
-#: no-kvmclock for the default machine: on a loaded emulating host the guest does not come
-#: back from its switch to kvm-clock (docs/emulating-hosts.md); it changes nothing the console
-#: does. Not for the seed's machine: without a PIT (pit=off) kvm-clock is the guest's only way
-#: to know the TSC's and the LAPIC timer's rate, and without it the boot stops early.
-NO_KVMCLOCK = "no-kvmclock"
 SEED_CMDLINE = "console=hvc0 root=/dev/vda rw sysrq_always_enabled reboot=t panic=1"
 HVC_SYSRQ = b"\x0f"  # Ctrl-O: hvc_console's SysRq prefix
 
@@ -101,7 +96,7 @@ def test_seed_second_machine_console_on_virtconsole(default_guest, root_image, t
     metrics = tmp_path / "metrics.json"
     cmd = microvm_cmd(
         "run", "-M", SEED_MACHINE, "-m", "512M", "--smp", "2",
-        "--serial", "none",  # QEMU's -nodefaults: no default serial chardev on stdio
+        "--nodefaults",  # as the example: no default serial chardev on stdio
         "--chardev", "stdio,id=virtiocon0",
         "--device", "virtio-serial-device",
         "--device", "virtconsole,chardev=virtiocon0",
@@ -150,7 +145,7 @@ def test_seed_second_machine_console_on_virtconsole(default_guest, root_image, t
 def test_16550_console_on_a_unix_socket_read_by_socat(default_guest, socat, tmp_path):
     sock = tmp_path / "com1.sock"
     cmd = microvm_cmd("run", "--kernel", str(default_guest.vmlinux), "--initrd", str(default_guest.initramfs),
-                      "--append", f"{default_guest.cmdline} {NO_KVMCLOCK}", "--serial", f"unix:{sock},server=on,wait=off",
+                      "--append", default_guest.cmdline, "--serial", f"unix:{sock},server=on,wait=off",
                       "--no-reboot")
     vmm = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                            start_new_session=True)

@@ -24,6 +24,7 @@ _WHERE = {
     "ChardevInfo": "base",
     "NullBackend": "base",
     "OUTPUT_BUFFER": "base",
+    "MUX_HELP": "base",
     "CLOSE_FLUSH_SECONDS": "base",
     "FdBackend": "fd",
     "StdioBackend": "fd",

@@ -23,9 +23,10 @@ small pending buffer, and hands it to the focused frontend no faster than the fr
 :meth:`CharFrontend.accept_input`. A guest that stops reading therefore stops the host
 side's reads (the kernel's socket/pipe buffer pushes back) instead of growing a buffer.
 
-**Escapes.** A backend with ``escapes`` (stdio always, any backend with ``mux=on``) reads
-QEMU's ``C-a`` commands from its input: ``C-a x`` quits, ``C-a b`` sends a break, ``C-a c``
-switches the focus between frontends, ``C-a h`` prints the list, ``C-a C-a`` sends one C-a.
+**Escapes.** A backend with ``escapes`` (``mux=on``, as in QEMU: ``-serial mon:stdio``, the
+default, has it) reads QEMU's ``C-a`` commands from its input: ``C-a x`` quits, ``C-a b``
+sends a break, ``C-a c`` switches the focus between frontends, ``C-a h`` prints the list,
+``C-a C-a`` sends one C-a.
 
 Backends live for the whole process: a guest reset builds a new machine whose devices
 attach new frontends to the same backends, so a socket client stays connected and a pty
@@ -61,14 +62,15 @@ CHUNK = 65536
 CLOSE_FLUSH_SECONDS = 0.5
 
 ESCAPE = 0x01  # C-a
-#: QEMU's mux help (``C-a h``), without the commands microvm has no use for
-ESCAPE_HELP = (
-    b"\r\nC-a h    print this help\r\n"
-    b"C-a x    exit emulator\r\n"
-    b"C-a b    send break (magic sysrq)\r\n"
-    b"C-a c    switch between frontends (mux=on)\r\n"
-    b"C-a C-a  sends C-a\r\n"
-)
+#: ``C-a h``: QEMU's mux help in its layout, for the commands microvm has
+MUX_HELP = (b"\n\r"
+            b"C-a h    print this help\n\r"
+            b"C-a x    exit emulator\n\r"
+            b"C-a b    send break (magic sysrq)\n\r"
+            b"C-a c    switch between frontends\n\r"
+            b"C-a C-a  sends C-a\n\r")
+#: what ``C-a x`` says before the VMM ends (QEMU's mux: "QEMU: Terminated")
+TERMINATED = b"microvm: Terminated\n\r"
 
 _BREAK = object()  # a break in the pending input stream
 _FOCUS = object()  # C-a c in the pending input stream
@@ -563,6 +565,7 @@ class CharBackend:
                 if low == ord("x"):
                     self._push(bytes(out))
                     out.clear()
+                    self.write(TERMINATED)
                     if self.on_quit is not None:
                         self.on_quit()
                     continue
@@ -577,7 +580,7 @@ class CharBackend:
                     self._push(_FOCUS)
                     continue
                 if low == ord("h"):
-                    self.write(ESCAPE_HELP)
+                    self.write(MUX_HELP)
                     continue
                 if b != ESCAPE:
                     out.append(ESCAPE)

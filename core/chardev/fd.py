@@ -74,9 +74,16 @@ class FdBackend(CharBackend):
         in_sock: Any = None,
         out_sock: Any = None,
         owned: tuple[Any, ...] = (),
+        tty_fd: int | None = None,
+        signals: bool = True,
         **kw: Any,
     ) -> None:
         super().__init__(label, **kw)
+        #: a terminal to put in raw mode while the backend runs (stdin for stdio)
+        self.tty_fd = tty_fd
+        #: keep the terminal's ISIG: Ctrl-C, Ctrl-Z, Ctrl-\\ signal the VMM (QEMU's signal=on)
+        self.signals = signals
+        self._saved_tty: list[Any] | None = None
         self.out_fd = out_fd
         self.in_fd = in_fd
         self.out_mode = out_mode
@@ -114,7 +121,33 @@ class FdBackend(CharBackend):
         except BlockingIOError:
             return None
 
+    def _on_start(self) -> None:
+        fd = self.tty_fd
+        if fd is None or not os.isatty(fd):
+            return
+        import termios
+        import tty
+
+        try:
+            self._saved_tty = termios.tcgetattr(fd)
+            tty.setraw(fd, termios.TCSANOW)
+            attrs = termios.tcgetattr(fd)
+            attrs[1] |= termios.OPOST | termios.ONLCR  # "\n" still returns the carriage
+            if self.signals:
+                attrs[3] |= termios.ISIG
+            termios.tcsetattr(fd, termios.TCSANOW, attrs)
+        except termios.error as e:
+            log.debug("chardev %s: cannot put the terminal in raw mode: %s", self.label, e)
+
     def _close_resources(self) -> None:
+        if self._saved_tty is not None and self.tty_fd is not None:
+            import termios
+
+            try:
+                termios.tcsetattr(self.tty_fd, termios.TCSADRAIN, self._saved_tty)
+            except termios.error:
+                pass
+            self._saved_tty = None
         for res in self._owned:
             try:
                 if isinstance(res, int):
@@ -129,50 +162,23 @@ class FdBackend(CharBackend):
 class StdioBackend(FdBackend):
     """``stdio``: the VMM's standard output and input. A terminal on stdin is put in raw mode
     while the backend runs (``signal=on``, QEMU's default, keeps Ctrl-C a signal to the VMM;
-    ``signal=off`` passes it to the guest) and restored at close. ``C-a`` commands are
-    always read here (microvm has no monitor to mux with: this is how a terminal user quits)."""
+    ``signal=off`` passes it to the guest) and restored at close. The ``C-a`` commands come
+    with ``mux=on`` (``-serial mon:stdio``, the default), as in QEMU."""
 
     kind = "stdio"
 
     def __init__(self, label: str, *, signal: bool = True, **kw: Any) -> None:
         import sys
 
-        sys.stdout.flush()
+        try:
+            sys.stdout.flush()
+        except (OSError, ValueError, AttributeError):  # stdout closed or a broken pipe
+            pass
         out_fd, mode, out_owned, out_sock = prepare_fd(1, writing=True)
         in_fd, in_mode, in_owned, in_sock = prepare_fd(0, writing=False)
         owned = tuple(x for x, own in ((out_sock or out_fd, out_owned), (in_sock or in_fd, in_owned)) if own)
-        kw.setdefault("escapes", True)
-        super().__init__(label, out_fd, in_fd, out_mode=mode, out_sock=out_sock, in_sock=in_sock, owned=owned, **kw)
-        self.signal = signal
-        self._saved_tty: list[Any] | None = None
-
-    def _on_start(self) -> None:
-        if not os.isatty(0):
-            return
-        import termios
-        import tty
-
-        try:
-            self._saved_tty = termios.tcgetattr(0)
-            tty.setraw(0, termios.TCSANOW)
-            attrs = termios.tcgetattr(0)
-            attrs[1] |= termios.OPOST | termios.ONLCR  # "\n" still returns the carriage
-            if self.signal:
-                attrs[3] |= termios.ISIG  # Ctrl-C, Ctrl-Z, Ctrl-\ stay signals (QEMU's signal=on)
-            termios.tcsetattr(0, termios.TCSANOW, attrs)
-        except termios.error as e:
-            log.debug("stdio: cannot put the terminal in raw mode: %s", e)
-
-    def _close_resources(self) -> None:
-        super()._close_resources()
-        if self._saved_tty is not None:
-            import termios
-
-            try:
-                termios.tcsetattr(0, termios.TCSADRAIN, self._saved_tty)
-            except termios.error:
-                pass
-            self._saved_tty = None
+        super().__init__(label, out_fd, in_fd, out_mode=mode, out_sock=out_sock, in_sock=in_sock, owned=owned,
+                         tty_fd=0, signals=signal, **kw)
 
     def filename(self) -> str:
         return "stdio"

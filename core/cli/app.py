@@ -68,12 +68,23 @@ def machine_cmd() -> None:
     raise typer.Exit(machine_command())
 
 
+@guest_app.command("path")
+def guest_path(which: Optional[str] = typer.Argument(None, help="vmlinux, bzImage or initramfs (default: all, one a line)")) -> None:
+    """Print the default guest's file paths: microvm -kernel $(microvm guest path vmlinux) ..."""
+    from .commands import guest_path_command
+
+    raise typer.Exit(guest_path_command(which))
+
+
 @guest_app.command("build")
-def guest_build(force: bool = typer.Option(False, "--force", help="Rebuild even when cached.")) -> None:
+def guest_build(
+    force: bool = typer.Option(False, "--force", help="Rebuild even when cached."),
+    variant: Optional[str] = typer.Option(None, "--variant", help="A patched variant: qemu-compatible (no INT3 self-test, so QEMU boots it on an emulating host)."),
+) -> None:
     """Build (or reuse from ~/.cache/microvm) the default guest kernel and initramfs."""
     from .commands import guest_build_command
 
-    raise typer.Exit(guest_build_command(force))
+    raise typer.Exit(guest_build_command(force, variant))
 
 
 def typer_main(argv: list[str]) -> int:
@@ -84,5 +95,8 @@ def typer_main(argv: list[str]) -> int:
     except Abort:
         return 130
     except ClickException as e:  # unknown option, missing value, bad type: one line
-        return error(e.format_message().replace("\n", " "))
+        msg = e.format_message().replace("\n", " ").strip()
+        if not msg:  # `microvm` alone: typer printed the help
+            return e.exit_code
+        return error(msg)
     return rv if isinstance(rv, int) else 0

@@ -180,6 +180,18 @@ class Vm(_Fd):
         msi = ffi.new("struct kvm_msi *", {"address_lo": address & 0xFFFFFFFF, "address_hi": address >> 32, "data": data})
         return self.ioctl_ptr("KVM_SIGNAL_MSI", msi)
 
+    def get_clock(self) -> tuple[int, int]:
+        """KVM_GET_CLOCK: (kvmclock nanoseconds now, flags). ``KVM_CLOCK_TSC_STABLE`` in the
+        flags says the value is what every vCPU's pvclock shows (a master clock is in use)."""
+        data = ffi.new("struct kvm_clock_data *")
+        self.ioctl_ptr("KVM_GET_CLOCK", data)
+        return data.clock, data.flags
+
+    def set_clock(self, clock: int) -> None:
+        """KVM_SET_CLOCK: make the guest's kvmclock read ``clock`` nanoseconds now (each vCPU's
+        pvclock page is rewritten at its next entry)."""
+        self.ioctl_ptr("KVM_SET_CLOCK", ffi.new("struct kvm_clock_data *", {"clock": clock}))
+
     def set_gsi_routing(self, entries: Iterable[dict[str, Any]]) -> None:
         """KVM_SET_GSI_ROUTING. Each entry: ``{"gsi", "type": "irqchip"|"msi", ...}``."""
         ents = list(entries)
@@ -288,6 +300,15 @@ class Vcpu(_Fd):
                 setattr(t, k, e.get(k, 0))
         self.ioctl_ptr("KVM_SET_CPUID2", buf)
 
+    def get_msrs(self, indices: Iterable[int]) -> dict[int, int]:
+        """KVM_GET_MSRS for ``indices``; an MSR KVM does not know is left out of the result."""
+        idx = list(indices)
+        buf = ffi.new("struct kvm_msrs *", {"nmsrs": len(idx), "entries": len(idx)})
+        for i, index in enumerate(idx):
+            buf.entries[i].index = index
+        n = self.ioctl_ptr("KVM_GET_MSRS", buf)
+        return {buf.entries[i].index: buf.entries[i].data for i in range(n)}
+
     def set_msrs(self, msrs: dict[int, int]) -> None:
         buf = ffi.new("struct kvm_msrs *", {"nmsrs": len(msrs), "entries": len(msrs)})
         for i, (index, data) in enumerate(msrs.items()):
@@ -297,6 +318,13 @@ class Vcpu(_Fd):
         if n != len(msrs):
             bad = list(msrs)[n]
             raise KvmError("KVM_SET_MSRS", _errno.EINVAL, f"MSR {bad:#x} was refused ({n} of {len(msrs)} set)")
+
+    def kvmclock_ctrl(self) -> bool:
+        """KVM_KVMCLOCK_CTRL: tell the guest this vCPU was paused by the host (sets
+        PVCLOCK_GUEST_STOPPED, which Linux's soft-lockup watchdog checks). False when the
+        guest has no kvmclock page (EINVAL), as QEMU ignores that too."""
+        ret = lib.microvm_ioctl_int(self.fd, lib.KVM_KVMCLOCK_CTRL, 0)
+        return ret == 0
 
     def interrupt(self, vector: int) -> None:
         """KVM_INTERRUPT: queue an external (ExtINT) interrupt vector for this vCPU."""

@@ -9,7 +9,8 @@ example.
 Threading: ``config_read``/``config_write`` run on a vCPU thread; ``activate``,
 ``process_queue`` and ``reset`` are serialised by the transport (never two at once) and
 ``process_queue`` runs on the device's worker thread (or inline on the vCPU thread when the
-VMM has no ioeventfd).
+VMM has no ioeventfd). ``pause``/``resume`` bracket a paused machine (QMP ``stop``/``cont``):
+a backend with a thread of its own stops touching guest memory in ``pause``.
 """
 from __future__ import annotations
 
@@ -139,6 +140,21 @@ class VirtioBackend(abc.ABC):
         """The driver reset the device (Status = 0) or it is being torn down: drop the queues
         and any in-flight state. Host resources (the disk file) stay open for the next
         activation."""
+
+    def pause(self) -> None:
+        """The machine is pausing (QMP ``stop``, a guest shutdown with ``-no-shutdown``): from
+        when this returns until :meth:`resume`, write no guest memory and raise no interrupt.
+        The vCPUs are already parked and the transport's notification worker is quiesced
+        (``process_queue`` is not running and will not be called); only a backend with a
+        thread of its own (a network device's receive loop, a console's input) has anything
+        to do: hold that thread, leaving host input queued (in the tap, the socket). Called
+        under the transport's device lock, so never together with ``activate``,
+        ``process_queue`` or ``reset``; also called for a device the driver has not
+        activated. Default: nothing."""
+
+    def resume(self) -> None:
+        """The machine runs again: undo :meth:`pause` (catch up on the input that waited).
+        Default: nothing."""
 
     def close(self) -> None:
         """The machine is going away: release host resources (files, sockets)."""
