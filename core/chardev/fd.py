@@ -220,7 +220,7 @@ class FileBackend(FdBackend):
         self.path = path
 
     def filename(self) -> str:
-        return f"file:{self.path}"
+        return "file"  # QEMU 7.2's query-chardev: the backend type for a file
 
 
 class PipeBackend(FdBackend):
@@ -251,4 +251,4 @@ class PipeBackend(FdBackend):
         self.path = path
 
     def filename(self) -> str:
-        return f"pipe:{self.path}"
+        return "pipe"  # as QEMU 7.2 names it (the backend type)
