@@ -106,7 +106,7 @@ class Machine:
     """
 
     def __init__(self, spec: MachineSpec, host: Any = None, images: Any = None, metrics: "Metrics | None" = None,
-                 lifecycle: Any = None) -> None:
+                 lifecycle: Any = None, backends: Any = None) -> None:
         from .boot.loader import read_images
         from .context import MachineContext
         from .metrics import Metrics
@@ -138,8 +138,15 @@ class Machine:
         self.apic_ids: list[int] = spec.topology.apic_ids()
         self.ram_size = spec.mem_size
         self.devices: dict[str, Any] = {}
-        self._chardevs: dict[str, Chardev] = {}
-        self._stdio_user: str | None = None
+        #: the run's host backends (microvm.backends.HostBackends): kept across guest resets
+        #: when run_spec passes them on; a Machine made alone owns (and closes) its own
+        self._owns_backends = backends is None
+        if backends is None:
+            from .backends import HostBackends
+
+            backends = HostBackends()
+        self.backends = backends
+        backends.current = self  # the run's backends speak for this boot from now on
         self._drive_users: dict[str, str] = {}
         #: drive id -> QOM path of the device using it (QMP query-block's qdev)
         self.drive_qdevs: dict[str, str] = {}
@@ -342,7 +349,9 @@ class Machine:
         if cfg is None:
             known = ", ".join(sorted(self.spec.netdev_configs)) or "none"
             raise ConfigError(f"netdev {netdev_id!r} not found (defined netdevs: {known})")
-        backend = self._make_backend("netdev", cfg)
+        backend = self.backends.get("netdev", netdev_id)
+        if backend is None:
+            backend = self._make_backend("netdev", cfg)
         self._netdevs[netdev_id] = (backend, user)
         return backend
 
@@ -362,14 +371,14 @@ class Machine:
 
         reg = self._backend_type(kind, cfg)
         props = parse_properties(f"{kind} {cfg.id} ({cfg.backend})", reg.properties, cfg.props)
+        b = self.backends
         if kind == "chardev" and cfg.backend == "stdio":
-            if self._stdio_user is not None:
-                raise ConfigError(f"cannot use stdio for both {self._stdio_user} and chardev {cfg.id}")
-            self._stdio_user = f"chardev {cfg.id}" if not cfg.id.startswith("serial") else f"serial port {cfg.id[6:]}"
-        backend = reg.factory(self.ctx, cfg.id, props)
-        close = getattr(backend, "close", None)
-        if close is not None:
-            self.add_cleanup(close)
+            if b.stdio_user is not None:
+                raise ConfigError(f"cannot use stdio for both {b.stdio_user} and chardev {cfg.id}")
+            b.stdio_user = f"chardev {cfg.id}" if not cfg.id.startswith("serial") else f"serial port {cfg.id[6:]}"
+        # the factory's context follows the run: the backend outlives this boot's machine
+        backend = reg.factory(b.ctx, cfg.id, props)
+        b.add(kind, cfg.id, backend)
         return backend
 
     @property
@@ -414,8 +423,8 @@ class Machine:
         self._cleanups.append(fn)
 
     def chardev(self, chardev_id: str) -> Chardev:
-        """The ``--chardev BACKEND,id=ID`` backend, created on first use."""
-        dev = self._chardevs.get(chardev_id)
+        """The ``--chardev BACKEND,id=ID`` backend, created on first use (once per run)."""
+        dev = self.backends.get("chardev", chardev_id)
         if dev is None:
             if chardev_id in self.spec.monitor_chardevs:
                 raise ConfigError(f"{self._creating}: chardev {chardev_id} is used by a monitor (--mon)")
@@ -423,7 +432,7 @@ class Machine:
             if cfg is None:
                 known = ", ".join(sorted(self.spec.chardev_configs)) or "none"
                 raise ConfigError(f"chardev {chardev_id!r} not found (defined chardevs: {known})")
-            dev = self._chardevs[chardev_id] = self._make_backend("chardev", cfg)
+            dev = self._make_backend("chardev", cfg)
         return dev
 
     def chardev_list(self) -> list[tuple[str, str, bool]]:
@@ -436,7 +445,7 @@ class Machine:
         configs = [c for c in self.spec.chardev_configs.values() if c.id not in monitors]
         configs += [s.chardev for s in self.spec.serial_configs if s.chardev is not None]
         for cfg in configs:
-            dev = self._chardevs.get(cfg.id)
+            dev = self.backends.get("chardev", cfg.id)
             filename = cfg.backend  # QEMU 7.2: "stdio", "null", "file"
             info = getattr(dev, "info", None)
             if callable(info):
@@ -457,9 +466,9 @@ class Machine:
             return self.chardev(s.ref)
         if s.chardev is None:
             return None
-        dev = self._chardevs.get(s.chardev.id)
+        dev = self.backends.get("chardev", s.chardev.id)
         if dev is None:
-            dev = self._chardevs[s.chardev.id] = self._make_backend("chardev", s.chardev)
+            dev = self._make_backend("chardev", s.chardev)
         return dev
 
     # ------------------------------------------------------------------ construction
@@ -483,8 +492,17 @@ class Machine:
         self._vmx_housekeeping()
         self.supported_cpuid = self.kvm.supported_cpuid()
         self._create_irqchip()
+        # every netdev exists from the start, used or not (QEMU creates them all; a tap's
+        # errors are then found before the guest runs), once per run
+        for cfg in self.spec.netdev_configs.values():
+            if self.backends.get("netdev", cfg.id) is None:
+                self._make_backend("netdev", cfg)
         self.hook.create_devices(ctx=self.ctx)
         self._create_user_devices()
+        if not self.rebooted:
+            for nid in self.spec.netdev_configs:
+                if nid not in self._netdevs:
+                    log.warning("netdev %s has no peer", nid)  # QEMU's words
         tsc_deadline = bool(self.kvm.check_extension("KVM_CAP_TSC_DEADLINE_TIMER"))
         for i, apic_id in enumerate(self.apic_ids):
             vcpu = self.vm.create_vcpu(apic_id)
@@ -842,7 +860,8 @@ class Machine:
                 self._virtio.close()  # closes the backends' files and releases their locks
             except Exception:
                 log.exception("closing virtio devices failed")
-        self._chardevs.clear()
+        if self._owns_backends:
+            self.backends.close()
         alive = any(t.is_alive() for t in self.threads)
         with self.kick_lock:  # no kick writes to a kvm_run page from here on
             self.torn_down = True
@@ -874,12 +893,15 @@ def run_spec(spec: MachineSpec, host: Any = None, ready: Callable[[], None] | No
     from .lifecycle import Lifecycle
     from .metrics import Metrics
 
+    from .backends import HostBackends
+
     images = None
     metrics = Metrics()
     lifecycle = Lifecycle(spec)
+    backends = HostBackends()  # the host side outlives each boot's machine
     try:
         while True:
-            m = Machine(spec, host, images, metrics, lifecycle=lifecycle)
+            m = Machine(spec, host, images, metrics, lifecycle=lifecycle, backends=backends)
             if images is None:
                 lifecycle.start_monitors()
             images = m.images
@@ -901,6 +923,7 @@ def run_spec(spec: MachineSpec, host: Any = None, ready: Callable[[], None] | No
             log.info("rebooting")
     finally:
         lifecycle.close_monitors()
+        backends.close()
         if spec.metrics and images is not None:
             try:
                 metrics.write_json(spec.metrics)
