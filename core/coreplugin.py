@@ -42,21 +42,19 @@ def register_machine_options(register: Callable[[MachineOption], None]) -> None:
 
 
 def _common(ctx: "MachineContext", ident: str, props: "Properties") -> dict[str, Any]:
-    """What every core chardev backend gets: its counters, mux, and C-a x routed to the
-    machine running now (a backend outlives a guest reset)."""
-    chardevs = ctx._m.chardevs  # core code: the context's machine is ours to use
+    """What every core chardev backend gets: its counters, mux, and C-a x, which stops the
+    machine running now (``ctx`` follows the run: a backend outlives a guest reset)."""
     return {
         "counters": ctx.counters(f"chardev.{ident}"),
         "mux": bool(props.get("mux", False)),
         "escapes": bool(props.get("mux", False)),
-        "on_quit": lambda: chardevs.request_stop(0, "terminated by C-a x"),
+        "on_quit": lambda: ctx.request_stop(0, "terminated by C-a x"),
     }
 
 
 def _stdio(ctx: "MachineContext", ident: str, props: "Properties") -> Any:
     from .chardev.fd import StdioBackend
 
-    ctx._m.chardevs.claim_stdio(ident)
     # the C-a commands with mux=on only, as QEMU (-serial mon:stdio, the default, has it)
     return StdioBackend(ident, signal=props.signal, **_common(ctx, ident, props))
 

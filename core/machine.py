@@ -22,7 +22,6 @@ log = get_logger("microvm.machine")
 if TYPE_CHECKING:
     from .bus.protocol import BusDevice
     from .chardev import Chardev
-    from .chardev.registry import ChardevSet
     from .metrics import Metrics
 #: Interrupts a vCPU thread's KVM_RUN (EINTR). A real-time signal, as Firecracker uses, so an
 #: embedding program's SIGUSR1 stays its own.
@@ -107,9 +106,8 @@ class Machine:
     """
 
     def __init__(self, spec: MachineSpec, host: Any = None, images: Any = None, metrics: "Metrics | None" = None,
-                 lifecycle: Any = None, chardevs: "ChardevSet | None" = None) -> None:
+                 lifecycle: Any = None, backends: Any = None) -> None:
         from .boot.loader import read_images
-        from .chardev.registry import ChardevSet
         from .context import MachineContext
         from .metrics import Metrics
         from .plugins import PluginHost, plugin_host
@@ -140,11 +138,16 @@ class Machine:
         self.apic_ids: list[int] = spec.topology.apic_ids()
         self.ram_size = spec.mem_size
         self.devices: dict[str, Any] = {}
-        #: the process's character devices: they outlive this boot (run_spec passes them on)
-        self._owns_chardevs = chardevs is None
-        self.chardevs: ChardevSet = chardevs if chardevs is not None else ChardevSet()
-        self.chardevs.machine = self
-        #: this boot's frontends on them, by (chardev id, who holds it)
+        #: the run's host backends (microvm.backends.HostBackends): kept across guest resets
+        #: when run_spec passes them on; a Machine made alone owns (and closes) its own
+        self._owns_backends = backends is None
+        if backends is None:
+            from .backends import HostBackends
+
+            backends = HostBackends()
+        self.backends = backends
+        backends.current = self  # the run's backends speak for this boot from now on
+        #: this boot's frontends on the chardevs, by (chardev id, who holds it)
         self._frontends: dict[tuple[str, Any], Any] = {}
         self._drive_users: dict[str, str] = {}
         #: drive id -> QOM path of the device using it (QMP query-block's qdev)
@@ -350,7 +353,9 @@ class Machine:
         if cfg is None:
             known = ", ".join(sorted(self.spec.netdev_configs)) or "none"
             raise ConfigError(f"netdev {netdev_id!r} not found (defined netdevs: {known})")
-        backend = self._make_backend("netdev", cfg)
+        backend = self.backends.get("netdev", netdev_id)
+        if backend is None:
+            backend = self._make_backend("netdev", cfg)
         self._netdevs[netdev_id] = (backend, user)
         return backend
 
@@ -368,19 +373,19 @@ class Machine:
     def _make_backend(self, kind: str, cfg: Any) -> Any:
         from .config import parse_properties
 
-        if kind == "chardev":  # made once per process, kept across guest resets
-            made = self.chardevs.get(cfg.id)
-            if made is not None:
-                return made
+        made = self.backends.get(kind, cfg.id)  # made once per run, kept across guest resets
+        if made is not None:
+            return made
         reg = self._backend_type(kind, cfg)
         props = parse_properties(f"{kind} {cfg.id} ({cfg.backend})", reg.properties, cfg.props)
-        backend = reg.factory(self.ctx, cfg.id, props)
-        if kind == "chardev":
-            self.chardevs.add(cfg.id, backend)
-            return backend
-        close = getattr(backend, "close", None)
-        if close is not None:
-            self.add_cleanup(close)
+        b = self.backends
+        if kind == "chardev" and cfg.backend == "stdio":
+            if b.stdio_user is not None:
+                raise ConfigError(f"cannot use stdio for both {b.stdio_user} and chardev {cfg.id}")
+            b.stdio_user = f"chardev {cfg.id}" if not cfg.id.startswith("serial") else f"serial port {cfg.id[6:]}"
+        # the factory's context follows the run: the backend outlives this boot's machine
+        backend = reg.factory(b.ctx, cfg.id, props)
+        b.add(kind, cfg.id, backend)
         return backend
 
     @property
@@ -448,7 +453,7 @@ class Machine:
         configs = [c for c in self.spec.chardev_configs.values() if c.id not in monitors]
         configs += [s.chardev for s in self.spec.serial_configs if s.chardev is not None]
         for cfg in configs:
-            dev = self.chardevs.get(cfg.id)
+            dev = self.backends.get("chardev", cfg.id)
             filename, is_open = cfg.backend, False
             info = getattr(dev, "info", None)
             if callable(info):
@@ -502,7 +507,7 @@ class Machine:
         monitors = self.spec.monitor_chardevs
         for cfg in self.spec.chardev_configs.values():
             if cfg.id not in monitors:
-                self._make_backend("chardev", cfg)
+                self._make_backend("chardev", cfg)  # once per run: a second boot finds it made
 
     # ------------------------------------------------------------------ construction
     def build(self) -> None:
@@ -525,9 +530,18 @@ class Machine:
         self._vmx_housekeeping()
         self.supported_cpuid = self.kvm.supported_cpuid()
         self._create_irqchip()
+        # every netdev exists from the start, used or not (QEMU creates them all; a tap's
+        # errors are then found before the guest runs), once per run
+        for cfg in self.spec.netdev_configs.values():
+            if self.backends.get("netdev", cfg.id) is None:
+                self._make_backend("netdev", cfg)
         self._open_chardevs()
         self.hook.create_devices(ctx=self.ctx)
         self._create_user_devices()
+        if not self.rebooted:
+            for nid in self.spec.netdev_configs:
+                if nid not in self._netdevs:
+                    log.warning("netdev %s has no peer", nid)  # QEMU's words
         tsc_deadline = bool(self.kvm.check_extension("KVM_CAP_TSC_DEADLINE_TIMER"))
         for i, apic_id in enumerate(self.apic_ids):
             vcpu = self.vm.create_vcpu(apic_id)
@@ -850,7 +864,7 @@ class Machine:
                 self._terminated(_terminating)
                 return self.exit_status
             # chardev I/O runs from here; the first boot waits for socket servers' clients
-            self.chardevs.start(lambda: self.stopping or _terminating is not None)
+            self.backends.start_chardevs(lambda: self.stopping or _terminating is not None)
             if self.stopping or _terminating is not None:
                 return self.exit_status
             self.hook.machine_start(ctx=self.ctx)
@@ -898,6 +912,8 @@ class Machine:
                 if isinstance(fe, CharFrontend):
                     fe.close()
             self._frontends.clear()
+        if self._owns_backends:
+            self.backends.close()
         alive = any(t.is_alive() for t in self.threads)
         with self.kick_lock:  # no kick writes to a kvm_run page from here on
             self.torn_down = True
@@ -910,10 +926,6 @@ class Machine:
             except Exception:
                 log.debug("cleanup failed", exc_info=True)
         self._cleanups.clear()
-        if self.chardevs.machine is self:
-            self.chardevs.machine = None
-        if self._owns_chardevs:
-            self.chardevs.close()
         fds = (self._wake_r, self._wake_w)
         self._wake_r = self._wake_w = -1  # first: a late _wake must not write to a reused fd
         for fd in fds:
@@ -930,17 +942,18 @@ def run_spec(spec: MachineSpec, host: Any = None, ready: Callable[[], None] | No
     The :class:`~microvm.lifecycle.Lifecycle` (run state, QMP monitors) lives here, across
     the machines of the run: its monitors are bound once the first Machine has checked the
     options, before any vCPU runs, and closed when the run ends."""
-    from .chardev.registry import ChardevSet
     from .lifecycle import Lifecycle
     from .metrics import Metrics
+
+    from .backends import HostBackends
 
     images = None
     metrics = Metrics()
     lifecycle = Lifecycle(spec)
-    chardevs = ChardevSet()  # kept across guest resets, as QEMU keeps its chardevs
+    backends = HostBackends()  # the host side outlives each boot's machine
     try:
         while True:
-            m = Machine(spec, host, images, metrics, lifecycle=lifecycle, chardevs=chardevs)
+            m = Machine(spec, host, images, metrics, lifecycle=lifecycle, backends=backends)
             if images is None:
                 lifecycle.start_monitors()
             images = m.images
@@ -961,8 +974,8 @@ def run_spec(spec: MachineSpec, host: Any = None, ready: Callable[[], None] | No
                 return status
             log.info("rebooting")
     finally:
-        chardevs.close()
         lifecycle.close_monitors()
+        backends.close()
         if spec.metrics and images is not None:
             try:
                 metrics.write_json(spec.metrics)

@@ -139,7 +139,7 @@ class TestMachine(Machine):
         socket server with ``wait=on`` waits for its client here), the ``machine_start``
         hook, the virtio devices' notification workers and the timer thread (``close()``
         stops them)."""
-        self.chardevs.start()
+        self.backends.start_chardevs()
         self.hook.machine_start(ctx=self.ctx)
         if self._virtio is not None:
             self._virtio.start()

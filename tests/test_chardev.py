@@ -16,7 +16,6 @@ import pytest
 
 from microvm.chardev import (
     CharBackend,
-    ChardevSet,
     FdBackend,
     FileBackend,
     NullBackend,
@@ -568,18 +567,38 @@ def test_socket_option_conflicts():
         SocketBackend("s0")
 
 
-# ---------------------------------------------------------------------------------- the set
-def test_chardev_set_allows_one_stdio_and_closes_everything():
-    s = ChardevSet()
-    s.claim_stdio("serial0")
-    s.claim_stdio("serial0")  # the same one again (a reboot) is fine
-    with pytest.raises(ConfigError, match="cannot use stdio by multiple character devices"):
-        s.claim_stdio("con")
-    n = NullBackend("n0")
-    s.add("n0", n)
-    assert [i.label for i in s.infos()] == ["n0"]
-    s.close()
-    assert n.closed
+# ---------------------------------------------------------------------------------- the run
+def test_the_runs_backends_close_together_however_many_sinks_are_stalled():
+    """HostBackends.close tells every chardev to stop first, so their final flushes overlap:
+    each was told before any was waited for (and each still hands over what it can)."""
+    from microvm.backends import HostBackends
+
+    run = HostBackends()
+    pipes = []
+    for i in range(3):
+        out_r, out_w = os.pipe()
+        fcntl.fcntl(out_w, fcntl.F_SETPIPE_SZ, 4096)
+        os.set_blocking(out_w, False)
+        b = FdBackend(f"c{i}", out_w, None, out_mode=NONBLOCK, owned=(out_w,))
+        b.attach("dev").write(b"x" * 65536)  # more than the pipe holds: the rest waits
+        b.start()
+        run.add("chardev", f"c{i}", b)
+        pipes.append((b, out_r))
+    told: list[str] = []
+    for b, _ in pipes:  # record when each is told to close and when it is waited for
+        begin, close = b.begin_close, b.close
+        b.begin_close = lambda begin=begin, b=b: (told.append(f"begin {b.label}"), begin())[1]
+        b.close = lambda deadline=None, close=close, b=b: (told.append(f"close {b.label}"), close(deadline))[1]
+    run.start_chardevs()
+    closer = threading.Thread(target=run.close, daemon=True)
+    closer.start()
+    closer.join(WAIT)
+    assert not closer.is_alive()
+    assert told[:3] == ["begin c0", "begin c1", "begin c2"]  # all told before any is waited for
+    assert sorted(t for t in told[3:] if t.startswith("close")) == ["close c0", "close c1", "close c2"]
+    for b, out_r in pipes:
+        assert b.closed and b.counters["bytes_written"] == 4096 and b.counters["bytes_dropped"] == 65536 - 4096
+        os.close(out_r)
 
 
 # ---------------------------------------------------------------------------------- -serial

@@ -8,8 +8,10 @@ own plugin (``register_backends``, kind ``"chardev"``): ``stdio``, ``null``, ``f
 * :mod:`.base` -- :class:`CharBackend` (bounded output, flow-controlled input, the I/O
   thread, C-a escapes, mux) and :class:`CharFrontend` (a device's handle, the
   :class:`Chardev` protocol plugins see);
-* :mod:`.fd` -- ``stdio``, ``file``, ``pipe``; :mod:`.pty`; :mod:`.socket`;
-* :mod:`.registry` -- :class:`ChardevSet`, the process's backends (they outlive a reset).
+* :mod:`.fd` -- ``stdio``, ``file``, ``pipe``; :mod:`.pty`; :mod:`.socket`.
+
+The backends live for the run (``microvm.backends.HostBackends``): a guest reset rebuilds
+the machine, whose devices attach new frontends to the same backends.
 
 Names resolve lazily: the default ``stdio`` path never imports the socket module.
 """
@@ -32,7 +34,6 @@ _WHERE = {
     "PipeBackend": "fd",
     "PtyBackend": "pty",
     "SocketBackend": "socket",
-    "ChardevSet": "registry",
 }
 #: older names, kept importable
 _ALIASES = {"NullChardev": "NullBackend", "FdChardev": "FdBackend", "FileChardev": "FileBackend"}

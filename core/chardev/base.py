@@ -715,7 +715,7 @@ class CharBackend:
     def begin_close(self) -> None:
         """Tell the I/O thread to hand over what it holds and stop (it gives the sink at most
         :data:`CLOSE_FLUSH_SECONDS`). :meth:`close` waits for it; closing several chardevs,
-        begin them all first so that their flushes overlap (:class:`ChardevSet` does)."""
+        begin them all first so that their flushes overlap (``HostBackends.close`` does)."""
         self._closing = True
         self.wake()
 
