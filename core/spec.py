@@ -63,6 +63,7 @@ class MachineSpec:
         serial: list[str] | None = None,
         extra_plugins: list[Any] | None = None,
         metrics: str | None = None,
+        bios: str | None = None,
     ) -> None:
         self.kernel = kernel
         self.initrd = initrd
@@ -78,6 +79,9 @@ class MachineSpec:
         self.serial = list(serial) if serial is not None else ["stdio"]
         self.extra_plugins = list(extra_plugins or [])
         self.metrics = metrics
+        #: ``-bios``: a firmware image (path, or a bare name searched in the firmware
+        #: directories); None for a direct kernel boot
+        self.bios = bios
         self.drive_configs: dict[str, DriveConfig] = {}
         self.chardev_configs: dict[str, ChardevConfig] = {}
         self.netdev_configs: dict[str, NetdevConfig] = {}

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import os
 import struct
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from .. import layout
 from ..errors import BootError, GuestMemoryError
 from ..memory import GuestMemory
 from .e820 import E820Entry
+
+if TYPE_CHECKING:
+    from .firmware import Firmware
 
 XEN_ELFNOTE_PHYS32_ENTRY = 18
 HVM_START_MAGIC = 0x336EC578
@@ -127,6 +130,17 @@ def _pvh_entry(image: bytes, notes: list[tuple[int, int]]) -> int | None:
                     return struct.unpack_from("<Q", image, desc_off)[0]
             p = nxt
     return None
+
+
+def elf_layout(image: bytes) -> tuple[int, int, int]:
+    """``(PVH entry, lowest, highest loaded address)`` of an ELF kernel (what QEMU's
+    ``load_elfboot`` hands a firmware: FW_CFG_KERNEL_ENTRY/ADDR/SIZE)."""
+    segs, _ = _elf_segments(image)
+    entry = _pvh_entry(image, [(o, fs) for t, o, _, fs, _ in segs if t == PT_NOTE])
+    loads = [(p, m) for t, _, p, _, m in segs if t == PT_LOAD and m]
+    if entry is None or not loads:
+        raise BootError("ELF kernel has no PVH entry note or no loadable segment")
+    return entry, min(p for p, _ in loads), max(p + m for p, m in loads)
 
 
 def load_elf(memory: GuestMemory, image: bytes) -> tuple[int, int]:
@@ -290,17 +304,31 @@ def place_initrd(memory: GuestMemory, data: bytes, kernel_end: int, addr_max: in
 
 
 class BootImages(NamedTuple):
-    """Kernel and initrd, read and checked once (before any KVM object exists, and reused
-    across guest resets)."""
+    """Kernel, initrd and firmware, read and checked once (before any KVM object exists,
+    and reused across guest resets). ``kind`` is ``"none"`` for a firmware booting alone."""
 
     kernel: bytes
     initrd: bytes | None
-    kind: str  # "elf" or "bzimage"
+    kind: str  # "elf", "bzimage" or "none"
+    bios: "Firmware | None" = None
 
 
-def read_images(kernel_path: str | os.PathLike[str], initrd_path: str | os.PathLike[str] | None) -> BootImages:
-    """Read the files and validate the kernel's headers, so a bad file is a one-line error
-    before a VM is created."""
+def read_images(
+    kernel_path: str | os.PathLike[str] | None,
+    initrd_path: str | os.PathLike[str] | None,
+    bios: str | None = None,
+) -> BootImages:
+    """Read the files and validate the kernel's headers and the firmware's size, so a bad
+    file is a one-line error before a VM is created."""
+    fw = None
+    if bios is not None:
+        from .firmware import load_firmware
+
+        fw = load_firmware(bios)
+    if kernel_path is None:
+        if initrd_path is not None:
+            raise BootError("--initrd is only allowed with --kernel")
+        return BootImages(b"", None, "none", fw)
     image = _read_file(kernel_path, "kernel")
     initrd = _read_file(initrd_path, "initrd") if initrd_path is not None else None
     kind = detect(image)
@@ -312,7 +340,7 @@ def read_images(kernel_path: str | os.PathLike[str], initrd_path: str | os.PathL
             )
     else:
         parse_setup_header(image)
-    return BootImages(image, initrd, kind)
+    return BootImages(image, initrd, kind, fw)
 
 
 def load(memory: GuestMemory, images: BootImages, cmdline: str, e820: list[E820Entry]) -> EntryPoint:

@@ -29,10 +29,12 @@ def run_command(**options: Any) -> int:
             kernel=kernel, initrd=initrd, append=append or "", mem_size=parse_size(o["memory"]), smp=o["smp"],
             no_reboot=o["no_reboot"], machine=list(machine), devices=list(device), drives=list(o["drive"]),
             chardevs=list(o["chardev"]), netdevs=list(o["netdev"]), serial=list(o["serial"]) or ["stdio"],
-            metrics=o["metrics"],
+            metrics=o["metrics"], bios=o["bios"],
         )
         spec.validate()
-        if kernel is None:
+        if kernel is None and spec.bios is None and spec.drives:
+            _firmware_for_disk(spec)
+        if kernel is None and spec.bios is None:
             from ..guest import GuestBuildError, GuestNotBuilt, default_guest
 
             try:
@@ -61,6 +63,15 @@ def run_command(**options: Any) -> int:
         log.debug("internal error", exc_info=True)
         sys.stderr.write(f"microvm: internal error: {type(e).__name__}: {e} (run with -v -v for the traceback)\n")
         return 1
+
+
+def _firmware_for_disk(spec: Any) -> None:
+    """No --kernel but a disk: boot the default firmware, as QEMU's microvm does, and say
+    plainly what will happen."""
+    from ..boot.firmware import DEFAULT_FIRMWARE
+
+    spec.bios = DEFAULT_FIRMWARE
+    sys.stderr.write(f"microvm: no --kernel: booting the firmware {DEFAULT_FIRMWARE} from the disk (TODO)\n")
 
 
 def plugins_command() -> int:

@@ -29,6 +29,9 @@ RUN_OPTIONS: tuple[RunOption, ...] = (
     RunOption(("--kernel",), "kernel", "str", None,
               "Kernel: ELF vmlinux (PVH entry) or bzImage. Default: the project's own guest.", "FILE"),
     RunOption(("--initrd",), "initrd", "str", None, "Initial ramdisk.", "FILE"),
+    RunOption(("--bios",), "bios", "str", None,
+              "Firmware image (qboot.rom, /usr/share/seabios/bios-microvm.bin, ...): boot through it instead of "
+              "loading the kernel directly; a bare name is searched in /usr/share/qemu, /usr/share/seabios.", "FILE"),
     RunOption(("--append",), "append", "str", None, "Kernel command line.", "CMDLINE"),
     RunOption(("-m", "--memory"), "memory", "str", "128M", "Guest RAM (QEMU syntax: 512, 512M, 2G).", "SIZE"),
     RunOption(("--smp",), "smp", "int", 1, "Number of vCPUs.", "N"),
