@@ -557,6 +557,28 @@ class Machine:
             self.reset_requested = True
             self.request_stop(0, f"guest reset ({reason}): rebooting")
 
+    def triple_fault(self, vcpu: Any) -> None:
+        """KVM_EXIT_SHUTDOWN. A guest reset, except when the vCPU was executing the
+        ``--bios`` image itself: a firmware that triple-faults would do it again after every
+        reset, so the machine stops (status 1) with the register dump instead."""
+        fw = self.images.bios
+        if fw is not None:
+            from .vcpu import register_dump
+
+            try:
+                regs, sregs = vcpu.get_regs(), vcpu.get_sregs()
+            except OSError:
+                regs = sregs = None
+            if regs is not None and not sregs.cr0 & (1 << 31):   # paging off: linear = physical
+                pc = (sregs.cs.base + regs.rip) & 0xFFFFFFFF
+                from .boot.firmware import ONE_MIB
+
+                if fw.base <= pc or ONE_MIB - fw.isa_size <= pc < ONE_MIB:
+                    self.request_stop(1, f"the firmware {fw.path} triple-faulted on vCPU {vcpu.id} (not rebooting into it "
+                                         f"again)\n" + register_dump(vcpu, self.memory))
+                    return
+        self.guest_reset("triple fault")
+
     def signal_thread(self, thread: Any) -> None:
         if _kick_handler_installed and thread.ident is not None and thread.is_alive():
             try:

@@ -127,9 +127,11 @@ def load_firmware(name: str) -> Firmware:
     if path is None:
         where = "" if "/" in name else f" (searched {', '.join(FIRMWARE_DIRS)})"
         raise BootError(f"{what}: no such file{where}")
-    data = read_bounded(path, BIOS_MAX, f"{what} ({path})")
+    if path != name:
+        what = f"{what} ({path})"
+    data = read_bounded(path, BIOS_MAX, what)
     if len(data) % BIOS_ALIGN:
-        raise BootError(f"{what} ({path}): {len(data)} bytes is not a multiple of 64 KiB")
+        raise BootError(f"{what}: {len(data)} bytes is not a multiple of 64 KiB")
     return Firmware(name, path, data)
 
 

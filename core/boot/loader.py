@@ -320,14 +320,14 @@ def read_images(
 ) -> BootImages:
     """Read the files and validate the kernel's headers and the firmware's size, so a bad
     file is a one-line error before a VM is created."""
+    if kernel_path is None and initrd_path is not None:
+        raise BootError("--initrd is only allowed with --kernel")
     fw = None
     if bios is not None:
         from .firmware import load_firmware
 
         fw = load_firmware(bios)
     if kernel_path is None:
-        if initrd_path is not None:
-            raise BootError("--initrd is only allowed with --kernel")
         return BootImages(b"", None, "none", fw)
     image = _read_file(kernel_path, "kernel")
     initrd = _read_file(initrd_path, "initrd") if initrd_path is not None else None
