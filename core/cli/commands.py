@@ -66,12 +66,19 @@ def run_command(**options: Any) -> int:
 
 
 def _firmware_for_disk(spec: Any) -> None:
-    """No --kernel but a disk: boot the default firmware, as QEMU's microvm does, and say
-    plainly what will happen."""
+    """No --kernel but a disk: boot the default firmware, as QEMU's microvm does without
+    ACPI (qboot.rom), and say plainly what will happen: neither firmware can boot from a
+    virtio-mmio disk here."""
     from ..boot.firmware import DEFAULT_FIRMWARE
 
     spec.bios = DEFAULT_FIRMWARE
-    sys.stderr.write(f"microvm: no --kernel: booting the firmware {DEFAULT_FIRMWARE} from the disk (TODO)\n")
+    sys.stderr.write(
+        f"microvm: no --kernel: booting the firmware {DEFAULT_FIRMWARE}, as QEMU's microvm does. It cannot boot "
+        "from the disk: qboot boots only a kernel handed over through fw_cfg and otherwise halts silently, and "
+        "SeaBIOS (--bios /usr/share/seabios/bios-microvm.bin) finds virtio-mmio disks only through ACPI, which "
+        "microvm does not have ('No bootable device.'). To boot from the disk, give its kernel: "
+        "--kernel FILE --append 'root=/dev/vda ...'. C-a x quits.\n"
+    )
 
 
 def plugins_command() -> int:
