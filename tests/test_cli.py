@@ -95,6 +95,7 @@ FAST_SAMPLES = [
     ["run", "--smp", "+3", "-m", "-1"],
     ["run", "--smp", "007"],
     ["run", "--kernel", "a", "--kernel", "b"],
+    ["run", "--bios", "qboot.rom", "--kernel", "k"],
 ]
 TYPER_ONLY_SAMPLES = [
     ["run", "-vv", "--kernel", "k"],            # combined short flags: typer's job
@@ -129,7 +130,7 @@ def test_fast_path_and_typer_agree_on_unicode_digits(captured: list[dict], capsy
 def test_fast_path_result_in_detail(captured: list[dict]) -> None:
     climain.main(["run", "--kernel", "k", "-m", "2G", "--smp", "3", "-M", "a=1", "-M", "b=2", "-v", "-v", "--no-reboot"])
     assert captured == [{
-        "kernel": "k", "initrd": None, "append": None, "memory": "2G", "smp": 3, "no_reboot": True,
+        "kernel": "k", "initrd": None, "bios": None, "append": None, "memory": "2G", "smp": 3, "no_reboot": True,
         "machine": ["a=1", "b=2"], "device": [], "drive": [], "chardev": [], "netdev": [], "serial": [],
         "metrics": None, "verbose": 2,
     }]

@@ -75,14 +75,11 @@ class Port:
 
 def fake_roms(monkeypatch, seen: list[str] | None = None) -> None:
     """Serve option ROMs without reading /usr/share/qemu (the Linux tests use the real ones)."""
-    import microvm.boot.firmware as firmware
-
     def load(name: str, max_size: int = 1 << 20) -> bytes:
         if seen is not None:
             seen.append(name)
         return ROM
 
-    monkeypatch.setattr(firmware, "load_firmware_file", load)
     import microvm.api as api
 
     monkeypatch.setattr(api, "load_firmware_file", load, raising=False)
