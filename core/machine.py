@@ -104,7 +104,7 @@ class Machine:
             raise ConfigError("no kernel given (--kernel FILE) and no firmware (--bios FILE)")
         #: kernel, initrd and firmware bytes (microvm.boot.loader.BootImages), checked
         #: before KVM is touched
-        self.images = images or read_images(spec.kernel, spec.initrd, spec.bios)
+        self.images = images or read_images(spec.kernel, spec.initrd, bios=spec.bios)
         #: how this boot starts (ctx.boot)
         self.boot = self._boot_config()
         #: a machine rebuilt after a guest reset (run_spec passes the images on)

@@ -22,6 +22,8 @@ MiB = 1 << 20
 BELOW_4G_MAX = 3 * GiB
 #: Where RAM above the 32-bit hole starts.
 ABOVE_4G_START = 4 * GiB
+#: Largest pattern :meth:`GuestMemory.fill` builds at once.
+_FILL_CHUNK = 256 * 1024
 
 
 class Region:
@@ -162,10 +164,29 @@ class GuestMemory:
         return bytes(self.view(gpa, length))
 
     def write(self, gpa: int, data: bytes | bytearray | memoryview) -> None:
-        self.view(gpa, len(data))[:] = data
+        """Copy ``data`` (any C-contiguous buffer, counted in bytes) to ``gpa``; the range is
+        checked before a byte moves."""
+        src = memoryview(data)
+        if src.format != "B" or src.ndim != 1:
+            src = src.cast("B")
+        self.view(gpa, src.nbytes)[:] = src
 
     def fill(self, gpa: int, length: int, byte: int = 0) -> None:
-        self.view(gpa, length)[:] = bytes([byte]) * length
+        """Set ``length`` bytes from ``gpa`` to ``byte``. The range is checked first and the
+        pattern is a bounded chunk, so a hostile length (an ELF's p_memsz, a guest's request)
+        costs nothing but the GuestMemoryError."""
+        if not 0 <= byte <= 0xFF:
+            raise ValueError(f"fill byte {byte} is not 0-255")
+        dst = self.view(gpa, length)
+        if length == 0:
+            return
+        chunk = memoryview(bytes([byte]) * min(length, _FILL_CHUNK))
+        step = len(chunk)
+        for off in range(0, length - step + 1, step):
+            dst[off : off + step] = chunk
+        tail = length % step
+        if tail:
+            dst[length - tail :] = chunk[:tail]
 
     def read_u8(self, gpa: int) -> int:
         return self.view(gpa, 1)[0]

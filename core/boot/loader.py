@@ -9,12 +9,13 @@ Everything read from the image is checked, so a broken or hostile kernel file is
 from __future__ import annotations
 
 import os
+import stat
 import struct
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Callable, NamedTuple
 
 from .. import layout
 from ..errors import BootError, GuestMemoryError
-from ..memory import GuestMemory
+from ..memory import GuestMemory, ram_layout
 from .e820 import E820Entry
 
 if TYPE_CHECKING:
@@ -24,6 +25,10 @@ XEN_ELFNOTE_PHYS32_ENTRY = 18
 HVM_START_MAGIC = 0x336EC578
 PT_LOAD = 1
 PT_NOTE = 4
+#: e_machine values QEMU's load_elf() takes when asked for EM_X86_64 (include/hw/elf_ops.h):
+#: a 64-bit x86 kernel, or a 32-bit one (the PVH entry is 32-bit code either way)
+EM_386 = 3
+EM_X86_64 = 62
 #: x86 Linux's COMMAND_LINE_SIZE: the PVH ABI has no limit of its own, the kernel truncates here
 PVH_CMDLINE_MAX = 2048
 XLF_KERNEL_64 = 1 << 0
@@ -43,16 +48,59 @@ class EntryPoint(NamedTuple):
     kernel_end: int
 
 
-def _read_file(path: str | os.PathLike[str], what: str) -> bytes:
+_FILE_KINDS = (
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def _mib(size: int) -> str:
+    return f"{size >> 20} MiB" if size >= 1 << 20 else f"{size} bytes"
+
+
+def _read_file(path: str | os.PathLike[str], what: str, max_size: int | None = None) -> bytes:
+    """The whole of a regular file of at most ``max_size`` bytes.
+
+    What the file is and how big it is come from ``fstat`` on the opened descriptor (not from
+    the path, which can be swapped in between), before a byte is read: ``/dev/zero`` or
+    ``/dev/urandom`` would otherwise be read until memory runs out. The open is non-blocking
+    so a FIFO cannot hang it waiting for a writer, and never makes a terminal the controlling
+    one. At most the size fstat gave is read, so a file that grows meanwhile stays bounded."""
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
     except FileNotFoundError:
         raise BootError(f"{what} {path}: no such file") from None
-    except IsADirectoryError:
-        raise BootError(f"{what} {path}: is a directory") from None
     except OSError as e:
         raise BootError(f"{what} {path}: {e.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise BootError(f"{what} {path}: is a directory")
+        if not stat.S_ISREG(st.st_mode):
+            kind = next((name for test, name in _FILE_KINDS if test(st.st_mode)), "a special file")
+            raise BootError(f"{what} {path}: not a regular file ({kind})")
+        if max_size is not None and st.st_size > max_size:
+            raise BootError(
+                f"{what} {path}: {st.st_size} bytes, larger than guest RAM ({_mib(max_size)}); "
+                "give the guest more memory with -m"
+            )
+        # one read() returns a regular file whole up to 2 GiB; os.read makes the bytes object
+        # in place, so there is no second copy
+        chunks: list[bytes] = []
+        left = st.st_size
+        while left > 0:
+            chunk = os.read(fd, left)
+            if not chunk:
+                break  # the file shrank since fstat
+            chunks.append(chunk)
+            left -= len(chunk)
+    except OSError as e:
+        raise BootError(f"{what} {path}: {e.strerror}") from None
+    finally:
+        os.close(fd)
+    data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
     if not data:
         raise BootError(f"{what} {path}: file is empty")
     return data
@@ -78,8 +126,19 @@ def detect(image: bytes) -> str:
 # ---------------------------------------------------------------------------------------
 # ELF + PVH
 # ---------------------------------------------------------------------------------------
-def _elf_segments(image: bytes) -> tuple[list[tuple[int, int, int, int, int]], int]:
-    """Return ([(type, offset, paddr, filesz, memsz)], e_entry) for a 32- or 64-bit ELF."""
+class Segment(NamedTuple):
+    """A PT_LOAD or PT_NOTE program header; ``index`` is its place in the table."""
+
+    index: int
+    type: int
+    offset: int
+    paddr: int
+    filesz: int
+    memsz: int
+
+
+def _elf_segments(image: bytes) -> tuple[list[Segment], int]:
+    """Return ([Segment], e_entry) for a 32- or 64-bit little-endian x86 ELF."""
     if len(image) < 52:
         raise BootError("ELF kernel: file too short for an ELF header")
     ei_class, ei_data = image[4], image[5]
@@ -97,6 +156,14 @@ def _elf_segments(image: bytes) -> tuple[list[tuple[int, int, int, int, int]], i
         fmt, want = "<IIIIIIII", 32
     else:
         raise BootError(f"ELF kernel: unknown ELF class {ei_class}")
+    e_machine = struct.unpack_from("<H", image, 18)[0]
+    if e_machine not in (EM_X86_64, EM_386):
+        # QEMU: load_elf() fails with ELF_LOAD_WRONG_ARCH, "The image is from incompatible
+        # architecture", and x86_load_linux() stops with "Error while loading elf kernel"
+        raise BootError(
+            f"ELF kernel: the image is from incompatible architecture (e_machine {e_machine}); "
+            f"an x86 kernel is EM_X86_64 ({EM_X86_64}) or EM_386 ({EM_386})"
+        )
     if e_phentsize != want or e_phnum == 0 or e_phoff + e_phnum * e_phentsize > len(image):
         raise BootError("ELF kernel: program headers are missing or truncated")
     segs = []
@@ -109,7 +176,7 @@ def _elf_segments(image: bytes) -> tuple[list[tuple[int, int, int, int, int]], i
         if p_type in (PT_LOAD, PT_NOTE):
             if off + filesz > len(image) or filesz > memsz and p_type == PT_LOAD:
                 raise BootError(f"ELF kernel: segment {i} points outside the file (truncated image?)")
-            segs.append((p_type, off, paddr, filesz, memsz))
+            segs.append(Segment(i, p_type, off, paddr, filesz, memsz))
     return segs, e_entry
 
 
@@ -132,32 +199,55 @@ def _pvh_entry(image: bytes, notes: list[tuple[int, int]]) -> int | None:
     return None
 
 
+def _check_loads(segs: list[Segment], fits: Callable[[int, int], bool], ram_size: int) -> list[Segment]:
+    """The PT_LOAD segments that load something, each checked against guest RAM from its
+    header alone: ``p_memsz`` comes from the file, so a 5 KB ELF can claim 4 GiB (or 2^63
+    bytes) and nothing may be allocated or written for it before this check. Every segment is
+    checked before the first is written; a segment of p_memsz 0 loads nothing and is skipped."""
+    loads = [seg for seg in segs if seg.type == PT_LOAD and seg.memsz]
+    if not loads:
+        raise BootError("ELF kernel: no loadable segment")
+    for seg in loads:
+        if not fits(seg.paddr, seg.memsz):
+            raise BootError(
+                f"ELF kernel: segment {seg.index} [{seg.paddr:#x}, {seg.paddr + seg.memsz:#x}) "
+                f"does not fit in guest RAM ({_mib(ram_size)})"
+            )
+        if seg.paddr < 0xA0000:
+            raise BootError(
+                f"ELF kernel: segment at {seg.paddr:#x} overlaps base memory below 640 KiB, where the boot data lives"
+            )
+    return loads
+
+
+def _fits_layout(ram_size: int) -> Callable[[int, int], bool]:
+    """Does [gpa, gpa + length) lie inside one RAM region of a ``ram_size`` guest? (the
+    layout :class:`GuestMemory` will have; the check before any memory exists)"""
+    regions = ram_layout(ram_size) if ram_size > 0 else []
+    return lambda gpa, length: any(base <= gpa and gpa + length <= base + size for base, size in regions)
+
+
 def elf_layout(image: bytes) -> tuple[int, int, int]:
     """``(PVH entry, lowest, highest loaded address)`` of an ELF kernel (what QEMU's
     ``load_elfboot`` hands a firmware: FW_CFG_KERNEL_ENTRY/ADDR/SIZE)."""
     segs, _ = _elf_segments(image)
-    entry = _pvh_entry(image, [(o, fs) for t, o, _, fs, _ in segs if t == PT_NOTE])
-    loads = [(p, m) for t, _, p, _, m in segs if t == PT_LOAD and m]
+    entry = _pvh_entry(image, [(seg.offset, seg.filesz) for seg in segs if seg.type == PT_NOTE])
+    loads = [seg for seg in segs if seg.type == PT_LOAD and seg.memsz]
     if entry is None or not loads:
         raise BootError("ELF kernel has no PVH entry note or no loadable segment")
-    return entry, min(p for p, _ in loads), max(p + m for p, m in loads)
+    return entry, min(seg.paddr for seg in loads), max(seg.paddr + seg.memsz for seg in loads)
 
 
 def load_elf(memory: GuestMemory, image: bytes) -> tuple[int, int]:
     """Load PT_LOAD segments at their physical addresses; return (PVH entry, end of kernel)."""
     segs, _ = _elf_segments(image)
-    entry = _pvh_entry(image, [(o, fs) for t, o, _, fs, _ in segs if t == PT_NOTE])
+    entry = _pvh_entry(image, [(seg.offset, seg.filesz) for seg in segs if seg.type == PT_NOTE])
     if entry is None:
         raise BootError(
             "ELF kernel has no PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY): build it with CONFIG_PVH=y, or boot the bzImage"
         )
     end = 0
-    loads = [s for s in segs if s[0] == PT_LOAD]
-    if not loads:
-        raise BootError("ELF kernel: no loadable segment")
-    for _, off, paddr, filesz, memsz in loads:
-        if paddr < 0xA0000 and memsz:
-            raise BootError(f"ELF kernel: segment at {paddr:#x} overlaps base memory below 640 KiB, where the boot data lives")
+    for _, _, off, paddr, filesz, memsz in _check_loads(segs, memory.contains, memory.size):
         _put(memory, paddr, image[off : off + filesz], "kernel segment")
         if memsz > filesz:
             try:
@@ -316,10 +406,16 @@ class BootImages(NamedTuple):
 def read_images(
     kernel_path: str | os.PathLike[str] | None,
     initrd_path: str | os.PathLike[str] | None,
+    max_size: int | None = None,
     bios: str | None = None,
 ) -> BootImages:
-    """Read the files and validate the kernel's headers and the firmware's size, so a bad
-    file is a one-line error before a VM is created."""
+    """Read the files and validate the kernel's headers (and the ``--bios`` image's size),
+    so a bad file is a one-line error before a VM is created.
+
+    ``max_size`` is the guest's RAM size in bytes (``MachineSpec.mem_size``): the kernel and
+    the initrd must be regular files no larger than that, and an ELF kernel's loadable
+    segments must lie in the RAM a guest of that size has. Without it only the file type is
+    checked here and the segments when they are loaded."""
     if kernel_path is None and initrd_path is not None:
         raise BootError("--initrd is only allowed with --kernel")
     fw = None
@@ -329,15 +425,17 @@ def read_images(
         fw = load_firmware(bios)
     if kernel_path is None:
         return BootImages(b"", None, "none", fw)
-    image = _read_file(kernel_path, "kernel")
-    initrd = _read_file(initrd_path, "initrd") if initrd_path is not None else None
+    image = _read_file(kernel_path, "kernel", max_size)
+    initrd = _read_file(initrd_path, "initrd", max_size) if initrd_path is not None else None
     kind = detect(image)
     if kind == "elf":
         segs, _ = _elf_segments(image)
-        if _pvh_entry(image, [(o, fs) for t, o, _, fs, _ in segs if t == PT_NOTE]) is None:
+        if _pvh_entry(image, [(seg.offset, seg.filesz) for seg in segs if seg.type == PT_NOTE]) is None:
             raise BootError(
                 "ELF kernel has no PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY): build it with CONFIG_PVH=y, or boot the bzImage"
             )
+        if max_size is not None:
+            _check_loads(segs, _fits_layout(max_size), max_size)
     else:
         parse_setup_header(image)
     return BootImages(image, initrd, kind, fw)

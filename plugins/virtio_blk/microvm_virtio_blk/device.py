@@ -78,6 +78,112 @@ FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02
 FALLOC_FL_ZERO_RANGE = 0x10
 
+# ---- image locking as QEMU 7.2 does it (block/file-posix.c, util/osdep.c) ------------------
+# Open file description locks (<fcntl.h>, Linux 3.15+): owned by the open file, not by the
+# process, so two opens of one image in one process conflict as two processes do. Python
+# 3.11's fcntl module does not name them.
+F_OFD_GETLK = 36
+F_OFD_SETLK = 37
+F_OFD_SETLKW = 38
+#: ``struct flock`` on Linux: short l_type, short l_whence, off_t l_start, off_t l_len, pid_t
+#: l_pid, padded to 8 bytes (32 on every 64-bit ABI). l_pid must be 0 for OFD requests.
+FLOCK = struct.Struct("@hhqqi4x")
+#: QEMU locks one byte per block-layer permission at RAW_LOCK_PERM_BASE + bit while it holds
+#: the permission, and one at RAW_LOCK_SHARED_BASE + bit while it does not share it.
+RAW_LOCK_PERM_BASE = 100
+RAW_LOCK_SHARED_BASE = 200
+#: BLK_PERM_* bits (include/block/block-common.h), with bdrv_perm_names()'s words.
+BLK_PERM_CONSISTENT_READ = 0x01
+BLK_PERM_WRITE = 0x02
+BLK_PERM_WRITE_UNCHANGED = 0x04
+BLK_PERM_RESIZE = 0x08
+BLK_PERM_ALL = 0x0F
+BLK_PERM_NAMES = {
+    BLK_PERM_CONSISTENT_READ: "consistent read",
+    BLK_PERM_WRITE: "write",
+    BLK_PERM_WRITE_UNCHANGED: "write unchanged",
+    BLK_PERM_RESIZE: "resize",
+}
+
+
+def qemu_image_permissions(readonly: bool) -> tuple[int, int]:
+    """(permissions taken, permissions shared) on the image file of a QEMU 7.2 virtio-blk
+    device on a raw drive without ``share-rw``: the device takes consistent read, and write
+    unless read-only, and shares everything but write (``blkconf_apply_backend_options``; the
+    raw format passes them through to the file). Seen in /proc/locks under QEMU 7.2: bytes
+    100, 101 and 201 read-write; 100 and 201 read-only."""
+    perm = BLK_PERM_CONSISTENT_READ | (0 if readonly else BLK_PERM_WRITE)
+    return perm, BLK_PERM_ALL & ~BLK_PERM_WRITE
+
+
+class _Ofd:
+    """Does the kernel have OFD locks? Probed once as QEMU's qemu_probe_lock_ops does
+    (F_OFD_GETLK on /dev/null). Without them QEMU's default ``locking=auto`` takes no image
+    locks at all (POSIX process locks vanish when any descriptor of the file is closed), and
+    neither does microvm."""
+
+    available: bool | None = None
+
+    @classmethod
+    def probe(cls) -> bool:
+        if cls.available is None:
+            try:
+                fd = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
+            except OSError:
+                cls.available = False
+            else:
+                try:
+                    fcntl.fcntl(fd, F_OFD_GETLK, FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0))
+                    cls.available = True
+                except OSError:
+                    cls.available = False
+                finally:
+                    os.close(fd)
+            if not cls.available:
+                log.warning("virtio-blk: the kernel has no OFD locks; images are not locked (as QEMU's locking=auto)")
+        return cls.available
+
+
+def _lock_byte(fd: int, offset: int, lock_type: int) -> None:
+    """qemu_lock_fd / qemu_unlock_fd: a shared (read) lock, or an unlock, on one byte."""
+    while True:
+        try:
+            fcntl.fcntl(fd, F_OFD_SETLK, FLOCK.pack(lock_type, os.SEEK_SET, offset, 1, 0))
+            return
+        except InterruptedError:
+            continue
+
+
+def _byte_is_locked(fd: int, offset: int) -> bool:
+    """qemu_lock_fd_test(exclusive): would a write lock on the byte conflict with a lock some
+    other open file holds?"""
+    got = fcntl.fcntl(fd, F_OFD_GETLK, FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, offset, 1, 0))
+    return FLOCK.unpack(got)[0] != fcntl.F_UNLCK
+
+
+def lock_image(fd: int, readonly: bool) -> str | None:
+    """Take the locks QEMU 7.2 takes on a raw image for a virtio-blk device, then check that
+    no other user conflicts (file-posix.c's raw_apply_lock_bytes, then raw_check_lock_bytes).
+    Returns None, or QEMU's words for the conflict (``Failed to get "write" lock``); raises
+    OSError when the file system refuses locks. Closing ``fd`` drops every lock."""
+    if not _Ofd.probe():
+        return None
+    perm, shared = qemu_image_permissions(readonly)
+    for bit in BLK_PERM_NAMES:
+        if perm & bit:
+            _lock_byte(fd, RAW_LOCK_PERM_BASE + bit.bit_length() - 1, fcntl.F_RDLCK)
+    for bit in BLK_PERM_NAMES:
+        if not shared & bit:
+            _lock_byte(fd, RAW_LOCK_SHARED_BASE + bit.bit_length() - 1, fcntl.F_RDLCK)
+    for bit, name in BLK_PERM_NAMES.items():   # someone who does not share what we take
+        if perm & bit and _byte_is_locked(fd, RAW_LOCK_SHARED_BASE + bit.bit_length() - 1):
+            return f'Failed to get "{name}" lock'
+    for bit, name in BLK_PERM_NAMES.items():   # someone who holds what we do not share
+        if not shared & bit and _byte_is_locked(fd, RAW_LOCK_PERM_BASE + bit.bit_length() - 1):
+            return f'Failed to get shared "{name}" lock'
+    return None
+
+
 try:
     _IOV_MAX = os.sysconf("SC_IOV_MAX")
 except (ValueError, OSError):
@@ -124,9 +230,10 @@ def _split(views: list[memoryview], n: int) -> tuple[list[memoryview], list[memo
 class VirtioBlk(VirtioBackend):
     """A virtio-blk device on the raw image at ``path``.
 
-    The file is opened read-write (``O_RDONLY`` when ``readonly``) and locked with
-    ``flock(LOCK_EX)`` (``LOCK_SH`` when read-only) so two VMs can't write one disk; a
-    held lock is a :class:`~microvm.errors.ConfigError` naming the file.
+    The file is opened read-write (``O_RDONLY`` when ``readonly``) and locked as QEMU 7.2
+    locks it (:func:`lock_image`: OFD byte-range locks at QEMU's permission bytes), so a
+    second writer is refused whether it is microvm or QEMU, and readers share; a conflict is
+    a one-line :class:`~microvm.errors.ConfigError` naming the file.
     """
 
     device_id = VIRTIO_ID_BLOCK
@@ -146,16 +253,16 @@ class VirtioBlk(VirtioBackend):
         except OSError as e:
             raise ConfigError(f"drive file {self.path}: cannot open {'read-only' if readonly else 'read-write'}: {e.strerror}") from None
         try:
-            fcntl.flock(self.fd, (fcntl.LOCK_SH if readonly else fcntl.LOCK_EX) | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self.fd)
-            raise ConfigError(
-                f"drive file {self.path} is locked by another process (another VM is using it); "
-                "stop it, use a copy, or give readonly=on to every user"
-            ) from None
+            conflict = lock_image(self.fd, readonly)
         except OSError as e:
             os.close(self.fd)
             raise ConfigError(f"drive file {self.path}: cannot lock: {e.strerror}") from None
+        if conflict is not None:
+            os.close(self.fd)
+            raise ConfigError(
+                f"drive file {self.path} is locked by another process: {conflict} (is another VM, microvm "
+                "or QEMU, using the image? stop it, use a copy, or give readonly=on to every user)"
+            )
         size = os.lseek(self.fd, 0, os.SEEK_END)
         if size % SECTOR_SIZE:
             log.warning("virtio-blk %s: size %d is not a multiple of %d; the last partial sector is hidden", self.path, size, SECTOR_SIZE)
@@ -251,7 +358,7 @@ class VirtioBlk(VirtioBackend):
 
     def close(self) -> None:
         if self.fd >= 0:
-            os.close(self.fd)  # also drops the flock
+            os.close(self.fd)  # also drops the image locks (the last close of an OFD)
             self.fd = -1
 
     def process_queue(self, index: int) -> None:
