@@ -102,6 +102,8 @@ class Machine:
         self._check_device_types()
         if spec.kernel is None and spec.bios is None:
             raise ConfigError("no kernel given (--kernel FILE) and no firmware (--bios FILE)")
+        if spec.kernel is None and spec.append:
+            raise ConfigError("--append is only allowed with --kernel")
         #: kernel, initrd and firmware bytes (microvm.boot.loader.BootImages), checked
         #: before KVM is touched
         self.images = images or read_images(spec.kernel, spec.initrd, bios=spec.bios)

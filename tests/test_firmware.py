@@ -89,6 +89,7 @@ def test_option_rom_files_are_bounded(tmp_path, monkeypatch):
     (["--bios", "no-such-firmware.bin"], "could not load PC BIOS 'no-such-firmware.bin': no such file"),
     (["--bios", "/dev/null"], "not a regular file"),
     (["--bios", "qboot.rom", "--initrd", "/etc/hostname"], "--initrd is only allowed with --kernel"),
+    (["--bios", "qboot.rom", "--append", "console=ttyS0"], "--append is only allowed with --kernel"),
 ])
 def test_cli_errors_are_one_line_status_2(args, message):
     r = run_microvm("run", *args, timeout=30)
