@@ -122,12 +122,9 @@ class Property(NamedTuple):
         if kind == "int":
             return parse_int(text, what)
         if kind == "size":
-            from .spec import parse_size
+            from .sizes import parse_size
 
-            try:
-                return parse_size(text, default_unit="B")
-            except ConfigError as e:
-                raise ConfigError(f"{what}={text}: {e}") from None
+            return parse_size(text, "B", name=what)
         if kind == "OnOffAuto":
             low = str(text).strip().lower()
             if low in ON_OFF_AUTO:

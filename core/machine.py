@@ -106,7 +106,7 @@ class Machine:
             raise ConfigError("--append is only allowed with --kernel")
         #: kernel, initrd and firmware bytes (microvm.boot.loader.BootImages), checked
         #: before KVM is touched
-        self.images = images or read_images(spec.kernel, spec.initrd, bios=spec.bios)
+        self.images = images or read_images(spec.kernel, spec.initrd, max_size=spec.mem_size, bios=spec.bios)
         #: how this boot starts (ctx.boot)
         self.boot = self._boot_config()
         #: a machine rebuilt after a guest reset (run_spec passes the images on)

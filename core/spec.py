@@ -14,29 +14,9 @@ from .config import (
 )
 from .errors import ConfigError
 
-__all__ = ["MAX_SMP", "MachineSpec", "parse_props", "parse_size"]
+__all__ = ["MAX_SMP", "MachineSpec", "parse_props"]
 
 MAX_SMP = 255
-_UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-
-
-def parse_size(text: str, default_unit: str = "M") -> int:
-    """QEMU's ``-m`` syntax: a number with an optional K/M/G/T suffix (``B``/``iB`` may
-    follow), MiB when bare. Parsed by hand: ``re`` costs start-up time."""
-    t = str(text).strip()
-    for tail in ("iB", "ib", "B", "b"):
-        if t.endswith(tail) and len(t) > len(tail) and t[-len(tail) - 1].upper() in _UNITS:
-            t = t[: -len(tail)]
-            break
-    unit = default_unit
-    if t and t[-1].upper() in _UNITS:
-        unit, t = t[-1].upper(), t[:-1].rstrip()
-    whole, dot, frac = t.partition(".")
-    if not (t.isascii() and whole.isdigit() and (not dot or frac.isdigit())):
-        raise ConfigError(f"invalid size {text!r}: expected a number with an optional K, M, G or T suffix")
-    return int(float(t) * _UNITS[unit])
-
-
 class MachineSpec:
     """The machine to build (plain class: ``dataclasses`` costs start-up time).
 

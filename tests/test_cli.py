@@ -175,8 +175,9 @@ BAD_LINES = {
     "unknown -M key": (["run", "--kernel", "{text}", "-M", "microvm,bogus=on"],
                        r"unknown machine option 'bogus'; known: .*isa-serial"),
     "--smp 0": (["run", "--kernel", "{text}", "--smp", "0"], r"--smp 0: the number of vCPUs must be between 1 and 255"),
-    "-m 0": (["run", "--kernel", "{text}", "-m", "0"], r"-m: guest memory must be larger than 0"),
-    "-m abc": (["run", "--kernel", "{text}", "-m", "abc"], r"invalid size 'abc'"),
+    "-m 12q": (["run", "--kernel", "{text}", "-m", "12q"], r"-m 12q: Parameter 'size' expects a non-negative number"),
+    "-m abc": (["run", "--kernel", "{text}", "-m", "abc"], r"-m abc: Parameter 'size' expects a non-negative number"),
+    "-m 128MB": (["run", "--kernel", "{text}", "-m", "128MB"], r"-m 128MB: Parameter 'size'"),  # QEMU refuses it too
     "--smp abc": (["run", "--smp", "abc"], r"Invalid value for '--smp'"),
     "missing kernel": (["run", "--kernel", "{missing}"], r"kernel {missing}: no such file"),
     "not a kernel": (["run", "--kernel", "{text}"], r"not a kernel image"),

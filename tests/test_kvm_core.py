@@ -196,3 +196,41 @@ def test_netdev_without_a_backend_plugin_is_a_config_error(guest_cache):
     elf = build_guest("hello-pvh", guest_cache)
     with pytest.raises(ConfigError, match=r"--netdev tap,id=tap0: no plugin provides this network backend"):
         Machine(MachineSpec(kernel=str(elf), serial=["null"], netdevs=["tap,id=tap0,script=no"]))
+
+
+def test_lapic_register_page_round_trip():
+    """get_lapic_regs/set_lapic_regs (what the lapic plugin uses for LINT0/LINT1): the page
+    read is KVM's (the version register says an integrated LAPIC), it survives the owner's
+    lifetime (cffi: a field view does not keep its struct alive), and what is written is what
+    KVM holds afterwards."""
+    import gc
+    import struct
+
+    kvm = Kvm()
+    vm = kvm.create_vm()
+    try:
+        vm.enable_cap("KVM_CAP_SPLIT_IRQCHIP", 24)
+        vcpu = vm.create_vcpu(0)
+        try:
+            pages = []
+            for _ in range(50):
+                pages.append(vcpu.get_lapic_regs())
+                gc.collect()
+                bytearray(4096)  # reuse freed memory, as a later allocation would
+            assert all(p == pages[0] for p in pages) and len(pages[0]) == 1024
+            version = struct.unpack_from("<I", pages[0], 0x30)[0]
+            assert version & 0xFF == 0x14, hex(version)        # KVM's APIC_VERSION
+            regs = bytearray(pages[0])
+            struct.pack_into("<I", regs, 0x350, 0x700)          # LVT0: ExtINT
+            struct.pack_into("<I", regs, 0x360, 0x400)          # LVT1: NMI
+            vcpu.set_lapic_regs(regs)
+            back = vcpu.get_lapic_regs()
+            assert struct.unpack_from("<II", back, 0x350)[0] & 0x700 == 0x700
+            assert struct.unpack_from("<I", back, 0x360)[0] & 0x700 == 0x400
+            with pytest.raises(ValueError, match="1024 bytes"):
+                vcpu.set_lapic_regs(b"\0" * 10)
+        finally:
+            vcpu.close()
+    finally:
+        vm.close()
+        kvm.close()

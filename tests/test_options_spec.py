@@ -6,7 +6,7 @@ import pytest
 
 from microvm.errors import ConfigError, PluginError
 from microvm.options import MachineOption, OptionRegistry
-from microvm.spec import MAX_SMP, MachineSpec, parse_props, parse_size
+from microvm.spec import MAX_SMP, MachineSpec, parse_props
 
 MiB, GiB = 1 << 20, 1 << 30
 
@@ -133,39 +133,6 @@ def test_duplicate_declaration_is_refused(registry: OptionRegistry) -> None:
 def test_only_machine_options_can_be_registered() -> None:
     with pytest.raises(PluginError, match="expected a MachineOption"):
         OptionRegistry().register(("pit", "bool"))  # type: ignore[arg-type]
-
-
-# ---- parse_size ------------------------------------------------------------------------------
-@pytest.mark.parametrize(
-    "text, size",
-    [
-        ("512", 512 * MiB),          # bare numbers are MiB, as QEMU's -m
-        ("512M", 512 * MiB),
-        ("512m", 512 * MiB),
-        ("1G", GiB),
-        ("1g", GiB),
-        ("1.5G", 3 * GiB // 2),
-        ("2048K", 2 * MiB),
-        ("1T", 1 << 40),
-        ("256MiB", 256 * MiB),
-        ("256MB", 256 * MiB),
-        (" 64M ", 64 * MiB),
-        ("0", 0),
-    ],
-)
-def test_parse_size(text: str, size: int) -> None:
-    assert parse_size(text) == size
-
-
-def test_parse_size_default_unit() -> None:
-    assert parse_size("4", default_unit="K") == 4096
-
-
-@pytest.mark.parametrize("text", ["", "abc", "M", "-1", "1X", "1.2.3", "1 G B", "1e3", "0x100", "12 34"])
-def test_parse_size_refuses(text: str) -> None:
-    with pytest.raises(ConfigError) as info:
-        parse_size(text)
-    assert str(info.value) == f"invalid size {text!r}: expected a number with an optional K, M, G or T suffix"
 
 
 # ---- parse_props -----------------------------------------------------------------------------

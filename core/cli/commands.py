@@ -8,6 +8,8 @@ from .main import error, setup_logging
 from ..log import get_logger
 
 log = get_logger("microvm.cli")
+#: QEMU's default RAM size, also what ``-m 0`` gives there
+DEFAULT_RAM = 128 << 20
 
 
 def run_command(**options: Any) -> int:
@@ -22,11 +24,12 @@ def run_command(**options: Any) -> int:
     kernel, initrd, append, machine, device = o["kernel"], o["initrd"], o["append"], o["machine"], o["device"]
     setup_logging(o["verbose"])
     from ..errors import MicrovmError, UserError
-    from ..spec import MachineSpec, parse_size
+    from ..sizes import parse_memory_size
+    from ..spec import MachineSpec
 
     try:
         spec = MachineSpec(
-            kernel=kernel, initrd=initrd, append=append or "", mem_size=parse_size(o["memory"]), smp=o["smp"],
+            kernel=kernel, initrd=initrd, append=append or "", mem_size=parse_memory_size(o["memory"]) or DEFAULT_RAM, smp=o["smp"],
             no_reboot=o["no_reboot"], machine=list(machine), devices=list(device), drives=list(o["drive"]),
             chardevs=list(o["chardev"]), netdevs=list(o["netdev"]), serial=list(o["serial"]) or ["stdio"],
             metrics=o["metrics"], bios=o["bios"],

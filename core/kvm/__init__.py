@@ -258,7 +258,8 @@ class Vcpu(_Fd):
 
     def get_lapic_regs(self) -> bytearray:
         """The LAPIC register page (KVM_GET_LAPIC, 1 KiB, as laid out in guest memory)."""
-        return bytearray(ffi.buffer(self.get_lapic().regs))
+        lapic = self.get_lapic()  # the owner: ``lapic.regs`` alone would not keep it alive
+        return bytearray(ffi.buffer(lapic.regs))
 
     def set_lapic_regs(self, regs: bytes | bytearray) -> None:
         """KVM_SET_LAPIC with the register page ``regs`` (from :meth:`get_lapic_regs`)."""

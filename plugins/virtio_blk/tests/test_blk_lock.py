@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from microvm.errors import ConfigError
+from microvm.api import ConfigError
 from microvm_virtio_blk.device import VirtioBlk, lock_image, qemu_image_permissions
 
 QEMU = shutil.which("qemu-system-x86_64")
@@ -98,7 +98,7 @@ def test_flock_is_not_what_qemu_sees(image):
 # ---- microvm against microvm, two processes ----------------------------------------------------------
 HELPER = textwrap.dedent("""
     import sys
-    from microvm.errors import ConfigError
+    from microvm.api import ConfigError
     from microvm_virtio_blk.device import VirtioBlk
     try:
         blk = VirtioBlk(sys.argv[1], readonly=sys.argv[2] == "ro")
