@@ -45,9 +45,10 @@ def guest() -> tuple[str, str, str]:
     return str(g.kernel), str(g.initramfs), g.cmdline
 
 
-def timed_boot(cmd: list[str], timeout: float) -> tuple[float, float]:
+def timed_boot(cmd: list[str], timeout: float, firsts: list[float]) -> tuple[float, float]:
     """Spawn ``cmd``; seconds from spawn to the first kernel line and to ``Run /init``; the
-    VMM is killed at ``Run /init``. RunFailed when it never gets there."""
+    VMM is killed at ``Run /init``. RunFailed when it never gets there; the first-line time
+    of such a run still goes to ``firsts`` (QEMU reaches the kernel before it stops)."""
     with tempfile.TemporaryFile() as err:
         t0 = time.perf_counter()
         p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err)
@@ -80,6 +81,8 @@ def timed_boot(cmd: list[str], timeout: float) -> tuple[float, float]:
             p.wait()
         err.seek(0)
         stderr = err.read()
+    if first is not None:
+        firsts.append(first)
     last = [ln for ln in out.decode(errors="replace").splitlines() if ln.strip()][-1:] or ["(no output)"]
     raise failure(f"{why}; last console line: {last[0].strip()[:100]!r}", None, stderr, bytes(out), retry=False)
 
@@ -115,10 +118,12 @@ def main() -> None:
     tally = {k: Tally(k) for k in cmds}
     firsts: dict[str, list[float]] = {k: [] for k in cmds}
     inits: dict[str, list[float]] = {k: [] for k in cmds}
+    #: first-line times of runs that never reached Run /init (not timed to Run /init)
+    partial: dict[str, list[float]] = {k: [] for k in cmds}
     for rnd in range(args.n):
         for name, cmd in cmds.items():
             print(f"round {rnd + 1}: {name} ...", file=sys.stderr, flush=True)
-            res = attempt(tally[name], lambda cmd=cmd: timed_boot(cmd, args.timeout), 1,
+            res = attempt(tally[name], lambda cmd=cmd, name=name: timed_boot(cmd, args.timeout, partial[name]), 1,
                           on_failure=lambda e, n, name=name: print(f"  {name}: {first_line(e)}", file=sys.stderr))
             if res is not None:
                 firsts[name].append(res[0])
@@ -130,14 +135,22 @@ def main() -> None:
     for k in cmds:
         if k in med:
             print(f"{k:<18} {med[k][0]:>10.1f}s {med[k][1]:>10.1f}s   {len(inits[k])}")
+        elif partial[k]:
+            print(f"{k:<18} {statistics.median(partial[k]):>10.1f}s {'-':>11}   "
+                  f"first line only: {tally[k].why_no_ratio()}")
         else:
             print(f"{k:<18} {'-':>11} {'-':>11}   {tally[k].why_no_ratio()}")
+    first_any = {k: statistics.median(firsts[k] + partial[k]) for k in cmds if firsts[k] + partial[k]}
     print("\nratios (Run /init; first line in parentheses):")
     pairs = [("microvm qboot", "microvm direct"), ("microvm seabios", "microvm direct"),
              ("microvm qboot", "qemu qboot"), ("microvm seabios", "qemu seabios")]
     for a, b in pairs:
         if a in med and b in med:
             print(f"  {a} / {b}: {med[a][1] / med[b][1]:.2f} ({med[a][0] / med[b][0]:.2f})")
+        elif a in first_any and b in first_any:
+            missing = b if b not in med else a
+            print(f"  {a} / {b}: first line only: ({first_any[a] / first_any[b]:.2f}); "
+                  f"no Run /init ratio: {tally[missing].why_no_ratio()}")
         elif a in cmds and b in cmds:
             missing = b if b not in med else a
             print(f"  {a} / {b}: none ({tally[missing].why_no_ratio()})")
