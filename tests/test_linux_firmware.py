@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.kvm, requires_kvm]
 QBOOT = "/usr/share/qemu/qboot.rom"
 LINUXBOOT_DMA = "/usr/share/qemu/linuxboot_dma.bin"
 SEABIOS = "/usr/share/seabios/bios-microvm.bin"
-BOOT_TIMEOUT = 2400
+BOOT_TIMEOUT = 3600
 
 
 @pytest.fixture(scope="session")
@@ -49,10 +49,14 @@ def firmware_files() -> None:
 
 
 def boot(default_guest, *args: str) -> tuple[str, str, int]:
-    r = run_microvm(
-        "run", "--kernel", str(default_guest.kernel), "--initrd", str(default_guest.initramfs),
-        "--append", default_guest.cmdline, "--no-reboot", "-v", *args, timeout=BOOT_TIMEOUT,
-    )
+    try:
+        r = run_microvm(
+            "run", "--kernel", str(default_guest.kernel), "--initrd", str(default_guest.initramfs),
+            "--append", default_guest.cmdline, "--no-reboot", "-v", *args, timeout=BOOT_TIMEOUT,
+        )
+    except subprocess.TimeoutExpired as e:
+        out = (e.output or b"").decode(errors="replace")
+        pytest.fail(f"no end after {BOOT_TIMEOUT} s; the console's last lines:\n{out[-1500:]}")
     return r.stdout.decode(errors="replace"), r.stderr.decode(errors="replace"), r.returncode
 
 
