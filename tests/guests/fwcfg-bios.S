@@ -79,6 +79,9 @@ start:
         call puts
         call puthex8
         movl $0, %es:e820sel
+        cmpl $64, %es:count             /* no fw_cfg reads all ones: do not walk 4G entries */
+        jbe 1f
+        movl $0, %es:count
 1:      cmpl $0, %es:count
         je 3f
         decl %es:count
