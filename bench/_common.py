@@ -5,7 +5,7 @@ A ratio between two VMMs only means something when every timed run did what it s
 run that ends with the wrong exit status or without its output marker is never timed: the
 helpers here raise :class:`RunFailed` instead of returning a time, :func:`attempt` counts the
 failure (and retries it, a bounded number of times: QEMU stops now and then on an emulating
-host KVM, HOST.md), and :class:`Tally` prints per VMM how many runs failed, why (the first line
+host KVM, docs/emulating-hosts.md), and :class:`Tally` prints per VMM how many runs failed, why (the first line
 of each reason) and how many retries were needed, or that no run of a VMM succeeded at all.
 """
 from __future__ import annotations
@@ -107,7 +107,7 @@ def _n(count: int, one: str, many: str | None = None) -> str:
 
 
 #: What QEMU (and microvm) print on stderr when the host KVM could not emulate a guest
-#: instruction (HOST.md: INT3, FWAIT, ...). QEMU then stays paused instead of exiting.
+#: instruction (docs/emulating-hosts.md: INT3, FWAIT, ...). QEMU then stays paused instead of exiting.
 EMULATION_FAILURE = ("KVM internal error", "emulation failure")
 
 

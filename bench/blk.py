@@ -3,7 +3,7 @@
 
 Usage: .venv/bin/python bench/blk.py [-n ROUNDS] [--seq-mib N] [--write-mib N] [--random N] [--tries N]
 
-Guest user mode cannot make system calls on an emulating host (HOST.md), so the load comes
+Guest user mode cannot make system calls on an emulating host (docs/emulating-hosts.md), so the load comes
 from the guest *kernel*, on one boot of the default guest with ``root=/dev/vda`` on an ext4
 image made here (``mkfs.ext4 -d``), rebuilt identical for every run:
 
@@ -39,7 +39,7 @@ results. A run that failed (an exit status other than 0, an emulation failure, t
 replayed, init's phases not all seen) is never timed: it is counted per VMM and, when it ended
 by itself (not a stall or the time limit), retried up to --tries tries in all. On an emulating
 host QEMU usually stops with an emulation failure (INT3 in ``int3_selftest()``, FWAIT, see
-HOST.md); when every run of a VMM failed, that is printed instead of a ratio.
+docs/emulating-hosts.md); when every run of a VMM failed, that is printed instead of a ratio.
 """
 from __future__ import annotations
 

@@ -33,7 +33,7 @@ split and kernel (`-M microvm,kernel-irqchip=split|on`) and QEMU microvm with
 ratios microvm/QEMU (same irqchip mode, and microvm-kernel against QEMU's default) are
 printed. A run that fails (no READY, no COUNT line, COUNT short, an exit status other than 0)
 is never timed: it is counted and retried, up to --tries tries in all (QEMU stops now and then
-on this kind of host, see HOST.md), and each setup's failures, their reasons and the retries
+on this kind of host, see docs/emulating-hosts.md), and each setup's failures, their reasons and the retries
 are printed; a setup with no successful run gets that line instead of a ratio. QEMU is
 Debian's qemu-system-x86, installed by this script when missing, run with the -cpu model
 probed in _common (plain ``host`` aborts on AMD machines here; the output says which model

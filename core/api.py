@@ -30,8 +30,10 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "DriveConfig": ("microvm.config", "DriveConfig"),
     "BootConfig": ("microvm.config", "BootConfig"),
     "VirtioTransportConfig": ("microvm.config", "VirtioTransportConfig"),
-    "Vcpu": ("microvm.kvm", "Vcpu"),
-    "KvmVm": ("microvm.kvm", "Vm"),
+    "Vcpu": ("microvm.context", "VcpuView"),
+    "KvmVm": ("microvm.context", "KvmVm"),
+    "VirtioDeviceInfo": ("microvm.context", "VirtioDeviceInfo"),
+    "Timers": ("microvm.context", "Timers"),
     # errors a plugin raises or handles
     "MicrovmError": ("microvm.errors", "MicrovmError"),
     "ConfigError": ("microvm.errors", "ConfigError"),
@@ -55,6 +57,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     # firmware files by name, as -bios finds them (option ROMs for fw_cfg)
     "load_firmware_file": ("microvm.boot.firmware", "load_firmware_file"),
     "FIRMWARE_DIRS": ("microvm.boot.firmware", "FIRMWARE_DIRS"),
+    "EventLog": ("microvm.log", "EventLog"),
     # virtio devices
     "VirtioBackend": ("microvm.virtio.backend", "VirtioBackend"),
     "Virtqueue": ("microvm.virtio.queue", "Virtqueue"),
@@ -108,4 +111,11 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return __all__
+    """Every exported name, the prefixed constants included (this imports their modules)."""
+    import importlib
+
+    names = set(__all__)
+    for module, prefixes in _PREFIXED:
+        mod = importlib.import_module(module)
+        names.update(n for n in dir(getattr(mod, "lib", mod)) if n.startswith(prefixes))
+    return sorted(names)

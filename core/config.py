@@ -36,13 +36,23 @@ def parse_bool(text: str, what: str) -> bool:
 
 
 def parse_int(text: str, what: str) -> int:
-    t = str(text).strip()
-    if not t.isascii():  # int() takes other scripts' digits; QEMU does not
+    """An integer as QEMU's property parsers read it (``strtoll`` with base 0): decimal, hex
+    with ``0x``, octal with a leading ``0`` (``010`` is 8), an optional sign, leading blanks;
+    no ``0o``/``0b`` prefixes or ``_`` separators, which Python's ``int(x, 0)`` would take."""
+    t = str(text).lstrip(" \t\n\r\f\v").rstrip()
+    digits = t[1:] if t[:1] in ("+", "-") else t
+    value: int | None = None
+    if digits.isascii() and digits:
+        low = digits.lower()
+        if low.startswith("0x") and len(low) > 2 and all(c in "0123456789abcdef" for c in low[2:]):
+            value = int(low[2:], 16)
+        elif low.startswith("0") and all(c in "01234567" for c in low):
+            value = int(low, 8)
+        elif low.isdigit() and low[0] != "0":
+            value = int(low, 10)
+    if value is None:
         raise ConfigError(f"{what}={text}: expected a number")
-    try:
-        return int(t, 0)
-    except ValueError:
-        raise ConfigError(f"{what}={text}: expected a number") from None
+    return -value if t.startswith("-") else value
 
 
 def split_props(text: str) -> list[str]:
@@ -92,7 +102,11 @@ def parse_props(text: str, positional: str | None = None, what: str = "") -> dic
 
 class Property(NamedTuple):
     """One declared ``KEY=VALUE`` key: of a device (``--device``), a backend (``--chardev``,
-    ``--netdev``) or the machine (``-M``; :data:`MachineOption` is this same type).
+    ``--netdev``) or the machine (``-M``; :class:`MachineOption` is this same type).
+
+    Give ``name, kind, default, help`` by position and everything after by keyword
+    (``choices=``, ``required=``, ``auto_value=``, ``auto_means=``): the field order after
+    ``help`` is not part of the contract.
 
     ``kind`` is one of :data:`KINDS`; ``choices`` lists the values of a ``choice``.
     ``required`` properties have no default. For ``OnOffAuto`` properties ``auto_value``
@@ -109,10 +123,19 @@ class Property(NamedTuple):
     plugin: str = ""
     required: bool = False
     auto_value: bool | None = None
+    #: called with the converted value; raises ConfigError for a value the kind admits but
+    #: the device cannot use (a date that does not parse), so the error comes at parse time
+    check: Any = None
 
     def parse(self, text: str, owner: str = "") -> Any:
-        """Convert ``text`` to this property's type; ``owner`` (e.g. ``virtio-blk-device``)
-        prefixes the error."""
+        """Convert ``text`` to this property's type (and run its ``check``); ``owner`` (e.g.
+        ``virtio-blk-device``) prefixes the error."""
+        value = self._convert(text, owner)
+        if self.check is not None:
+            self.check(value)
+        return value
+
+    def _convert(self, text: str, owner: str) -> Any:
         what = self._what(owner)
         kind = self.kind
         if kind == "str":
@@ -139,6 +162,28 @@ class Property(NamedTuple):
 
     def _what(self, owner: str) -> str:
         return f"{owner}: {self.name}" if owner else self.name
+
+    def problem(self) -> str | None:
+        """What is wrong with this declaration (a plugin's bug), or None: checked when it
+        is registered, so a user never meets a malformed one."""
+        if not isinstance(self.name, str) or not self.name:
+            return f"property name must be a non-empty string, got {self.name!r}"
+        if self.kind not in KINDS:
+            return f"property {self.name!r}: kind {self.kind!r} is not one of {', '.join(KINDS)}"
+        if self.kind == "choice":
+            if not self.choices or not all(isinstance(c, str) for c in self.choices):
+                return f"property {self.name!r}: a choice needs choices (strings)"
+            if self.default is not None and self.default not in self.choices:
+                return f"property {self.name!r}: default {self.default!r} is not one of its choices"
+        if self.kind == "OnOffAuto" and self.default not in ON_OFF_AUTO + (None,):
+            return f"property {self.name!r}: an OnOffAuto default is on, off or auto"
+        if not isinstance(self.help, str) or not isinstance(self.auto_means, str):
+            return f"property {self.name!r}: help and auto_means are strings (fields after help go by keyword)"
+        if not isinstance(self.required, bool) or self.auto_value not in (None, True, False):
+            return f"property {self.name!r}: required and auto_value are booleans"
+        if self.check is not None and not callable(self.check):
+            return f"property {self.name!r}: check is a callable"
+        return None
 
     def resolve(self, value: Any) -> Any:
         """``auto`` → this property's ``auto_value``; anything else unchanged."""

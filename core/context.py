@@ -9,7 +9,7 @@ One context exists per boot (a guest reset builds a new machine and a new contex
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
 if TYPE_CHECKING:
     from .chardev import Chardev
@@ -22,6 +22,107 @@ if TYPE_CHECKING:
     from .timers import TimerService
     from .virtio.backend import VirtioBackend
     from .virtio.slots import VirtioSlot
+
+
+class KvmVm:
+    """The KVM VM as an irqchip plugin sees it: the interrupt-controller ioctls, nothing
+    else (no memory slots, no vCPUs, no raw ioctls)."""
+
+    __slots__ = ("_vm",)
+
+    def __init__(self, vm: "Vm") -> None:
+        self._vm = vm
+
+    def enable_cap(self, cap: str | int, *args: int) -> None:
+        """KVM_ENABLE_CAP, e.g. ``("KVM_CAP_SPLIT_IRQCHIP", 24)`` before any vCPU exists."""
+        self._vm.enable_cap(cap, *args)
+
+    def create_irqchip(self) -> None:
+        """KVM_CREATE_IRQCHIP: KVM's 8259 pair and IOAPIC."""
+        self._vm.create_irqchip()
+
+    def create_pit2(self, speaker_dummy: bool = True) -> None:
+        """KVM_CREATE_PIT2: KVM's 8254."""
+        self._vm.create_pit2(speaker_dummy)
+
+    def irq_line(self, irq: int, level: bool | int) -> None:
+        """KVM_IRQ_LINE: drive an input of KVM's irqchip."""
+        self._vm.irq_line(irq, level)
+
+    def irqfd(self, fd: int, gsi: int, deassign: bool = False, resamplefd: int | None = None) -> None:
+        """KVM_IRQFD: an eventfd that raises ``gsi`` without a vCPU exit."""
+        self._vm.irqfd(fd, gsi, deassign, resamplefd)
+
+    def signal_msi(self, address: int, data: int) -> int:
+        """KVM_SIGNAL_MSI: deliver a message-signalled interrupt to the in-kernel LAPICs."""
+        return self._vm.signal_msi(address, data)
+
+    def set_gsi_routing(self, entries: Any) -> None:
+        """KVM_SET_GSI_ROUTING: ``[{"gsi", "type": "msi", "address", "data"}, ...]``."""
+        self._vm.set_gsi_routing(entries)
+
+
+class VcpuView:
+    """A vCPU as the ``configure_vcpu`` and ``handle_exit`` hooks and exit handlers see it."""
+
+    __slots__ = ("_vcpu",)
+
+    def __init__(self, vcpu: Any) -> None:
+        self._vcpu = vcpu
+
+    @property
+    def id(self) -> int:
+        """Its index, which is also its APIC ID."""
+        return self._vcpu.id
+
+    @property
+    def run(self) -> Any:
+        """The ``struct kvm_run`` of the exit being handled (``run.exit_reason``,
+        ``run.eoi.vector``, ...): read it on the vCPU's own thread, in the handler."""
+        return self._vcpu.run_ptr
+
+    def get_lapic_regs(self) -> bytearray:
+        """The LAPIC register page (1 KiB, KVM_GET_LAPIC), before the vCPU first runs."""
+        return self._vcpu.get_lapic_regs()
+
+    def set_lapic_regs(self, regs: bytes | bytearray) -> None:
+        """Write the LAPIC register page back (KVM_SET_LAPIC)."""
+        self._vcpu.set_lapic_regs(regs)
+
+    def set_msrs(self, msrs: dict[int, int]) -> None:
+        """KVM_SET_MSRS: ``{index: value}``."""
+        self._vcpu.set_msrs(msrs)
+
+    def __repr__(self) -> str:
+        return f"<vCPU {self.id}>"
+
+
+class VirtioDeviceInfo(NamedTuple):
+    """A placed virtio-mmio device, as plugins may know it."""
+
+    name: str
+    base: int
+    irq: int
+    device_id: int
+    legacy: bool
+
+
+class Timers:
+    """The machine's timer thread, as a device sees it."""
+
+    __slots__ = ("_service",)
+
+    def __init__(self, service: Any) -> None:
+        self._service = service
+
+    def add(self, device: Any) -> None:
+        """Run ``device`` on the timer thread: it has ``next_deadline() -> int | None``
+        (monotonic nanoseconds) and ``tick(now_ns)``, which raises what became due."""
+        self._service.add(device)
+
+    def wake(self) -> None:
+        """A device's deadline changed: look again (its ``on_timer_change``)."""
+        self._service.wake()
 
 
 class MachineContext:
@@ -63,11 +164,11 @@ class MachineContext:
         return self._m.legacy
 
     @property
-    def vm(self) -> "Vm":
-        """The KVM VM (:class:`microvm.api.KvmVm`), for irqchip plugins: ``create_irqchip``,
-        ``create_pit2``, ``enable_cap``, ``irq_line``, ``irqfd``, ``signal_msi``,
-        ``set_gsi_routing``. Devices do not need it."""
-        return self._m.vm
+    def vm(self) -> KvmVm:
+        """The KVM VM's interrupt-controller ioctls (:class:`KvmVm`: ``enable_cap``,
+        ``create_irqchip``, ``create_pit2``, ``irq_line``, ``irqfd``, ``signal_msi``,
+        ``set_gsi_routing``), for irqchip plugins. Devices do not need it."""
+        return KvmVm(self._m.vm)
 
     @property
     def supported_cpuid(self) -> list[dict[str, int]]:
@@ -100,10 +201,11 @@ class MachineContext:
         return self._m.boot
 
     @property
-    def virtio_devices(self) -> list["VirtioSlot"]:
-        """The placed virtio-mmio transports (``base``, ``irq``, ``name``, ``transport``), in
-        placement order."""
-        return self._m.virtio_transports
+    def virtio_devices(self) -> list[VirtioDeviceInfo]:
+        """The placed virtio-mmio devices (``name``, ``base``, ``irq``, ``device_id``,
+        ``legacy``), in placement order."""
+        return [VirtioDeviceInfo(s.name, s.base, s.irq, s.transport.device_id, s.transport.legacy)
+                for s in self._m.virtio_transports]
 
     # ---- placing devices -------------------------------------------------------------------
     def add_pio_device(self, device: Any, base: int, length: int, name: str) -> None:
@@ -116,14 +218,15 @@ class MachineContext:
         self._m.add_mmio_device(device, base, length, name)
 
     def add_virtio_device(self, backend: "VirtioBackend", name: str,
-                          transport: "VirtioTransportConfig | None" = None) -> "VirtioSlot":
+                          transport: "VirtioTransportConfig | None" = None) -> VirtioDeviceInfo:
         """Put a :class:`~microvm.api.VirtioBackend` on a virtio-mmio transport in the next
         free slot (QEMU's order: 0xfeb00e00, IRQ 12 first). ``transport`` chooses the
-        register layout (default: legacy, as QEMU 7.2). Returns the slot (``base``, ``irq``).
-        A ``--device`` of a type registered with ``virtio=True`` is placed by the core."""
+        register layout (default: legacy, as QEMU 7.2). Returns where it went. A
+        ``--device`` of a type registered with ``virtio=True`` is placed by the core."""
         from .config import VirtioTransportConfig
 
-        return self._m.add_virtio_device(backend, name, transport or VirtioTransportConfig())
+        s = self._m.add_virtio_device(backend, name, transport or VirtioTransportConfig())
+        return VirtioDeviceInfo(s.name, s.base, s.irq, s.transport.device_id, s.transport.legacy)
 
     def irq(self, gsi: int) -> "IrqLine":
         """The :class:`~microvm.irq.IrqLine` of GSI ``gsi`` (ISA IRQs are GSIs 0-15);
@@ -166,10 +269,10 @@ class MachineContext:
 
     # ---- services --------------------------------------------------------------------------
     @property
-    def timers(self) -> "TimerService":
-        """The timer thread: ``add(dev)`` for a device with ``next_deadline()`` and
-        ``tick(now_ns)``; ``wake()`` after reprogramming."""
-        return self._m.timers
+    def timers(self) -> Timers:
+        """The timer thread (:class:`Timers`): ``add(dev)`` for a device with
+        ``next_deadline()`` and ``tick(now_ns)``; ``wake()`` after reprogramming."""
+        return Timers(self._m.timers)
 
     def counters(self, name: str) -> "CounterGroup":
         """The :class:`~microvm.metrics.CounterGroup` of device ``name`` (the same group its
@@ -178,8 +281,9 @@ class MachineContext:
 
     def add_exit_handler(self, exit_reason: int, handler: Callable[[Any], None]) -> None:
         """Handle a frequent KVM exit (``KVM_EXIT_*`` from :mod:`microvm.api`) on the vCPU
-        thread, without a hook call per exit; ``handler(vcpu)``. Rare exits can use the
-        ``handle_exit`` hook instead."""
+        thread, without a hook call per exit; ``handler(vcpu)`` gets a :class:`VcpuView`.
+        Rare exits can use the ``handle_exit`` hook instead. (``KVM_EXIT_IOAPIC_EOI`` is the
+        core's: it calls ``IrqChip.eoi``.)"""
         self._m.add_exit_handler(exit_reason, handler)
 
     def add_cleanup(self, fn: Callable[[], None]) -> None:
@@ -193,6 +297,16 @@ class MachineContext:
     def request_reset(self, reason: str) -> None:
         """Reset the VM as a triple fault would: reboot, or exit with ``--no-reboot``."""
         self._m.guest_reset(reason)
+
+    def report_guest_panic(self, detail: str = "") -> None:
+        """The guest reported a panic (a pvpanic-like device, on a vCPU thread): QMP
+        ``GUEST_PANICKED``, then the VM stops (``guest-panicked``) and ends, or with
+        ``--no-shutdown`` stays stopped, as QEMU's default panic action does."""
+        self._m.guest_panicked(detail or "reported by a device")
+
+    def report_guest_crashloaded(self) -> None:
+        """The guest loaded a crash kernel after a panic (QMP ``GUEST_CRASHLOADED``); it runs on."""
+        self._m.guest_crashloaded()
 
     def __repr__(self) -> str:
         chip = self.irqchip

@@ -75,7 +75,8 @@ def register_backends(register: Callable[..., None]) -> None:
 def kernel_cmdline(ctx: "MachineContext") -> list[str] | None:
     if not ctx.option("auto-kernel-cmdline"):
         return None
-    return [t.cmdline_word() for t in ctx.virtio_devices]
+    # Linux's virtio_mmio.device=<size>@<base>:<irq> (CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES)
+    return [f"virtio_mmio.device=512@{d.base:#x}:{d.irq}" for d in ctx.virtio_devices]
 
 
 @hookimpl

@@ -1,7 +1,7 @@
 """Emulation assist: step over instructions an emulating host hypervisor cannot execute.
 
 On hosts where the guest's kernel code is emulated instruction by instruction (nested,
-page-table based hypervisors such as ``kvm_pvm``; see HOST.md), some instructions come back as
+page-table based hypervisors such as ``kvm_pvm``; see docs/emulating-hosts.md), some instructions come back as
 ``KVM_EXIT_INTERNAL_ERROR`` / ``KVM_INTERNAL_ERROR_EMULATION``. Linux executes INT3 in its
 ``int3_selftest()`` and FWAIT in FPU code on every boot, so without help a stock kernel stops.
 Handled here, as a real CPU would execute them:

@@ -30,7 +30,7 @@ import pluggy
 if TYPE_CHECKING:
     from .config import MachineOption
     from .context import MachineContext
-    from .kvm import Vcpu
+    from .context import VcpuView as Vcpu
 
 hookspec = pluggy.HookspecMarker("microvm")
 
@@ -158,7 +158,7 @@ def handle_exit(ctx: "MachineContext", vcpu: "Vcpu", exit_reason: int) -> bool |
     Exits that come often (a userspace IOAPIC's ``KVM_EXIT_IOAPIC_EOI``) belong in
     ``ctx.add_exit_handler``, which the vCPU loop calls directly, without pluggy.
     An exit nobody handles stops the machine with a register dump. Called on the vCPU's
-    own thread; ``vcpu.run_ptr`` is the ``struct kvm_run``.
+    own thread; ``vcpu.run`` is the ``struct kvm_run``.
 
     .. versionadded:: 0.1
     """

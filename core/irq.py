@@ -123,23 +123,29 @@ class CountingIrqLine:
     """An irqchip's line that also counts the interrupts raised on it (rising edges and
     pulses), for the machine's counters. What :meth:`MachineContext.irq` hands out."""
 
-    __slots__ = ("line", "gsi", "_raised", "_level")
+    __slots__ = ("line", "gsi", "_raised", "_level", "_set_level", "_pulse")
 
     def __init__(self, line: IrqLine, raised: "Counter") -> None:
         self.line = line
         self.gsi = line.gsi
         self._raised = raised.inc
         self._level = False
+        # bound once: this sits on every interrupt's path
+        self._set_level = line.set_level
+        self._pulse = line.pulse
 
     def set_level(self, level: bool) -> None:
-        if level and not self._level:
-            self._raised()
-        self._level = bool(level)
-        self.line.set_level(level)
+        if level:
+            if not self._level:
+                self._level = True
+                self._raised()
+        else:
+            self._level = False
+        self._set_level(level)
 
     def pulse(self) -> None:
         self._raised()
-        self.line.pulse()
+        self._pulse()
 
     def eventfd(self) -> int | None:
         return self.line.eventfd()

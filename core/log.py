@@ -79,3 +79,67 @@ class Logger:
 
 def get_logger(name: str) -> Logger:
     return Logger(name)
+
+
+# ---- events a guest can repeat without bound ----------------------------------------------
+#: ``-d guest_errors`` (and ``-v``): log every guest-triggered event, as QEMU's
+#: ``-d guest_errors`` does; by default only the first of each kind and periodic summaries
+_every_event = False
+
+
+def log_every_event(on: bool) -> None:
+    global _every_event
+    _every_event = on
+
+
+class EventLog:
+    """Log lines for events a guest (or a failing host disk) can repeat without bound: an
+    ignored register write, a malformed request, a host I/O error per request.
+
+    The first event of each kind is logged in full (device, register, value); repeats are
+    counted (the caller's counter, e.g. a device's ``guest_errors``) and folded into one
+    summary line per kind at most every ``interval`` seconds, so a looping guest cannot fill
+    the host's disk through the VMM's log (60,000 ignored writes used to be 60,000 lines).
+    With :func:`log_every_event` on, every event is logged.
+    """
+
+    __slots__ = ("logger", "interval", "_seen", "_lock")
+
+    #: at most this many kinds are remembered; beyond, events share one "(other)" kind
+    MAX_KINDS = 4096
+
+    def __init__(self, logger: Logger, interval: float = 10.0) -> None:
+        import threading
+
+        self.logger = logger
+        self.interval = interval
+        self._seen: dict[str, list[float]] = {}  # kind -> [time of the last line, repeats since]
+        self._lock = threading.Lock()
+
+    def __call__(self, kind: str, level: int, msg: str, *args: Any, **kw: Any) -> None:
+        """One event of ``kind`` (a short label naming the device and what happened)."""
+        if _every_event:
+            self.logger.log(level, msg, *args, stacklevel=3, **kw)
+            return
+        import time
+
+        now = time.monotonic()
+        summary = 0
+        with self._lock:
+            if kind not in self._seen and len(self._seen) >= self.MAX_KINDS:
+                kind = "(other events)"
+            st = self._seen.get(kind)
+            if st is None:
+                self._seen[kind] = [now, 0.0]
+            else:
+                st[1] += 1
+                if now - st[0] >= self.interval:
+                    summary, st[0], st[1] = int(st[1]), now, 0.0
+                else:
+                    return
+        if summary:
+            self.logger.log(level, "%s: %d more in the last %d s (-d guest_errors logs each)", kind, summary,
+                            int(self.interval), stacklevel=3)
+        else:
+            self.logger.log(level, msg + " (repeats are counted, not logged; -d guest_errors logs each)", *args,
+                            stacklevel=3, **kw)

@@ -45,15 +45,36 @@ def install_kick_handler() -> bool:
 
 _kick_handler_installed = False
 install_kick_handler()
+#: how long Machine.pause waits for the vCPUs to leave KVM_RUN and park (an exit being
+#: handled, e.g. a blocking console write, finishes first)
+PAUSE_TIMEOUT = 10.0
 #: Guest command-line words that keep Linux off instructions an emulating host cannot run
-#: (HOST.md: no XSAVE; clearcpuid 151 = POPCNT, 308 = SMAP, by number since names need
+#: (docs/emulating-hosts.md: no XSAVE; clearcpuid 151 = POPCNT, 308 = SMAP, by number since names need
 #: CONFIG_X86_FEATURE_NAMES).
 EMULATING_HOST_CMDLINE = ["noxsave", "clearcpuid=151,308"]
 
 
 def host_is_emulating() -> bool:
-    """True on hosts whose KVM emulates guest kernel code (kvm_pvm, see HOST.md)."""
+    """True on hosts whose KVM emulates guest kernel code (kvm_pvm, see docs/emulating-hosts.md)."""
     return os.path.exists("/sys/module/kvm_pvm")
+
+
+#: the termination signal received (SIGTERM/SIGHUP), if any: it ends the process's machine,
+#: whichever boot it is in (a guest reset builds a new Machine), and no reboot follows
+_terminating: int | None = None
+#: the machine whose main loop a termination signal must wake
+_current: "Machine | None" = None
+
+
+def _on_termination_signal(signum: int, _frame: Any) -> None:
+    """Record the signal and wake the running machine's main loop, which stops it. Nothing
+    else here: a handler runs between two bytecodes of the main thread, possibly while that
+    thread holds a lock the stop would need (a deadlock, seen with Event.set)."""
+    global _terminating
+    _terminating = signum
+    m = _current
+    if m is not None:
+        m._wake()
 
 
 class ExtIntLine:
@@ -84,7 +105,8 @@ class Machine:
     (``self.ctx``). A Machine runs once; a guest reset builds a new one (:func:`run_spec`).
     """
 
-    def __init__(self, spec: MachineSpec, host: Any = None, images: Any = None, metrics: "Metrics | None" = None) -> None:
+    def __init__(self, spec: MachineSpec, host: Any = None, images: Any = None, metrics: "Metrics | None" = None,
+                 lifecycle: Any = None) -> None:
         from .boot.loader import read_images
         from .context import MachineContext
         from .metrics import Metrics
@@ -99,6 +121,8 @@ class Machine:
         self.options: dict[str, Any] = host.options.parse_machine(spec.machine)
         #: the optional legacy devices, resolved once from the declared options
         self.legacy = host.options.legacy_devices(self.options)
+        #: (config, registration, converted properties) of every --device, in order
+        self._device_props: list[tuple[Any, Any, Any]] = []
         self._check_device_types()
         if spec.kernel is None and spec.bios is None:
             raise ConfigError("no kernel given (--kernel FILE) and no firmware (--bios FILE)")
@@ -120,18 +144,48 @@ class Machine:
         self._chardevs: dict[str, Chardev] = {}
         self._stdio_user: str | None = None
         self._drive_users: dict[str, str] = {}
+        #: drive id -> QOM path of the device using it (QMP query-block's qdev)
+        self.drive_qdevs: dict[str, str] = {}
+        self._creating_qdev: str | None = None
         #: the device whose factory runs now (who claims a drive or netdev)
         self._creating = "a device"
         self._netdevs: dict[str, tuple[Any, str]] = {}
         self._irq_lines: dict[int, Any] = {}
-        self.stopping = False
+        if lifecycle is None:
+            from .lifecycle import Lifecycle
+
+            lifecycle = Lifecycle(spec)
+        #: run state across reboots and what a reset, power-off, panic or error does
+        #: (microvm.lifecycle.Lifecycle; run_spec keeps one for every boot)
+        self.lifecycle = lifecycle
+        self._stopping = False
+        #: stopping or paused: the one flag a vCPU loop checks before each KVM_RUN
+        self.hold = False
+        #: paused (QMP stop, -S, a stopped run state): the vCPUs park on pause_cond
+        self.paused = False
+        self.pause_cond = threading.Condition()
+        #: serialises kicks with the teardown that unmaps the vCPUs' kvm_run pages
+        self.kick_lock = threading.Lock()
+        self.torn_down = False
+        self.parked = 0  # vCPU threads parked (under pause_cond)
+        self.vcpus_active = 0  # vCPU threads in their loop (under pause_cond)
+        self._guest_ran = False  # the vCPUs were released at least once (QEMU's clock_valid)
+        self._saved_clock: int | None = None
+        #: a host signal (SIGTERM, SIGHUP, SIGINT) ended the run: its number
+        self.host_signal = 0
         self.exit_status = 0
         self.stop_reason = ""
         self.reset_requested = False
-        self._stop_event = threading.Event()
+        #: while running, the main thread sleeps on this pipe; request_stop and the signal
+        #: handlers write a byte (a handler must not take locks: it may run while the main
+        #: thread holds them)
+        self._wake_r = self._wake_w = -1
+        self._closed = False
         self._cleanups: list[Callable[[], None]] = []
         self.threads: list[Any] = []
         self.vcpus: list[Any] = []
+        #: what plugins get of each vCPU (microvm.context.VcpuView), one per vCPU
+        self.vcpu_views: list[Any] = []
         self.irqchip: Any = None
         self.kvm: Any = None
         self.vm: Any = None
@@ -186,14 +240,52 @@ class Machine:
             if cfg.help:
                 props = describe_properties(self.device_properties(reg) + (VIRTIO_TRANSPORT_PROPERTIES if reg.virtio else ()))
                 raise ConfigError(f"{cfg.driver} properties: " + "; ".join(props))
-        # every backend is checked, used or not: its type exists and its keys are valid
+        # every device's properties are converted now, before any KVM set-up
         from .config import parse_properties
 
-        backends = [("chardev", c) for c in self.spec.chardev_configs.values()]
+        ids: set[str] = set()
+        self._device_props = []
+        for cfg in self.spec.device_configs:
+            reg = types[cfg.driver]
+            declared = self.device_properties(reg) + (VIRTIO_TRANSPORT_PROPERTIES if reg.virtio else ())
+            props = parse_properties(cfg.driver, declared, cfg.props)
+            if props["id"]:
+                if props["id"] in ids:
+                    raise ConfigError(f"--device {cfg.driver}: duplicate id {props['id']!r}")
+                ids.add(props["id"])
+            self._device_props.append((cfg, reg, props))
+        self._check_drives()
+        stdio = [c.id for c in self.spec.chardev_configs.values() if c.backend == "stdio"]
+        stdio += [s.text for s in self.spec.serial_configs if s.chardev is not None and s.chardev.backend == "stdio"]
+        if len(stdio) > 1:  # QEMU's words; several frontends share one stdio with -chardev stdio,mux=on
+            raise ConfigError("cannot use stdio by multiple character devices")
+        # every backend is checked, used or not: its type exists and its keys are valid
+        monitors = self.spec.monitor_chardevs  # a --mon's socket is the QMP server's, not a backend
+        backends = [("chardev", c) for c in self.spec.chardev_configs.values() if c.id not in monitors]
         backends += [("chardev", s.chardev) for s in self.spec.serial_configs if s.chardev is not None]
         backends += [("netdev", c) for c in self.spec.netdev_configs.values()]
         for kind, c in backends:
             parse_properties(f"{kind} {c.id} ({c.backend})", self._backend_type(kind, c).properties, c.props)
+
+    def _check_drives(self) -> None:
+        """Every --drive's image, used by a device or not, can be opened as QEMU's ``file``
+        driver would (a regular file or a block device; read-write unless readonly=on)."""
+        import stat
+
+        for d in self.spec.drive_configs.values():
+            where = f"--drive id={d.id},file={d.file}"
+            try:
+                fd = os.open(d.file, (os.O_RDONLY if d.readonly else os.O_RDWR) | os.O_CLOEXEC | os.O_NONBLOCK)
+            except IsADirectoryError:
+                raise ConfigError(f"{where}: 'file' driver requires '{d.file}' to be a regular file") from None
+            except OSError as e:
+                raise ConfigError(f"{where}: Could not open '{d.file}': {e.strerror}") from None
+            try:
+                mode = os.fstat(fd).st_mode
+            finally:
+                os.close(fd)
+            if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
+                raise ConfigError(f"{where}: 'file' driver requires '{d.file}' to be a regular file")
 
     @staticmethod
     def device_properties(reg: Any) -> tuple[Any, ...]:
@@ -250,6 +342,8 @@ class Machine:
         if other is not None:
             raise ConfigError(f"{user}: drive {drive_id} is already used by {other}")
         self._drive_users[drive_id] = user
+        if self._creating_qdev is not None:
+            self.drive_qdevs[drive_id] = self._creating_qdev
         return cfg
 
     def netdev(self, netdev_id: str) -> Any:
@@ -334,12 +428,36 @@ class Machine:
         """The ``--chardev BACKEND,id=ID`` backend, created on first use."""
         dev = self._chardevs.get(chardev_id)
         if dev is None:
+            if chardev_id in self.spec.monitor_chardevs:
+                raise ConfigError(f"{self._creating}: chardev {chardev_id} is used by a monitor (--mon)")
             cfg = self.spec.chardev_configs.get(chardev_id)
             if cfg is None:
                 known = ", ".join(sorted(self.spec.chardev_configs)) or "none"
                 raise ConfigError(f"chardev {chardev_id!r} not found (defined chardevs: {known})")
             dev = self._chardevs[chardev_id] = self._make_backend("chardev", cfg)
         return dev
+
+    def chardev_list(self) -> list[tuple[str, str, bool]]:
+        """(label, filename, frontend open) of each host character device, for QMP's
+        ``query-chardev``: the ``--chardev`` ones (a frontend opened it when some device
+        asked for it) and the serial ports' own (``serial0``: ``stdio``), as QEMU names
+        them. A backend with ``info()`` (a mapping with ``filename``) describes itself."""
+        out = []
+        monitors = self.spec.monitor_chardevs
+        configs = [c for c in self.spec.chardev_configs.values() if c.id not in monitors]
+        configs += [s.chardev for s in self.spec.serial_configs if s.chardev is not None]
+        for cfg in configs:
+            dev = self._chardevs.get(cfg.id)
+            filename = cfg.backend  # QEMU 7.2: "stdio", "null", "file"
+            info = getattr(dev, "info", None)
+            if callable(info):
+                try:
+                    described = info()
+                    filename = str(described.get("filename", filename))
+                except Exception:
+                    log.debug("chardev %s: info() failed", cfg.id, exc_info=True)
+            out.append((cfg.id, filename, dev is not None))
+        return out
 
     def serial_chardev(self, index: int) -> Chardev | None:
         """The host side of serial port ``index`` from ``-serial`` (None for ``none``)."""
@@ -358,13 +476,18 @@ class Machine:
     # ------------------------------------------------------------------ construction
     def build(self) -> None:
         from .boot import cpu as bootcpu
+        from .context import VcpuView
         from .kvm import Kvm
 
         self.kvm = Kvm()
         self.vm = self.kvm.create_vm()
         self.add_cleanup(self.kvm.close)
         self.add_cleanup(self.vm.close)
-        self.memory = GuestMemory(self.ram_size)
+        try:
+            self.memory = GuestMemory(self.ram_size)
+        except (OSError, MemoryError) as e:  # -m larger than the host can map
+            why = getattr(e, "strerror", None) or "Cannot allocate memory"
+            raise ConfigError(f"cannot set up {self.ram_size >> 20} MiB of guest memory: {why}") from None
         self.add_cleanup(self.memory.close)
         if self.images.bios is not None:
             from .boot.firmware import map_firmware
@@ -387,6 +510,7 @@ class Machine:
         for i in range(self.smp):
             vcpu = self.vm.create_vcpu(i)
             self.vcpus.append(vcpu)
+            self.vcpu_views.append(VcpuView(vcpu))
             self.add_cleanup(vcpu.close)
             entries = bootcpu.edit_cpuid(self.supported_cpuid, i, self.smp, tsc_deadline)
             self.hook.cpuid(ctx=self.ctx, vcpu_id=i, entries=entries)
@@ -395,7 +519,7 @@ class Machine:
             fpu = vcpu.get_fpu()
             bootcpu.setup_fpu(fpu)
             vcpu.set_fpu(fpu)
-            self.hook.configure_vcpu(ctx=self.ctx, vcpu=vcpu)
+            self.hook.configure_vcpu(ctx=self.ctx, vcpu=self.vcpu_views[i])
         self._load_kernel()
         self._built = True
 
@@ -426,39 +550,53 @@ class Machine:
 
         # the guest's EOI of a level-triggered vector, routed by the split irqchip's MSI
         # routes (KVM_CAP_SPLIT_IRQCHIP); KVM's own IOAPIC never exits for it
-        self.add_exit_handler(lib.KVM_EXIT_IOAPIC_EOI, lambda vcpu: self.irqchip.eoi(vcpu.run_ptr.eoi.vector))
+        self.add_exit_handler(lib.KVM_EXIT_IOAPIC_EOI, lambda vcpu: self.irqchip.eoi(vcpu.run.eoi.vector))
 
     def _create_user_devices(self) -> None:
-        """One device per ``--device``, converted against its type's declared properties;
-        virtio types are placed by the core with the transport the user chose."""
-        from .config import VIRTIO_TRANSPORT_PROPERTIES, VirtioTransportConfig, parse_properties
+        """One device per ``--device`` (properties converted in ``__init__``); virtio types
+        are placed by the core with the transport the user chose."""
+        from .config import VirtioTransportConfig
 
-        names: set[str] = set()
-        for cfg in self.spec.device_configs:
-            reg = self.host.device_types[cfg.driver]  # checked in __init__
-            declared = self.device_properties(reg) + (VIRTIO_TRANSPORT_PROPERTIES if reg.virtio else ())
-            props = parse_properties(cfg.driver, declared, cfg.props)
-            if props["id"]:
-                if props["id"] in names:
-                    raise ConfigError(f"--device {cfg.driver}: duplicate id {props['id']!r}")
-                names.add(props["id"])
+        anonymous = 0
+        for cfg, reg, props in self._device_props:
             self._creating = f"--device {cfg.driver}" + (f",id={props['id']}" if props["id"] else "")
+            # the device's QOM path as QEMU 7.2's query-block shows it
+            self._creating_qdev = props["id"] or f"/machine/peripheral-anon/device[{anonymous}]"
+            anonymous += 0 if props["id"] else 1
             try:
                 made = reg.factory(self.ctx, props)
             finally:
                 self._creating = "a device"
+                self._creating_qdev = None
             if not reg.virtio:
                 continue
             from .virtio.backend import VirtioBackend
 
             if not isinstance(made, VirtioBackend):
                 raise PluginError(f"plugin {reg.plugin}: the {cfg.driver} factory returned {made!r}, not a VirtioBackend")
-            name = props["id"] or made.label or f"{cfg.driver}.{len(self.virtio_transports)}"
             try:
+                if props["id"]:
+                    if self._name_taken(props["id"]):
+                        raise ConfigError(f"--device {cfg.driver},id={props['id']}: another device is named {props['id']}")
+                    name = props["id"]
+                else:
+                    name = self._unique_name(made.label or cfg.driver)
                 self.add_virtio_device(made, name, VirtioTransportConfig(legacy=props["force-legacy"]))
             except BaseException:
                 made.close()
                 raise
+
+    def _name_taken(self, name: str) -> bool:
+        """Whether a placed device already has ``name`` (names key the counters)."""
+        return any(m.name == name for bus in (self.pio_bus, self.mmio_bus) for m in bus.mappings())
+
+    def _unique_name(self, base: str) -> str:
+        """``base``, or ``base.1``, ``base.2``... when devices share a default name."""
+        name, n = base, 0
+        while self._name_taken(name):
+            n += 1
+            name = f"{base}.{n}"
+        return name
 
     def _kernel_cmdline(self) -> str:
         """The user's words, the ``kernel_cmdline`` hooks', and on an emulating host the
@@ -538,6 +676,16 @@ class Machine:
                  firmware.ONE_MIB - self.images.bios.isa_size)
 
     # ------------------------------------------------------------------ lifecycle
+    @property
+    def stopping(self) -> bool:
+        """The machine is ending (request_stop); vCPU loops leave, parked ones too."""
+        return self._stopping
+
+    @stopping.setter
+    def stopping(self, value: bool) -> None:
+        self._stopping = value
+        self.hold = value or self.paused
+
     def request_stop(self, status: int, reason: str) -> None:
         """Stop the machine (from any thread). The first reason wins."""
         if not self.stopping:
@@ -545,19 +693,116 @@ class Machine:
             self.stop_reason = reason
             self.stopping = True
             log.log(40 if status else 20, "stopping: %s", reason)  # ERROR / INFO
-        self._stop_event.set()
+        self._wake()
+        with self.pause_cond:  # parked vCPUs leave too
+            self.pause_cond.notify_all()
+        if self._closed:
+            return  # the vCPUs' kvm_run pages are unmapped: nothing to kick
         for t in self.threads:
             if t is not threading.current_thread():
                 t.kick()
 
+    def _wake(self) -> None:
+        fd = self._wake_w
+        if fd < 0:
+            return
+        try:
+            os.write(fd, b"x")
+        except OSError:
+            pass  # full (a wake-up is pending anyway) or closed
+
     def guest_reset(self, reason: str) -> None:
-        """The guest asked for a reset (triple fault): end the process with --no-reboot, as
-        QEMU does, else rebuild the machine and boot again."""
-        if self.spec.no_reboot:
-            self.request_stop(0, f"guest reset ({reason}) with --no-reboot: exiting")
-        else:
-            self.reset_requested = True
-            self.request_stop(0, f"guest reset ({reason}): rebooting")
+        """The guest asked for a reset (triple fault): reboot (the machine is rebuilt), or
+        with --no-reboot a shutdown, as QEMU does (see Lifecycle)."""
+        self.lifecycle.guest_reset(self, reason)
+
+    def guest_shutdown(self) -> None:
+        """The guest powered off (KVM_SYSTEM_EVENT_SHUTDOWN)."""
+        self.lifecycle.guest_shutdown(self)
+
+    def guest_panicked(self, detail: str) -> None:
+        """The guest reported a panic (KVM_SYSTEM_EVENT_CRASH, a pvpanic device)."""
+        self.lifecycle.guest_panicked(self, detail)
+
+    def guest_crashloaded(self) -> None:
+        """The guest loaded a crash kernel after a panic (pvpanic CRASH_LOADED)."""
+        self.lifecycle.guest_crashloaded(self)
+
+    def internal_error(self, message: str) -> None:
+        """A KVM internal error or an exit nobody handles: with a QMP monitor the VM stays in
+        ``internal-error`` (message and register dump in the log), else it ends with status 1."""
+        self.lifecycle.internal_error(self, message)
+
+    # ------------------------------------------------------------------ pause / resume
+    def vcpu_started(self) -> None:
+        with self.pause_cond:
+            self.vcpus_active += 1
+
+    def vcpu_finished(self) -> None:
+        with self.pause_cond:
+            self.vcpus_active -= 1
+            self.pause_cond.notify_all()
+
+    def pause(self, wait: bool = True) -> None:
+        """Stop the guest where it is: every vCPU out of KVM_RUN and parked, the timer thread
+        idle, every virtio worker parked and each backend paused (no guest memory written
+        from here on), and kvmclock saved (QEMU's kvmclock_vm_state_change). ``wait``: wait
+        until each vCPU has parked (not from a vCPU thread, which parks when it returns).
+        Any thread; a no-op when already paused."""
+        with self.pause_cond:
+            if self.paused:
+                return
+            self.paused = True
+            self.hold = True
+        me = threading.current_thread()
+        for t in self.threads:
+            if t is not me:
+                t.kick()
+        if wait and not any(t is me for t in self.threads):
+            with self.pause_cond:
+                if not self.pause_cond.wait_for(lambda: self.parked >= self.vcpus_active or self.stopping, PAUSE_TIMEOUT):
+                    log.warning("pause: %d of %d vCPUs still busy after %.0f s", self.vcpus_active - self.parked,
+                                self.vcpus_active, PAUSE_TIMEOUT)
+        if self._timers is not None:
+            self._timers.pause()
+        if self._virtio is not None:
+            self._virtio.pause()
+        if self._guest_ran:
+            self._save_clock()
+
+    def resume(self) -> None:
+        """Undo :meth:`pause`: kvmclock restored, devices and timers resumed, vCPUs released."""
+        with self.pause_cond:
+            if not self.paused:
+                return
+        self._restore_clock()
+        if self._virtio is not None:
+            self._virtio.resume()
+        if self._timers is not None:
+            self._timers.resume()
+        with self.pause_cond:
+            self.paused = False
+            self.hold = self.stopping
+            self._guest_ran = True
+            self.pause_cond.notify_all()
+
+    def mark_running(self) -> None:
+        """The vCPUs start running (not paused): a later pause saves the guest's clock."""
+        self._guest_ran = True
+
+    def _save_clock(self) -> None:
+        """The guest's kvmclock now, set again on resume (microvm.guestclock, as QEMU)."""
+        if self.vm is not None:
+            from . import guestclock
+
+            self._saved_clock = guestclock.save(self.vm, self.vcpus, self.memory)
+
+    def _restore_clock(self) -> None:
+        clock, self._saved_clock = self._saved_clock, None
+        if clock is not None and self.vm is not None:
+            from . import guestclock
+
+            guestclock.restore(self.vm, self.vcpus, clock)
 
     def triple_fault(self, vcpu: Any) -> None:
         """KVM_EXIT_SHUTDOWN. A guest reset, except when the vCPU was executing the
@@ -590,11 +835,34 @@ class Machine:
 
     def _install_termination_handlers(self) -> None:
         """SIGTERM/SIGHUP stop the machine cleanly (the terminal is restored, disks closed), as
-        QEMU does; only possible from the main thread."""
+        QEMU does; only possible from the main thread. See :func:`_on_termination_signal`."""
+        global _current
+        _current = self
         if threading.current_thread() is not threading.main_thread():
             return
         for sig in (signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, lambda signum, _frame: self.request_stop(0, f"terminated by signal {signum}"))
+            if signal.getsignal(sig) is not _on_termination_signal:
+                signal.signal(sig, _on_termination_signal)
+
+    def _wait_for_stop(self) -> None:
+        """Sleep in the main thread until a stop is requested or a signal arrives."""
+        import select
+
+        while not self.stopping:
+            try:
+                select.select([self._wake_r], [], [])
+                while os.read(self._wake_r, 64):
+                    pass
+            except BlockingIOError:
+                pass
+            if _terminating is not None:
+                self._terminated(_terminating)
+
+    def _terminated(self, signum: int) -> None:
+        """A host signal ends the run (run_spec reports SHUTDOWN host-signal to QMP clients,
+        outside the signal handler)."""
+        self.host_signal = self.host_signal or signum
+        self.request_stop(0, f"terminated by signal {signum}")
 
     def run(self) -> int:
         """Boot and run until the guest stops; returns the exit status. A Machine runs once:
@@ -605,26 +873,31 @@ class Machine:
         if self._ran:
             raise MicrovmError("this Machine has already run; build a new Machine(spec) to boot again")
         self._ran = True
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._install_termination_handlers()
         try:
             if not self._built:
                 self.build()
-            self._install_termination_handlers()
             if not install_kick_handler():
                 log.warning("Machine.run outside the main thread before microvm.machine was imported in it: "
                             "a vCPU halted in the guest may take seconds to stop")
+            if _terminating is not None:  # arrived while this machine was being built
+                self._terminated(_terminating)
+                return self.exit_status
             self.hook.machine_start(ctx=self.ctx)
+            self.threads = [VcpuThread(self, v) for v in self.vcpus]
+            self.lifecycle.machine_starting(self)  # pauses it for -S, or a reset while not running
             if self._virtio is not None:
                 self._virtio.start()
             if self._timers is not None:
                 self._timers.start()
-            self.threads = [VcpuThread(self, v) for v in self.vcpus]
             for t in self.threads:
                 self.metrics.add_source("vcpus", t.name, t.exit_counts)
                 t.start()
             try:
-                while not self._stop_event.wait(0.5):
-                    pass
+                self._wait_for_stop()
             except KeyboardInterrupt:
+                self.host_signal = self.host_signal or signal.SIGINT
                 self.request_stop(0, "interrupted (SIGINT)")
             for t in self.threads:
                 t.join(timeout=5)
@@ -635,6 +908,7 @@ class Machine:
         return self.exit_status
 
     def close(self) -> None:
+        self.lifecycle.machine_closing(self)  # QMP commands go to no torn-down machine
         if not self._stopped_hooks and self._built:
             self._stopped_hooks = True
             try:
@@ -650,6 +924,9 @@ class Machine:
                 log.exception("closing virtio devices failed")
         self._chardevs.clear()
         alive = any(t.is_alive() for t in self.threads)
+        with self.kick_lock:  # no kick writes to a kvm_run page from here on
+            self.torn_down = True
+        self._closed = True  # and request_stop kicks no vCPU (their pages go away)
         for fn in reversed(self._cleanups):
             if alive and fn in (getattr(self.memory, "close", None),):
                 continue  # a stuck vCPU may still touch guest RAM: leave the mapping
@@ -658,24 +935,41 @@ class Machine:
             except Exception:
                 log.debug("cleanup failed", exc_info=True)
         self._cleanups.clear()
+        fds = (self._wake_r, self._wake_w)
+        self._wake_r = self._wake_w = -1  # first: a late _wake must not write to a reused fd
+        for fd in fds:
+            if fd >= 0:
+                os.close(fd)
 
 
 def run_spec(spec: MachineSpec, host: Any = None) -> int:
     """Run a machine, rebuilding it after each guest reset unless --no-reboot; with
-    ``spec.metrics``, write the counters (of every boot) there at the end."""
+    ``spec.metrics``, write the counters (of every boot) there at the end.
+
+    The :class:`~microvm.lifecycle.Lifecycle` (run state, QMP monitors) lives here, across
+    the machines of the run: its monitors are bound once the first Machine has checked the
+    options, before any vCPU runs, and closed when the run ends."""
+    from .lifecycle import Lifecycle
     from .metrics import Metrics
 
     images = None
     metrics = Metrics()
+    lifecycle = Lifecycle(spec)
     try:
         while True:
-            m = Machine(spec, host, images, metrics)
+            m = Machine(spec, host, images, metrics, lifecycle=lifecycle)
+            if images is None:
+                lifecycle.start_monitors()
             images = m.images
-            status = m.run()
-            if not m.reset_requested:
+            try:
+                status = m.run()
+            finally:
+                lifecycle.machine_ended(m)
+            if not m.reset_requested or lifecycle.quit_requested or _terminating is not None:
                 return status
             log.info("rebooting")
     finally:
+        lifecycle.close_monitors()
         if spec.metrics and images is not None:
             try:
                 metrics.write_json(spec.metrics)

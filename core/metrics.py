@@ -66,6 +66,17 @@ class CounterGroup:
                 c = self._counters.setdefault(name, Counter())
         return c
 
+    def adopt(self, other: "CounterGroup") -> None:
+        """Take over the counters of ``other`` (a device's group made before the device was
+        placed): the same Counter objects, so what was bound to them keeps counting here."""
+        with self._lock:
+            for name, c in other._counters.items():
+                mine = self._counters.get(name)
+                if mine is None:
+                    self._counters[name] = c
+                elif mine is not c:
+                    mine.add(c.value)
+
     def __getitem__(self, name: str) -> int:
         """The current value of counter ``name`` (0 when it was never created)."""
         c = self._counters.get(name)
@@ -142,7 +153,33 @@ class Metrics:
 
         data = {"microvm": __version__, **self.snapshot()}
         tmp = f"{path}.{os.getpid()}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(data, f, indent=1, sort_keys=False)
-            f.write("\n")
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "w") as f:
+                json.dump(data, f, indent=1, sort_keys=False)
+                f.write("\n")
+            os.replace(tmp, path)
+        except OSError:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+
+
+def check_metrics_path(path: str) -> None:
+    """Refuse a ``--metrics`` path that cannot be written, before the VM runs (one line,
+    status 2), rather than after it: an empty path, a directory, a missing or read-only
+    directory."""
+    import os
+
+    from .errors import ConfigError
+
+    if not path:
+        raise ConfigError("--metrics: a file name is needed")
+    if os.path.isdir(path):
+        raise ConfigError(f"--metrics {path}: is a directory")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise ConfigError(f"--metrics {path}: no such directory {parent}")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"--metrics {path}: cannot write in {parent}")

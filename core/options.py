@@ -26,6 +26,9 @@ class OptionRegistry:
             raise PluginError(f"register_machine_options: expected a MachineOption, got {option!r}")
         if not isinstance(option, MachineOption):  # declared as a plain Property: same fields
             option = MachineOption(*option)
+        why = option.problem()
+        if why:
+            raise PluginError(f"machine option declared by {option.plugin or '?'}: {why}")
         if option.name in self.options:
             other = self.options[option.name]
             raise PluginError(f"machine option {option.name!r} declared twice ({other.plugin or '?'} and {option.plugin or '?'})")
@@ -35,17 +38,11 @@ class OptionRegistry:
         return {name: opt.default for name, opt in self.options.items()}
 
     def parse_machine(self, specs: Iterable[str]) -> dict[str, Any]:
-        """Parse ``-M`` values (``microvm,key=value,...``; several ``-M`` merge left to right)."""
+        """Parse ``-M`` values (``microvm,key=value,...``; several ``-M`` merge left to right,
+        a key given twice keeps the last value, as QEMU's)."""
         values = self.defaults()
         for spec in specs:
-            for i, item in enumerate(p for p in spec.split(",") if p != ""):
-                if "=" not in item:
-                    if i == 0 or item == "microvm":
-                        if item not in ("microvm", "type=microvm"):
-                            raise ConfigError(f"unsupported machine type {item!r}: only 'microvm' is provided")
-                        continue
-                    raise ConfigError(f"machine option {item!r} needs a value (key=value)")
-                key, _, value = item.partition("=")
+            for key, value in split_machine_opts(spec):
                 if key == "type":
                     if value != "microvm":
                         raise ConfigError(f"unsupported machine type {value!r}: only 'microvm' is provided")
@@ -68,3 +65,46 @@ class OptionRegistry:
     def legacy_devices(self, values: dict[str, Any]) -> LegacyDevices:
         """QEMU microvm's optional legacy devices as the parsed options ask for them."""
         return LegacyDevices(**{field: self.switch(values, opt) for field, opt in LEGACY_OPTIONS.items()})
+
+
+def split_machine_opts(text: str) -> list[tuple[str, str]]:
+    """``-M`` text as QEMU 7.2's keyval parser splits it, into (key, value) pairs.
+
+    The first item may be the bare machine type (``microvm``: the implied key ``type``); it
+    ends at the first comma. Every other item is ``key=value``, where ``,,`` in the value is a
+    comma (``pit=off,,rtc=off`` is pit's value ``off,rtc=off``). One trailing comma is
+    allowed; an empty item is ``Invalid parameter ''`` and a key without ``=`` is
+    ``Expected '=' after parameter 'KEY'``, in QEMU's words.
+    """
+    out: list[tuple[str, str]] = []
+    n, i = len(text), 0
+    comma = text.find(",")
+    head = text[: comma if comma >= 0 else n]
+    if "=" not in head:
+        if head == "":
+            raise ConfigError(f"-M {text}: Invalid parameter ''")
+        out.append(("type", head))
+        i = n if comma < 0 else comma + 1
+    while i < n:
+        j = i
+        while j < n and text[j] not in "=,":
+            j += 1
+        key = text[i:j]
+        if key == "":
+            raise ConfigError(f"-M {text}: Invalid parameter ''")
+        if j == n or text[j] == ",":
+            raise ConfigError(f"-M {text}: Expected '=' after parameter '{key}'")
+        j += 1  # past '='
+        value: list[str] = []
+        while j < n:
+            if text[j] == ",":
+                if text[j + 1 : j + 2] == ",":
+                    value.append(",")
+                    j += 2
+                    continue
+                break
+            value.append(text[j])
+            j += 1
+        out.append((key, "".join(value)))
+        i = j + 1  # past the separating comma (or beyond the end)
+    return out

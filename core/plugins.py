@@ -238,6 +238,9 @@ class PluginHost:
             for p in props:
                 if not isinstance(p, Property):
                     raise PluginError(f"plugin {plugin}: {what} {name!r}: expected Property declarations, got {p!r}")
+                why = p.problem()
+                if why:
+                    raise PluginError(f"plugin {plugin}: {what} {name!r}: {why}")
                 if p.name in seen or p.name in RESERVED_PROPERTIES:
                     raise PluginError(f"plugin {plugin}: {what} {name!r} declares property {p.name!r} twice or reserved")
                 seen.add(p.name)

@@ -44,6 +44,11 @@ class MachineSpec:
         extra_plugins: list[Any] | None = None,
         metrics: str | None = None,
         bios: str | None = None,
+        qmp: list[str] | None = None,        # --qmp ADDRESS (QEMU's -qmp)
+        mon: list[str] | None = None,        # --mon chardev=ID,mode=control (QEMU's -mon)
+        prelaunch: bool = False,             # -S: start paused until QMP cont
+        no_shutdown: bool = False,           # --no-shutdown: stop, not exit, on a shutdown
+        name: str | None = None,             # --name (QEMU's -name), for query-name
     ) -> None:
         self.kernel = kernel
         self.initrd = initrd
@@ -62,6 +67,13 @@ class MachineSpec:
         #: ``-bios``: a firmware image (path, or a bare name searched in the firmware
         #: directories); None for a direct kernel boot
         self.bios = bios
+        self.qmp = list(qmp or [])
+        self.mon = list(mon or [])
+        self.prelaunch = prelaunch
+        self.no_shutdown = no_shutdown
+        self.name = name
+        #: chardev id -> QMP address, for the socket chardevs a --mon took (set by validate)
+        self.monitor_chardevs: dict[str, str] = {}
         self.drive_configs: dict[str, DriveConfig] = {}
         self.chardev_configs: dict[str, ChardevConfig] = {}
         self.netdev_configs: dict[str, NetdevConfig] = {}
@@ -86,11 +98,77 @@ class MachineSpec:
         self.netdev_configs = _by_id("--netdev", self.netdevs, NetdevConfig)
         self.device_configs = [d if isinstance(d, DeviceConfig) else DeviceConfig.parse(d) for d in self.devices]
         self.serial_configs = [SerialConfig.parse(s, i) for i, s in enumerate(self.serial)]
+        if self.metrics is not None:
+            from .metrics import check_metrics_path
+
+            check_metrics_path(self.metrics)
+        self.monitor_chardevs = {}
+        for text in self.mon:
+            chardev_id, address = _monitor_address(text, self.chardev_configs)
+            if chardev_id in self.monitor_chardevs:
+                raise ConfigError(f"--mon {text}: chardev {chardev_id} already has a monitor")
+            self.monitor_chardevs[chardev_id] = address
         for s in self.serial_configs:
+            if s.ref is not None and s.ref in self.monitor_chardevs:
+                raise ConfigError(f"--serial {s.text}: chardev {s.ref} is used by a monitor (--mon)")
             if s.ref is not None and s.ref not in self.chardev_configs:
                 raise ConfigError(f"--serial {s.text}: no --chardev with id={s.ref}")
             if s.chardev is not None and s.chardev.id in self.chardev_configs:
                 raise ConfigError(f"--serial {s.text}: id {s.chardev.id} is taken by a --chardev")
+
+
+    def mon_addresses(self) -> dict[str, str]:
+        """The QMP address of each ``--mon`` (by chardev id), once validated."""
+        return dict(self.monitor_chardevs)
+
+
+#: the socket chardev keys a QMP monitor understands (QEMU's -chardev socket)
+_MON_SOCKET_KEYS = ("path", "host", "port", "server", "wait")
+
+
+def _monitor_address(text: str, chardevs: dict[str, ChardevConfig]) -> tuple[str, str]:
+    """``chardev=ID,mode=control[,pretty=off]`` (QEMU's -mon) on ``--chardev
+    socket,id=ID,path=P|host=H,port=N,server=on[,wait=on|off]``: (ID, the QMP address in
+    ``-qmp`` syntax). QEMU's defaults: mode=readline (HMP, not supported here), wait=on."""
+    props = parse_props(text, positional="chardev", what="--mon")
+    chardev_id = props.pop("chardev", "")
+    mode = props.pop("mode", "readline")
+    pretty = props.pop("pretty", "off")
+    if props:
+        raise ConfigError(f"--mon {text}: unknown option {next(iter(props))!r} (chardev=ID,mode=control)")
+    if not chardev_id:
+        raise ConfigError(f"--mon {text}: chardev=ID is required")
+    if mode != "control":
+        raise ConfigError(f"--mon {text}: only mode=control (QMP) is supported; the HMP monitor (mode=readline) is not")
+    if pretty not in ("off", "false", "no"):
+        raise ConfigError(f"--mon {text}: pretty=on is not supported (replies are one line each)")
+    cfg = chardevs.get(chardev_id)
+    if cfg is None:
+        known = ", ".join(sorted(chardevs)) or "none"
+        raise ConfigError(f"--mon {text}: chardev {chardev_id!r} not found (defined chardevs: {known})")
+    if cfg.backend != "socket":
+        raise ConfigError(f"--mon {text}: chardev {chardev_id} is {cfg.backend!r}; a QMP monitor needs a socket chardev")
+    p = dict(cfg.props)
+    extra = [k for k in p if k not in _MON_SOCKET_KEYS]
+    if extra:
+        raise ConfigError(f"--chardev socket,id={chardev_id}: option {extra[0]!r} is not supported for a monitor "
+                          f"({', '.join(_MON_SOCKET_KEYS)})")
+    server = p.get("server", "off")
+    if server not in ("on", "true", "yes"):
+        raise ConfigError(f"--chardev socket,id={chardev_id}: a monitor socket must listen (server=on)")
+    wait = p.get("wait", "on")
+    if wait not in ("on", "off", "true", "false", "yes", "no"):
+        raise ConfigError(f"--chardev socket,id={chardev_id}: wait={wait}: expected on or off")
+    wait = "on" if wait in ("on", "true", "yes") else "off"
+    if "path" in p:
+        if "host" in p or "port" in p:
+            raise ConfigError(f"--chardev socket,id={chardev_id}: path= and host=/port= exclude each other")
+        head = f"unix:{p['path']}"
+    elif "port" in p:
+        head = f"tcp:{p.get('host', '')}:{p['port']}"
+    else:
+        raise ConfigError(f"--chardev socket,id={chardev_id}: needs path=PATH or host=HOST,port=PORT")
+    return chardev_id, f"{head},server=on,wait={wait}"
 
 
 def _by_id(option: str, items: list[Any], cls: Any) -> dict[str, Any]:

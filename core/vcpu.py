@@ -1,9 +1,15 @@
 """The vCPU loop: one thread per vCPU, ``KVM_RUN`` with the GIL released, and dispatch of exits.
 
 The loop stays dumb (Firecracker's rule): port I/O goes to the PIO bus, MMIO to the MMIO bus,
-a triple fault ends or resets the machine, and every other exit is handled explicitly or
-offered to the ``handle_exit`` hook; an exit nobody handles stops the machine with a register
-dump. :mod:`microvm.emulation` steps over the instructions an emulating host cannot execute.
+a triple fault resets the machine, and every other exit is handled explicitly or offered to
+the ``handle_exit`` hook; an exit nobody handles is an internal error (with a register dump).
+What a reset, a power-off, a panic or an internal error then does (reboot, exit, or stay in
+a stopped run state for a QMP client) is the machine's :class:`~microvm.lifecycle.Lifecycle`.
+:mod:`microvm.emulation` steps over the instructions an emulating host cannot execute.
+
+Pausing (QMP ``stop``, ``-S``): the machine sets its hold flag and kicks every vCPU out of
+KVM_RUN; the loop checks that one flag before each entry and parks the thread on the
+machine's pause condition until ``cont`` (or a stop) releases it.
 """
 from __future__ import annotations
 
@@ -63,6 +69,8 @@ class VcpuThread(threading.Thread):
         self.vcpu = vcpu
         self.run_ptr = vcpu.run_ptr
         self.run_view = memoryview(vcpu.run_buf)
+        #: what exit handlers and the handle_exit hook get of this vCPU
+        self.view = machine.vcpu_views[vcpu.id] if vcpu.id < len(machine.vcpu_views) else None
         chip = machine.irqchip
         #: the 8259 emulated in userspace that answers this vCPU's INTA cycles (boot vCPU only)
         self.extint_source = chip.extint_source() if chip is not None and vcpu.id == 0 else None
@@ -77,17 +85,37 @@ class VcpuThread(threading.Thread):
         return {exit_name(r): n for r, n in enumerate(self.exits) if n}
 
     def kick(self) -> None:
-        """Make KVM_RUN return soon: immediate_exit for the next entry, a signal for this one."""
-        self.run_ptr.immediate_exit = 1
-        self.machine.signal_thread(self)
+        """Make KVM_RUN return soon: immediate_exit for the next entry, a signal for this one.
+        Any thread; a no-op once the machine tore its vCPUs down (their kvm_run pages are
+        unmapped then: a QMP command or a device thread may still hold the machine)."""
+        m = self.machine
+        with m.kick_lock:
+            if m.torn_down or self.vcpu.closed:
+                return
+            self.run_ptr.immediate_exit = 1
+            m.signal_thread(self)
 
     def run(self) -> None:
         m = self.machine
+        m.vcpu_started()
         try:
             self._loop()
         except Exception as e:  # a bug in a device must stop the VM cleanly, with a report
             log.exception("vCPU %d: unexpected error", self.vcpu.id)
             m.request_stop(1, f"vCPU {self.vcpu.id} failed: {e}")
+        finally:
+            m.vcpu_finished()
+
+    def _park(self) -> None:
+        """Wait, out of KVM_RUN, while the machine is paused (see Machine.pause)."""
+        m = self.machine
+        cond = m.pause_cond
+        with cond:
+            m.parked += 1
+            cond.notify_all()
+            while m.paused and not m.stopping:
+                cond.wait()
+            m.parked -= 1
 
     def _loop(self) -> None:
         m = self.machine
@@ -98,7 +126,12 @@ class VcpuThread(threading.Thread):
         EXIT_IO, EXIT_MMIO = lib.KVM_EXIT_IO, lib.KVM_EXIT_MMIO
         IO_OUT = lib.KVM_EXIT_IO_OUT
         exits = self.exits
-        while not m.stopping:
+        while True:
+            if m.hold:  # one flag for both: stopping, or paused (QMP stop, -S)
+                if m.stopping:
+                    break
+                self._park()
+                continue
             if self.extint_pending:
                 self._inject_extint()
             if vcpu.run() < 0:  # EINTR/EAGAIN: a kick; look at the stop flag
@@ -156,9 +189,11 @@ class VcpuThread(threading.Thread):
             if t == lib.KVM_SYSTEM_EVENT_RESET:
                 m.guest_reset("system reset event")
             elif t == lib.KVM_SYSTEM_EVENT_SHUTDOWN:
-                m.request_stop(0, "guest powered off")
+                m.guest_shutdown()
+            elif t == lib.KVM_SYSTEM_EVENT_CRASH:  # Hyper-V crash MSRs (HV_X64_MSR_CRASH_CTL)
+                m.guest_panicked(f"system event {t} (crash) on vCPU {self.vcpu.id}")
             else:
-                m.request_stop(1, f"guest crashed (system event {t})")
+                m.internal_error(f"unknown KVM system event {t} on vCPU {self.vcpu.id}")
         elif reason in (lib.KVM_EXIT_INTR, lib.KVM_EXIT_IRQ_WINDOW_OPEN):
             pass  # a kick, or the window requested by _inject_extint: the loop goes on
         elif reason == lib.KVM_EXIT_INTERNAL_ERROR:
@@ -166,14 +201,11 @@ class VcpuThread(threading.Thread):
 
             if not (m.emulation_assist and assist(self.vcpu, m.memory, run)):
                 sub = run.internal.suberror
-                m.request_stop(
-                    1,
-                    f"KVM internal error (suberror {sub}) on vCPU {self.vcpu.id}\n" + register_dump(self.vcpu, m.memory),
-                )
+                m.internal_error(f"KVM internal error (suberror {sub}) on vCPU {self.vcpu.id}\n" + register_dump(self.vcpu, m.memory))
         elif reason in m.exit_handlers:
-            m.exit_handlers[reason](self.vcpu)
+            m.exit_handlers[reason](self.view)
         elif reason == lib.KVM_EXIT_HLT:
             # with the in-kernel LAPIC KVM handles HLT itself; an exit means no irqchip woke it
             m.request_stop(0, f"vCPU {self.vcpu.id} halted")
-        elif not m.hook.handle_exit(ctx=m.ctx, vcpu=self.vcpu, exit_reason=reason):
-            m.request_stop(1, f"unhandled KVM exit {exit_name(reason)} on vCPU {self.vcpu.id}\n" + register_dump(self.vcpu, m.memory))
+        elif not m.hook.handle_exit(ctx=m.ctx, vcpu=self.view, exit_reason=reason):
+            m.internal_error(f"unhandled KVM exit {exit_name(reason)} on vCPU {self.vcpu.id}\n" + register_dump(self.vcpu, m.memory))

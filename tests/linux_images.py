@@ -1,13 +1,16 @@
 """Disk images and a serial-console driver for the Linux guests of the block tests and bench.
 
-Guest user mode cannot make system calls on an emulating host (HOST.md), so the guest's
+Guest user mode cannot make system calls on an emulating host (docs/emulating-hosts.md), so the guest's
 ``/sbin/init`` is a static binary that never makes one: :func:`build_spin_init` is ``jmp .``,
 which keeps the kernel alive. :func:`make_ext4` builds an image with ``mkfs.ext4 -d``.
 :class:`ConsoleSession` runs a VMM with the guest's console on its stdio, collects the
 output in a thread, lets the caller wait for markers and type input (``C-a b`` + key is a
 Magic SysRq on the 16550), and kills the VMM on an overall deadline.
 
-Used by ``tests/test_linux_blk.py`` and ``bench/blk.py``; no pytest import here.
+:func:`make_initramfs` puts the same ``/init`` in an uncompressed initramfs.
+
+Used by ``tests/test_linux_blk.py``, ``tests/test_linux_net.py``, ``bench/blk.py`` and
+``bench/net.py``; no pytest import here.
 """
 from __future__ import annotations
 
@@ -68,6 +71,23 @@ def make_rootdir(root: Path, init: Path) -> Path:
     shutil.copyfile(init, root / "sbin/init")
     os.chmod(root / "sbin/init", 0o755)
     return root
+
+
+def make_initramfs(out: Path, init: Path) -> Path:
+    """An uncompressed newc cpio (what the kernel unpacks fastest; gzip costs ~30 s on an
+    emulating host) holding ``/init`` (a copy of ``init``), ``/dev/console`` and the usual
+    mount points."""
+    from microvm.guest.build import CpioWriter
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "wb") as f:
+        w = CpioWriter(f)
+        for d in ("dev", "proc", "sys", "tmp"):
+            w.add_dir(d)
+        w.add_chardev("dev/console", 5, 1, 0o600)
+        w.add_file("init", init.read_bytes(), 0o755)
+        w.close()
+    return out
 
 
 def make_ext4(image: Path, rootdir: Path, size: str, *extra: str) -> Path:
@@ -273,3 +293,59 @@ class ConsoleSession:
         err = "\n".join(line for line in self.errtext.splitlines() if not (err_skip and err_skip in line))
         return (f"\n--- status {status}{' (timed out)' if self.timed_out else ''}; "
                 f"cmd: {' '.join(self.cmd)}\n--- stdout tail:\n{self.text[-n:]}\n--- stderr tail:\n{err[-n:]}")
+
+
+# ------------------------------------------------------------------ network namespaces
+class NetNamespace:
+    """A network namespace made for one test or benchmark run (``ip netns add`` with a unique
+    name), deleted by :meth:`delete` (or leaving the ``with`` block). Only 192.0.2.0/24
+    (TEST-NET-1) addresses are used inside it; the host's own network is never touched."""
+
+    def __init__(self, prefix: str = "microvm") -> None:
+        import secrets
+
+        self.name = f"{prefix}-{os.getpid()}-{secrets.token_hex(3)}"
+        subprocess.run([tool("ip"), "netns", "add", self.name], check=True, capture_output=True, text=True)
+        self.ip("link", "set", "lo", "up")
+
+    def ip(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return subprocess.run([tool("ip"), "-n", self.name, *args], capture_output=True, text=True, check=check)
+
+    def argv(self, *argv: str) -> list[str]:
+        """``argv`` run inside the namespace."""
+        return [tool("ip"), "netns", "exec", self.name, *argv]
+
+    def run(self, *argv: str, timeout: float = 300) -> subprocess.CompletedProcess:
+        return subprocess.run(self.argv(*argv), capture_output=True, text=True, timeout=timeout)
+
+    def exists(self, ifname: str) -> bool:
+        return self.ip("link", "show", "dev", ifname, check=False).returncode == 0
+
+    def wait_for_link(self, ifname: str, timeout: float, alive=lambda: True) -> bool:
+        """Poll until interface ``ifname`` exists (False after ``timeout`` s or when
+        ``alive()`` turns False: the process that should create it ended)."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end and alive():
+            if self.exists(ifname):
+                return True
+            time.sleep(0.05)
+        return self.exists(ifname)
+
+    def host_side(self, ifname: str, address: str) -> None:
+        """Give the host side of the tap ``address`` (CIDR) and bring it up."""
+        self.ip("addr", "add", address, "dev", ifname)
+        self.ip("link", "set", ifname, "up")
+
+    def neighbour_mac(self, address: str, ifname: str) -> str | None:
+        """The link-layer address the host learned for ``address`` (``ip neigh``), or None."""
+        out = self.ip("neigh", "show", address, "dev", ifname, check=False).stdout.split()
+        return out[out.index("lladdr") + 1] if "lladdr" in out else None
+
+    def delete(self) -> None:
+        subprocess.run([tool("ip"), "netns", "del", self.name], capture_output=True)
+
+    def __enter__(self) -> "NetNamespace":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.delete()

@@ -132,7 +132,8 @@ def test_fast_path_result_in_detail(captured: list[dict]) -> None:
     assert captured == [{
         "kernel": "k", "initrd": None, "bios": None, "append": None, "memory": "2G", "smp": 3, "no_reboot": True,
         "machine": ["a=1", "b=2"], "device": [], "drive": [], "chardev": [], "netdev": [], "serial": [],
-        "metrics": None, "verbose": 2,
+        "qmp": [], "mon": [], "prelaunch": False, "no_shutdown": False, "name": None,
+        "metrics": None, "log_items": [], "verbose": 2,
     }]
 
 

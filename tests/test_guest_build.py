@@ -490,3 +490,63 @@ def test_build_without_pvh_note_fails_cleanly(cache, inputs, fake_steps):
     assert leftovers == []
     with pytest.raises(guest.GuestNotBuilt):
         guest.default_guest(build=False)
+
+
+# ---- variants (patched kernels) -------------------------------------------------------------
+
+
+def test_variant_key_covers_name_and_patches(monkeypatch, tmp_path):
+    base = guest.cache_key("frag", "init", VERSIONS)
+    key = guest.variant_key(base, "qemu-compatible")
+    assert key != base and len(key) == 16 and guest.variant_key(base, None) == base
+    assert guest.variant_key(base, "qemu-compatible") == key  # stable
+    patch = tmp_path / "p.patch"
+    patch.write_text((guest._HERE / guest.VARIANTS["qemu-compatible"][0][0]).read_text() + "\n")
+    monkeypatch.setattr(guest, "variant_patches", lambda v: [patch])
+    assert guest.variant_key(base, "qemu-compatible") != key  # a changed patch is another kernel
+
+
+def test_unknown_variant():
+    with pytest.raises(ValueError, match=r"unknown guest variant 'nope' \(known: qemu-compatible\)"):
+        guest.variant_patches("nope")
+    with pytest.raises(ValueError, match="unknown guest variant"):
+        gb.build(variant="nope")
+
+
+def test_variant_is_served_from_its_own_cache_entry(cache, inputs, no_subprocess):
+    fake_build(cache)
+    with pytest.raises(guest.GuestNotBuilt, match="qemu-compatible"):
+        guest.variant_guest("qemu-compatible", build=False)
+    key = guest.variant_key(guest._current_key(VERSIONS), "qemu-compatible")
+    d = cache / "guest" / key
+    d.mkdir()
+    (d / "DONE").write_text(key + "\n")
+    assert guest.variant_guest("qemu-compatible", build=False).vmlinux == d / "vmlinux"
+    assert guest.default_guest(build=False).vmlinux.parent != d
+
+
+def test_the_int3_patch_applies_to_its_function():
+    """The patch names alternative_instructions' call of int3_selftest and nothing else."""
+    text = (guest._HERE / "qemu-compatible-no-int3-selftest.patch").read_text()
+    assert text.count("+++ b/") == 1 and "+++ b/arch/x86/kernel/alternative.c" in text
+    assert "-\tint3_selftest();" in text and "+\t\tint3_selftest();" in text and "+\tif (0)" in text
+
+
+@pytest.mark.skipif(shutil.which("patch") is None or shutil.which("cp") is None, reason="needs patch and cp")
+def test_patched_source_leaves_the_pristine_tree_alone(tmp_path, monkeypatch):
+    src = tmp_path / "src"
+    tree = src / "linux-source-6.1_X"
+    (tree / "arch/x86/kernel").mkdir(parents=True)
+    (tree / "Makefile").write_text("all:\n")
+    original = "void __init alternative_instructions(void)\n{\n\tu64 ibt;\n\n\tint3_selftest();\n\n\t/*\n\t * The patching is not fully atomic, so try to avoid local\n"
+    (tree / "arch/x86/kernel/alternative.c").write_text("\n" * 1147 + original)
+    b = gb._Builder(None)
+    b.log_dir = tmp_path / "logs"
+    b.log_dir.mkdir()
+    out = gb.patched_source(b, src, tree, "qemu-compatible")
+    assert out == src / "linux-source-6.1_X-qemu-compatible"
+    patched = (out / "arch/x86/kernel/alternative.c").read_text()
+    assert "if (0)\n\t\tint3_selftest();" in patched
+    assert (tree / "arch/x86/kernel/alternative.c").read_text().endswith(original)  # pristine
+    assert os.stat(out / "Makefile").st_ino == os.stat(tree / "Makefile").st_ino  # hard link
+    assert gb.patched_source(b, src, tree, "qemu-compatible") == out  # made once

@@ -13,7 +13,7 @@ Two boots (30-60 s each on an emulating host):
 Both read the features the driver accepted from the VMM's log (``-v``): without
 VIRTIO_F_VERSION_1 on the legacy transport, with it (and VIRTIO_BLK_F_RO) on the modern one.
 
-No guest user space is needed (it cannot make system calls on an emulating host, HOST.md):
+No guest user space is needed (it cannot make system calls on an emulating host, docs/emulating-hosts.md):
 ``/sbin/init`` is ``jmp .``, which keeps the kernel alive for the SysRq keys.
 """
 from __future__ import annotations

@@ -28,7 +28,7 @@ def test_default_guest_boots_to_init_on_the_serial_console(default_guest):
     assert "MPTABLE: OEM ID: MICROVM" in out
     assert "Run /init as init process" in out, out[-3000:]
     if EMULATING:
-        # guest user mode cannot make system calls here (HOST.md): init dies, panic=1 reboots
+        # guest user mode cannot make system calls here (docs/emulating-hosts.md): init dies, panic=1 reboots
         assert "Attempted to kill init" in out
     else:
         from microvm.guest import GUEST_OK_MARKER

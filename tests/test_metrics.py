@@ -114,10 +114,24 @@ def test_metrics_file_of_a_real_run(tmp_path) -> None:
     assert exits["KVM_EXIT_IO"] == 6 and exits["KVM_EXIT_SHUTDOWN"] == 1
 
 
-@requires_kvm
-@pytest.mark.kvm
-def test_metrics_file_that_cannot_be_written_is_one_line_and_the_run_stands(tmp_path) -> None:
-    elf = build_guest("hello-pvh", tmp_path)
-    r = run_microvm("run", "--kernel", str(elf), "--no-reboot", "--metrics", str(tmp_path / "no-dir" / "m.json"))
-    assert r.returncode == 0 and r.stdout == b"HELLO\n"
-    assert r.stderr.decode().count("\n") == 1 and "cannot write metrics" in r.stderr.decode(), r.stderr
+@pytest.mark.parametrize("where, message", [
+    ("{tmp}/no-dir/m.json", "no such directory"),
+    ("{tmp}", "is a directory"),
+    ("", "a file name is needed"),
+])
+def test_a_metrics_file_that_cannot_be_written_is_refused_before_the_vm_runs(tmp_path, where, message) -> None:
+    """One line and status 2 before any KVM set-up (it used to run the whole VM, then fail)."""
+    r = run_microvm("run", "--kernel", str(tmp_path / "k"), "--metrics", where.format(tmp=tmp_path))
+    err = r.stderr.decode()
+    assert r.returncode == 2 and err.count("\n") == 1 and message in err, err
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_two_virtio_devices_without_ids_count_apart(tmp_path) -> None:
+    with TestMachine(devices=["virtio-rng-device", "virtio-rng-device", "virtio-rng-device,id=third"]) as m:
+        m.create_devices()
+        assert [s.name for s in m.virtio_transports] == ["virtio-rng", "virtio-rng.1", "third"]
+        groups = [s.transport.counters for s in m.virtio_transports]
+        assert len({id(g) for g in groups}) == 3
+    with pytest.raises(Exception, match="another device is named serial0"):
+        TestMachine(devices=["virtio-rng-device,id=serial0"]).create_devices()

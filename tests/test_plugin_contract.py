@@ -52,6 +52,28 @@ def imports_of(path: Path) -> list[tuple[str, int]]:
     return found
 
 
+def private_context_access(path: Path) -> list[int]:
+    """Lines where plugin code reaches behind the context (``ctx._m``, ``ctx._anything``)."""
+    tree = ast.parse(path.read_text(), str(path))
+    return [n.lineno for n in ast.walk(tree)
+            if isinstance(n, ast.Attribute) and n.attr.startswith("_") and isinstance(n.value, ast.Name)
+            and n.value.id in ("ctx", "vcpu")]
+
+
+def dynamic_core_imports(path: Path) -> list[int]:
+    """Lines importing a core module by name at run time (importlib / __import__)."""
+    tree = ast.parse(path.read_text(), str(path))
+    out = []
+    for n in ast.walk(tree):
+        if isinstance(n, ast.Call) and n.args and isinstance(n.args[0], ast.Constant) and isinstance(n.args[0].value, str):
+            f = n.func
+            name = f.attr if isinstance(f, ast.Attribute) else getattr(f, "id", "")
+            if name in ("import_module", "__import__") and n.args[0].value.startswith("microvm.") \
+                    and n.args[0].value not in ("microvm.api",):
+                out.append(n.lineno)
+    return out
+
+
 def allowed(module: str, own: str, is_test: bool) -> bool:
     top = module.split(".")[0]
     if module == "." or top == own:
@@ -74,13 +96,18 @@ def test_plugins_import_only_the_public_api(path: Path, own: str, is_test: bool)
     where = "a plugin's tests may use microvm.api, microvm.testing and microvm.virtio.testing" if is_test \
         else "plugin code imports microvm.api only"
     assert not bad, f"{path.relative_to(REPO)}: {where}; found {bad}"
+    if not is_test:
+        assert not private_context_access(path), f"{path.relative_to(REPO)}: ctx._... at lines {private_context_access(path)}"
+        assert not dynamic_core_imports(path), f"{path.relative_to(REPO)}: importlib of a core module at {dynamic_core_imports(path)}"
 
 
 def test_the_checker_catches_core_imports(tmp_path: Path) -> None:
     f = tmp_path / "x.py"
-    f.write_text("from microvm.kvm import ffi\nfrom microvm import layout\nimport microvm.api\nfrom . import device\n")
+    f.write_text("from microvm.kvm import ffi\nfrom microvm import layout\nimport microvm.api\nfrom . import device\n"
+                 "import importlib\nm = importlib.import_module('microvm.machine')\nx = ctx._m.vm\n")
     bad = [m for m, _ in imports_of(f) if not allowed(m, "microvm_x", False)]
     assert bad == ["microvm.kvm", "microvm.layout"]
+    assert dynamic_core_imports(f) == [6] and private_context_access(f) == [7]
 
 
 def test_every_api_name_resolves() -> None:
@@ -273,3 +300,19 @@ def test_in_kernel_irqchip_refuses_a_userspace_pic() -> None:
     with pytest.raises(ConfigError, match="has its own 8259s"):
         chip.attach_pic(object())
     assert chip.extint_source() is None and chip.has_pic()
+
+
+@pytest.mark.parametrize("decl, why", [
+    (Property("n", "integer"), "kind 'integer' is not one of"),
+    (Property("c", "choice", "x"), "a choice needs choices"),
+    (Property("c", "choice", "z", choices=("x", "y")), "default 'z' is not one of its choices"),
+    (Property("r", "str", None, "help", (), True), "help and auto_means are strings"),  # required=True by position
+    (Property("o", "OnOffAuto", True), "an OnOffAuto default is on, off or auto"),
+])
+def test_malformed_declarations_are_refused_at_registration(decl, why) -> None:
+    from types import SimpleNamespace
+
+    p = SimpleNamespace(__name__="bad", register_device_types=api.hookimpl(
+        lambda register: register("x-dev", lambda ctx, props: None, "", properties=[decl])))
+    with pytest.raises(PluginError, match=why):
+        PluginHost(extra=[p], use_entry_points=False)

@@ -351,7 +351,8 @@ def test_query_commands_results_on_the_wire():
     assert blk["qdev"] == "/machine/peripheral-anon/device[0]/virtio-backend" and blk["io-status"] == "ok"
     ins = blk["inserted"]
     assert ins["file"] == "/var/lib/disk.img" and ins["ro"] is False and ins["drv"] == "raw"
-    assert ins["image"] == {"filename": "/var/lib/disk.img", "format": "raw", "virtual-size": 64 << 20, "actual-size": 1 << 20}
+    assert ins["image"] == {"filename": "/var/lib/disk.img", "format": "raw", "virtual-size": 64 << 20, "actual-size": 1 << 20,
+                            "dirty-flag": False}
     assert ins["cache"] == {"writeback": True, "direct": False, "no-flush": False}
     assert ins["node-name"].startswith("#block") and ins["backing_file_depth"] == 0
 

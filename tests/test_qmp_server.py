@@ -431,6 +431,13 @@ def test_a_port_in_use_is_a_config_error(make_server, machine):
 def test_wait_on_lets_the_machine_wait_for_a_client(tmp_path, make_server):
     srv = make_server(f"unix:{tmp_path}/w.sock,server,wait=on")
     assert srv.wait and not srv.wait_for_client(0)
+    # QEMU's defaults: server=on alone waits, wait=off does not, and microvm's own
+    # unix:PATH (QEMU would connect to it as a client) listens without waiting
+    from microvm.qmp.server import Address
+
+    assert Address("unix:/x,server=on").wait and Address("tcp::4444,server").wait
+    assert not Address("unix:/x,server=on,wait=off").wait and not Address("unix:/x,wait=off,server=on").wait
+    assert not Address("unix:/x").wait
     Client(srv)
     assert srv.wait_for_client(20)
 

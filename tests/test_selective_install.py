@@ -90,7 +90,6 @@ def test_core_plus_virtio_rng_alone_installs_and_passes_its_tests(rng_venv, tmp_
     import shutil
 
     tests = shutil.copytree(REPO / "plugins/virtio_rng/tests", tmp_path / "tests")
-    (tmp_path / "conftest.py").write_text((REPO / "conftest.py").read_text())
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MICROVM_", "PYTHONPATH"))}
     t = subprocess.run([str(rng_venv / "bin/python"), "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tests)],
                        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)

@@ -444,7 +444,9 @@ def read_images(
 def load(memory: GuestMemory, images: BootImages, cmdline: str, e820: list[E820Entry]) -> EntryPoint:
     """Load kernel, initrd and command line; return where and how the boot vCPU starts."""
     image, initrd_data, kind = images.kernel, images.initrd, images.kind
-    raw_cmdline = cmdline.encode() + b"\0"
+    # the command line is bytes to the kernel: bytes that are not UTF-8 (argv decoded with
+    # surrogateescape) go through unchanged, as QEMU passes them
+    raw_cmdline = cmdline.encode("utf-8", "surrogateescape") + b"\0"
     if kind == "elf":
         entry, kernel_end = load_elf(memory, image)
         if len(raw_cmdline) > PVH_CMDLINE_MAX:

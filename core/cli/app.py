@@ -69,11 +69,14 @@ def machine_cmd() -> None:
 
 
 @guest_app.command("build")
-def guest_build(force: bool = typer.Option(False, "--force", help="Rebuild even when cached.")) -> None:
+def guest_build(
+    force: bool = typer.Option(False, "--force", help="Rebuild even when cached."),
+    variant: Optional[str] = typer.Option(None, "--variant", help="A patched variant: qemu-compatible (no INT3 self-test, so QEMU boots it on an emulating host)."),
+) -> None:
     """Build (or reuse from ~/.cache/microvm) the default guest kernel and initramfs."""
     from .commands import guest_build_command
 
-    raise typer.Exit(guest_build_command(force))
+    raise typer.Exit(guest_build_command(force, variant))
 
 
 def typer_main(argv: list[str]) -> int:

@@ -10,6 +10,8 @@ from ..log import get_logger
 log = get_logger("microvm.cli")
 #: QEMU's default RAM size, also what ``-m 0`` gives there
 DEFAULT_RAM = 128 << 20
+#: the -d log items microvm knows (QEMU has more, for its TCG)
+LOG_ITEMS = frozenset({"guest_errors"})
 
 
 def run_command(**options: Any) -> int:
@@ -23,6 +25,13 @@ def run_command(**options: Any) -> int:
     o = {**defaults(), **options}
     kernel, initrd, append, machine, device = o["kernel"], o["initrd"], o["append"], o["machine"], o["device"]
     setup_logging(o["verbose"])
+    items = {i for text in o["log_items"] for i in text.split(",") if i}
+    unknown = items - LOG_ITEMS
+    if unknown:
+        return error(f"-d {','.join(sorted(unknown))}: unknown log item (supported: {', '.join(sorted(LOG_ITEMS))})")
+    from ..log import log_every_event
+
+    log_every_event("guest_errors" in items or o["verbose"] > 0)
     from ..errors import MicrovmError, UserError
     from ..sizes import parse_memory_size
     from ..spec import MachineSpec
@@ -32,7 +41,8 @@ def run_command(**options: Any) -> int:
             kernel=kernel, initrd=initrd, append=append or "", mem_size=parse_memory_size(o["memory"]) or DEFAULT_RAM, smp=o["smp"],
             no_reboot=o["no_reboot"], machine=list(machine), devices=list(device), drives=list(o["drive"]),
             chardevs=list(o["chardev"]), netdevs=list(o["netdev"]), serial=list(o["serial"]) or ["stdio"],
-            metrics=o["metrics"], bios=o["bios"],
+            metrics=o["metrics"], qmp=list(o["qmp"]), mon=list(o["mon"]), prelaunch=o["prelaunch"],
+            no_shutdown=o["no_shutdown"], name=o["name"], bios=o["bios"],
         )
         spec.validate()
         if kernel is None and spec.bios is None and spec.drives:
@@ -118,12 +128,12 @@ def machine_command() -> int:
     return 0
 
 
-def guest_build_command(force: bool) -> int:
+def guest_build_command(force: bool, variant: str | None = None) -> int:
     from ..guest import GuestBuildError, build
 
     try:
-        g = build(force=force, progress=lambda s: sys.stderr.write(f"microvm: guest build: {s}\n"))
-    except GuestBuildError as e:
+        g = build(force=force, progress=lambda s: sys.stderr.write(f"microvm: guest build: {s}\n"), variant=variant)
+    except (GuestBuildError, ValueError) as e:  # ValueError: an unknown variant
         return error(str(e))
     print(f"kernel    {g.kernel}\nvmlinux   {g.vmlinux}\ninitramfs {g.initramfs}\ncmdline   {g.cmdline}")
     return 0

@@ -46,9 +46,20 @@ RUN_OPTIONS: tuple[RunOption, ...] = (
     RunOption(("--netdev",), "netdev", "list", (), "TYPE,id=ID,... (network backends from plugins).", "NETDEV"),
     RunOption(("--serial",), "serial", "list", (),
               "Host side of the serial port: stdio (default), null, none, file:PATH, chardev:ID.", "CHARDEV"),
+    RunOption(("--qmp",), "qmp", "list", (),
+              "QMP monitor: unix:PATH,server=on,wait=off or tcp:HOST:PORT,server=on,wait=off (repeatable).", "ADDRESS"),
+    RunOption(("--mon",), "mon", "list", (),
+              "chardev=ID,mode=control: a QMP monitor on --chardev socket,id=ID,path=P|host=H,port=N,server=on.", "MONITOR"),
+    RunOption(("-S", "--prelaunch"), "prelaunch", "flag", False, "Start paused (state prelaunch) until QMP cont."),
+    RunOption(("--no-shutdown",), "no_shutdown", "flag", False,
+              "When the guest shuts down, stop the VM (state shutdown, QMP still served) instead of exiting."),
+    RunOption(("--name",), "name", "str", None, "A name for the VM (QMP query-name).", "NAME"),
     RunOption(("--metrics",), "metrics", "str", None,
               "Write the VM's counters (exits, device accesses, interrupts, bytes) as JSON to FILE at exit.", "FILE"),
-    RunOption(("-v", "--verbose"), "verbose", "count", 0, "More log output (-vv for debug)."),
+    RunOption(("-d",), "log_items", "list", (),
+              "Log items, as QEMU's -d: guest_errors logs every guest error (default: the first of each kind, "
+              "then summaries).", "ITEMS"),
+    RunOption(("-v", "--verbose"), "verbose", "count", 0, "More log output (-vv for debug; also every guest error)."),
 )
 
 #: spelling → option, for the fast parser

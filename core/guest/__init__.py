@@ -11,6 +11,11 @@ by :mod:`microvm.guest.build` and cached under :func:`cache_dir`::
 ``<key>`` is a short sha256 over every input of the build (the kernel config fragment,
 ``init.sh``, the exact Debian versions of the two packages and :data:`BUILD_VERSION`).
 
+A *variant* (:data:`VARIANTS`, ``microvm guest build --variant NAME``) is the same guest
+with patch files of this directory applied to the kernel source: its key also covers the
+variant's name and patches, its kernel is compiled from a patched copy of the source in
+``cache_dir()/src/kbuild-<version>-<variant>``, and the default guest never changes.
+
 This module is imported on the VMM's start-up path, so it stays cheap: the fast path
 of :func:`default_guest` reads two small text files and one small json, hashes them and
 checks that ``DONE`` exists. Everything that builds lives in :mod:`microvm.guest.build`
@@ -37,6 +42,8 @@ __all__ = [
     "cache_dir",
     "cache_key",
     "default_guest",
+    "variant_guest",
+    "VARIANTS",
 ]
 
 #: Bump whenever the build recipe changes in a way that changes the artifacts
@@ -58,6 +65,15 @@ GUEST_OK_MARKER = "MICROVM-GUEST-OK"
 _HERE = Path(__file__).resolve().parent
 CONFIG_FRAGMENT = _HERE / "microvm-6.1.config"
 INIT_SCRIPT = _HERE / "init.sh"
+
+#: Guest variants: name -> (patch files in this directory, applied to the kernel source in
+#: order, what the variant is for). ``qemu-compatible`` skips Linux's INT3 self-test, which
+#: stops QEMU 7.2 on an emulating host KVM (docs/emulating-hosts.md); the benchmarks boot it
+#: under both VMMs.
+VARIANTS: dict[str, tuple[tuple[str, ...], str]] = {
+    "qemu-compatible": (("qemu-compatible-no-int3-selftest.patch",),
+                        "no INT3 self-test, so QEMU can boot it on an emulating host KVM"),
+}
 
 KERNEL_NAME = "bzImage"
 VMLINUX_NAME = "vmlinux"
@@ -177,6 +193,25 @@ def _current_key(versions: Mapping[str, str]) -> str:
     return cache_key(CONFIG_FRAGMENT.read_text(), INIT_SCRIPT.read_text(), versions)
 
 
+def variant_patches(variant: str) -> list[Path]:
+    """The patch files of ``variant`` (a ValueError names the known variants)."""
+    try:
+        names = VARIANTS[variant][0]
+    except KeyError:
+        raise ValueError(f"unknown guest variant {variant!r} (known: {', '.join(sorted(VARIANTS))})") from None
+    return [_HERE / n for n in names]
+
+
+def variant_key(base_key: str, variant: str | None) -> str:
+    """The cache key of ``variant`` of the guest whose key is ``base_key`` (itself for None)."""
+    if variant is None:
+        return base_key
+    h = _sha256()(f"{base_key}\0{variant}\0".encode())
+    for p in variant_patches(variant):
+        h.update(p.name.encode() + b"\0" + p.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
 def _cached(key: str) -> Optional[GuestArtifacts]:
     directory = cache_dir() / "guest" / key
     if (directory / DONE_NAME).is_file():
@@ -204,15 +239,30 @@ def default_guest(
     return _build_module().build(force=False, progress=progress)
 
 
-def build(
-    force: bool = False, progress: Optional[Callable[[str], None]] = None
+def variant_guest(
+    variant: str, build: bool = True, progress: Optional[Callable[[str], None]] = None
 ) -> GuestArtifacts:
-    """Build the default guest (or return it from the cache unless ``force``).
+    """The artifacts of guest ``variant`` (:data:`VARIANTS`), built on first use unless
+    ``build`` is False (then :class:`GuestNotBuilt`)."""
+    versions = _read_versions()
+    if versions is not None:
+        found = _cached(variant_key(_current_key(versions), variant))
+        if found is not None:
+            return found
+    if not build:
+        raise GuestNotBuilt(f"variant {variant}; `microvm guest build --variant {variant}` builds it")
+    return _build_module().build(force=False, progress=progress, variant=variant)
+
+
+def build(
+    force: bool = False, progress: Optional[Callable[[str], None]] = None, variant: Optional[str] = None
+) -> GuestArtifacts:
+    """Build the default guest, or its ``variant`` (or return it from the cache unless ``force``).
 
     ``force`` re-resolves the Debian package versions and rebuilds the kernel from a
     clean object directory; downloaded packages and extracted sources are reused.
     """
-    return _build_module().build(force=force, progress=progress)
+    return _build_module().build(force=force, progress=progress, variant=variant)
 
 
 def _build_module() -> ModuleType:

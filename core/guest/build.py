@@ -54,6 +54,8 @@ from . import (
     _versions_file,
     cache_dir,
     cache_key,
+    variant_key,
+    variant_patches,
 )
 
 log = logging.getLogger(__name__)
@@ -663,8 +665,10 @@ def _locked(path: Path, b: _Builder) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def build(force: bool = False, progress: Progress = None) -> GuestArtifacts:
-    """Build the default guest, or return the cached one (unless ``force``)."""
+def build(force: bool = False, progress: Progress = None, variant: Optional[str] = None) -> GuestArtifacts:
+    """Build the default guest (or its ``variant``), or return the cached one (unless ``force``)."""
+    if variant is not None:
+        variant_patches(variant)  # an unknown variant fails before anything is done
     b = _Builder(progress)
     root = cache_dir()
     guest_dir = root / "guest"
@@ -679,7 +683,7 @@ def build(force: bool = False, progress: Progress = None) -> GuestArtifacts:
             versions = resolve_versions(b)
             resolved = True
         while True:
-            key = _key(versions)
+            key = _key(versions, variant)
             if not force:
                 found = _cached(key)
                 if found is not None:
@@ -687,7 +691,7 @@ def build(force: bool = False, progress: Progress = None) -> GuestArtifacts:
                         write_versions(versions)
                     return found
             try:
-                return _build_key(b, root, key, versions, force)
+                return _build_key(b, root, key, versions, force, variant)
             except _VersionUnavailable as e:
                 if resolved:
                     raise GuestBuildError(
@@ -699,12 +703,47 @@ def build(force: bool = False, progress: Progress = None) -> GuestArtifacts:
                 resolved = True
 
 
-def _key(versions: Mapping[str, str]) -> str:
-    return cache_key(CONFIG_FRAGMENT.read_text(), INIT_SCRIPT.read_text(), versions)
+def _key(versions: Mapping[str, str], variant: Optional[str] = None) -> str:
+    return variant_key(cache_key(CONFIG_FRAGMENT.read_text(), INIT_SCRIPT.read_text(), versions), variant)
+
+
+def patched_source(b: _Builder, src: Path, tree: Path, variant: str) -> Path:
+    """A copy of the kernel ``tree`` with ``variant``'s patches applied, in
+    ``src/<tree>-<variant>`` (made once; remade when the patches change).
+
+    The copy is hard links (``cp -al``: seconds, no space) except for the files a patch
+    touches, which are copied first so that patching never changes the pristine tree."""
+    patches = variant_patches(variant)
+    stamp_text = "".join(f"{p.name}\n{p.read_text()}" for p in patches)
+    out = src / f"{tree.name}-{variant}"
+    stamp = out / ".microvm-patched"
+    if stamp.is_file() and stamp.read_text() == stamp_text:
+        return out
+    if out.exists():
+        shutil.rmtree(out)
+    b.say(f"guest: kernel source for variant {variant} (patches: {' '.join(p.name for p in patches)})")
+    tmp = Path(tempfile.mkdtemp(prefix=f".patch-{variant}-", dir=src))
+    try:
+        copy = tmp / "tree"
+        b.run("copy kernel source (hard links)", ["cp", "-al", str(tree), str(copy)])
+        for patch in patches:
+            for rel in re.findall(r"^\+\+\+ b/(\S+)", patch.read_text(), re.MULTILINE):
+                f = copy / rel
+                if f.exists():  # break the hard link: the pristine tree keeps its file
+                    data = f.read_bytes()
+                    f.unlink()
+                    f.write_bytes(data)
+            b.run(f"apply {patch.name}", ["patch", "-p1", "--forward", "--batch", "-i", str(patch)], cwd=copy)
+        stamp_tmp = copy / ".microvm-patched"
+        stamp_tmp.write_text(stamp_text)
+        os.rename(copy, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
 
 
 def _build_key(
-    b: _Builder, root: Path, key: str, versions: Mapping[str, str], force: bool
+    b: _Builder, root: Path, key: str, versions: Mapping[str, str], force: bool, variant: Optional[str] = None
 ) -> GuestArtifacts:
     guest_dir = root / "guest"
     src = root / "src"
@@ -725,6 +764,9 @@ def _build_key(
     busybox = extract_busybox(b, src, bdeb, versions[BUSYBOX_PACKAGE])
 
     objdir = src / f"kbuild-{_safe(versions[KERNEL_PACKAGE])}"
+    if variant is not None:
+        tree = patched_source(b, src, tree, variant)
+        objdir = objdir.with_name(f"{objdir.name}-{variant}")
     if force and objdir.exists():
         b.say("guest: removing old kernel objects (forced rebuild)")
         shutil.rmtree(objdir)
@@ -757,6 +799,8 @@ def _build_key(
             "build_version": BUILD_VERSION,
             "packages": dict(versions),
             "fragment": CONFIG_FRAGMENT.name,
+            "variant": variant,
+            "patches": [p.name for p in variant_patches(variant)] if variant else [],
             "pvh_entry": f"{entry:#x}",
             "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
@@ -790,8 +834,8 @@ def _build_key(
 
 
 class _CallableModule(types.ModuleType):
-    def __call__(self, force: bool = False, progress: Progress = None) -> GuestArtifacts:
-        return build(force=force, progress=progress)
+    def __call__(self, force: bool = False, progress: Progress = None, variant: Optional[str] = None) -> GuestArtifacts:
+        return build(force=force, progress=progress, variant=variant)
 
 
 sys.modules[__name__].__class__ = _CallableModule

@@ -180,6 +180,18 @@ class Vm(_Fd):
         msi = ffi.new("struct kvm_msi *", {"address_lo": address & 0xFFFFFFFF, "address_hi": address >> 32, "data": data})
         return self.ioctl_ptr("KVM_SIGNAL_MSI", msi)
 
+    def get_clock(self) -> tuple[int, int]:
+        """KVM_GET_CLOCK: (kvmclock nanoseconds now, flags). ``KVM_CLOCK_TSC_STABLE`` in the
+        flags says the value is what every vCPU's pvclock shows (a master clock is in use)."""
+        data = ffi.new("struct kvm_clock_data *")
+        self.ioctl_ptr("KVM_GET_CLOCK", data)
+        return data.clock, data.flags
+
+    def set_clock(self, clock: int) -> None:
+        """KVM_SET_CLOCK: make the guest's kvmclock read ``clock`` nanoseconds now (each vCPU's
+        pvclock page is rewritten at its next entry)."""
+        self.ioctl_ptr("KVM_SET_CLOCK", ffi.new("struct kvm_clock_data *", {"clock": clock}))
+
     def set_gsi_routing(self, entries: Iterable[dict[str, Any]]) -> None:
         """KVM_SET_GSI_ROUTING. Each entry: ``{"gsi", "type": "irqchip"|"msi", ...}``."""
         ents = list(entries)
@@ -210,7 +222,11 @@ class Vcpu(_Fd):
         #: raw view of the kvm_run page, for PIO data at ``run.io.data_offset``
         self.run_buf = ffi.buffer(self.run_ptr, vm.kvm.vcpu_mmap_size)
 
+    #: set first thing in close(): from then on run_ptr may point at unmapped memory
+    closed = False
+
     def close(self) -> None:
+        self.closed = True
         try:
             self._run_map.close()
         except BufferError:  # a cffi view still alive; the fd close below is what matters
@@ -284,6 +300,15 @@ class Vcpu(_Fd):
                 setattr(t, k, e.get(k, 0))
         self.ioctl_ptr("KVM_SET_CPUID2", buf)
 
+    def get_msrs(self, indices: Iterable[int]) -> dict[int, int]:
+        """KVM_GET_MSRS for ``indices``; an MSR KVM does not know is left out of the result."""
+        idx = list(indices)
+        buf = ffi.new("struct kvm_msrs *", {"nmsrs": len(idx), "entries": len(idx)})
+        for i, index in enumerate(idx):
+            buf.entries[i].index = index
+        n = self.ioctl_ptr("KVM_GET_MSRS", buf)
+        return {buf.entries[i].index: buf.entries[i].data for i in range(n)}
+
     def set_msrs(self, msrs: dict[int, int]) -> None:
         buf = ffi.new("struct kvm_msrs *", {"nmsrs": len(msrs), "entries": len(msrs)})
         for i, (index, data) in enumerate(msrs.items()):
@@ -303,6 +328,13 @@ class Vcpu(_Fd):
     def set_mp_state(self, state: int) -> None:
         """KVM_SET_MP_STATE (needs the in-kernel LAPIC for anything but RUNNABLE)."""
         self.ioctl_ptr("KVM_SET_MP_STATE", ffi.new("struct kvm_mp_state *", {"mp_state": state}))
+
+    def kvmclock_ctrl(self) -> bool:
+        """KVM_KVMCLOCK_CTRL: tell the guest this vCPU was paused by the host (sets
+        PVCLOCK_GUEST_STOPPED, which Linux's soft-lockup watchdog checks). False when the
+        guest has no kvmclock page (EINVAL), as QEMU ignores that too."""
+        ret = lib.microvm_ioctl_int(self.fd, lib.KVM_KVMCLOCK_CTRL, 0)
+        return ret == 0
 
     def interrupt(self, vector: int) -> None:
         """KVM_INTERRUPT: queue an external (ExtINT) interrupt vector for this vCPU."""

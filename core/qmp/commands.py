@@ -221,6 +221,7 @@ def block_info(control: MachineControl) -> list[dict[str, Any]]:
         if b.actual_size is not None:
             image["actual-size"] = b.actual_size
         image["virtual-size"] = b.virtual_size
+        image["dirty-flag"] = False  # QEMU 7.2 reports it for raw images too
         info["inserted"] = {
             "file": b.filename,
             "node-name": b.node_name or f"#block{100 + 2 * i:03d}",

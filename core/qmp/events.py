@@ -26,6 +26,7 @@ EVENTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "SHUTDOWN": (("guest", "reason"), ()),
     "POWERDOWN": ((), ()),
     "GUEST_PANICKED": (("action",), ("info",)),
+    "GUEST_CRASHLOADED": (("action",), ("info",)),
 }
 
 

@@ -61,6 +61,7 @@ class Address:
         self.text = text
         head, *opts = text.split(",")
         self.wait = False
+        wait_given = False
         for opt in opts:
             key, _, value = opt.partition("=")
             value = value or "on"
@@ -72,6 +73,9 @@ class Address:
                 raise ConfigError(f"-qmp {text}: only server=on is supported (microvm listens, it does not connect)")
             if key == "wait":
                 self.wait = value == "on"
+                wait_given = True
+            elif key == "server" and not wait_given:
+                self.wait = True  # QEMU: a listening socket waits for a client unless wait=off
         kind, sep, rest = head.partition(":")
         if not sep or kind not in ("unix", "tcp") or not rest:
             raise ConfigError(f"-qmp {text}: expected unix:PATH or tcp:HOST:PORT")
@@ -374,6 +378,10 @@ class QmpServer:
         if not data:
             self._drop(client)
             return
+        # events other threads emitted before this input arrived go out before its replies
+        self._take_pending()
+        if client.sock.fileno() not in self._clients:
+            return  # dropped while delivering them (it stopped reading)
         for line in client.session.receive(data):
             if not self._queue(client, line):
                 return

@@ -9,7 +9,8 @@ example.
 Threading: ``config_read``/``config_write`` run on a vCPU thread; ``activate``,
 ``process_queue`` and ``reset`` are serialised by the transport (never two at once) and
 ``process_queue`` runs on the device's worker thread (or inline on the vCPU thread when the
-VMM has no ioeventfd).
+VMM has no ioeventfd). ``pause``/``resume`` bracket a paused machine (QMP ``stop``/``cont``):
+a backend with a thread of its own stops touching guest memory in ``pause``.
 """
 from __future__ import annotations
 
@@ -45,6 +46,8 @@ class VirtioBackend(abc.ABC):
     #: a name for log lines and counters when the user gave the device no ``id=``
     label: str = ""
     _config_notifier: Callable[[], None] | None = None
+    _queue_notifier: Callable[[int], None] | None = None
+    _reset_notifier: Callable[[str], None] | None = None
     _counters: "CounterGroup | None" = None
 
     @property
@@ -52,7 +55,8 @@ class VirtioBackend(abc.ABC):
         """This device's counters (shared with its transport, which counts notifications,
         interrupts and NEEDS_RESET): count what the device does, e.g.
         ``self.counters.counter("bytes_read").add(n)`` (look the counter up once, in
-        ``activate`` or ``__init__``)."""
+        ``activate`` or ``__init__``: counters made before the device is placed move into the
+        machine's group with it)."""
         if self._counters is None:
             from ..metrics import CounterGroup
 
@@ -61,6 +65,8 @@ class VirtioBackend(abc.ABC):
 
     @counters.setter
     def counters(self, group: "CounterGroup") -> None:
+        if self._counters is not None and self._counters is not group:
+            group.adopt(self._counters)
         self._counters = group
 
     # -- what the device is ---------------------------------------------------------------
@@ -97,6 +103,23 @@ class VirtioBackend(abc.ABC):
         if self._config_notifier is not None:
             self._config_notifier()
 
+    # -- work that does not start with the driver's notification --------------------------
+    def notify_queue(self, index: int) -> None:
+        """Have queue ``index`` processed as if the driver had notified it: the transport
+        runs :meth:`process_queue` on the device's worker, serialised with activation and
+        reset and with its error handling (a ``QueueError`` sets DEVICE_NEEDS_RESET). For
+        work that starts elsewhere: a timer (virtio-rng's rate limit), host input. Safe from
+        any thread; ignored while the device is not active."""
+        if self._queue_notifier is not None:
+            self._queue_notifier(index)
+
+    def set_needs_reset(self, reason: str) -> None:
+        """Report a broken ring found on a thread of the device's own (outside
+        :meth:`process_queue`): the transport sets DEVICE_NEEDS_RESET (§2.1.2) and tells the
+        driver. Stop touching the queues until :meth:`reset`."""
+        if self._reset_notifier is not None:
+            self._reset_notifier(reason)
+
     # -- lifecycle ------------------------------------------------------------------------
     @abc.abstractmethod
     def activate(self, queues: list["Virtqueue"], interrupt: Callable[[], None], memory: "GuestMemory") -> None:
@@ -117,6 +140,21 @@ class VirtioBackend(abc.ABC):
         """The driver reset the device (Status = 0) or it is being torn down: drop the queues
         and any in-flight state. Host resources (the disk file) stay open for the next
         activation."""
+
+    def pause(self) -> None:
+        """The machine is pausing (QMP ``stop``, a guest shutdown with ``-no-shutdown``): from
+        when this returns until :meth:`resume`, write no guest memory and raise no interrupt.
+        The vCPUs are already parked and the transport's notification worker is quiesced
+        (``process_queue`` is not running and will not be called); only a backend with a
+        thread of its own (a network device's receive loop, a console's input) has anything
+        to do: hold that thread, leaving host input queued (in the tap, the socket). Called
+        under the transport's device lock, so never together with ``activate``,
+        ``process_queue`` or ``reset``; also called for a device the driver has not
+        activated. Default: nothing."""
+
+    def resume(self) -> None:
+        """The machine runs again: undo :meth:`pause` (catch up on the input that waited).
+        Default: nothing."""
 
     def close(self) -> None:
         """The machine is going away: release host resources (files, sockets)."""

@@ -77,7 +77,7 @@ from .constants import (
     VIRTIO_MMIO_WINDOW,
 )
 from .queue import QueueError, Virtqueue
-from ..log import get_logger
+from ..log import EventLog, get_logger
 
 if TYPE_CHECKING:
     from ..irq import IrqLine
@@ -85,6 +85,9 @@ if TYPE_CHECKING:
     from ..memory import GuestMemory
 
 log = get_logger("microvm.virtio.mmio")
+#: what a driver does wrong, logged once per kind and then counted (microvm.log.EventLog)
+guest_error = EventLog(log)
+_WARNING, _ERROR = 30, 40
 
 #: Offset of QueueNotify in the window: where the glue puts the per-queue ioeventfds.
 QUEUE_NOTIFY_OFFSET = VIRTIO_MMIO_QUEUE_NOTIFY
@@ -140,8 +143,9 @@ class VirtioMmioTransport:
         self.queues = [Virtqueue(memory, backend.queue_max_size) for _ in range(backend.num_queues)]
         self.config_generation = 0
         self.guest_page_size = 4096  # legacy
-        self._logged: set[tuple[str, int]] = set()
         backend._config_notifier = self._config_changed
+        backend._queue_notifier = self._backend_notify
+        backend._reset_notifier = self.set_needs_reset
         if counters is None:
             from ..metrics import CounterGroup
 
@@ -151,6 +155,7 @@ class VirtioMmioTransport:
         self._count_notify = counters.counter("notifications").inc
         self._count_interrupt = counters.counter("interrupts").inc
         self._count_needs_reset = counters.counter("needs_reset").inc
+        self._count_guest_error = counters.counter("guest_errors").inc
         self._reset_registers()
 
     # -- public API for the machine glue ---------------------------------------------------
@@ -198,10 +203,15 @@ class VirtioMmioTransport:
                 log.exception("%s: backend failed processing queue %d", self.name, queue_index)
                 self.set_needs_reset(f"backend error on queue {queue_index}")
 
+    def _backend_notify(self, queue_index: int) -> None:
+        """The backend asked for its queue to be processed (VirtioBackend.notify_queue): the
+        same path as the driver's QueueNotify, onto the device's worker."""
+        self.on_notify(queue_index)
+
     def set_needs_reset(self, reason: str) -> None:
         """Put the device in DEVICE_NEEDS_RESET (§2.1.2) and, if the driver is up, send a
         configuration-change interrupt. Queue processing stops until the driver resets."""
-        log.error("%s: %s; device needs reset", self.name, reason)
+        self._guest_error("needs reset", "%s: %s; device needs reset", self.name, reason, level=_ERROR)
         with self._lock:
             if not self.status & VIRTIO_CONFIG_S_DEVICE_NEEDS_RESET:
                 self._count_needs_reset()
@@ -209,6 +219,16 @@ class VirtioMmioTransport:
             driver_ok = bool(self.status & VIRTIO_CONFIG_S_DRIVER_OK)
         if driver_ok:
             self._raise_interrupt(VIRTIO_MMIO_INT_CONFIG)
+
+    def pause(self) -> None:
+        """The machine pauses: the backend's own threads stop (:meth:`VirtioBackend.pause`).
+        The caller has already stopped whatever calls :meth:`notify`."""
+        with self._dev_lock:
+            self.backend.pause()
+
+    def resume(self) -> None:
+        with self._dev_lock:
+            self.backend.resume()
 
     def close(self) -> None:
         """Reset the device and release the backend's host resources."""
@@ -348,7 +368,7 @@ class VirtioMmioTransport:
             self.driver_features_sel = value
         elif offset == VIRTIO_MMIO_DRIVER_FEATURES:
             if self.status & VIRTIO_CONFIG_S_FEATURES_OK or self._activated:
-                log.warning("%s: DriverFeatures written after negotiation; ignored", self.name)
+                self._guest_error("late DriverFeatures", "%s: DriverFeatures written after negotiation; ignored", self.name)
             else:
                 self._driver_features[self.driver_features_sel] = value
         elif offset == VIRTIO_MMIO_QUEUE_SEL:
@@ -360,7 +380,7 @@ class VirtioMmioTransport:
         elif offset == VIRTIO_MMIO_SHM_SEL and not self.legacy:
             self.shm_sel = value
         elif offset == VIRTIO_MMIO_QUEUE_RESET and not self.legacy:
-            log.warning("%s: QueueReset written but VIRTIO_F_RING_RESET is not offered; ignored", self.name)
+            self._guest_error("QueueReset", "%s: QueueReset written but VIRTIO_F_RING_RESET is not offered; ignored", self.name)
         elif offset == VIRTIO_MMIO_GUEST_PAGE_SIZE and self.legacy:
             self.guest_page_size = value
         elif offset in (
@@ -386,7 +406,8 @@ class VirtioMmioTransport:
         if self._activated:
             # Without VIRTIO_F_RING_RESET a live queue can't be reconfigured (§4.2.3.2); the
             # worker thread owns it now.
-            log.warning("%s: queue %d register %#x written after DRIVER_OK; ignored", self.name, self.queue_sel, offset)
+            self._guest_error(f"queue register {offset:#x} after DRIVER_OK",
+                              "%s: queue %d register %#x written after DRIVER_OK; ignored", self.name, self.queue_sel, offset)
             return
         if self.legacy:
             if offset == VIRTIO_MMIO_QUEUE_NUM:
@@ -403,7 +424,8 @@ class VirtioMmioTransport:
             q.ready = bool(value & 1)
             return
         if q.ready:
-            log.warning("%s: queue %d register %#x written while QueueReady=1; ignored", self.name, self.queue_sel, offset)
+            self._guest_error(f"queue register {offset:#x} while ready",
+                              "%s: queue %d register %#x written while QueueReady=1; ignored", self.name, self.queue_sel, offset)
             return
         if offset == VIRTIO_MMIO_QUEUE_NUM:
             q.size = value
@@ -432,7 +454,8 @@ class VirtioMmioTransport:
             q.ready = False
             return
         if not _is_power_of_two(self.guest_page_size) or not _is_power_of_two(align):
-            log.warning("%s: GuestPageSize %#x / QueueAlign %#x not a power of two", self.name, self.guest_page_size, align)
+            self._guest_error("bad GuestPageSize/QueueAlign", "%s: GuestPageSize %#x / QueueAlign %#x not a power of two",
+                              self.name, self.guest_page_size, align)
             q.ready = True
             q.desc_addr = q.avail_addr = q.used_addr = -1  # refused by Virtqueue.validate
             return
@@ -455,7 +478,7 @@ class VirtioMmioTransport:
                 if added & VIRTIO_CONFIG_S_FEATURES_OK and not self.legacy:
                     why = self._refuse_features()
                     if why:
-                        log.warning("%s: FEATURES_OK refused: %s", self.name, why)
+                        self._guest_error("FEATURES_OK refused", "%s: FEATURES_OK refused: %s", self.name, why)
                         new &= ~VIRTIO_CONFIG_S_FEATURES_OK
                 self.status = new
             if (
@@ -466,7 +489,7 @@ class VirtioMmioTransport:
                 if self.legacy or new & VIRTIO_CONFIG_S_FEATURES_OK:
                     self._activate()
                 else:
-                    log.warning("%s: DRIVER_OK without FEATURES_OK; device not started", self.name)
+                    self._guest_error("DRIVER_OK without FEATURES_OK", "%s: DRIVER_OK without FEATURES_OK; device not started", self.name)
 
     def _driver_feature_bits(self) -> int:
         return self._driver_features.get(0, 0) | (self._driver_features.get(1, 0) << 32)
@@ -531,9 +554,11 @@ class VirtioMmioTransport:
             self._reset_registers()
             self.irq_line.set_level(False)
 
+    def _guest_error(self, what: str, msg: str, *args: object, level: int = _WARNING) -> None:
+        """A driver did something the device ignores or refuses: counted in the device's
+        ``guest_errors``; the first of each kind is logged, then summaries (EventLog)."""
+        self._count_guest_error()
+        guest_error(f"{self.name}: {what}", level, msg, *args)
+
     def _log_once(self, kind: str, key: int, msg: str, *args: object) -> None:
-        if (kind, key) not in self._logged:
-            self._logged.add((kind, key))
-            log.warning(msg, *args)
-        else:
-            log.debug(msg, *args)
+        self._guest_error(f"{kind} {key:#x}", msg, *args)

@@ -204,8 +204,9 @@ class MmioDriver:
         """A configuration-space field, between two reads of ConfigGeneration as
         ``virtio_cread`` does (a legacy device has no ConfigGeneration: ``vm_generation``
         returns 0 there); raises AssertionError if the generation moved meanwhile."""
-        if self.legacy:
-            return self.read(C.VIRTIO_MMIO_CONFIG + offset, size)
+        if self.legacy:  # vm_get on Version 1: byte by byte, little endian
+            data = bytes(self.read(C.VIRTIO_MMIO_CONFIG + offset + i, 1) for i in range(size))
+            return int.from_bytes(data, "little")
         gen = self.read(C.VIRTIO_MMIO_CONFIG_GENERATION)
         value = self.read(C.VIRTIO_MMIO_CONFIG + offset, size)
         if self.read(C.VIRTIO_MMIO_CONFIG_GENERATION) != gen:
@@ -257,8 +258,13 @@ class MmioDriver:
         self.add_status(C.VIRTIO_CONFIG_S_ACKNOWLEDGE)
         self.add_status(C.VIRTIO_CONFIG_S_DRIVER)
         self.features = self.device_features() if features is None else features
-        self.set_features(self.features)
         self.queues = []
+        if version == 2 and not self.features & (1 << C.VIRTIO_F_VERSION_1):
+            # vm_finalize_features: "New virtio-mmio devices (version 2) must provide
+            # VIRTIO_F_VERSION_1 feature!", -EINVAL: the probe fails (virtio_dev_probe: FAILED)
+            self.add_status(C.VIRTIO_CONFIG_S_FAILED)
+            return []
+        self.set_features(self.features)
         if version == 2 or self.features & (1 << C.VIRTIO_F_VERSION_1):
             self.add_status(C.VIRTIO_CONFIG_S_FEATURES_OK)
             if not self.read(C.VIRTIO_MMIO_STATUS) & C.VIRTIO_CONFIG_S_FEATURES_OK:

@@ -1,4 +1,4 @@
-/* The instructions an emulating host cannot execute (HOST.md), as Linux uses them: INT3 with a
+/* The instructions an emulating host cannot execute (docs/emulating-hosts.md), as Linux uses them: INT3 with a
  * #BP handler that returns, FWAIT, POPCNT. Prints BP (from the handler), then INT3-OK, FWAIT-OK
  * and POPCNT=<letter> where the letter is 'A' + popcount(0x00ff00ff) = 'Q'; then triple-faults.
  * On a host with hardware virtualization the CPU runs them itself and the output is the same. */

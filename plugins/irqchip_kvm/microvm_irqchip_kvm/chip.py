@@ -64,8 +64,6 @@ class KernelIrqChip:
         vm = ctx.vm
         self.vm = vm
         vm.create_irqchip()
-        if not ctx.legacy.pic and ctx.option("pic") is not None:
-            log.warning("kernel-irqchip=on: KVM's in-kernel irqchip always has its 8259s; pic=off has no effect")
         #: KVM's 8254 serves the PIT the machine options ask for
         self.pit = ctx.legacy.pit
         if self.pit:

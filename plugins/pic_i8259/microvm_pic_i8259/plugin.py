@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from microvm.api import MachineOption, hookimpl, layout
+from microvm.api import MachineOption, get_logger, hookimpl, layout
+
+log = get_logger("microvm.pic_i8259")
 
 
 @hookimpl
@@ -21,6 +23,8 @@ def register_machine_options(register: Callable[..., None]) -> None:
 @hookimpl
 def create_devices(ctx: Any) -> None:
     chip = ctx.irqchip
+    if chip is not None and "pic" in chip.builtin and not ctx.legacy.pic:
+        log.warning("kernel-irqchip=%s: the irqchip has its own 8259s; pic=off has no effect", chip.name)
     if not ctx.legacy.pic or chip is None or "pic" in chip.builtin:
         return
     from .device import PicPair

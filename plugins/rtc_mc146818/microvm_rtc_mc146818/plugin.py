@@ -39,8 +39,9 @@ def parse_base(text: str, now: "_dt.datetime | None" = None) -> "_dt.datetime":
 def register_machine_options(register: Callable[..., None]) -> None:
     register(MachineOption("rtc", "OnOffAuto", "auto", "Enable MC146818 RTC",
                            auto_means="off with KVM (QEMU 7.2 microvm: on only without KVM)", auto_value=False, plugin="rtc_mc146818"))
+    # checked when -M is parsed, whether the RTC is on or not (a bad value is a bad command line)
     register(MachineOption("rtc-base", "str", "utc", "RTC start time: utc, localtime or YYYY-MM-DD[THH:MM:SS]",
-                           plugin="rtc_mc146818"))
+                           plugin="rtc_mc146818", check=parse_base))
 
 
 @hookimpl

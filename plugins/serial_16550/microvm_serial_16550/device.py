@@ -37,9 +37,11 @@ import threading
 from collections import deque
 from typing import Callable, Iterable
 
-from microvm.api import IrqLine, get_logger
+from microvm.api import EventLog, IrqLine, get_logger
 
 log = get_logger("microvm.serial_16550")
+#: a failing host output fails for every byte: logged once, then summarised
+output_error = EventLog(log)
 
 # Register offsets (datasheet table II); DLAB is LCR bit 7.
 RBR = THR = DLL = 0  # Receiver Buffer (read) / Transmitter Holding (write); Divisor Latch LS
@@ -267,7 +269,7 @@ class Serial16550:
             try:
                 self._out(bytes((value,)))
             except Exception:  # a broken host output must not kill the vCPU
-                log.warning("16550: output failed, byte dropped", exc_info=True)
+                output_error("16550: output failed", 30, "16550: output failed, byte dropped", exc_info=True)
         self._thr_ipending = True  # sent at once: THR and the shift register are empty again
 
     def _write_ier(self, value: int) -> None:

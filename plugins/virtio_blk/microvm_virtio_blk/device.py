@@ -21,12 +21,16 @@ import stat
 import struct
 from typing import TYPE_CHECKING, Callable
 
-from microvm.api import VIRTIO_ID_BLOCK, ConfigError, VirtioBackend, get_logger
+from microvm.api import VIRTIO_ID_BLOCK, ConfigError, EventLog, VirtioBackend, get_logger
 
 if TYPE_CHECKING:
     from microvm.api import DescriptorChain, GuestMemory, Virtqueue
 
 log = get_logger("microvm.virtio_blk")
+#: per-request trouble (a malformed request, a host I/O error): a guest or a failing disk can
+#: repeat it for every request, so the first of each kind is logged and the rest counted
+request_error = EventLog(log)
+WARNING, ERROR = 30, 40
 
 
 def _nothing(*_: object) -> None:
@@ -378,21 +382,24 @@ class VirtioBlk(VirtioBackend):
         in_views = [v for v in chain.writable_views() if len(v)]
         in_total = _total(in_views)
         if in_total == 0:
-            log.warning("virtio-blk %s: request %d has no status byte; dropped", self.path, chain.head)
+            request_error(f"virtio-blk {self.path}: no status byte", WARNING,
+                          "virtio-blk %s: request %d has no status byte; dropped", self.path, chain.head)
             return 0
         data_in, status_part = _split(in_views, in_total - 1)
         status_view = status_part[0]
         header_views, data_out = _split(out_views, REQ_HEADER.size)
         header = b"".join(bytes(v) for v in header_views)
         if len(header) < REQ_HEADER.size:
-            log.warning("virtio-blk %s: request %d has a %d-byte header", self.path, chain.head, len(header))
+            request_error(f"virtio-blk {self.path}: short header", WARNING,
+                          "virtio-blk %s: request %d has a %d-byte header", self.path, chain.head, len(header))
             status, written = VIRTIO_BLK_S_IOERR, 0
         else:
             rtype, _reserved, sector = REQ_HEADER.unpack(header)
             try:
                 status, written = self._dispatch(rtype, sector, data_out, data_in)
             except OSError as e:
-                log.error("virtio-blk %s: request type %d at sector %d: %s", self.path, rtype, sector, e)
+                request_error(f"virtio-blk {self.path}: host I/O error {e.errno}", ERROR,
+                              "virtio-blk %s: request type %d at sector %d: %s", self.path, rtype, sector, e)
                 status, written = VIRTIO_BLK_S_IOERR, getattr(e, "written", 0)
         status_view[0] = status
         self._count_request()
@@ -410,7 +417,8 @@ class VirtioBlk(VirtioBackend):
                 return VIRTIO_BLK_S_IOERR, 0
             done = self._preadv(data_in, sector * SECTOR_SIZE)
             if done < length:
-                log.error("virtio-blk %s: short read at sector %d (file shrank?)", self.path, sector)
+                request_error(f"virtio-blk {self.path}: short read", ERROR,
+                              "virtio-blk %s: short read at sector %d (file shrank?)", self.path, sector)
                 return VIRTIO_BLK_S_IOERR, done
             self._count_read(length)
             return VIRTIO_BLK_S_OK, length

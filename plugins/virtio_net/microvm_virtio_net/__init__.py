@@ -2,8 +2,8 @@
 
 :mod:`.device` is the virtio backend, :mod:`.datapath` moves frames between the virtqueues
 and the tap, :mod:`.tap` opens the tap (``/dev/net/tun``), :mod:`.mac` parses and assigns
-MAC addresses the way QEMU does, :mod:`.constants` holds the virtio-net numbers. No pluggy
-here yet: the hook glue comes with the redesigned plugin contract (see README.md).
+MAC addresses the way QEMU does, :mod:`.constants` holds the virtio-net numbers and
+:mod:`.plugin` is the hook glue (``--netdev tap``, ``--device virtio-net-device``).
 
 Names are imported lazily so that loading the package costs nothing until a NIC is set up.
 """
@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from .tap import Tap, open_tap
 
 __all__ = ["MacAllocator", "Tap", "VirtioNet", "open_tap"]
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _WHERE = {"VirtioNet": "device", "Tap": "tap", "open_tap": "tap", "MacAllocator": "mac"}
 

@@ -45,7 +45,7 @@ from microvm.api import get_logger
 from .constants import ETH_HLEN, HDR_FLAGS_OFFSET, HDR_LEN, HDR_NUM_BUFFERS_OFFSET, MAX_FRAME_LEN
 
 if TYPE_CHECKING:
-    from microvm.api import DescriptorChain, Virtqueue
+    from microvm.api import CounterGroup, DescriptorChain, Virtqueue
 
 log = get_logger("microvm.virtio_net")
 
@@ -65,21 +65,22 @@ DROPPED = "dropped"  # rx: the frame read did not fit the buffers (internal to R
 _U16 = struct.Struct("<H")
 
 
+#: A NIC's counters (in the device's CounterGroup: ``--metrics`` shows them).
+COUNTER_NAMES = ("tx_packets", "tx_bytes", "tx_dropped", "rx_packets", "rx_bytes", "rx_dropped", "bad_chains")
+
+
 class NetCounters:
-    """A NIC's counters, as plain attributes (updated by the device's worker only)."""
+    """The :class:`~microvm.api.Counter` objects the data path bumps, looked up once in the
+    device's :class:`~microvm.api.CounterGroup` (``tx_packets.inc()``, ``tx_bytes.add(n)``).
 
-    def __init__(self) -> None:
-        self.tx_packets = 0
-        self.tx_bytes = 0
-        self.tx_dropped = 0
-        self.rx_packets = 0
-        self.rx_bytes = 0
-        self.rx_dropped = 0
-        #: chains that broke virtio-net's rules (not the ring's: those are QueueErrors)
-        self.bad_chains = 0
+    ``bad_chains`` counts chains that broke virtio-net's rules (not the ring's: those are
+    QueueErrors and end in DEVICE_NEEDS_RESET)."""
 
-    def counters(self) -> dict[str, int]:
-        return {k: getattr(self, k) for k in ("tx_packets", "tx_bytes", "tx_dropped", "rx_packets", "rx_bytes", "rx_dropped", "bad_chains")}
+    __slots__ = COUNTER_NAMES
+
+    def __init__(self, group: "CounterGroup") -> None:
+        for name in COUNTER_NAMES:
+            setattr(self, name, group.counter(name))
 
 
 def split_views(views: list[memoryview], n: int) -> tuple[list[memoryview], list[memoryview]]:
@@ -190,8 +191,8 @@ class TxPath:
             if len(views) <= IOV_MAX:
                 return views, frame_len
             why = f"{len(views)} buffers, more than the host's IOV_MAX {IOV_MAX}"
-        c.bad_chains += 1
-        c.tx_dropped += 1
+        c.bad_chains.inc()
+        c.tx_dropped.inc()
         self.warn("tx-bad", "transmit chain %d dropped: %s", chain.head, why)
         return None
 
@@ -199,7 +200,7 @@ class TxPath:
         """writev one frame; False if the tap would block (try again on POLLOUT)."""
         c = self.counters
         if self.tap_gone:
-            c.tx_dropped += 1
+            c.tx_dropped.inc()
             return True
         try:
             os.writev(self.fd, views)
@@ -208,11 +209,11 @@ class TxPath:
         except OSError as e:
             # EINVAL: the kernel refused the vnet header or a runt frame; EIO: the interface
             # is down. The frame is lost, as on a wire.
-            c.tx_dropped += 1
+            c.tx_dropped.inc()
             self.warn(f"tx-{e.errno}", "tap refused a %d-byte frame: %s", frame_len, e.strerror)
             return True
-        c.tx_packets += 1
-        c.tx_bytes += frame_len
+        c.tx_packets.inc()
+        c.tx_bytes.add(frame_len)
         return True
 
 
@@ -307,7 +308,7 @@ class RxPath:
         else:
             views = [v for v in chain.writable_views() if len(v)]
             return _RxBuf(chain, views, chain.writable_len)
-        self.counters.bad_chains += 1
+        self.counters.bad_chains.inc()
         self.warn("rx-bad", "receive chain %d returned unused: %s", chain.head, why)
         self.queue.push(chain.head, 0)
         return None
@@ -336,11 +337,11 @@ class RxPath:
         total = n + self.hdr_len if self.write_header else n
         if total > capacity:
             # (the tap returns the whole frame's length even when it copied less)
-            self.counters.rx_dropped += 1
+            self.counters.rx_dropped.inc()
             self.warn("rx-big", "a %d-byte frame did not fit the %d bytes of posted buffers; dropped", total, capacity)
             return 0, DROPPED
         if total < self.hdr_len:  # the tap always gives a header; anything else is junk
-            self.counters.rx_dropped += 1
+            self.counters.rx_dropped.inc()
             return 0, DROPPED
         return total, None
 
@@ -370,6 +371,6 @@ class RxPath:
             self.capacity -= buf.capacity
         del self.held[:count]
         del self.views[:nviews]
-        self.counters.rx_packets += 1
-        self.counters.rx_bytes += total - self.hdr_len
+        self.counters.rx_packets.inc()
+        self.counters.rx_bytes.add(total - self.hdr_len)
         return count

@@ -14,6 +14,8 @@ The worker is the only thread that touches the virtqueues. :meth:`VirtioNet.proc
 queue's eventfd; a VMM that has KVM ioeventfds can register ``queue_notify_fds`` directly
 and skip that hop. :meth:`activate` starts the worker, :meth:`reset` and :meth:`close` stop
 it and wait for it, so no queue is touched after they return (docs/virtio-backend.md).
+:meth:`pause` (the machine pauses: QMP ``stop``) stops it the same way but keeps the queues,
+and :meth:`resume` starts a new one: no guest memory is written in between.
 
 While the driver has posted no receive buffer the tap is not polled for input: frames wait
 in the tap's kernel queue (bounded by its ``txqueuelen``), nothing is buffered in the VMM,
@@ -23,9 +25,13 @@ notifies exactly when it adds to an empty ring; used-buffer interrupts go throug
 ``interrupt`` callable, which honours ``used_event``.
 
 A broken ring (:class:`~microvm.api.QueueError`) stops the worker. The device reports it
-through :attr:`VirtioNet.on_queue_error` (the glue points it at the transport's
-``set_needs_reset``) or, without one, raises it from the next :meth:`process_queue`, which
-makes the transport set DEVICE_NEEDS_RESET.
+to its transport with :meth:`~microvm.api.VirtioBackend.set_needs_reset` (DEVICE_NEEDS_RESET
+and a configuration-change interrupt at once) or, on a bare device without a transport,
+raises it from the next :meth:`process_queue`.
+
+Counters live in the device's :class:`~microvm.api.CounterGroup` (``self.counters``, shared
+with the transport; ``--metrics`` writes them): ``tx_packets tx_bytes tx_dropped rx_packets
+rx_bytes rx_dropped bad_chains``, readable as attributes of the device too.
 """
 from __future__ import annotations
 
@@ -63,7 +69,7 @@ from .constants import (
     VIRTIO_NET_F_STATUS,
     VIRTIO_NET_S_LINK_UP,
 )
-from .datapath import MORE, NO_BUFFERS, TAP_GONE, NetCounters, RxPath, TxPath
+from .datapath import COUNTER_NAMES, MORE, NO_BUFFERS, TAP_GONE, NetCounters, RxPath, TxPath
 from .mac import DEFAULT_MAC, format_mac, parse_mac
 
 if TYPE_CHECKING:
@@ -98,7 +104,11 @@ def header_length(features: int) -> int:
     return HDR_LEN_LEGACY
 
 
-class VirtioNet(NetCounters, VirtioBackend):
+def _counter_value(name: str) -> property:
+    return property(lambda self: self.counters[name], doc=f"the ``{name}`` counter's value")
+
+
+class VirtioNet(VirtioBackend):
     """A virtio-net device on ``tap``.
 
     :param tap: the host side; the device owns it and closes it in :meth:`close`.
@@ -112,12 +122,21 @@ class VirtioNet(NetCounters, VirtioBackend):
     :param threaded: start the worker thread on activation. Tests pass False and call
         :meth:`run_once` themselves.
 
-    Counters (plain attributes, see :class:`~microvm_virtio_net.datapath.NetCounters`):
-    ``tx_packets, tx_bytes, tx_dropped, rx_packets, rx_bytes, rx_dropped, bad_chains``.
+    Counters: in ``self.counters`` (the transport's group for this device); their values
+    as attributes ``tx_packets, tx_bytes, tx_dropped, rx_packets, rx_bytes, rx_dropped,
+    bad_chains`` and as a dict from :meth:`counter_values`.
     """
 
     device_id = VIRTIO_ID_NET
     num_queues = 2  # receiveq1, transmitq1 (§5.1.2); no control queue
+
+    tx_packets = _counter_value("tx_packets")
+    tx_bytes = _counter_value("tx_bytes")
+    tx_dropped = _counter_value("tx_dropped")
+    rx_packets = _counter_value("rx_packets")
+    rx_bytes = _counter_value("rx_bytes")
+    rx_dropped = _counter_value("rx_dropped")
+    bad_chains = _counter_value("bad_chains")
 
     def __init__(
         self,
@@ -128,9 +147,8 @@ class VirtioNet(NetCounters, VirtioBackend):
         name: str = "virtio-net",
         threaded: bool = True,
     ) -> None:
-        NetCounters.__init__(self)
         self.tap = tap
-        self.name = name
+        self.name = self.label = name
         if mac is None:
             mac = DEFAULT_MAC
         elif isinstance(mac, str):
@@ -147,14 +165,12 @@ class VirtioNet(NetCounters, VirtioBackend):
         self.has_ufo = bool(getattr(tap, "has_ufo", True))
         #: the ``status`` field of the configuration space
         self.status = VIRTIO_NET_S_LINK_UP
-        #: called (on the worker thread) with a reason when the driver broke a ring; the glue
-        #: sets it to the transport's ``set_needs_reset``
-        self.on_queue_error: Callable[[str], None] | None = None
         #: one eventfd per queue: written by :meth:`process_queue`, or by KVM directly when
         #: registered as the queue's ioeventfd
         self.queue_notify_fds = [os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK) for _ in range(self.num_queues)]
         self._stop_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         self._thread: threading.Thread | None = None
+        self._paused = False  # the machine is paused: no worker (pause/resume)
         self._closed = False
         #: the host side went away for good (EOF, an error, POLLHUP): the link stays down
         self._tap_gone = False
@@ -186,6 +202,10 @@ class VirtioNet(NetCounters, VirtioBackend):
             self.status = status
             self.config_changed()
 
+    def counter_values(self) -> dict[str, int]:
+        """The device's counters by name (what ``--metrics`` shows for it)."""
+        return {n: self.counters[n] for n in COUNTER_NAMES}
+
     @property
     def link_up(self) -> bool:
         return bool(self.status & VIRTIO_NET_S_LINK_UP)
@@ -199,9 +219,10 @@ class VirtioNet(NetCounters, VirtioBackend):
         self.tap.set_offload(features)
         fd = self.tap.fileno()
         rxq, txq = queues[RX_QUEUE], queues[TX_QUEUE]
+        counters = NetCounters(self.counters)  # looked up once; the data path bumps them
         self._rx = (
             RxPath(
-                rxq, fd, hdr_len, self, self.name,
+                rxq, fd, hdr_len, counters, self.name,
                 mergeable=bool(features & (1 << VIRTIO_NET_F_MRG_RXBUF)),
                 write_header=not self.vnet_hdr,
                 guest_csum=bool(features & (1 << VIRTIO_NET_F_GUEST_CSUM)),
@@ -209,7 +230,7 @@ class VirtioNet(NetCounters, VirtioBackend):
             if rxq.ready
             else None
         )
-        self._tx = TxPath(txq, fd, hdr_len, self, self.name, strip_header=not self.vnet_hdr) if txq.ready else None
+        self._tx = TxPath(txq, fd, hdr_len, counters, self.name, strip_header=not self.vnet_hdr) if txq.ready else None
         if self._tx is not None:
             self._tx.tap_gone = self._tap_gone
         self._interrupt = interrupt
@@ -222,13 +243,13 @@ class VirtioNet(NetCounters, VirtioBackend):
         self._tap_mask = 0
         self._active = True
         log.info("%s: up, mac %s, %d-byte header, tap offloads for features %#x", self.name, format_mac(self.mac), hdr_len, features)
-        if self.threaded:
+        if self.threaded and not self._paused:  # (activated while paused: resume starts it)
             self._thread = threading.Thread(target=self._run, name=f"{self.name}-worker", daemon=True)
             self._thread.start()
 
     def process_queue(self, index: int) -> None:
         """The driver notified queue ``index``: wake the worker. Never touches a queue."""
-        if self._broken is not None and self.on_queue_error is None:
+        if self._broken is not None:  # found by the worker of a device without a transport
             reason, self._broken = self._broken, None
             raise QueueError(reason)
         if 0 <= index < len(self.queue_notify_fds):
@@ -243,6 +264,19 @@ class VirtioNet(NetCounters, VirtioBackend):
             self.tap.set_offload(0)
         except OSError as e:
             log.debug("%s: TUNSETOFFLOAD 0 at reset failed: %s", self.name, e)
+
+    def pause(self) -> None:
+        """The machine pauses (docs/virtio-backend.md): stop the worker between two rounds,
+        keeping the queues and every flag; frames that arrive meanwhile wait in the tap."""
+        self._paused = True
+        self._stop_worker()
+
+    def resume(self) -> None:
+        """Start the worker again where it stopped (with the work it left, if any)."""
+        self._paused = False
+        if self._active and self.threaded and self._thread is None:
+            self._thread = threading.Thread(target=self._run, name=f"{self.name}-worker", daemon=True)
+            self._thread.start()
 
     def close(self) -> None:
         if self._closed:
@@ -372,10 +406,11 @@ class VirtioNet(NetCounters, VirtioBackend):
     def _fail(self, reason: str) -> None:
         """The driver broke a ring: stop touching the queues and have the device reset."""
         self._active = False
-        self._broken = reason
         log.error("%s: %s; device stopped", self.name, reason)
-        if self.on_queue_error is not None:
-            self.on_queue_error(reason)
+        # the transport (if any) sets NEEDS_RESET now and ignores notifications until the
+        # driver resets; a bare device raises the error from the next process_queue
+        self._broken = reason
+        self.set_needs_reset(reason)
 
     # -- for the glue and tests ------------------------------------------------------------------
     @property

@@ -58,6 +58,9 @@ EXPECTED_FEATURES = [
 def test_features_offered(env):
     offered = env.drv.device_features()
     for b in EXPECTED_FEATURES:
+        if b == C.VIRTIO_F_VERSION_1 and env.transport.legacy:
+            assert not offered & (1 << b)  # a legacy device has no VERSION_1 (§4.2.4)
+            continue
         assert offered & (1 << b), b
     for b in (N.VIRTIO_NET_F_CTRL_VQ, N.VIRTIO_NET_F_MQ, N.VIRTIO_NET_F_GUEST_ANNOUNCE):
         assert not offered & (1 << b)
@@ -144,7 +147,9 @@ def test_activation_sets_header_size_and_offloads(env):
 
 def test_activation_without_guest_offloads(env):
     env.probe(clear=N.GUEST_OFFLOAD_FEATURES | bit(N.VIRTIO_NET_F_MRG_RXBUF))
-    assert env.tap.hdr_sizes == [12]  # VERSION_1 alone means num_buffers is there
+    # VERSION_1 alone means num_buffers is there; a legacy driver without MRG_RXBUF has
+    # the 10-byte struct virtio_net_hdr
+    assert env.tap.hdr_sizes == [10 if env.transport.legacy else 12]
     assert env.tap.offloads[-1] & N.GUEST_OFFLOAD_FEATURES == 0
 
 
@@ -314,13 +319,16 @@ def test_rx_without_mergeable_buffers(mem, transport_kind):
     header in one buffer, pages after it); num_buffers is 1. A frame larger than the chain
     is dropped, not truncated, and the chain serves the next frame."""
     up = NetEnv(mem, legacy=transport_kind == "legacy").probe(clear=bit(N.VIRTIO_NET_F_MRG_RXBUF))
-    head, bufs = up.post([12, 4096, 4096, 4096])
-    up.tap.send(vnet_hdr() + frame(12289))  # one byte too many
-    up.tap.send(vnet_hdr() + frame(9000, seed=1))
+    h = up.hdr_len  # legacy: 10, no num_buffers
+    head, bufs = up.post([h, 4096, 4096, 4096])
+    up.tap.send(vnet_hdr(size=h) + frame(12289))  # one byte too many
+    up.tap.send(vnet_hdr(size=h) + frame(9000, seed=1))
     up.pump()
-    assert up.rxq.get_used() == [(head, 9012)]
-    got = up.read_bufs(bufs, 9012)
-    assert got[12:] == frame(9000, seed=1) and vnet_hdr_fields(got[:12])[6] == 1
+    assert up.rxq.get_used() == [(head, 9000 + h)]
+    got = up.read_bufs(bufs, 9000 + h)
+    assert got[h:] == frame(9000, seed=1)
+    if h == 12:
+        assert vnet_hdr_fields(got[:12])[6] == 1
     assert up.net.rx_dropped == 1 and up.net.rx_packets == 1
     up.close()
 
@@ -336,8 +344,8 @@ def test_rx_frame_too_big_for_the_posted_mergeable_buffers(up):
 
 
 def test_rx_legacy_header_without_num_buffers(mem):
-    """A legacy driver without MRG_RXBUF (no VERSION_1): the 10-byte header. Activated
-    directly, as a legacy transport would, since the test driver speaks Version 2 only."""
+    """A legacy driver without MRG_RXBUF (no VERSION_1): the 10-byte header, on a bare
+    device activated directly (the transport tests above cover it through the registers)."""
     mem.fill(0, MEM_SIZE)
     tap = SocketTap()
     net = VirtioNet(tap, threaded=False)
@@ -519,14 +527,24 @@ def test_buffer_outside_ram_needs_reset(up, queue):
     assert up.rxq.get_used() == [(head, 72)]
 
 
-def test_queue_error_without_error_callback_surfaces_on_next_notify(up):
-    up.net.on_queue_error = None
-    up.txq.add([(MEM_SIZE + 0x1000, 64, False)])
-    up.net.process_queue(N.TX_QUEUE)
-    up.pump()
-    assert not up.net.running and not up.transport.needs_reset
-    up.drv.notify(N.TX_QUEUE)  # the transport gets the QueueError from process_queue
-    assert up.drv.needs_reset()
+def test_queue_error_of_a_bare_device_surfaces_on_next_process_queue(mem):
+    """A device without a transport (no set_needs_reset to call) raises the QueueError its
+    worker found from the next process_queue, which a transport turns into NEEDS_RESET."""
+    mem.fill(0, MEM_SIZE)
+    tap = SocketTap()
+    net = VirtioNet(tap, threaded=False)
+    rx_dq, tx_dq = DriverQueue(mem, 16, 0x10000), DriverQueue(mem, 16, 0x14000)
+    rxq, txq = rx_dq.attach(Virtqueue(mem, 16)), tx_dq.attach(Virtqueue(mem, 16))
+    net.ack_features(bit(C.VIRTIO_F_VERSION_1))
+    net.activate([rxq, txq], lambda: None, mem)
+    tx_dq.add([(MEM_SIZE + 0x1000, 64, False)])
+    net.process_queue(N.TX_QUEUE)
+    net.run_once(0)
+    assert not net.running
+    with pytest.raises(C.QueueError):
+        net.process_queue(N.TX_QUEUE)
+    net.process_queue(N.TX_QUEUE)  # reported once
+    net.close()
 
 
 def test_tx_flood_does_not_starve_rx(mem):
@@ -609,6 +627,34 @@ def test_worker_thread_moves_frames_and_stops_on_reset(mem):
     assert workers() == [] and up.tap.closed
 
 
+def test_pause_holds_the_worker_and_resume_serves_what_waited(mem):
+    """The machine's pause hook: after pause() no frame reaches guest RAM and no transmit
+    is served, whatever arrives; resume() serves both, in order."""
+    up = NetEnv(mem, threaded=True).probe()
+    head, bufs = up.post([2048])
+    up.tap.send(vnet_hdr() + frame(100, seed=1))
+    assert wait_for(up.rxq.get_used) == [(head, 112)]
+    heads = [up.post([2048], notify=False)[0] for _ in range(2)]
+    up.net.pause()
+    assert workers() == []
+    up.drv.notify(N.RX_QUEUE)  # notifications while paused (as if the vCPU had sent them)
+    up.send(vnet_hdr() + frame(90))
+    snapshot = up.mem.read(0, MEM_SIZE)
+    up.tap.send(vnet_hdr() + frame(200, seed=2))
+    up.tap.send(vnet_hdr() + frame(201, seed=3))
+    time.sleep(0.1)
+    assert up.mem.read(0, MEM_SIZE) == snapshot and up.tap.pending() == []  # the device did nothing
+    up.net.resume()
+    assert len(workers()) == 1
+    assert up.tap.recv() == vnet_hdr() + frame(90)
+    used = wait_for(up.rxq.get_used)
+    while len(used) < 2:
+        used += wait_for(up.rxq.get_used)
+    assert [h for h, _ in used] == heads and [n for _, n in used] == [212, 213]
+    up.close()
+    assert workers() == []
+
+
 def test_worker_thread_reports_a_broken_ring(mem):
     up = NetEnv(mem, threaded=True).probe()
     up.rxq.add([(MEM_SIZE, 4096, True)])
@@ -640,8 +686,8 @@ def test_with_the_cores_notification_worker():
     net = VirtioNet(tap, name="virtio-net:test")
     m = TestMachine(mem_size=MEM_SIZE, serial=["none"]).create_devices()
     mem = m.memory
-    slot = m.ctx.add_virtio_device(net, "virtio-net:test", VirtioTransportConfig(legacy=False))
-    net.on_queue_error = slot.transport.set_needs_reset
+    m.ctx.add_virtio_device(net, "virtio-net:test", VirtioTransportConfig(legacy=False))
+    slot = m.virtio_transports[-1]
     m.start()
     try:
         drv = NetDriver(slot.transport)

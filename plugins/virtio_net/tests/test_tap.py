@@ -3,13 +3,9 @@
 with addresses from 192.0.2.0/24 (TEST-NET-1) only."""
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import errno
 import fcntl
-import json
 import os
-import secrets
 import select
 import shutil
 import socket
@@ -17,7 +13,6 @@ import struct
 import subprocess
 import sys
 import time
-from typing import Iterator
 
 import pytest
 
@@ -25,7 +20,7 @@ from microvm.api import ConfigError
 from microvm_virtio_net import constants as N
 from microvm_virtio_net import tap as T
 from microvm_virtio_net.tap import Tap, open_tap, tun_offload_flags
-from virtio_net_testlib import MEM_SIZE, NetEnv, vnet_hdr
+from virtio_net_testlib import MEM_SIZE, NetEnv, NetNs, vnet_hdr
 
 MEM_SIZE = MEM_SIZE  # for the mem fixture
 
@@ -99,77 +94,7 @@ def test_ioctl_numbers():
     assert T.IFREQ.size == 40
 
 
-# -- a network namespace -------------------------------------------------------------------------------
-CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _setns(fd: int) -> None:
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-
-
-def _why_no_tap() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (CAP_NET_ADMIN) to create taps in a network namespace"
-    if not os.path.exists(T.TUN_DEVICE):
-        return f"{T.TUN_DEVICE} does not exist"
-    if shutil.which("ip") is None:
-        return "needs iproute2's ip"
-    return None
-
-
-class NetNs:
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def ip(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        return subprocess.run(["ip", "-n", self.name, *args], capture_output=True, text=True, check=check)
-
-    def exists(self, ifname: str) -> bool:
-        return self.ip("link", "show", "dev", ifname, check=False).returncode == 0
-
-    def link(self, ifname: str) -> dict:
-        return json.loads(self.ip("-d", "-j", "link", "show", "dev", ifname).stdout)[0]
-
-    def links(self) -> list[str]:
-        return [l["ifname"] for l in json.loads(self.ip("-j", "link", "show").stdout)]
-
-    @contextlib.contextmanager
-    def entered(self) -> Iterator[None]:
-        """Move this thread into the namespace (taps and sockets are created in the
-        namespace of the thread that opens them), and back."""
-        home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-        target = os.open(f"/run/netns/{self.name}", os.O_RDONLY)
-        try:
-            _setns(target)
-            try:
-                yield
-            finally:
-                _setns(home)
-        finally:
-            os.close(home)
-            os.close(target)
-
-
-@pytest.fixture
-def netns() -> Iterator[NetNs]:
-    why = _why_no_tap()
-    if why:
-        pytest.skip(why)
-    name = f"microvm-net-{os.getpid()}-{secrets.token_hex(3)}"
-    r = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
-    if r.returncode:
-        pytest.skip(f"cannot create a network namespace: {r.stderr.strip()}")
-    ns = NetNs(name)
-    try:
-        with ns.entered():
-            yield ns
-    finally:
-        subprocess.run(["ip", "netns", "del", name], capture_output=True)
-
-
+# -- a network namespace (virtio_net_testlib.NetNs, the netns fixture in conftest.py) ---------------
 def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 

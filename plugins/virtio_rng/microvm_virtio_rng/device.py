@@ -7,10 +7,15 @@ Python): the kernel's CSPRNG is what QEMU's default ``rng-random``/``rng-builtin
 read too.
 
 QEMU's rate limit (``-device virtio-rng-device,max-bytes=N,period=MS``): at most
-``max_bytes`` bytes are handed out per ``period_ms`` milliseconds. As in QEMU's
-``virtio_rng_process``/``check_rate_limit``, the period starts with the first request after
-the quota was refilled; requests beyond the quota wait in the ring (they are not popped)
-until the next period, when the device's timer refills the quota and serves them.
+``max_bytes`` bytes are handed out per ``period_ms`` milliseconds. As in QEMU 7.2's
+``virtio_rng_process``/``check_rate_limit``: a period starts with a processing of the
+queue (DRIVER_OK, a notification) while none is running; when it ends, the timer refills
+the quota and the queue is processed once more (that processing starts no period; the next
+one does). Requests beyond the quota wait in the ring, not popped, until then.
+
+The timer runs on the machine's timer thread, which never touches the queue: it refills
+the quota and asks the transport for a processing (``notify_queue``), so the queue is only
+ever used on the device's worker, with the transport's error handling.
 """
 from __future__ import annotations
 
@@ -91,15 +96,18 @@ class VirtioRng(VirtioBackend):
         self.clock = clock
         self.on_timer_change = on_timer_change or (lambda: None)
         self.label = "virtio-rng"
-        #: held while a queue is served: by the transport's worker (process_queue) and by
-        #: the timer thread (tick), which refills the quota
+        #: guards the rate-limit state, shared by the worker (process_queue) and the timer
+        #: thread (tick); the queue itself is only used by the worker
         self._lock = threading.Lock()
         self._queue: Virtqueue | None = None
         self._interrupt: Callable[[], None] = lambda: None
         self._quota = max_bytes
-        #: when the current period ends (None: no period running)
+        #: when the running period ends (None: none running)
         self._period_end: int | None = None
-        #: requests are waiting for the next period
+        #: QEMU's ``activate_timer``: the next processing starts a period
+        self._activate_timer = True
+        #: the timer refilled the quota; the processing it asked for starts no period
+        self._timer_refill = False
         self._throttled = False
 
     # -- what the device is -----------------------------------------------------------------
@@ -112,63 +120,77 @@ class VirtioRng(VirtioBackend):
         self._count_request = c.counter("requests").inc
         self._count_bytes = c.counter("bytes_read").add
         self._count_throttled = c.counter("throttled").inc
-        with self._lock:
-            self._queue = queues[0] if queues and queues[0].ready else None
-            self._interrupt = interrupt
+        self._queue = queues[0] if queues and queues[0].ready else None
+        self._interrupt = interrupt
+        # QEMU processes the queue at DRIVER_OK too (virtio_rng_set_status): that starts a
+        # period, and serves what the driver posted before; on the worker, as always
+        self.notify_queue(0)
 
     def reset(self) -> None:
-        with self._lock:
-            self._queue = None
-            self._interrupt = lambda: None
-            self._throttled = False
+        self._queue = None
+        self._interrupt = lambda: None
 
     def process_queue(self, index: int) -> None:
-        with self._lock:
-            self._serve(self.clock())
+        self._process(self.clock())
 
     # -- the timer (the machine's TimerService calls these) ---------------------------------
     def next_deadline(self) -> int | None:
-        """When requests waiting for the quota can be served again, or None."""
-        return self._period_end if self._throttled else None
+        """When the running period ends, or None."""
+        return self._period_end
 
     def tick(self, now_ns: int) -> None:
+        """The period ended: refill the quota and have the queue processed on the device's
+        worker (never here: this is the timer thread)."""
         with self._lock:
-            self._serve(now_ns)
+            if self._period_end is None or now_ns < self._period_end:
+                return
+            self._quota, self._period_end, self._timer_refill = self.max_bytes, None, True
+        self.notify_queue(0)
 
     # -- internals --------------------------------------------------------------------------
-    def _serve(self, now: int) -> None:
-        """Fill as many posted buffers as the quota allows. Called with ``_lock`` held."""
+    def _process(self, now: int) -> None:
+        """QEMU's virtio_rng_process: start a period if due, then serve what the quota allows."""
+        with self._lock:
+            by_timer, self._timer_refill = self._timer_refill, False
+            if not by_timer and self._activate_timer:
+                self._period_end, self._activate_timer = now + self.period_ns, False
+                started = True
+            else:
+                started = False
+            if by_timer:
+                self._activate_timer = True  # check_rate_limit: the next processing starts one
+            quota = self._quota
+        if started:
+            self.on_timer_change()
         q = self._queue
         if q is None:
             return
-        if self._period_end is not None and now >= self._period_end:
-            self._quota, self._period_end = self.max_bytes, None  # QEMU's check_rate_limit
-        used = False
-        while q.has_pending():
-            if self._quota <= 0:
-                if not self._throttled:
-                    self._throttled = True
-                    self._count_throttled()
-                    self.on_timer_change()
-                break
-            chain = q.pop()
+        used = 0
+        served = False
+        while quota - used > 0:
+            chain = q.pop()  # QueueError propagates: the transport sets NEEDS_RESET
             if chain is None:
                 break
-            if self._period_end is None:
-                self._period_end = now + self.period_ns
             written = 0
             for view in chain.writable_views():
-                n = min(len(view), self._quota - written)
+                n = min(len(view), quota - used - written)
                 if n <= 0:
                     break
                 fill_random(view[:n])
                 written += n
-            self._quota -= written
             q.push(chain.head, written)
             self._count_request()
             self._count_bytes(written)
-            used = True
+            used += written
+            served = True
+        with self._lock:
+            self._quota -= used
+            throttled = self._quota <= 0
+        if throttled and q.has_pending():
+            if not self._throttled:
+                self._count_throttled()
+            self._throttled = True
         else:
             self._throttled = False
-        if used:
+        if served:
             self._interrupt()

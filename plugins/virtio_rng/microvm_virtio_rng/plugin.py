@@ -2,7 +2,9 @@
 
 Written as an outside author would write it: :mod:`microvm.api` only. The properties are
 declared once; the core converts and checks them, adds the transport's ``force-legacy``
-and places the returned backend on a virtio-mmio transport (``virtio=True``).
+and places the returned backend on a virtio-mmio transport (``virtio=True``). QEMU's
+``rng=`` (an ``-object rng-random``/``rng-egd`` backend) is not offered: the entropy always
+comes from the host kernel's ``getrandom()``, which is what QEMU's default backend reads.
 """
 from __future__ import annotations
 
@@ -19,11 +21,11 @@ PROPERTIES = (
 def create(ctx: Any, props: Any) -> Any:
     """Factory for ``virtio-rng-device``: the backend, with its rate-limit timer."""
     max_bytes, period = props["max-bytes"], props["period"]
-    # QEMU's checks and wording (virtio_rng_device_realize, QERR_INVALID_PARAMETER_VALUE)
+    # QEMU 7.2's checks and wording (virtio_rng_device_realize)
     if not 0 <= max_bytes < 1 << 63:
-        raise ConfigError("virtio-rng-device: Parameter 'max-bytes' expects a non-negative integer below 2^63")
-    if period <= 0 or period >= 1 << 32:
-        raise ConfigError("virtio-rng-device: Parameter 'period' expects a positive number")
+        raise ConfigError("virtio-rng-device: 'max-bytes' parameter must be non-negative, and less than 2^63")
+    if not 0 < period < 1 << 32:
+        raise ConfigError("virtio-rng-device: 'period' parameter expects a positive integer")
     from .device import VirtioRng  # lazily: loading the plugin stays cheap
 
     timers = ctx.timers
