@@ -46,21 +46,34 @@ class NullChardev:
         pass
 
 
+#: ``C-a h`` (QEMU's mux help, in its layout, for the commands microvm has)
+MUX_HELP = (b"\n\r"
+            b"C-a h    print this help\n\r"
+            b"C-a x    exit emulator\n\r"
+            b"C-a b    send break (magic sysrq)\n\r"
+            b"C-a C-a  sends C-a\n\r")
+
+
 class FdChardev:
     """Output to one fd, input from another, read by a daemon thread.
 
     ``stdio`` is this on fds 1 and 0. When the input is a terminal it is put in raw mode (and
-    restored on close). With ``escapes`` (stdio), as in QEMU's ``-nographic`` mux and whether
-    the input is a terminal or a pipe, Ctrl-A is an escape: ``C-a x`` ends the VMM, ``C-a b``
-    sends a BREAK (Magic SysRq on a 16550), ``C-a C-a`` sends one C-a.
+    restored on close). With ``escapes`` (stdio with ``mux=on``: ``-serial mon:stdio``, the
+    ``-nographic`` default), whether the input is a terminal or a pipe, Ctrl-A is an escape:
+    ``C-a h`` prints the commands, ``C-a x`` ends the VMM, ``C-a b`` sends a BREAK (Magic
+    SysRq on a 16550), ``C-a C-a`` sends one C-a.
     """
 
     ESCAPE = 0x01
 
     def __init__(
-        self, out_fd: int, in_fd: int | None, on_quit: Callable[[], None] | None = None, escapes: bool = False
+        self, out_fd: int, in_fd: int | None, on_quit: Callable[[], None] | None = None, escapes: bool = False,
+        signals: bool = False,
     ) -> None:
         self.escapes = escapes
+        #: a terminal's Ctrl-C (and Ctrl-Z, Ctrl-\\) signal the VMM instead of reaching the guest
+        #: (QEMU's stdio ``signal=on``, its default except under ``-nographic``'s mux)
+        self.signals = signals
         self.out_fd = out_fd
         self.in_fd = in_fd
         self.on_quit = on_quit
@@ -102,6 +115,8 @@ class FdChardev:
             # keep output post-processing so "\n" still returns the carriage
             attrs = termios.tcgetattr(self.in_fd)
             attrs[1] |= termios.OPOST | termios.ONLCR
+            if self.signals:
+                attrs[3] |= termios.ISIG
             termios.tcsetattr(self.in_fd, termios.TCSANOW, attrs)
         self._thread = threading.Thread(target=self._reader, name="chardev-in", daemon=True)
         self._thread.start()
@@ -115,10 +130,15 @@ class FdChardev:
         for b in data:
             if self._escape:
                 self._escape = False
-                if b in (ord("x"), ord("X"), ord("b"), ord("B")):
+                if b in (ord("x"), ord("X"), ord("b"), ord("B"), ord("h"), ord("H")):
                     if out and self._receiver:  # what came before the escape goes first
                         self._receiver(bytes(out))
                     out.clear()
+                    if b in (ord("h"), ord("H")):
+                        self.write(MUX_HELP)
+                        continue
+                    if b in (ord("x"), ord("X")):
+                        self.write(b"microvm: Terminated\n\r")
                     action = self.on_quit if b in (ord("x"), ord("X")) else self._on_break
                     if action:
                         action()
@@ -209,6 +229,11 @@ def file_chardev(path: str, append: bool = False) -> FileChardev:
     return FileChardev(fd)
 
 
-def stdio_chardev(on_quit: Callable[[], None] | None = None) -> FdChardev:
-    sys.stdout.flush()
-    return FdChardev(1, 0, on_quit, escapes=True)
+def stdio_chardev(on_quit: Callable[[], None] | None = None, mux: bool = True, signals: bool = False) -> FdChardev:
+    """The VMM's stdio: QEMU's ``-chardev stdio`` (``mux``: the C-a commands; ``signals``:
+    Ctrl-C ends the VMM)."""
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError, AttributeError):  # stdout closed or a broken pipe
+        pass
+    return FdChardev(1, 0, on_quit, escapes=mux, signals=signals)

@@ -403,8 +403,8 @@ class DeviceConfig:
 
 
 class SerialConfig:
-    """One ``--serial`` value: ``none`` (no port), or the chardev it becomes (``stdio``,
-    ``null``, ``file:PATH``) or refers to (``chardev:ID``)."""
+    """One ``--serial`` value: ``none`` (no port), or the chardev it becomes (``mon:stdio``,
+    ``stdio``, ``null``, ``file:PATH``) or refers to (``chardev:ID``)."""
 
     __slots__ = ("text", "chardev", "ref")
 
@@ -420,6 +420,10 @@ class SerialConfig:
             return cls(text, None)
         if text in ("stdio", "null"):
             return cls(text, ChardevConfig(text, ident))
+        if text == "mon:stdio":  # QEMU: stdio multiplexed with the monitor, Ctrl-C to the guest
+            return cls(text, ChardevConfig("stdio", ident, {"mux": "on", "signal": "off"}))
+        if text.startswith("mon:"):
+            raise ConfigError(f"--serial {text}: mon: is supported with stdio only (mon:stdio)")
         if text.startswith("file:"):
             if not text[5:]:
                 raise ConfigError("--serial file: needs a path (file:PATH)")
@@ -428,7 +432,7 @@ class SerialConfig:
             if not text[8:]:
                 raise ConfigError("--serial chardev: needs an id (chardev:ID)")
             return cls(text, None, ref=text[8:])
-        raise ConfigError(f"--serial {text}: expected stdio, null, none, file:PATH or chardev:ID")
+        raise ConfigError(f"--serial {text}: expected mon:stdio, stdio, null, none, file:PATH or chardev:ID")
 
     @property
     def present(self) -> bool:

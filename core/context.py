@@ -136,8 +136,15 @@ class MachineContext:
     # ---- what the machine is ---------------------------------------------------------------
     @property
     def smp(self) -> int:
-        """Number of vCPUs (their APIC IDs are 0 .. smp-1)."""
+        """Number of vCPUs (their APIC IDs: :attr:`apic_ids`)."""
         return self._m.smp
+
+    @property
+    def apic_ids(self) -> list[int]:
+        """The vCPUs' APIC IDs by vCPU index (the first is the boot CPU). ``0 .. smp-1``
+        unless ``-smp`` gives a topology whose counts are not powers of two, which leaves
+        holes, as in QEMU; an IOAPIC takes ``max(apic_ids) + 1``."""
+        return list(self._m.apic_ids)
 
     @property
     def ram_size(self) -> int:

@@ -45,7 +45,7 @@ def register_machine_options(register: Callable[[MachineOption], None]) -> None:
 def _stdio(ctx: "MachineContext", ident: str, props: "Properties") -> Any:
     from .chardev import stdio_chardev
 
-    return stdio_chardev(on_quit=lambda: ctx.request_stop(0, "terminated by C-a x"))
+    return stdio_chardev(on_quit=lambda: ctx.request_stop(0, "terminated by C-a x"), mux=props.mux, signals=props.signal)
 
 
 def _null(ctx: "MachineContext", ident: str, props: "Properties") -> Any:
@@ -62,9 +62,10 @@ def _file(ctx: "MachineContext", ident: str, props: "Properties") -> Any:
 
 @hookimpl
 def register_backends(register: Callable[..., None]) -> None:
-    register("chardev", "stdio", _stdio, "the VMM's standard input and output (C-a x quits, C-a b sends a break)",
-             properties=(Property("mux", "bool", False, "accepted for QEMU compatibility (C-a commands are always on)"),
-                         Property("signal", "bool", True, "accepted for QEMU compatibility")))
+    register("chardev", "stdio", _stdio, "the VMM's standard input and output",
+             properties=(Property("mux", "bool", False, "C-a commands: C-a h help, C-a x quit, C-a b break "
+                                                        "(on for -serial mon:stdio and -nographic's default)"),
+                         Property("signal", "bool", True, "a terminal's Ctrl-C ends the VMM instead of reaching the guest")))
     register("chardev", "null", _null, "discards output, never produces input")
     register("chardev", "file", _file, "output to a file (input: none)",
              properties=(Property("path", "str", required=True, help="the file"),

@@ -106,7 +106,7 @@ class Machine:
     """
 
     def __init__(self, spec: MachineSpec, host: Any = None, images: Any = None, metrics: "Metrics | None" = None,
-                 lifecycle: Any = None) -> None:
+                 lifecycle: Any = None, backends: Any = None) -> None:
         from .boot.loader import read_images
         from .context import MachineContext
         from .metrics import Metrics
@@ -139,10 +139,19 @@ class Machine:
         self.metrics = metrics if metrics is not None else Metrics()
         self.ctx = MachineContext(self)
         self.smp = spec.smp
+        #: the vCPUs' APIC IDs (= KVM vCPU ids), by vCPU index, laid out by the topology
+        self.apic_ids: list[int] = spec.topology.apic_ids()
         self.ram_size = spec.mem_size
         self.devices: dict[str, Any] = {}
-        self._chardevs: dict[str, Chardev] = {}
-        self._stdio_user: str | None = None
+        #: the run's host backends (microvm.backends.HostBackends): kept across guest resets
+        #: when run_spec passes them on; a Machine made alone owns (and closes) its own
+        self._owns_backends = backends is None
+        if backends is None:
+            from .backends import HostBackends
+
+            backends = HostBackends()
+        self.backends = backends
+        backends.current = self  # the run's backends speak for this boot from now on
         self._drive_users: dict[str, str] = {}
         #: drive id -> QOM path of the device using it (QMP query-block's qdev)
         self.drive_qdevs: dict[str, str] = {}
@@ -227,7 +236,7 @@ class Machine:
     def _check_device_types(self) -> None:
         """Every --device names an installed type, and ``--device NAME,help`` is answered:
         before anything is built, so a typo costs no KVM set-up."""
-        from .config import VIRTIO_TRANSPORT_PROPERTIES, describe_properties
+        from .config import VIRTIO_TRANSPORT_PROPERTIES, describe_properties, parse_properties
 
         types = self.host.device_types
         for cfg in self.spec.device_configs:
@@ -236,13 +245,19 @@ class Machine:
                 known = ", ".join(sorted(types)) or "none installed"
                 if cfg.help and not cfg.driver:
                     raise ConfigError(f"device types: {known}")
-                raise ConfigError(f"--device {cfg.driver}: unknown device type (available: {known})")
-            if cfg.help:
-                props = describe_properties(self.device_properties(reg) + (VIRTIO_TRANSPORT_PROPERTIES if reg.virtio else ()))
-                raise ConfigError(f"{cfg.driver} properties: " + "; ".join(props))
-        # every device's properties are converted now, before any KVM set-up
-        from .config import parse_properties
+                from .providers import hint
 
+                raise ConfigError(f"--device {cfg.driver}: unknown device type{hint('device', cfg.driver)} (available: {known})")
+            declared = self.device_properties(reg) + (VIRTIO_TRANSPORT_PROPERTIES if reg.virtio else ())
+            if cfg.help:
+                raise ConfigError(f"{cfg.driver} properties: " + "; ".join(describe_properties(declared)))
+        chip = self.options.get("kernel-irqchip")
+        if chip is not None and chip not in self.host.irqchips:
+            from .providers import hint
+
+            raise ConfigError(f"kernel-irqchip={chip}: not available{hint('irqchip', chip)}; "
+                              f"installed: {', '.join(sorted(self.host.irqchips)) or 'none'}")
+        # every device's properties are converted now, before any KVM set-up
         ids: set[str] = set()
         self._device_props = []
         for cfg in self.spec.device_configs:
@@ -356,7 +371,9 @@ class Machine:
         if cfg is None:
             known = ", ".join(sorted(self.spec.netdev_configs)) or "none"
             raise ConfigError(f"netdev {netdev_id!r} not found (defined netdevs: {known})")
-        backend = self._make_backend("netdev", cfg)
+        backend = self.backends.get("netdev", netdev_id)
+        if backend is None:
+            backend = self._make_backend("netdev", cfg)
         self._netdevs[netdev_id] = (backend, user)
         return backend
 
@@ -365,7 +382,10 @@ class Machine:
         if reg is None or reg.factory is None:
             known = ", ".join(sorted(n for k, n in self.host.backends if k == kind)) or "none installed"
             what = {"netdev": "network", "chardev": "character device"}[kind]
-            raise ConfigError(f"--{kind} {cfg.backend},id={cfg.id}: no plugin provides this {what} backend (available: {known})")
+            from .providers import hint
+
+            raise ConfigError(f"--{kind} {cfg.backend},id={cfg.id}: no plugin provides this {what} backend"
+                              f"{hint(kind, cfg.backend)} (available: {known})")
         return reg
 
     def _make_backend(self, kind: str, cfg: Any) -> Any:
@@ -373,14 +393,14 @@ class Machine:
 
         reg = self._backend_type(kind, cfg)
         props = parse_properties(f"{kind} {cfg.id} ({cfg.backend})", reg.properties, cfg.props)
+        b = self.backends
         if kind == "chardev" and cfg.backend == "stdio":
-            if self._stdio_user is not None:
-                raise ConfigError(f"cannot use stdio for both {self._stdio_user} and chardev {cfg.id}")
-            self._stdio_user = f"chardev {cfg.id}" if not cfg.id.startswith("serial") else f"serial port {cfg.id[6:]}"
-        backend = reg.factory(self.ctx, cfg.id, props)
-        close = getattr(backend, "close", None)
-        if close is not None:
-            self.add_cleanup(close)
+            if b.stdio_user is not None:
+                raise ConfigError(f"cannot use stdio for both {b.stdio_user} and chardev {cfg.id}")
+            b.stdio_user = f"chardev {cfg.id}" if not cfg.id.startswith("serial") else f"serial port {cfg.id[6:]}"
+        # the factory's context follows the run: the backend outlives this boot's machine
+        backend = reg.factory(b.ctx, cfg.id, props)
+        b.add(kind, cfg.id, backend)
         return backend
 
     @property
@@ -425,8 +445,8 @@ class Machine:
         self._cleanups.append(fn)
 
     def chardev(self, chardev_id: str) -> Chardev:
-        """The ``--chardev BACKEND,id=ID`` backend, created on first use."""
-        dev = self._chardevs.get(chardev_id)
+        """The ``--chardev BACKEND,id=ID`` backend, created on first use (once per run)."""
+        dev = self.backends.get("chardev", chardev_id)
         if dev is None:
             if chardev_id in self.spec.monitor_chardevs:
                 raise ConfigError(f"{self._creating}: chardev {chardev_id} is used by a monitor (--mon)")
@@ -434,7 +454,7 @@ class Machine:
             if cfg is None:
                 known = ", ".join(sorted(self.spec.chardev_configs)) or "none"
                 raise ConfigError(f"chardev {chardev_id!r} not found (defined chardevs: {known})")
-            dev = self._chardevs[chardev_id] = self._make_backend("chardev", cfg)
+            dev = self._make_backend("chardev", cfg)
         return dev
 
     def chardev_list(self) -> list[tuple[str, str, bool]]:
@@ -447,7 +467,7 @@ class Machine:
         configs = [c for c in self.spec.chardev_configs.values() if c.id not in monitors]
         configs += [s.chardev for s in self.spec.serial_configs if s.chardev is not None]
         for cfg in configs:
-            dev = self._chardevs.get(cfg.id)
+            dev = self.backends.get("chardev", cfg.id)
             filename = cfg.backend  # QEMU 7.2: "stdio", "null", "file"
             info = getattr(dev, "info", None)
             if callable(info):
@@ -468,9 +488,9 @@ class Machine:
             return self.chardev(s.ref)
         if s.chardev is None:
             return None
-        dev = self._chardevs.get(s.chardev.id)
+        dev = self.backends.get("chardev", s.chardev.id)
         if dev is None:
-            dev = self._chardevs[s.chardev.id] = self._make_backend("chardev", s.chardev)
+            dev = self._make_backend("chardev", s.chardev)
         return dev
 
     # ------------------------------------------------------------------ construction
@@ -498,6 +518,11 @@ class Machine:
         self._vmx_housekeeping()
         self.supported_cpuid = self.kvm.supported_cpuid()
         self._create_irqchip()
+        # every netdev exists from the start, used or not (QEMU creates them all; a tap's
+        # errors are then found before the guest runs), once per run
+        for cfg in self.spec.netdev_configs.values():
+            if self.backends.get("netdev", cfg.id) is None:
+                self._make_backend("netdev", cfg)
         self.hook.create_devices(ctx=self.ctx)
         self._create_user_devices()
         if self.boot.firmware is not None and self.boot.kernel is not None and self.boot.handled_by is None:
@@ -506,14 +531,22 @@ class Machine:
         if self.boot.firmware is not None and self.smp > 1 and self.irqchip is None:
             raise ConfigError(f"--smp {self.smp} with --bios: the other vCPUs must wait for INIT/SIPI in an "
                               "in-kernel LAPIC, and no irqchip plugin is installed")
+        if not self.rebooted:
+            for nid in self.spec.netdev_configs:
+                if nid not in self._netdevs:
+                    log.warning("netdev %s has no peer", nid)  # QEMU's words
         tsc_deadline = bool(self.kvm.check_extension("KVM_CAP_TSC_DEADLINE_TIMER"))
-        for i in range(self.smp):
-            vcpu = self.vm.create_vcpu(i)
+        for i, apic_id in enumerate(self.apic_ids):
+            vcpu = self.vm.create_vcpu(apic_id)
             self.vcpus.append(vcpu)
             self.vcpu_views.append(VcpuView(vcpu))
             self.add_cleanup(vcpu.close)
-            entries = bootcpu.edit_cpuid(self.supported_cpuid, i, self.smp, tsc_deadline)
-            self.hook.cpuid(ctx=self.ctx, vcpu_id=i, entries=entries)
+            entries = bootcpu.edit_cpuid(self.supported_cpuid, apic_id, self.smp, tsc_deadline, self.spec.topology)
+            self.hook.cpuid(ctx=self.ctx, vcpu_id=apic_id, entries=entries)
+            if self.spec.cpu_features:  # -cpu host,+x,-y: the user has the last word
+                from .boot.cpufeatures import apply_features
+
+                apply_features(entries, self.spec.cpu_features, self.supported_cpuid, warn=log.warning if i == 0 else None)
             vcpu.set_cpuid(entries)
             vcpu.set_msrs(bootcpu.boot_msrs())
             fpu = vcpu.get_fpu()
@@ -543,7 +576,10 @@ class Machine:
                 return
         reg = chips.get(name)
         if reg is None or reg.factory is None:
-            raise ConfigError(f"kernel-irqchip={name}: not available; installed: {', '.join(sorted(chips)) or 'none'}")
+            from .providers import hint
+
+            raise ConfigError(f"kernel-irqchip={name}: not available{hint('irqchip', name)}; "
+                              f"installed: {', '.join(sorted(chips)) or 'none'}")
         self.irqchip = reg.factory(self.ctx)
         self.add_cleanup(self.irqchip.close)
         from .kvm import lib
@@ -922,7 +958,8 @@ class Machine:
                 self._virtio.close()  # closes the backends' files and releases their locks
             except Exception:
                 log.exception("closing virtio devices failed")
-        self._chardevs.clear()
+        if self._owns_backends:
+            self.backends.close()
         alive = any(t.is_alive() for t in self.threads)
         with self.kick_lock:  # no kick writes to a kvm_run page from here on
             self.torn_down = True
@@ -942,9 +979,11 @@ class Machine:
                 os.close(fd)
 
 
-def run_spec(spec: MachineSpec, host: Any = None) -> int:
+def run_spec(spec: MachineSpec, host: Any = None, ready: Callable[[], None] | None = None) -> int:
     """Run a machine, rebuilding it after each guest reset unless --no-reboot; with
-    ``spec.metrics``, write the counters (of every boot) there at the end.
+    ``spec.metrics``, write the counters (of every boot) there at the end. ``ready`` is
+    called once, when the first machine is built and about to run (``-daemonize`` detaches
+    there, as QEMU does after its machine is created).
 
     The :class:`~microvm.lifecycle.Lifecycle` (run state, QMP monitors) lives here, across
     the machines of the run: its monitors are bound once the first Machine has checked the
@@ -952,15 +991,27 @@ def run_spec(spec: MachineSpec, host: Any = None) -> int:
     from .lifecycle import Lifecycle
     from .metrics import Metrics
 
+    from .backends import HostBackends
+
     images = None
     metrics = Metrics()
     lifecycle = Lifecycle(spec)
+    backends = HostBackends()  # the host side outlives each boot's machine
     try:
         while True:
-            m = Machine(spec, host, images, metrics, lifecycle=lifecycle)
+            m = Machine(spec, host, images, metrics, lifecycle=lifecycle, backends=backends)
             if images is None:
                 lifecycle.start_monitors()
             images = m.images
+            if ready is not None:
+                try:
+                    m.build()
+                except BaseException:
+                    lifecycle.machine_ended(m)
+                    m.close()
+                    raise
+                ready()
+                ready = None
             try:
                 status = m.run()
             finally:
@@ -970,6 +1021,7 @@ def run_spec(spec: MachineSpec, host: Any = None) -> int:
             log.info("rebooting")
     finally:
         lifecycle.close_monitors()
+        backends.close()
         if spec.metrics and images is not None:
             try:
                 metrics.write_json(spec.metrics)

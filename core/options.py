@@ -49,8 +49,10 @@ class OptionRegistry:
                     continue
                 opt = self.options.get(key)
                 if opt is None:
+                    from .providers import hint
+
                     known = ", ".join(sorted(self.options)) or "(none: no plugin declares machine options)"
-                    raise ConfigError(f"unknown machine option {key!r}; known: {known}")
+                    raise ConfigError(f"unknown machine option {key!r}{hint('machine', key)}; known: {known}")
                 values[key] = opt.parse(value)
         return values
 

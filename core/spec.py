@@ -25,6 +25,10 @@ class MachineSpec:
     :meth:`validate` parses them once into ``drive_configs``, ``chardev_configs``,
     ``netdev_configs`` (by id), ``device_configs`` and ``serial_configs`` (in order).
     ``metrics`` names a file the counters are written to as JSON when the VM ends.
+    ``topology`` (a :class:`microvm.topology.CpuTopology`, from ``-smp ...,sockets=...``)
+    lays out ``smp`` vCPUs in packages, cores and threads (default: one package of ``smp``
+    cores); ``cpu`` is ``-cpu``'s text (``host[,+feature|-feature...]``); ``name`` is
+    ``-name``'s guest name.
     """
 
     def __init__(
@@ -49,6 +53,8 @@ class MachineSpec:
         prelaunch: bool = False,             # -S: start paused until QMP cont
         no_shutdown: bool = False,           # --no-shutdown: stop, not exit, on a shutdown
         name: str | None = None,             # --name (QEMU's -name), for query-name
+        topology: Any = None,                # -smp's sockets/cores/threads (microvm.topology)
+        cpu: str = "host",                   # -cpu host[,+feature,-feature]
     ) -> None:
         self.kernel = kernel
         self.initrd = initrd
@@ -61,7 +67,7 @@ class MachineSpec:
         self.drives = list(drives or [])
         self.chardevs = list(chardevs or [])
         self.netdevs = list(netdevs or [])
-        self.serial = list(serial) if serial is not None else ["stdio"]
+        self.serial = list(serial) if serial is not None else ["mon:stdio"]
         self.extra_plugins = list(extra_plugins or [])
         self.metrics = metrics
         #: ``-bios``: a firmware image (path, or a bare name searched in the firmware
@@ -74,6 +80,10 @@ class MachineSpec:
         self.name = name
         #: chardev id -> QMP address, for the socket chardevs a --mon took (set by validate)
         self.monitor_chardevs: dict[str, str] = {}
+        self.topology = topology
+        self.cpu = cpu
+        #: ``-cpu``'s feature flags, parsed by :meth:`validate`
+        self.cpu_features: dict[str, bool] = {}
         self.drive_configs: dict[str, DriveConfig] = {}
         self.chardev_configs: dict[str, ChardevConfig] = {}
         self.netdev_configs: dict[str, NetdevConfig] = {}
@@ -81,7 +91,8 @@ class MachineSpec:
         self.serial_configs: list[SerialConfig] = []
 
     def __repr__(self) -> str:
-        return f"MachineSpec({', '.join(f'{k}={v!r}' for k, v in vars(self).items() if not k.endswith('_configs'))})"
+        skip = ("cpu_features",)
+        return f"MachineSpec({', '.join(f'{k}={v!r}' for k, v in vars(self).items() if not k.endswith('_configs') and k not in skip)})"
 
     def validate(self) -> None:
         """Check the sizes and parse every option list into its typed config (once)."""
@@ -93,6 +104,16 @@ class MachineSpec:
             raise ConfigError("-m: guest memory must be a multiple of 4 KiB")
         if not 1 <= self.smp <= MAX_SMP:
             raise ConfigError(f"--smp {self.smp}: the number of vCPUs must be between 1 and {MAX_SMP}")
+        from .topology import CpuTopology
+
+        if self.topology is None:
+            self.topology = CpuTopology.flat(self.smp)
+        elif self.topology.cpus != self.smp:
+            raise ConfigError(f"--smp: the topology has {self.topology.cpus} vCPUs, the machine {self.smp}")
+        if self.cpu != "host":
+            from .boot.cpufeatures import parse_cpu
+
+            _, self.cpu_features = parse_cpu(self.cpu)
         self.drive_configs = _by_id("--drive", self.drives, DriveConfig)
         self.chardev_configs = _by_id("--chardev", self.chardevs, ChardevConfig)
         self.netdev_configs = _by_id("--netdev", self.netdevs, NetdevConfig)

@@ -132,7 +132,7 @@ class TestMachine(Machine):
             kind = detect(kernel)
         super().__init__(spec, host=host, images=BootImages(kernel or b"", initrd, kind, bios))
         self.rebooted = False
-        self.fake_irqchip = FakeIrqChip(irqchip, ioapic_id=smp) if irqchip else None
+        self.fake_irqchip = FakeIrqChip(irqchip, ioapic_id=max(self.apic_ids) + 1) if irqchip else None
 
     def build(self) -> None:
         raise NotImplementedError("a TestMachine has no KVM: use create_devices()")

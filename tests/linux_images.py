@@ -119,7 +119,8 @@ class ConsoleSession:
     :attr:`deadline` (monotonic): :meth:`wait_for` gives up then and :meth:`close` kills.
     """
 
-    def __init__(self, cmd: Sequence[str], timeout: float, env: dict[str, str] | None = None) -> None:
+    def __init__(self, cmd: Sequence[str], timeout: float, env: dict[str, str] | None = None,
+                 cwd: str | os.PathLike[str] | None = None) -> None:
         self.cmd = list(cmd)
         self.start = time.monotonic()
         self.deadline = self.start + timeout
@@ -132,7 +133,7 @@ class ConsoleSession:
         e = dict(os.environ)
         e.update(env or {})
         self.proc = subprocess.Popen(self.cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, env=e, start_new_session=True)
+                                     stderr=subprocess.PIPE, env=e, start_new_session=True, cwd=cwd)
         self._threads = [
             threading.Thread(target=self._pump, args=(self.proc.stdout, self.out, True), daemon=True),
             threading.Thread(target=self._pump, args=(self.proc.stderr, self.err, False), daemon=True),

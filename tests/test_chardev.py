@@ -89,3 +89,50 @@ def test_null_chardev():
     n.set_receiver(lambda b: None)
     n.start()
     n.close()
+
+
+def test_c_a_h_prints_qemus_mux_help_and_c_a_x_says_terminated():
+    """C-a h answers on the output in QEMU's layout (the commands microvm has); nothing
+    reaches the guest. C-a x says "Terminated" as QEMU's mux does, then quits."""
+    from microvm.chardev import MUX_HELP
+
+    r, w = os.pipe()
+    out_r, out_w = os.pipe()
+    sink = Sink()
+    ch = FdChardev(out_w, r, on_quit=sink.quit, escapes=True)
+    ch.set_receiver(sink.data, sink.brk)
+    ch.start()
+    os.write(w, b"a\x01hb\x01x")
+    assert sink.done.wait(5)
+    os.close(w)
+    ch.close()
+    os.close(out_w)
+    out = b""
+    while chunk := os.read(out_r, 65536):
+        out += chunk
+    for fd in (r, out_r):
+        os.close(fd)
+    assert b"".join(e for e in sink.events if isinstance(e, bytes)) == b"ab" and sink.events[-1] == "QUIT"
+    assert out == MUX_HELP + b"microvm: Terminated\n\r"
+    assert MUX_HELP == (b"\n\rC-a h    print this help\n\rC-a x    exit emulator\n\r"
+                        b"C-a b    send break (magic sysrq)\n\rC-a C-a  sends C-a\n\r")
+
+
+def test_a_terminal_keeps_isig_only_with_signals():
+    """QEMU's stdio signal=on (the default) leaves Ctrl-C to the terminal's line discipline,
+    which signals the VMM; signal=off (the mux of -nographic) passes it to the guest."""
+    import pty
+    import termios
+
+    for signals in (True, False):
+        master, slave = pty.openpty()
+        ch = FdChardev(slave, slave, escapes=not signals, signals=signals)
+        try:
+            ch.start()
+            lflag = termios.tcgetattr(slave)[3]
+            assert bool(lflag & termios.ISIG) == signals
+            assert not lflag & termios.ICANON and not lflag & termios.ECHO   # raw otherwise
+        finally:
+            ch.close()
+            os.close(master)
+            os.close(slave)

@@ -130,7 +130,8 @@ def test_fast_path_and_typer_agree_on_unicode_digits(captured: list[dict], capsy
 def test_fast_path_result_in_detail(captured: list[dict]) -> None:
     climain.main(["run", "--kernel", "k", "-m", "2G", "--smp", "3", "-M", "a=1", "-M", "b=2", "-v", "-v", "--no-reboot"])
     assert captured == [{
-        "kernel": "k", "initrd": None, "bios": None, "append": None, "memory": "2G", "smp": 3, "no_reboot": True,
+        **fast.DEFAULTS,
+        "kernel": "k", "initrd": None, "append": None, "memory": "2G", "smp": "3", "no_reboot": True,
         "machine": ["a=1", "b=2"], "device": [], "drive": [], "chardev": [], "netdev": [], "serial": [],
         "qmp": [], "mon": [], "prelaunch": False, "no_shutdown": False, "name": None,
         "metrics": None, "log_items": [], "verbose": 2,
@@ -175,11 +176,14 @@ BAD_LINES = {
     "unknown option": (["run", "--bogus"], r"No such option: --bogus"),
     "unknown -M key": (["run", "--kernel", "{text}", "-M", "microvm,bogus=on"],
                        r"unknown machine option 'bogus'; known: .*isa-serial"),
-    "--smp 0": (["run", "--kernel", "{text}", "--smp", "0"], r"--smp 0: the number of vCPUs must be between 1 and 255"),
+    "--smp 300": (["run", "--kernel", "{text}", "--smp", "300"],
+                  r"-smp 300: Invalid SMP CPUs 300. The max CPUs supported by machine 'microvm' is 255"),
+    "--smp not multiplying out": (["run", "--kernel", "{text}", "--smp", "3,sockets=2"],
+                                  r"-smp 3,sockets=2: Invalid CPU topology: product of the hierarchy must match"),
     "-m 12q": (["run", "--kernel", "{text}", "-m", "12q"], r"-m 12q: Parameter 'size' expects a non-negative number"),
     "-m abc": (["run", "--kernel", "{text}", "-m", "abc"], r"-m abc: Parameter 'size' expects a non-negative number"),
     "-m 128MB": (["run", "--kernel", "{text}", "-m", "128MB"], r"-m 128MB: Parameter 'size'"),  # QEMU refuses it too
-    "--smp abc": (["run", "--smp", "abc"], r"Invalid value for '--smp'"),
+    "--smp abc": (["run", "--smp", "abc"], r"-smp abc: Parameter 'smp.cpus' expects integer"),
     "missing kernel": (["run", "--kernel", "{missing}"], r"kernel {missing}: no such file"),
     "not a kernel": (["run", "--kernel", "{text}"], r"not a kernel image"),
     "-M other machine": (["run", "--kernel", "{text}", "-M", "pc"], r"unsupported machine type 'pc'"),
@@ -269,7 +273,7 @@ def test_python_dash_m_microvm_is_the_same_command() -> None:
     import subprocess
     import sys
 
-    r = subprocess.run([sys.executable, "-m", "microvm", "run", "--smp", "0", "--kernel", "k"],
+    r = subprocess.run([sys.executable, "-m", "microvm", "run", "--smp", "300", "--kernel", "k"],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2
-    assert r.stderr == "microvm: error: --smp 0: the number of vCPUs must be between 1 and 255\n"
+    assert r.stderr == "microvm: error: -smp 300: Invalid SMP CPUs 300. The max CPUs supported by machine 'microvm' is 255\n"

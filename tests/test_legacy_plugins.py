@@ -109,7 +109,7 @@ def test_ioapic_message_nobody_takes_is_dropped_not_raised():
         def signal_msi(self, address, data):
             raise PermissionError(1, "KVM_SIGNAL_MSI failed")
 
-    m = SimpleNamespace(vm=Vm(), smp=1, add_mmio_device=lambda *a: None, extint_line=None)
+    m = SimpleNamespace(vm=Vm(), smp=1, apic_ids=[0], add_mmio_device=lambda *a: None, extint_line=None)
     chip = SplitIrqChip(m)
     io = chip.ioapic
     io.write(0x00, (0x18).to_bytes(4, "little"))        # IOREGSEL: redirection entry 4 low

@@ -6,10 +6,13 @@ Linux's PVH and 64-bit entry points document they rely on.
 from __future__ import annotations
 
 import struct
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import layout
 from ..memory import GuestMemory
+
+if TYPE_CHECKING:
+    from ..topology import CpuTopology
 
 # Control register and EFER bits (Intel SDM vol. 3, 2.5)
 CR0_PE = 1 << 0
@@ -142,6 +145,7 @@ def setup_fpu(fpu: Any) -> None:
 CPUID_1_ECX_TSC_DEADLINE = 1 << 24
 CPUID_1_ECX_HYPERVISOR = 1 << 31
 CPUID_1_EDX_HTT = 1 << 28
+CPUID_80000001_ECX_CMP_LEGACY = 1 << 1
 KVM_CPUID_FLAG_SIGNIFCANT_INDEX = 1  # (sic) linux/kvm.h: the entry depends on the subleaf
 KVM_CPUID_FEATURES = 0x40000001
 #: kvmclock's bits in KVM_CPUID_FEATURES.eax (Documentation/virt/kvm/x86/cpuid.rst):
@@ -150,36 +154,60 @@ KVM_CPUID_FEATURES = 0x40000001
 KVM_CLOCK_FEATURES = (1 << 0) | (1 << 3) | (1 << 24)
 
 
-def edit_cpuid(entries: list[dict[str, int]], vcpu_id: int, nr_vcpus: int, tsc_deadline: bool) -> list[dict[str, int]]:
-    """Per-vCPU topology (APIC IDs equal vCPU ids, one core per vCPU, one package) and the
-    hypervisor bit; TSC-deadline is offered when KVM can emulate it (the seed's second
-    example relies on it when the PIT is off)."""
+def edit_cpuid(entries: list[dict[str, int]], vcpu_id: int, nr_vcpus: int, tsc_deadline: bool,
+               topology: "CpuTopology | None" = None) -> list[dict[str, int]]:
+    """Per-vCPU topology and the hypervisor bit; TSC-deadline is offered when KVM can emulate
+    it (the seed's second example relies on it when the PIT is off).
+
+    ``vcpu_id`` is the vCPU's APIC ID. Without ``topology``: one package of ``nr_vcpus``
+    single-thread cores (APIC IDs 0 .. n-1). With it (``-smp ...,sockets=,cores=,threads=``),
+    the counts and bit widths QEMU 7.2 puts in leaves 1, 4, 0xB, 0x80000001, 0x80000008 and
+    0x8000001E (``target/i386/cpu.c``, ``cpu_x86_cpuid``), so Linux sees the same packages,
+    cores and threads as under QEMU.
+    """
+    from ..topology import CpuTopology
+
+    topo = topology or CpuTopology.flat(nr_vcpus)
+    per_pkg = topo.cores * topo.threads          # logical processors in a package
+    amd = any(e["function"] == 0 and e["ebx"] == 0x68747541 for e in entries)  # "Auth"enticAMD
     out = []
-    shift = max(nr_vcpus - 1, 0).bit_length()
     for e in entries:
         e = dict(e)
         fn, idx = e["function"], e["index"]
         if fn in (0xB, 0x1F):
             continue  # rebuilt below: KVM reports only subleaf 0 (no topology)
         if fn == 1:
-            e["ebx"] = (e["ebx"] & 0x0000FFFF) | (vcpu_id << 24) | (min(nr_vcpus, 255) << 16)
+            e["ebx"] = (e["ebx"] & 0x0000FFFF) | ((vcpu_id & 0xFF) << 24) | (min(per_pkg, 255) << 16)
             e["ecx"] |= CPUID_1_ECX_HYPERVISOR
             if tsc_deadline:
                 e["ecx"] |= CPUID_1_ECX_TSC_DEADLINE
-            if nr_vcpus > 1:
+            if per_pkg > 1:
                 e["edx"] |= CPUID_1_EDX_HTT
         elif fn == KVM_CPUID_FEATURES:
             e["eax"] &= ~KVM_CLOCK_FEATURES
         elif fn == 4:
             # cores per package - 1 in eax[31:26] (6 bits); no thread sharing
-            e["eax"] = (e["eax"] & 0x3FFF) | ((min(nr_vcpus, 64) - 1) << 26)
+            e["eax"] = (e["eax"] & 0x3FFF) | ((min(topo.cores, 64) - 1) << 26)
+            if topo.threads > 1:  # L1/L2 caches are shared by a core's threads
+                e["eax"] = (e["eax"] & ~(0xFFF << 14)) | ((topo.threads - 1) << 14)
+        elif fn == 0x80000001 and amd and per_pkg > 1:
+            e["ecx"] |= CPUID_80000001_ECX_CMP_LEGACY
+        elif fn == 0x80000008:
+            # NC: logical processors per package - 1 (AMD; reserved and 0 on Intel)
+            e["ecx"] = (e["ecx"] & ~0xFF) | ((per_pkg - 1) & 0xFF if per_pkg > 1 else 0)
+        elif fn == 0x8000001E:
+            # AMD extended APIC ID, threads per core and core ID; one node per package
+            core = (vcpu_id >> topo.thread_bits) & ((1 << topo.core_bits) - 1)
+            e["eax"], e["ebx"], e["ecx"], e["edx"] = vcpu_id, ((topo.threads - 1) << 8) | (core & 0xFF), 0, 0
         out.append(e)
     if any(e["function"] == 0 and e["eax"] >= 0xB for e in entries):
-        # x2APIC topology (SDM vol. 2, CPUID.0BH): one thread per core, all cores in one package
+        # x2APIC topology (SDM vol. 2, CPUID.0BH): level 1 SMT, level 2 core, then invalid
         flag = KVM_CPUID_FLAG_SIGNIFCANT_INDEX
         out += [
-            {"function": 0xB, "index": 0, "flags": flag, "eax": 0, "ebx": 1, "ecx": (1 << 8) | 0, "edx": vcpu_id},
-            {"function": 0xB, "index": 1, "flags": flag, "eax": shift, "ebx": nr_vcpus, "ecx": (2 << 8) | 1, "edx": vcpu_id},
+            {"function": 0xB, "index": 0, "flags": flag, "eax": topo.thread_bits, "ebx": topo.threads,
+             "ecx": (1 << 8) | 0, "edx": vcpu_id},
+            {"function": 0xB, "index": 1, "flags": flag, "eax": topo.pkg_shift, "ebx": per_pkg,
+             "ecx": (2 << 8) | 1, "edx": vcpu_id},
             {"function": 0xB, "index": 2, "flags": flag, "eax": 0, "ebx": 0, "ecx": 2, "edx": vcpu_id},
         ]
     return out

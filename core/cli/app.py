@@ -68,6 +68,14 @@ def machine_cmd() -> None:
     raise typer.Exit(machine_command())
 
 
+@guest_app.command("path")
+def guest_path(which: Optional[str] = typer.Argument(None, help="vmlinux, bzImage or initramfs (default: all, one a line)")) -> None:
+    """Print the default guest's file paths: microvm -kernel $(microvm guest path vmlinux) ..."""
+    from .commands import guest_path_command
+
+    raise typer.Exit(guest_path_command(which))
+
+
 @guest_app.command("build")
 def guest_build(
     force: bool = typer.Option(False, "--force", help="Rebuild even when cached."),
@@ -87,5 +95,8 @@ def typer_main(argv: list[str]) -> int:
     except Abort:
         return 130
     except ClickException as e:  # unknown option, missing value, bad type: one line
-        return error(e.format_message().replace("\n", " "))
+        msg = e.format_message().replace("\n", " ").strip()
+        if not msg:  # `microvm` alone: typer printed the help
+            return e.exit_code
+        return error(msg)
     return rv if isinstance(rv, int) else 0

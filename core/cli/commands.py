@@ -4,12 +4,10 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from .main import error, setup_logging
+from .main import error, oneline, setup_logging
 from ..log import get_logger
 
 log = get_logger("microvm.cli")
-#: QEMU's default RAM size, also what ``-m 0`` gives there
-DEFAULT_RAM = 128 << 20
 #: the -d log items microvm knows (QEMU has more, for its TCG)
 LOG_ITEMS = frozenset({"guest_errors"})
 
@@ -22,70 +20,147 @@ def run_command(**options: Any) -> int:
     unknown = set(options) - set(defaults())
     if unknown:
         raise TypeError(f"run_command: unknown options {sorted(unknown)}")
-    o = {**defaults(), **options}
-    kernel, initrd, append, machine, device = o["kernel"], o["initrd"], o["append"], o["machine"], o["device"]
-    setup_logging(o["verbose"])
+    return run_options({**defaults(), **options}, style="run")
+
+
+class Reporter:
+    """How errors are worded for the spelling used: ``microvm run`` says ``microvm: error:
+    MESSAGE`` with status 2; the QEMU spelling says ``microvm: MESSAGE`` with QEMU's status 1
+    and its option names (``-device``, not ``--device``). Writing never fails: stderr may be
+    closed or a broken pipe (issue 12), and the exit status must stay what it would be."""
+
+    def __init__(self, style: str) -> None:
+        self.style = style
+        self.usage_status = 1 if style == "qemu" else 2
+
+    def usage(self, msg: str) -> int:
+        msg = oneline(msg)
+        if self.style == "qemu":
+            say(f"microvm: {qemu_words(msg)}\n")
+        else:
+            say(f"microvm: error: {msg}\n")
+        return self.usage_status
+
+    def failure(self, msg: str) -> int:
+        msg = oneline(msg)
+        say(f"microvm: {qemu_words(msg) if self.style == 'qemu' else msg}\n")
+        return 1
+
+    def warn(self, msg: str) -> None:
+        say(f"microvm: warning: {msg}\n")
+
+
+def say(text: str, stream: Any = None) -> None:
+    """Write to stderr (or ``stream``), dropping the text if it is closed or a broken pipe."""
+    s = sys.stderr if stream is None else stream
+    try:
+        s.write(text)
+        s.flush()
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+def qemu_words(msg: str) -> str:
+    """``--device foo: ...`` → ``-device foo: ...``: the option names as the QEMU spelling
+    writes them, wherever a message quotes one."""
+    from .options import BY_NAME
+
+    words = msg.split(" ")
+    for i, w in enumerate(words):
+        if w.startswith("--"):
+            name = w.rstrip(":,;)")
+            opt = BY_NAME.get(name)
+            if opt is not None and opt.qemu:
+                words[i] = "-" + opt.qemu[0] + w[len(name):]
+    return " ".join(words)
+
+
+def run_options(o: dict[str, Any], style: str = "run") -> int:
+    """Build and run the machine the options describe (both spellings end here)."""
+    rep = Reporter(style)
+    from ..errors import MicrovmError, UserError
+
+    try:
+        setup_logging(o["verbose"], o["logfile"])
+    except OSError as e:
+        return rep.usage(f"-D {o['logfile']}: cannot open the log file: {e.strerror}")
     items = {i for text in o["log_items"] for i in text.split(",") if i}
     unknown = items - LOG_ITEMS
     if unknown:
-        return error(f"-d {','.join(sorted(unknown))}: unknown log item (supported: {', '.join(sorted(LOG_ITEMS))})")
+        return rep.usage(f"-d {','.join(sorted(unknown))}: unknown log item (supported: {', '.join(sorted(LOG_ITEMS))})")
     from ..log import log_every_event
 
     log_every_event("guest_errors" in items or o["verbose"] > 0)
-    from ..errors import MicrovmError, UserError
-    from ..sizes import parse_memory_size
-    from ..spec import MachineSpec
+    from .introspect import answer, help_request
 
     try:
-        spec = MachineSpec(
-            kernel=kernel, initrd=initrd, append=append or "", mem_size=parse_memory_size(o["memory"]) or DEFAULT_RAM, smp=o["smp"],
-            no_reboot=o["no_reboot"], machine=list(machine), devices=list(device), drives=list(o["drive"]),
-            chardevs=list(o["chardev"]), netdevs=list(o["netdev"]), serial=list(o["serial"]) or ["stdio"],
-            metrics=o["metrics"], qmp=list(o["qmp"]), mon=list(o["mon"]), prelaunch=o["prelaunch"],
-            no_shutdown=o["no_shutdown"], name=o["name"], bios=o["bios"],
-        )
-        spec.validate()
-        if kernel is None and spec.bios is None and spec.drives:
-            _firmware_for_disk(spec)
-        if kernel is None and spec.bios is None:
+        asked = help_request(o)
+        if asked is not None:
+            text, ok = answer(*asked)
+            if not ok:
+                return rep.usage(text)
+            say(text, sys.stdout)
+            return 0
+        from .tospec import build_spec, parse_name
+
+        spec = build_spec(o, rep.warn)
+        if spec.kernel is None and spec.bios is None and spec.drives:
+            _firmware_for_disk(spec, say)
+        if spec.kernel is None and spec.bios is None:
             from ..guest import GuestBuildError, GuestNotBuilt, default_guest
 
             try:
-                g = default_guest(build=True, progress=lambda s: sys.stderr.write(f"microvm: guest build: {s}\n"))
+                g = default_guest(build=True, progress=lambda s: say(f"microvm: guest build: {s}\n"))
             except (GuestNotBuilt, GuestBuildError) as e:
-                return error(str(e))
+                return rep.usage(str(e))
             # the ELF vmlinux through its PVH entry: no decompressor to run, which an emulating
             # host KVM executes a thousand times slower (about a minute for the bzImage here)
             spec.kernel = str(g.vmlinux)
-            if initrd is None:
+            if o["initrd"] is None:
                 spec.initrd = str(g.initramfs)
-            if append is None:
+            if o["append"] is None:
                 spec.append = g.cmdline
-        from ..machine import run_spec
+        _, process = parse_name(o["name"])
+        from . import daemon
 
-        return run_spec(spec)
+        if process:
+            daemon.set_process_name(process)
+        detached = daemon.Daemon() if o["daemonize"] else None  # the parent exits in here
+        pidfile = None
+        saved = daemon.exit_on_termination()  # until the machine takes SIGTERM/SIGHUP over
+        try:
+            if o["pidfile"]:
+                pidfile = daemon.PidFile(o["pidfile"])
+            from ..machine import run_spec
+
+            ready = None
+            if detached is not None:
+                ready = lambda: detached.ready(keep_stderr=bool(o["logfile"]))  # noqa: E731
+            return run_spec(spec, ready=ready)
+        finally:
+            if pidfile is not None:
+                pidfile.remove()
+            daemon.restore_signals(saved)
     except UserError as e:
-        return error(str(e))
+        return rep.usage(str(e))
     except MicrovmError as e:
-        sys.stderr.write(f"microvm: {e}\n")
-        return 1
+        return rep.failure(str(e))
     except OSError as e:  # /dev/kvm missing, KVM ioctls refused
-        sys.stderr.write(f"microvm: {e}\n")
-        return 1
+        return rep.failure(str(e))
     except Exception as e:  # a bug: say so in one line; the traceback is for -v
         log.debug("internal error", exc_info=True)
-        sys.stderr.write(f"microvm: internal error: {type(e).__name__}: {e} (run with -v -v for the traceback)\n")
+        say(oneline(f"microvm: internal error: {type(e).__name__}: {e} (run with -v -v for the traceback)") + "\n")
         return 1
 
 
-def _firmware_for_disk(spec: Any) -> None:
+def _firmware_for_disk(spec: Any, say: Any) -> None:
     """No --kernel but a disk: boot the default firmware, as QEMU's microvm does without
     ACPI (qboot.rom), and say plainly what will happen: neither firmware can boot from a
     virtio-mmio disk here."""
     from ..boot.firmware import DEFAULT_FIRMWARE
 
     spec.bios = DEFAULT_FIRMWARE
-    sys.stderr.write(
+    say(
         f"microvm: no --kernel: booting the firmware {DEFAULT_FIRMWARE}, as QEMU's microvm does. It cannot boot "
         "from the disk: qboot boots only a kernel handed over through fw_cfg and otherwise halts silently, and "
         "SeaBIOS (--bios /usr/share/seabios/bios-microvm.bin) finds virtio-mmio disks only through ACPI, which "
@@ -125,6 +200,27 @@ def machine_command() -> int:
         print("kernel-irqchip values: " + ", ".join(f"{n} ({r.help})" for n, r in sorted(host.irqchips.items())))
     if host.device_types:
         print("device types: " + ", ".join(sorted(host.device_types)))
+    return 0
+
+
+def guest_path_command(which: str | None) -> int:
+    """``microvm guest path [vmlinux|bzImage|initramfs]``: the default guest's files, so a
+    QEMU-spelling line can say ``-kernel $(microvm guest path vmlinux)``. Never builds:
+    a guest that is not built is an error naming ``microvm guest build``."""
+    from ..guest import GuestNotBuilt, default_guest
+
+    names = ("vmlinux", "bzImage", "initramfs")
+    if which is not None and which not in names:
+        return error(f"guest path {which}: expected one of {', '.join(names)}")
+    try:
+        g = default_guest(build=False)
+    except GuestNotBuilt as e:
+        return error(str(e))
+    paths = {"vmlinux": g.vmlinux, "bzImage": g.kernel, "initramfs": g.initramfs}
+    if which is not None:
+        say(f"{paths[which]}\n", sys.stdout)
+    else:
+        say("".join(f"{n:<10}{p}\n" for n, p in paths.items()) + f"{'cmdline':<10}{g.cmdline}\n", sys.stdout)
     return 0
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .options import BY_NAME, defaults
+from .options import BY_NAME, defaults, store
 
 
 class NotFast(Exception):
@@ -30,11 +30,10 @@ def parse_run(argv: list[str]) -> dict[str, Any]:
         opt = BY_NAME.get(name)
         if opt is None:
             raise NotFast  # --help, unknown options, positional words: typer reports them
-        key, kind = opt.dest, opt.kind
-        if kind in ("flag", "count"):
+        if opt.kind in ("flag", "count"):
             if eq:
                 raise NotFast
-            out[key] = True if kind == "flag" else out[key] + 1
+            store(out, opt, None)
             i += 1
             continue
         if eq:
@@ -45,17 +44,10 @@ def parse_run(argv: list[str]) -> dict[str, Any]:
                 raise NotFast
             value = argv[i + 1]
             i += 2
-        if kind == "int":
-            if not value.isascii():
-                raise NotFast  # int() takes other scripts' digits; typer does not
-            try:
-                out[key] = int(value)
-            except ValueError:
-                raise NotFast from None
-        elif kind == "list":
-            out[key].append(value)
-        else:
-            out[key] = value
+        try:
+            store(out, opt, value)
+        except ValueError:
+            raise NotFast from None  # typer words the error
     return out
 
 

@@ -299,7 +299,11 @@ class VirtioMmioTransport:
         self.interrupt_status = 0
         self.device_features_sel = 0
         self.driver_features_sel = 0
+        #: DriverFeatures of selectors 0 and 1 (the 64 bits a device can offer)
         self._driver_features: dict[int, int] = {}
+        #: a non-zero value was written with a higher selector: features nobody offered.
+        #: Only the fact is kept, so a guest cycling through 2^32 selectors costs nothing
+        self._driver_features_beyond = False
         self.queue_sel = 0
         self.shm_sel = 0
         self._queue_align = [4096] * len(self.queues)
@@ -370,7 +374,10 @@ class VirtioMmioTransport:
             if self.status & VIRTIO_CONFIG_S_FEATURES_OK or self._activated:
                 self._guest_error("late DriverFeatures", "%s: DriverFeatures written after negotiation; ignored", self.name)
             else:
-                self._driver_features[self.driver_features_sel] = value
+                if self.driver_features_sel <= 1:
+                    self._driver_features[self.driver_features_sel] = value
+                elif value:
+                    self._driver_features_beyond = True
         elif offset == VIRTIO_MMIO_QUEUE_SEL:
             self.queue_sel = value
         elif offset == VIRTIO_MMIO_INTERRUPT_ACK:
@@ -496,9 +503,8 @@ class VirtioMmioTransport:
 
     def _refuse_features(self) -> str | None:
         """Why the driver's features can't be accepted (§3.1.1 step 5), or None."""
-        extra = [sel for sel, v in self._driver_features.items() if sel > 1 and v]
-        if extra:
-            return f"feature bits in DriverFeaturesSel {extra} were never offered"
+        if self._driver_features_beyond:
+            return "feature bits beyond DriverFeaturesSel 1 were never offered"
         accepted = self._driver_feature_bits()
         unoffered = accepted & ~self.device_features
         if unoffered:

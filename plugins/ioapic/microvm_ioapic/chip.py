@@ -57,8 +57,8 @@ class SplitIrqChip:
         self.vm = ctx.vm
         # must precede KVM_CREATE_VCPU; reserves GSIs 0-23 for the userspace IOAPIC's routes
         self.vm.enable_cap("KVM_CAP_SPLIT_IRQCHIP", layout.IOAPIC_PINS)
-        #: MP-spec APIC IDs must be unique: CPUs take 0..smp-1, the IOAPIC the next one
-        self.ioapic_id = ctx.smp
+        #: MP-spec APIC IDs must be unique: the IOAPIC takes the one after the vCPUs' highest
+        self.ioapic_id = max(ctx.apic_ids) + 1
         self.ioapic = IoApic(self._deliver, self._route_changed, ioapic_id=self.ioapic_id)
         ctx.add_mmio_device(self.ioapic, layout.IOAPIC_ADDR, layout.IOAPIC_SIZE, "ioapic")
         self.pic: Any = None

@@ -69,8 +69,8 @@ class KernelIrqChip:
         if self.pit:
             vm.create_pit2(speaker_dummy=True)
         self.builtin = frozenset({"pic", "pit"} if self.pit else {"pic"})
-        #: MP-spec APIC IDs must be unique: CPUs take 0..smp-1, the IOAPIC the next one
-        self.ioapic_id = ctx.smp
+        #: MP-spec APIC IDs must be unique: the IOAPIC takes the one after the vCPUs' highest
+        self.ioapic_id = max(ctx.apic_ids) + 1
         self._lines: dict[int, KvmIrqLine] = {}
 
     def line(self, gsi: int) -> KvmIrqLine:

@@ -34,7 +34,7 @@ def configure_vcpu(ctx: Any, vcpu: Any) -> None:
 
 @hookimpl
 def mptable_entries(ctx: Any) -> list[Any]:
-    entries: list[Any] = [Processor(apic_id=i, bsp=(i == 0)) for i in range(ctx.smp)]
+    entries: list[Any] = [Processor(apic_id=a, bsp=(i == 0)) for i, a in enumerate(ctx.apic_ids)]
     # LINT0 carries an 8259's INTR; without one (pic=off in split mode) there is none to
     # describe (KVM's in-kernel irqchip always has one)
     if ctx.irqchip is not None and ctx.irqchip.has_pic():

@@ -146,8 +146,12 @@ class VirtioNet(VirtioBackend):
         queue_size: int = 256,
         name: str = "virtio-net",
         threaded: bool = True,
+        owns_tap: bool = True,
     ) -> None:
         self.tap = tap
+        #: close the tap with the device; False for a netdev the machine owns, which lives
+        #: across guest resets (the next boot's device takes it over)
+        self.owns_tap = owns_tap
         self.name = self.label = name
         if mac is None:
             mac = DEFAULT_MAC
@@ -286,7 +290,7 @@ class VirtioNet(VirtioBackend):
         self._deactivate()
         for fd in (*self.queue_notify_fds, self._stop_fd):
             os.close(fd)
-        close = getattr(self.tap, "close", None)
+        close = getattr(self.tap, "close", None) if self.owns_tap else None
         if close is not None:
             close()
 

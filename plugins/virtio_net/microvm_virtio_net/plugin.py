@@ -98,7 +98,8 @@ def create_virtio_net(ctx: Any, props: Any) -> Any:
         raise ConfigError(f"{owner}: netdev {props.netdev} is not a tap (virtio-net-device needs one)")
     from .device import VirtioNet
 
-    return VirtioNet(tap, mac=mac, mtu=mtu or None, name=f"virtio-net:{props.id or props.netdev}")
+    # the tap is the machine's (ctx.netdev): it lives across guest resets, the core closes it
+    return VirtioNet(tap, mac=mac, mtu=mtu or None, name=f"virtio-net:{props.id or props.netdev}", owns_tap=False)
 
 
 @hookimpl
