@@ -48,6 +48,8 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "Pic": ("microvm.irq", "Pic"),
     "RecordingIrqLine": ("microvm.irq", "RecordingIrqLine"),
     "Chardev": ("microvm.chardev", "Chardev"),
+    "CharBackend": ("microvm.chardev", "CharBackend"),
+    "ChardevInfo": ("microvm.chardev", "ChardevInfo"),
     "TimerService": ("microvm.timers", "TimerService"),
     "Counter": ("microvm.metrics", "Counter"),
     "CounterGroup": ("microvm.metrics", "CounterGroup"),

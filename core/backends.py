@@ -51,6 +51,7 @@ class HostBackends:
         self.ctx = RunContext(self)
         #: the one frontend of stdio (QEMU: "cannot use stdio by multiple character devices")
         self.stdio_user: str | None = None
+        self._waited = False
 
     def get(self, kind: str, ident: str) -> Any:
         return self._made.get((kind, ident))
@@ -59,8 +60,37 @@ class HostBackends:
         self._made[(kind, ident)] = backend
         self._order.append(backend)
 
+    def of_kind(self, kind: str) -> list[Any]:
+        """The backends of ``kind`` (``"chardev"``, ``"netdev"``), in the order made."""
+        return [b for (k, _), b in self._made.items() if k == kind]
+
+    def start_chardevs(self, stopping: Any = None) -> None:
+        """Start every chardev's I/O thread (idempotent); the first time in the run, wait
+        for the clients of socket servers with ``wait=on``, as QEMU does before the guest
+        runs. ``stopping()`` true (a SIGTERM came) cuts the wait short."""
+        chardevs = self.of_kind("chardev")
+        for b in chardevs:
+            start = getattr(b, "start", None)
+            if start is not None:
+                start()
+        if self._waited:
+            return
+        self._waited = True
+        for b in chardevs:
+            wait = getattr(b, "wait_connected", None)
+            if wait is not None:
+                wait(stopping)
+                if stopping is not None and stopping():
+                    return
+
     def close(self) -> None:
-        """Close every backend, the last made first (the run is over)."""
+        """Close every backend, the last made first (the run is over). Chardevs start
+        handing over what they hold all at once, so together they take one flush bound
+        (CLOSE_FLUSH_SECONDS) however many sinks are stalled."""
+        for backend in self._order:
+            begin = getattr(backend, "begin_close", None)
+            if begin is not None:
+                begin()
         for backend in reversed(self._order):
             close = getattr(backend, "close", None)
             if close is None:

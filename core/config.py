@@ -403,10 +403,31 @@ class DeviceConfig:
 
 
 class SerialConfig:
-    """One ``--serial`` value: ``none`` (no port), or the chardev it becomes (``mon:stdio``,
-    ``stdio``, ``null``, ``file:PATH``) or refers to (``chardev:ID``)."""
+    """One ``--serial`` value (QEMU's ``-serial``): ``none`` (no port), a reference to a
+    ``--chardev`` (``chardev:ID``), or a shorthand for a chardev of its own, with the id
+    ``serialN`` (as QEMU names them):
+
+    ========================================  ===============================================
+    ``stdio``                                 ``stdio`` (Ctrl-C ends the VMM, QEMU's default)
+    ``mon:stdio``                             ``stdio,mux=on,signal=off`` (``-nographic``'s,
+                                              microvm's default: Ctrl-C goes to the guest)
+    ``null``, ``pty``                         ``null``, ``pty``
+    ``file:PATH``, ``pipe:PATH``              ``file,path=PATH``, ``pipe,path=PATH``
+    ``unix:PATH[,server=on][,wait=off]``      ``socket,path=PATH,...``
+    ``tcp:[HOST]:PORT[,server=on][,wait=off]``  ``socket,host=HOST,port=PORT,...``
+    ========================================  ===============================================
+
+    The socket forms also take ``reconnect=N`` and ``nodelay=on``, and QEMU's older flags
+    ``server``, ``nowait`` and ``nodelay`` without a value; ``mon:`` in front of any of
+    them sets ``mux=on``.
+    """
 
     __slots__ = ("text", "chardev", "ref")
+
+    #: what the socket shorthands accept after the address
+    SOCKET_OPTIONS = ("server", "wait", "reconnect", "nodelay")
+    _FLAGS = {"server": ("server", "on"), "nowait": ("wait", "off"), "nodelay": ("nodelay", "on"),
+              "wait": ("wait", "on"), "noserver": ("server", "off")}
 
     def __init__(self, text: str, chardev: ChardevConfig | None, ref: str | None = None) -> None:
         self.text = text
@@ -416,23 +437,65 @@ class SerialConfig:
     @classmethod
     def parse(cls, text: str, index: int) -> "SerialConfig":
         ident = f"serial{index}"
-        if text == "none":
+        spec = text
+        mux = spec.startswith("mon:")
+        if mux:
+            spec = spec[4:]
+        if spec == "none" and not mux:
             return cls(text, None)
-        if text in ("stdio", "null"):
-            return cls(text, ChardevConfig(text, ident))
-        if text == "mon:stdio":  # QEMU: stdio multiplexed with the monitor, Ctrl-C to the guest
-            return cls(text, ChardevConfig("stdio", ident, {"mux": "on", "signal": "off"}))
-        if text.startswith("mon:"):
-            raise ConfigError(f"--serial {text}: mon: is supported with stdio only (mon:stdio)")
-        if text.startswith("file:"):
-            if not text[5:]:
-                raise ConfigError("--serial file: needs a path (file:PATH)")
-            return cls(text, ChardevConfig("file", ident, {"path": text[5:]}))
-        if text.startswith("chardev:"):
-            if not text[8:]:
+        if spec.startswith("chardev:") and not mux:
+            if not spec[8:]:
                 raise ConfigError("--serial chardev: needs an id (chardev:ID)")
-            return cls(text, None, ref=text[8:])
-        raise ConfigError(f"--serial {text}: expected mon:stdio, stdio, null, none, file:PATH or chardev:ID")
+            return cls(text, None, ref=spec[8:])
+        backend, props = cls._shorthand(spec, text)
+        if mux:
+            props["mux"] = "on"
+            if backend == "stdio":
+                props["signal"] = "off"  # QEMU: a monitor muxed on stdio passes Ctrl-C to the guest
+        return cls(text, ChardevConfig(backend, ident, props))
+
+    @classmethod
+    def _shorthand(cls, spec: str, text: str) -> tuple[str, dict[str, str]]:
+        if spec in ("stdio", "null", "pty"):
+            return spec, {}
+        for prefix, backend in (("file:", "file"), ("pipe:", "pipe")):
+            if spec.startswith(prefix):
+                if not spec[len(prefix):]:
+                    raise ConfigError(f"--serial {text}: needs a path ({prefix}PATH)")
+                return backend, {"path": spec[len(prefix):]}
+        if spec.startswith("unix:") or spec.startswith("tcp:"):
+            kind, _, rest = spec.partition(":")
+            parts = split_props(rest)
+            addr, opts = parts[0], parts[1:]
+            props: dict[str, str] = {}
+            if kind == "unix":
+                if not addr:
+                    raise ConfigError(f"--serial {text}: needs a path (unix:PATH)")
+                props["path"] = addr
+            else:
+                host, sep, port = addr.rpartition(":")
+                if not sep or not port:
+                    raise ConfigError(f"--serial {text}: expected tcp:HOST:PORT (HOST may be empty)")
+                if host.startswith("[") and host.endswith("]"):
+                    host = host[1:-1]
+                props["host"], props["port"] = host, port
+            for opt in opts:
+                if not opt:
+                    continue
+                key, eq, value = opt.partition("=")
+                if not eq:
+                    if opt not in cls._FLAGS:
+                        raise ConfigError(f"--serial {text}: unknown option {opt!r} "
+                                          f"(valid: {', '.join(cls.SOCKET_OPTIONS)})")
+                    key, value = cls._FLAGS[opt]
+                elif key not in cls.SOCKET_OPTIONS:
+                    raise ConfigError(f"--serial {text}: unknown option {key!r} (valid: {', '.join(cls.SOCKET_OPTIONS)})")
+                if key in props:
+                    raise ConfigError(f"--serial {text}: {key} given twice")
+                props[key] = value
+            return "socket", props
+        raise ConfigError(f"--serial {text}: expected stdio, mon:stdio, null, none, pty, file:PATH, pipe:PATH, "
+                          "unix:PATH[,server=on][,wait=off], tcp:HOST:PORT[,server=on][,wait=off] or chardev:ID")
 
     @property
     def present(self) -> bool:

@@ -1,5 +1,5 @@
 """The core's own hook implementations: options that belong to the machine itself (not to a
-device), the host character devices every machine has (``stdio``, ``null``, ``file``), and
+device), the host character devices (QEMU's ``stdio``, ``null``, ``file``, ``pipe``, ``pty``, ``socket``), and
 the virtio-mmio slots' command line and MP table entries. Registered by
 :class:`microvm.plugins.PluginHost` under the name ``core``, always."""
 from __future__ import annotations
@@ -42,34 +42,83 @@ def register_machine_options(register: Callable[[MachineOption], None]) -> None:
     ))
 
 
-def _stdio(ctx: "MachineContext", ident: str, props: "Properties") -> Any:
-    from .chardev import stdio_chardev
+def _common(ctx: "MachineContext", ident: str, props: "Properties") -> dict[str, Any]:
+    """What every core chardev backend gets: its counters, mux, and C-a x, which stops the
+    machine running now (``ctx`` follows the run: a backend outlives a guest reset)."""
+    return {
+        "counters": ctx.counters(f"chardev.{ident}"),
+        "mux": bool(props.get("mux", False)),
+        "escapes": bool(props.get("mux", False)),
+        "on_quit": lambda: ctx.request_stop(0, "terminated by C-a x"),
+    }
 
-    return stdio_chardev(on_quit=lambda: ctx.request_stop(0, "terminated by C-a x"), mux=props.mux, signals=props.signal)
+
+def _stdio(ctx: "MachineContext", ident: str, props: "Properties") -> Any:
+    from .chardev.fd import StdioBackend
+
+    # the C-a commands with mux=on only, as QEMU (-serial mon:stdio, the default, has it)
+    return StdioBackend(ident, signal=props.signal, **_common(ctx, ident, props))
 
 
 def _null(ctx: "MachineContext", ident: str, props: "Properties") -> Any:
-    from .chardev import NullChardev
+    from .chardev.base import NullBackend
 
-    return NullChardev()
+    return NullBackend(ident, **_common(ctx, ident, props))
 
 
 def _file(ctx: "MachineContext", ident: str, props: "Properties") -> Any:
-    from .chardev import file_chardev
+    from .chardev.fd import FileBackend
 
-    return file_chardev(props.path, append=props.append)
+    return FileBackend(ident, props.path, append=props.append, input_path=props["input-path"], **_common(ctx, ident, props))
+
+
+def _pipe(ctx: "MachineContext", ident: str, props: "Properties") -> Any:
+    from .chardev.fd import PipeBackend
+
+    return PipeBackend(ident, props.path, **_common(ctx, ident, props))
+
+
+def _pty(ctx: "MachineContext", ident: str, props: "Properties") -> Any:
+    from .chardev.pty import PtyBackend
+
+    return PtyBackend(ident, **_common(ctx, ident, props))
+
+
+def _socket(ctx: "MachineContext", ident: str, props: "Properties") -> Any:
+    from .chardev.socket import SocketBackend
+
+    return SocketBackend(
+        ident, path=props.path, host=props.host, port=props.port, server=props.server, wait=props.wait,
+        reconnect=props.reconnect, nodelay=props.nodelay, **_common(ctx, ident, props),
+    )
+
+
+_MUX = Property("mux", "bool", False, "share the chardev between several devices; C-a c switches input between them")
 
 
 @hookimpl
 def register_backends(register: Callable[..., None]) -> None:
     register("chardev", "stdio", _stdio, "the VMM's standard input and output",
-             properties=(Property("mux", "bool", False, "C-a commands: C-a h help, C-a x quit, C-a b break "
+             properties=(Property("mux", "bool", False, "share it between devices, with the C-a commands: C-a h help, "
+                                                        "C-a x quit, C-a b break, C-a c next device "
                                                         "(on for -serial mon:stdio and -nographic's default)"),
                          Property("signal", "bool", True, "a terminal's Ctrl-C ends the VMM instead of reaching the guest")))
-    register("chardev", "null", _null, "discards output, never produces input")
-    register("chardev", "file", _file, "output to a file (input: none)",
-             properties=(Property("path", "str", required=True, help="the file"),
-                         Property("append", "bool", False, "append instead of truncating (once per process)")))
+    register("chardev", "null", _null, "discards output, never produces input", properties=(_MUX,))
+    register("chardev", "file", _file, "output to a file, input from input-path if given",
+             properties=(Property("path", "str", required=True, help="the output file"),
+                         Property("append", "bool", False, "append instead of truncating"),
+                         Property("input-path", "str", None, "a file to read input from"), _MUX))
+    register("chardev", "pipe", _pipe, "PATH.out and PATH.in (or PATH both ways): FIFOs or files",
+             properties=(Property("path", "str", required=True, help="the FIFO (or the stem of PATH.in/PATH.out)"), _MUX))
+    register("chardev", "pty", _pty, "a new pseudo-terminal (its /dev/pts name is printed on stderr)", properties=(_MUX,))
+    register("chardev", "socket", _socket, "a unix (path=) or TCP (host=,port=) stream socket, server or client",
+             properties=(Property("path", "str", None, "unix socket path"),
+                         Property("host", "str", None, "TCP host (server: the address to listen on)"),
+                         Property("port", "str", None, "TCP port"),
+                         Property("server", "bool", False, "listen for a client instead of connecting"),
+                         Property("wait", "bool", True, "server: wait for a client before the guest starts"),
+                         Property("reconnect", "int", 0, "client: seconds between attempts to connect again (0: never)"),
+                         Property("nodelay", "bool", False, "TCP_NODELAY"), _MUX))
 
 
 @hookimpl

@@ -152,12 +152,16 @@ class Machine:
             backends = HostBackends()
         self.backends = backends
         backends.current = self  # the run's backends speak for this boot from now on
+        #: this boot's frontends on the chardevs, by (chardev id, who holds it)
+        self._frontends: dict[tuple[str, Any], Any] = {}
         self._drive_users: dict[str, str] = {}
         #: drive id -> QOM path of the device using it (QMP query-block's qdev)
         self.drive_qdevs: dict[str, str] = {}
         self._creating_qdev: str | None = None
-        #: the device whose factory runs now (who claims a drive or netdev)
+        #: the device whose factory runs now (who claims a drive, netdev or chardev), and a
+        #: key that tells two devices of the same type apart
         self._creating = "a device"
+        self._creating_key: Any = ("hook",)
         self._netdevs: dict[str, tuple[Any, str]] = {}
         self._irq_lines: dict[int, Any] = {}
         if lifecycle is None:
@@ -391,6 +395,9 @@ class Machine:
     def _make_backend(self, kind: str, cfg: Any) -> Any:
         from .config import parse_properties
 
+        made = self.backends.get(kind, cfg.id)  # made once per run, kept across guest resets
+        if made is not None:
+            return made
         reg = self._backend_type(kind, cfg)
         props = parse_properties(f"{kind} {cfg.id} ({cfg.backend})", reg.properties, cfg.props)
         b = self.backends
@@ -445,53 +452,84 @@ class Machine:
         self._cleanups.append(fn)
 
     def chardev(self, chardev_id: str) -> Chardev:
-        """The ``--chardev BACKEND,id=ID`` backend, created on first use (once per run)."""
-        dev = self.backends.get("chardev", chardev_id)
-        if dev is None:
-            if chardev_id in self.spec.monitor_chardevs:
-                raise ConfigError(f"{self._creating}: chardev {chardev_id} is used by a monitor (--mon)")
-            cfg = self.spec.chardev_configs.get(chardev_id)
-            if cfg is None:
-                known = ", ".join(sorted(self.spec.chardev_configs)) or "none"
-                raise ConfigError(f"chardev {chardev_id!r} not found (defined chardevs: {known})")
-            dev = self._make_backend("chardev", cfg)
-        return dev
+        """A frontend on the ``--chardev BACKEND,id=ID`` backend for the device being
+        created (the same one when that device asks again); a second device is refused
+        unless the chardev has ``mux=on``, as QEMU does."""
+        if chardev_id in self.spec.monitor_chardevs:
+            raise ConfigError(f"{self._creating}: chardev {chardev_id} is used by a monitor (--mon)")
+        cfg = self.spec.chardev_configs.get(chardev_id)
+        if cfg is None:
+            known = ", ".join(sorted(self.spec.chardev_configs)) or "none"
+            raise ConfigError(f"{self._creating}: chardev {chardev_id!r} not found (defined chardevs: {known})")
+        return self._frontend(cfg, self._creating, self._creating_key)
 
     def chardev_list(self) -> list[tuple[str, str, bool]]:
         """(label, filename, frontend open) of each host character device, for QMP's
-        ``query-chardev``: the ``--chardev`` ones (a frontend opened it when some device
-        asked for it) and the serial ports' own (``serial0``: ``stdio``), as QEMU names
-        them. A backend with ``info()`` (a mapping with ``filename``) describes itself."""
+        ``query-chardev``: the ``--chardev`` ones and the serial ports' own (``serial0``),
+        as QEMU names them, with QEMU's filenames (``stdio``, ``unix:PATH,server=on``,
+        ``pty:/dev/pts/N``...; a socket without a peer is ``disconnected:...``); a
+        frontend is open once its device has its side open (a virtio serial port: while the
+        guest has it open). A shorthand no port asked for is listed as not open."""
         out = []
         monitors = self.spec.monitor_chardevs
         configs = [c for c in self.spec.chardev_configs.values() if c.id not in monitors]
         configs += [s.chardev for s in self.spec.serial_configs if s.chardev is not None]
         for cfg in configs:
             dev = self.backends.get("chardev", cfg.id)
-            filename = cfg.backend  # QEMU 7.2: "stdio", "null", "file"
+            filename, is_open = cfg.backend, False
             info = getattr(dev, "info", None)
             if callable(info):
                 try:
                     described = info()
-                    filename = str(described.get("filename", filename))
+                    if hasattr(described, "filename"):  # a CharBackend's ChardevInfo
+                        filename, is_open = described.filename, bool(described.frontend_open)
+                    else:  # a plugin's backend describing itself with a mapping
+                        filename, is_open = str(described.get("filename", filename)), True
                 except Exception:
                     log.debug("chardev %s: info() failed", cfg.id, exc_info=True)
-            out.append((cfg.id, filename, dev is not None))
+            elif dev is not None:
+                is_open = True
+            out.append((cfg.id, filename, is_open))
         return out
 
     def serial_chardev(self, index: int) -> Chardev | None:
-        """The host side of serial port ``index`` from ``-serial`` (None for ``none``)."""
+        """The frontend of serial port ``index`` on its ``-serial`` chardev (None for ``none``)."""
         if index >= len(self.spec.serial_configs):
             return None
         s = self.spec.serial_configs[index]
         if s.ref is not None:
-            return self.chardev(s.ref)
-        if s.chardev is None:
+            cfg = self.spec.chardev_configs[s.ref]  # checked by MachineSpec.validate
+        elif s.chardev is not None:
+            cfg = s.chardev
+        else:
             return None
-        dev = self.backends.get("chardev", s.chardev.id)
-        if dev is None:
-            dev = self._make_backend("chardev", s.chardev)
-        return dev
+        return self._frontend(cfg, f"serial port {index}", ("serial", index))
+
+    def _frontend(self, cfg: Any, owner: str, key: Any) -> Any:
+        fe = self._frontends.get((cfg.id, key))
+        if fe is not None:
+            return fe
+        backend = self._make_backend("chardev", cfg)
+        attach = getattr(backend, "attach", None)
+        if attach is not None:
+            fe = attach(owner)
+        else:  # a plugin's backend that is not a CharBackend: one user, the object itself
+            for (ident, _), other in self._frontends.items():
+                if ident == cfg.id:
+                    raise ConfigError(f"{owner}: chardev {cfg.id!r} is already in use")
+            fe = backend
+        self._frontends[(cfg.id, key)] = fe
+        return fe
+
+    def _open_chardevs(self) -> None:
+        """Make every ``--chardev`` backend now, used or not (as QEMU does), so a socket
+        that cannot be bound is an error before the guest runs. ``--serial`` shorthands are
+        made when their port asks (a default ``stdio`` nobody uses claims nothing). A
+        ``--mon``'s socket is the QMP server's own, not a backend."""
+        monitors = self.spec.monitor_chardevs
+        for cfg in self.spec.chardev_configs.values():
+            if cfg.id not in monitors:
+                self._make_backend("chardev", cfg)  # once per run: a second boot finds it made
 
     # ------------------------------------------------------------------ construction
     def build(self) -> None:
@@ -523,6 +561,7 @@ class Machine:
         for cfg in self.spec.netdev_configs.values():
             if self.backends.get("netdev", cfg.id) is None:
                 self._make_backend("netdev", cfg)
+        self._open_chardevs()
         self.hook.create_devices(ctx=self.ctx)
         self._create_user_devices()
         if self.boot.firmware is not None and self.boot.kernel is not None and self.boot.handled_by is None:
@@ -594,8 +633,9 @@ class Machine:
         from .config import VirtioTransportConfig
 
         anonymous = 0
-        for cfg, reg, props in self._device_props:
+        for index, (cfg, reg, props) in enumerate(self._device_props):
             self._creating = f"--device {cfg.driver}" + (f",id={props['id']}" if props["id"] else "")
+            self._creating_key = ("device", index)
             # the device's QOM path as QEMU 7.2's query-block shows it
             self._creating_qdev = props["id"] or f"/machine/peripheral-anon/device[{anonymous}]"
             anonymous += 0 if props["id"] else 1
@@ -603,6 +643,7 @@ class Machine:
                 made = reg.factory(self.ctx, props)
             finally:
                 self._creating = "a device"
+                self._creating_key = ("hook",)
                 self._creating_qdev = None
             if not reg.virtio:
                 continue
@@ -920,6 +961,10 @@ class Machine:
             if _terminating is not None:  # arrived while this machine was being built
                 self._terminated(_terminating)
                 return self.exit_status
+            # chardev I/O runs from here; the first boot waits for socket servers' clients
+            self.backends.start_chardevs(lambda: self.stopping or _terminating is not None)
+            if self.stopping or _terminating is not None:
+                return self.exit_status
             self.hook.machine_start(ctx=self.ctx)
             self.threads = [VcpuThread(self, v) for v in self.vcpus]
             self.lifecycle.machine_starting(self)  # pauses it for -S, or a reset while not running
@@ -958,6 +1003,13 @@ class Machine:
                 self._virtio.close()  # closes the backends' files and releases their locks
             except Exception:
                 log.exception("closing virtio devices failed")
+        if self._frontends:  # this boot's devices let go of the chardevs
+            from .chardev.base import CharFrontend
+
+            for fe in self._frontends.values():
+                if isinstance(fe, CharFrontend):
+                    fe.close()
+            self._frontends.clear()
         if self._owns_backends:
             self.backends.close()
         alive = any(t.is_alive() for t in self.threads)

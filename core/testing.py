@@ -145,16 +145,20 @@ class TestMachine(Machine):
         self.memory = GuestMemory(self.ram_size)
         self.add_cleanup(self.memory.close)
         self.irqchip = self.fake_irqchip
+        self._open_chardevs()
         self.hook.create_devices(ctx=self.ctx)
         self._create_user_devices()
         return self
 
     def start(self) -> "TestMachine":
-        """What :meth:`Machine.run` starts besides the vCPUs: the ``machine_start`` hook, the
-        virtio devices' notification workers and the timer thread (``close()`` stops them).
-        With a ``kernel``, ``ctx.boot.cmdline`` is first made final, as loading it would."""
+        """What :meth:`Machine.run` starts besides the vCPUs: the chardevs' I/O threads (a
+        socket server with ``wait=on`` waits for its client here), the ``machine_start``
+        hook, the virtio devices' notification workers and the timer thread (``close()``
+        stops them). With a ``kernel``, ``ctx.boot.cmdline`` is first made final, as loading
+        it would."""
         if self.boot.kernel is not None and self.boot.cmdline is None:
             self.cmdline = self.boot.cmdline = self._kernel_cmdline()
+        self.backends.start_chardevs()
         self.hook.machine_start(ctx=self.ctx)
         if self._virtio is not None:
             self._virtio.start()

@@ -1,138 +1,649 @@
-"""The host side of character devices: output, input on a reader thread, QEMU's C-a escapes."""
+"""Character-device backends against real files, pipes, FIFOs, ptys and sockets: output that
+never blocks (bounded, dropped and counted), flow-controlled input, QEMU's C-a escapes, mux,
+host-side open/close events, and the configuration errors of issue 8's bad-input list."""
 from __future__ import annotations
 
+import fcntl
 import os
+import socket
+import stat
 import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
 
-from microvm.chardev import FdChardev, NullChardev
+import pytest
+
+from microvm.chardev import (
+    CharBackend,
+    FdBackend,
+    FileBackend,
+    NullBackend,
+    PipeBackend,
+    PtyBackend,
+    SocketBackend,
+)
+from microvm.chardev.base import MUX_HELP, OUTPUT_BUFFER, TERMINATED
+from microvm.chardev.fd import NONBLOCK
+from microvm.config import SerialConfig
+from microvm.errors import ConfigError
+
+WAIT = 10.0  # generous bound for "it happened" (never a timing assertion)
+
+
+def until(cond: Callable[[], Any], what: str, timeout: float = WAIT) -> Any:
+    """Wait for ``cond()`` to be true; fail saying ``what`` did not happen."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        v = cond()
+        if v:
+            return v
+        time.sleep(0.01)
+    raise AssertionError(f"{what} did not happen within {timeout} s")
 
 
 class Sink:
-    def __init__(self) -> None:
-        self.events: list = []
-        self.done = threading.Event()
+    """A device's side: collects input, breaks and events; optional flow control."""
 
-    def data(self, b: bytes) -> None:
-        self.events.append(b)
+    def __init__(self, room: int | None = None) -> None:
+        self.data = bytearray()
+        self.events: list[Any] = []
+        self.room = room
+        self.lock = threading.Lock()
+
+    def receive(self, b: bytes) -> None:
+        with self.lock:
+            if self.room is not None:
+                assert len(b) <= self.room, "got more than can_receive allowed"
+                self.room -= len(b)
+            self.data += b
+            self.events.append(bytes(b))
+
+    def can_receive(self) -> int:
+        return 1 << 20 if self.room is None else self.room
 
     def brk(self) -> None:
         self.events.append("BREAK")
 
-    def quit(self) -> None:
-        self.events.append("QUIT")
-        self.done.set()
+    def event(self, opened: bool) -> None:
+        self.events.append("OPEN" if opened else "CLOSED")
+
+    def attach(self, fe: Any) -> None:
+        fe.set_handlers(receive=self.receive, can_receive=self.can_receive, on_break=self.brk, on_event=self.event)
 
 
-def run_input(raw: bytes, escapes: bool) -> list:
-    r, w = os.pipe()
+def pipe_backend(label: str = "c0", **kw: Any) -> tuple[FdBackend, int, int]:
+    """A backend writing into a pipe (we read ``out_r``) and reading one (we write ``in_w``)."""
     out_r, out_w = os.pipe()
-    sink = Sink()
-    ch = FdChardev(out_w, r, on_quit=sink.quit, escapes=escapes)
-    ch.set_receiver(sink.data, sink.brk)
-    ch.start()
-    os.write(w, raw)
-    os.close(w)  # EOF ends the reader thread
-    ch._thread.join(timeout=5)
-    ch.close()
-    ch.close()  # idempotent
-    for fd in (r, out_r, out_w):
-        os.close(fd)
-    # the reader may hand over the bytes in any chunking: join adjacent data
-    merged: list = []
-    for e in sink.events:
-        if isinstance(e, bytes) and merged and isinstance(merged[-1], bytes):
-            merged[-1] += e
+    in_r, in_w = os.pipe()
+    os.set_blocking(out_w, False)
+    os.set_blocking(in_r, False)
+    b = FdBackend(label, out_w, in_r, out_mode=NONBLOCK, owned=(out_w, in_r), **kw)
+    return b, out_r, in_w
+
+
+def read_all(fd: int, n: int) -> bytes:
+    got = bytearray()
+    end = time.monotonic() + WAIT
+    while len(got) < n and time.monotonic() < end:
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        got += chunk
+    return bytes(got)
+
+
+def merged(events: list[Any]) -> list[Any]:
+    out: list[Any] = []
+    for e in events:
+        if isinstance(e, bytes) and out and isinstance(out[-1], bytes):
+            out[-1] += e
         else:
-            merged.append(e)
-    return merged
+            out.append(e)
+    return out
+
+
+# ---------------------------------------------------------------------------------- escapes
+def run_input(raw: bytes, escapes: bool, mux: bool = False) -> tuple[list[Any], list[str]]:
+    quits: list[str] = []
+    b, out_r, in_w = pipe_backend(escapes=escapes, mux=mux, on_quit=lambda: quits.append("QUIT"))
+    sink = Sink()
+    sink.attach(b.attach("dev"))
+    b.start()
+    os.write(in_w, raw)
+    os.close(in_w)  # EOF: the backend stops reading, the guest would keep running
+    until(lambda: b._input_eof and not b._pending, "reading the input to its end")
+    b.close()
+    b.close()  # idempotent
+    os.close(out_r)
+    return merged(sink.events), quits
 
 
 def test_escapes_as_in_qemus_mux():
     """C-a b: BREAK (Magic SysRq on a 16550), C-a C-a: one C-a, C-a x: quit."""
-    assert run_input(b"ab\x01bc\x01\x01d\x01xz", escapes=True) == [b"ab", "BREAK", b"c\x01d", "QUIT", b"z"]
+    events, quits = run_input(b"ab\x01bc\x01\x01d\x01xz", escapes=True)
+    assert events == [b"ab", "BREAK", b"c\x01dz"]
+    assert quits == ["QUIT"]
 
 
 def test_other_escaped_keys_pass_through_with_the_escape():
-    assert run_input(b"\x01q", escapes=True) == [b"\x01q"]
+    assert run_input(b"\x01q", escapes=True)[0] == [b"\x01q"]
 
 
 def test_plain_byte_stream_without_escapes():
     raw = b"ab\x01bc\x01x"
-    assert run_input(raw, escapes=False) == [raw]
-
-
-def test_output_goes_to_the_fd_whole():
-    r, w = os.pipe()
-    ch = FdChardev(w, None)
-    ch.write(b"x" * 10000)
-    ch.close()
-    os.close(w)
-    got = b""
-    while chunk := os.read(r, 65536):
-        got += chunk
-    os.close(r)
-    assert got == b"x" * 10000
-
-
-def test_output_to_a_closed_reader_is_dropped_not_raised():
-    r, w = os.pipe()
-    os.close(r)
-    ch = FdChardev(w, None)
-    ch.write(b"lost")  # EPIPE: logged at debug, the guest keeps running
-    ch.close()
-    os.close(w)
-
-
-def test_null_chardev():
-    n = NullChardev()
-    n.write(b"x")
-    n.set_receiver(lambda b: None)
-    n.start()
-    n.close()
+    assert run_input(raw, escapes=False) == ([raw], [])
 
 
 def test_c_a_h_prints_qemus_mux_help_and_c_a_x_says_terminated():
     """C-a h answers on the output in QEMU's layout (the commands microvm has); nothing
     reaches the guest. C-a x says "Terminated" as QEMU's mux does, then quits."""
-    from microvm.chardev import MUX_HELP
-
-    r, w = os.pipe()
-    out_r, out_w = os.pipe()
+    quits: list[str] = []
+    b, out_r, in_w = pipe_backend(escapes=True, mux=True, on_quit=lambda: quits.append("QUIT"))
     sink = Sink()
-    ch = FdChardev(out_w, r, on_quit=sink.quit, escapes=True)
-    ch.set_receiver(sink.data, sink.brk)
-    ch.start()
-    os.write(w, b"a\x01hb\x01x")
-    assert sink.done.wait(5)
-    os.close(w)
-    ch.close()
-    os.close(out_w)
-    out = b""
-    while chunk := os.read(out_r, 65536):
-        out += chunk
-    for fd in (r, out_r):
-        os.close(fd)
-    assert b"".join(e for e in sink.events if isinstance(e, bytes)) == b"ab" and sink.events[-1] == "QUIT"
-    assert out == MUX_HELP + b"microvm: Terminated\n\r"
+    sink.attach(b.attach("dev"))
+    b.start()
+    os.write(in_w, b"a\x01hb\x01x")
+    until(lambda: quits, "C-a x")
+    out = read_all(out_r, len(MUX_HELP + TERMINATED))
+    until(lambda: sink.data == b"ab", "the bytes around the escapes")
+    b.close()
+    os.close(in_w)
+    os.close(out_r)
+    assert out == MUX_HELP + TERMINATED
     assert MUX_HELP == (b"\n\rC-a h    print this help\n\rC-a x    exit emulator\n\r"
-                        b"C-a b    send break (magic sysrq)\n\rC-a C-a  sends C-a\n\r")
+                        b"C-a b    send break (magic sysrq)\n\rC-a c    switch between frontends\n\r"
+                        b"C-a C-a  sends C-a\n\r")
 
 
 def test_a_terminal_keeps_isig_only_with_signals():
     """QEMU's stdio signal=on (the default) leaves Ctrl-C to the terminal's line discipline,
-    which signals the VMM; signal=off (the mux of -nographic) passes it to the guest."""
+    which signals the VMM; signal=off (the mux of -nographic) passes it to the guest. The
+    terminal is raw otherwise, and restored at close."""
     import pty
     import termios
 
     for signals in (True, False):
         master, slave = pty.openpty()
-        ch = FdChardev(slave, slave, escapes=not signals, signals=signals)
+        before = termios.tcgetattr(slave)
+        b = FdBackend("c0", None, None, tty_fd=slave, signals=signals)
         try:
-            ch.start()
+            b.start()
             lflag = termios.tcgetattr(slave)[3]
             assert bool(lflag & termios.ISIG) == signals
-            assert not lflag & termios.ICANON and not lflag & termios.ECHO   # raw otherwise
+            assert not lflag & termios.ICANON and not lflag & termios.ECHO  # raw otherwise
         finally:
-            ch.close()
+            b.close()
+            assert termios.tcgetattr(slave) == before
             os.close(master)
             os.close(slave)
+
+
+def test_mux_shares_output_and_switches_input_focus():
+    """mux=on: every frontend writes; input goes to the focused one; C-a c moves the focus."""
+    b, out_r, in_w = pipe_backend(escapes=True, mux=True)
+    serial, console = Sink(), Sink()
+    fe1, fe2 = b.attach("serial port 0"), b.attach("virtconsole")
+    serial.attach(fe1)
+    console.attach(fe2)
+    b.start()
+    fe1.write(b"one ")
+    fe2.write(b"two")
+    assert read_all(out_r, 7) == b"one two"
+    os.write(in_w, b"a\x01cb\x01cc")
+    until(lambda: serial.data == b"ac" and console.data == b"b", "input following the focus")
+    b.close()
+    for fd in (in_w, out_r):
+        os.close(fd)
+
+
+def test_without_mux_a_second_frontend_is_refused():
+    b = NullBackend("c0")
+    b.attach("serial port 0")
+    with pytest.raises(ConfigError, match=r"virtconsole: chardev 'c0' is already in use by serial port 0 .*mux=on"):
+        b.attach("virtconsole")
+    b.close()
+
+
+# ---------------------------------------------------------------------------------- output
+def test_output_reaches_the_pipe_whole_and_in_order():
+    b, out_r, in_w = pipe_backend()
+    b.attach("dev")
+    b.start()
+    data = bytes(range(256)) * 200
+    for i in range(0, len(data), 1000):
+        b.write(data[i : i + 1000])
+    assert read_all(out_r, len(data)) == data
+    assert b.counters["bytes_written"] == len(data) and b.counters["bytes_dropped"] == 0
+    b.close()
+    os.close(in_w)
+    os.close(out_r)
+
+
+def test_a_stalled_sink_never_blocks_the_writer_and_close_is_bounded():
+    """The sink: a one-page pipe nobody reads. 4 MiB of writes all return; what did not fit
+    (pipe + OUTPUT_BUFFER) is dropped and counted; close() returns though the sink is stuck."""
+    out_r, out_w = os.pipe()
+    fcntl.fcntl(out_w, fcntl.F_SETPIPE_SZ, 4096)
+    os.set_blocking(out_w, False)
+    b = FdBackend("c0", out_w, None, out_mode=NONBLOCK, owned=(out_w,))
+    fe = b.attach("dev")
+    b.start()
+    total = 4 << 20
+
+    def guest() -> None:
+        for _ in range(total // 64):
+            fe.write(b"x" * 64)
+
+    t = threading.Thread(target=guest, daemon=True)
+    t.start()
+    t.join(WAIT)
+    assert not t.is_alive(), "a write blocked"
+    closer = threading.Thread(target=b.close, daemon=True)
+    closer.start()
+    closer.join(WAIT)
+    assert not closer.is_alive(), "close() waited for the stalled sink"
+    written, dropped = b.counters["bytes_written"], b.counters["bytes_dropped"]
+    assert written + dropped == total
+    assert 4096 <= written <= 4096 + OUTPUT_BUFFER
+    os.close(out_r)
+
+
+def test_output_to_a_closed_reader_is_dropped_and_counted():
+    out_r, out_w = os.pipe()
+    os.close(out_r)
+    os.set_blocking(out_w, False)
+    b = FdBackend("c0", out_w, None, out_mode=NONBLOCK, owned=(out_w,))
+    b.attach("dev")
+    b.start()
+    b.write(b"lost")  # EPIPE (SIGPIPE is ignored by Python): the guest keeps running
+    until(lambda: b._sink_gone, "the backend noticing the broken pipe")
+    b.write(b"more")
+    assert b.counters["bytes_dropped"] == 8 and b.counters["bytes_written"] == 0
+    b.close()
+
+
+def test_null_backend_takes_everything():
+    n = NullBackend("n0")
+    fe = n.attach("dev")
+    fe.write(b"x" * 10)
+    fe.set_receiver(lambda b: None)
+    fe.start()
+    assert n.counters["bytes_written"] == 10 and fe.is_open
+    fe.close()
+    n.close()
+
+
+# ---------------------------------------------------------------------------------- input
+def test_input_respects_can_receive_and_resumes_on_accept_input():
+    b, out_r, in_w = pipe_backend()
+    sink = Sink(room=3)
+    fe = b.attach("dev")
+    sink.attach(fe)
+    b.start()
+    os.write(in_w, b"abcdefgh")
+    until(lambda: sink.data == b"abc", "the first 3 bytes")
+    time.sleep(0.05)
+    assert sink.data == b"abc"  # no more than there was room for
+    with sink.lock:
+        sink.room = 100
+    fe.accept_input()
+    until(lambda: sink.data == b"abcdefgh", "the rest after accept_input")
+    b.close()
+    os.close(in_w)
+    os.close(out_r)
+
+
+def test_input_without_a_receiver_is_dropped_not_hoarded():
+    b, out_r, in_w = pipe_backend()
+    b.attach("dev")  # an output-only device
+    b.start()
+    os.write(in_w, b"x" * 10000)
+    until(lambda: b.counters["input_dropped"] == 10000, "dropping input nobody takes")
+    b.close()
+    os.close(in_w)
+    os.close(out_r)
+
+
+# ---------------------------------------------------------------------------------- file
+def test_file_backend_truncates_or_appends_and_reads_input_path(tmp_path: Path):
+    path = tmp_path / "log"
+    path.write_bytes(b"old\n")
+    b = FileBackend("f0", str(path))
+    b.attach("dev").write(b"new\n")
+    b.start()
+    b.close()
+    assert path.read_bytes() == b"new\n"
+    b = FileBackend("f0", str(path), append=True)
+    b.attach("dev").write(b"more\n")
+    b.close()  # never started: close hands the buffer over all the same
+    inp = tmp_path / "in"
+    inp.write_bytes(b"typed")
+    b = FileBackend("f1", str(path), append=True, input_path=str(inp))
+    sink = Sink()
+    sink.attach(b.attach("dev"))
+    b.start()
+    b.write(b"after\n")
+    until(lambda: sink.data == b"typed", "input from input-path")
+    b.close()
+    assert path.read_bytes() == b"new\nmore\nafter\n"
+    assert b.filename() == "file"  # QEMU 7.2's query-chardev says no more
+
+
+def test_file_backend_bad_path_is_a_config_error(tmp_path: Path):
+    with pytest.raises(ConfigError, match="Could not open .*No such file or directory"):
+        FileBackend("f0", str(tmp_path / "no/such/dir/log"))
+
+
+# ---------------------------------------------------------------------------------- pipe
+def test_pipe_backend_uses_path_in_and_out_fifos(tmp_path: Path):
+    base = tmp_path / "p"
+    os.mkfifo(f"{base}.in")
+    os.mkfifo(f"{base}.out")
+    b = PipeBackend("p0", str(base))
+    sink = Sink()
+    fe = b.attach("dev")
+    sink.attach(fe)
+    b.start()
+    rd = os.open(f"{base}.out", os.O_RDONLY | os.O_NONBLOCK)
+    wr = os.open(f"{base}.in", os.O_WRONLY)
+    fe.write(b"to host")
+    until(lambda: _try_read(rd) == b"to host", "output in path.out")
+    os.write(wr, b"to guest")
+    until(lambda: sink.data == b"to guest", "input from path.in")
+    b.close()
+    os.close(rd)
+    os.close(wr)
+
+
+def _try_read(fd: int) -> bytes:
+    try:
+        return os.read(fd, 4096)
+    except BlockingIOError:
+        return b""
+
+
+def test_pipe_backend_with_nobody_reading_drops_instead_of_blocking(tmp_path: Path):
+    fifo = tmp_path / "p"
+    os.mkfifo(fifo)
+    b = PipeBackend("p0", str(fifo))  # path itself, both ways (QEMU's fallback)
+    fe = b.attach("dev")
+    b.start()
+    for _ in range(64):
+        fe.write(b"y" * 65536)  # 4 MiB: more than the FIFO and the backend's buffer hold
+    until(lambda: b.counters["bytes_dropped"] > 0, "dropping what the FIFO cannot hold")
+    b.close()
+
+
+def test_pipe_backend_missing_path_is_a_config_error(tmp_path: Path):
+    with pytest.raises(ConfigError, match="Could not open"):
+        PipeBackend("p0", str(tmp_path / "nothing"))
+
+
+# ---------------------------------------------------------------------------------- pty
+def test_pty_announces_itself_and_is_open_only_while_someone_has_it(capfd):
+    b = PtyBackend("con0")
+    err = capfd.readouterr().err
+    assert err == f"char device redirected to {b.path} (label con0)\n"
+    assert b.path.startswith("/dev/pts/") and b.filename() == f"pty:{b.path}"
+    sink = Sink()
+    fe = b.attach("dev")
+    sink.attach(fe)
+    b.start()
+    assert not fe.is_open
+    fe.write(b"nobody sees this")
+    assert b.counters["bytes_dropped"] == 16
+    slave = os.open(b.path, os.O_RDWR | os.O_NOCTTY)
+    until(lambda: "OPEN" in sink.events, "the open event (checked once a second)")
+    fe.write(b"hello")
+    assert read_all(slave, 5) == b"hello"
+    os.write(slave, b"typed")
+    until(lambda: sink.data == b"typed", "input typed on the pty")
+    os.close(slave)
+    until(lambda: sink.events[-1] == "CLOSED", "the close event")
+    fe.write(b"dropped again")
+    b.close()
+
+
+# ---------------------------------------------------------------------------------- sockets
+def test_unix_server_without_a_client_drops_output_and_serves_late_clients(tmp_path: Path):
+    path = str(tmp_path / "s.sock")
+    b = SocketBackend("s0", path=path, server=True, wait=False)
+    assert stat.S_ISSOCK(os.lstat(path).st_mode)
+    assert b.filename() == f"disconnected:unix:{path},server=on"
+    sink = Sink()
+    fe = b.attach("dev")
+    sink.attach(fe)
+    b.start()
+    fe.write(b"before anyone listens")
+    assert b.counters["bytes_dropped"] == 21 and not fe.is_open
+
+    for round_ in range(2):  # a client that goes away ends nothing; the next one is served
+        c = socket.socket(socket.AF_UNIX)
+        c.connect(path)
+        until(lambda: fe.is_open, "accepting the client")
+        assert b.filename() == f"unix:{path},server=on"
+        fe.write(b"hello %d" % round_)
+        assert _recv(c, 7) == b"hello %d" % round_
+        c.sendall(b"in%d" % round_)
+        until(lambda: sink.data.endswith(b"in%d" % round_), "input from the client")
+        c.close()
+        until(lambda: not fe.is_open, "noticing the client went away")
+        fe.write(b"x")  # dropped, the VM keeps running
+    assert merged(sink.events).count("OPEN") == 2 and merged(sink.events).count("CLOSED") == 2
+    b.close()
+    assert not os.path.exists(path), "the socket file is removed at close"
+
+
+def _recv(c: socket.socket, n: int) -> bytes:
+    c.settimeout(WAIT)
+    got = b""
+    while len(got) < n:
+        chunk = c.recv(n - len(got))
+        if not chunk:
+            break
+        got += chunk
+    return got
+
+
+def test_unix_server_wait_on_holds_until_a_client_connects(tmp_path: Path, capfd):
+    path = str(tmp_path / "w.sock")
+    b = SocketBackend("s0", path=path, server=True, wait=True)
+    b.attach("dev")
+    c = socket.socket(socket.AF_UNIX)
+    threading.Timer(0.2, c.connect, args=(path,)).start()
+    b.wait_connected(lambda: False)
+    assert b.connected
+    assert f"waiting for connection on: disconnected:unix:{path},server=on" in capfd.readouterr().err
+    c.close()
+    b.close()
+
+
+def test_unix_server_wait_is_cut_short_by_a_stop(tmp_path: Path):
+    b = SocketBackend("s0", path=str(tmp_path / "w.sock"), server=True, wait=True)
+    stop = threading.Event()
+    threading.Timer(0.1, stop.set).start()
+    b.wait_connected(stop.is_set)  # returns: SIGTERM during the wait ends the VMM
+    assert not b.connected
+    b.close()
+
+
+def test_unix_server_path_errors_leave_nothing_behind(tmp_path: Path):
+    with pytest.raises(ConfigError, match="Failed to bind socket to .*No such file or directory"):
+        SocketBackend("s0", path=str(tmp_path / "missing/dir/s.sock"), server=True, wait=False)
+    regular = tmp_path / "file"
+    regular.write_text("keep me")
+    with pytest.raises(ConfigError, match="exists and is not a socket"):
+        SocketBackend("s0", path=str(regular), server=True, wait=False)
+    assert regular.read_text() == "keep me"
+    with pytest.raises(ConfigError, match="too long"):
+        SocketBackend("s0", path="/tmp/" + "x" * 200, server=True, wait=False)
+    live = SocketBackend("s1", path=str(tmp_path / "live.sock"), server=True, wait=False)
+    with pytest.raises(ConfigError, match="Address already in use"):
+        SocketBackend("s2", path=str(tmp_path / "live.sock"), server=True, wait=False)
+    live.close()
+    assert os.listdir(tmp_path) == ["file"]
+
+
+def test_unix_server_replaces_a_stale_socket_file(tmp_path: Path):
+    path = str(tmp_path / "stale.sock")
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(path)
+    s.close()  # the file stays, nobody listens: what a killed VMM leaves
+    b = SocketBackend("s0", path=path, server=True, wait=False)
+    b.close()
+    assert not os.path.exists(path)
+
+
+def _free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def test_tcp_server_and_a_port_in_use():
+    port = _free_port()
+    b = SocketBackend("t0", host="127.0.0.1", port=str(port), server=True, wait=False, nodelay=True)
+    assert b.filename() == f"disconnected:tcp:127.0.0.1:{port},server=on"
+    with pytest.raises(ConfigError, match="Failed to bind socket to 127.0.0.1:%d: Address already in use" % port):
+        SocketBackend("t1", host="127.0.0.1", port=str(port), server=True, wait=False)
+    fe = b.attach("dev")
+    sink = Sink()
+    sink.attach(fe)
+    b.start()
+    c = socket.create_connection(("127.0.0.1", port))
+    until(lambda: fe.is_open, "accepting the TCP client")
+    assert b.filename().startswith(f"tcp:127.0.0.1:{port},server=on <-> 127.0.0.1:")
+    fe.write(b"over tcp")
+    assert _recv(c, 8) == b"over tcp"
+    c.sendall(b"back")
+    until(lambda: sink.data == b"back", "TCP input")
+    c.close()
+    b.close()
+
+
+def test_client_connects_and_reconnects(tmp_path: Path):
+    path = str(tmp_path / "srv.sock")
+    srv = socket.socket(socket.AF_UNIX)
+    srv.bind(path)
+    srv.listen(1)
+    b = SocketBackend("c0", path=path, server=False, reconnect=1)
+    fe = b.attach("dev")
+    sink = Sink()
+    sink.attach(fe)
+    b.start()
+    conn, _ = srv.accept()
+    assert fe.is_open and b.filename() == f"unix:{path}"
+    fe.write(b"first")
+    assert _recv(conn, 5) == b"first"
+    conn.close()  # the server drops us: reconnect=1 connects again a second later
+    until(lambda: not fe.is_open, "noticing the lost connection")
+    srv.settimeout(WAIT)
+    conn, _ = srv.accept()
+    until(lambda: fe.is_open, "reconnecting")
+    fe.write(b"second")
+    assert _recv(conn, 6) == b"second"
+    assert merged(sink.events) == ["CLOSED", "OPEN"]
+    conn.close()
+    srv.close()
+    b.close()
+
+
+def test_client_without_a_server_is_a_config_error(tmp_path: Path):
+    with pytest.raises(ConfigError, match="Failed to connect to .*"):
+        SocketBackend("c0", path=str(tmp_path / "nobody.sock"))
+    # with reconnect= it is not: the backend keeps trying in the background
+    b = SocketBackend("c1", path=str(tmp_path / "nobody.sock"), reconnect=5)
+    assert not b.connected
+    b.close()
+
+
+def test_socket_option_conflicts():
+    with pytest.raises(ConfigError, match="'reconnect' option is incompatible"):
+        SocketBackend("s0", path="/tmp/x.sock", server=True, reconnect=1)
+    with pytest.raises(ConfigError, match="needs path=PATH"):
+        SocketBackend("s0")
+
+
+# ---------------------------------------------------------------------------------- the run
+def test_the_runs_backends_close_together_however_many_sinks_are_stalled():
+    """HostBackends.close tells every chardev to stop first, so their final flushes overlap:
+    each was told before any was waited for (and each still hands over what it can)."""
+    from microvm.backends import HostBackends
+
+    run = HostBackends()
+    pipes = []
+    for i in range(3):
+        out_r, out_w = os.pipe()
+        fcntl.fcntl(out_w, fcntl.F_SETPIPE_SZ, 4096)
+        os.set_blocking(out_w, False)
+        b = FdBackend(f"c{i}", out_w, None, out_mode=NONBLOCK, owned=(out_w,))
+        b.attach("dev").write(b"x" * 65536)  # more than the pipe holds: the rest waits
+        b.start()
+        run.add("chardev", f"c{i}", b)
+        pipes.append((b, out_r))
+    told: list[str] = []
+    for b, _ in pipes:  # record when each is told to close and when it is waited for
+        begin, close = b.begin_close, b.close
+        b.begin_close = lambda begin=begin, b=b: (told.append(f"begin {b.label}"), begin())[1]
+        b.close = lambda deadline=None, close=close, b=b: (told.append(f"close {b.label}"), close(deadline))[1]
+    run.start_chardevs()
+    closer = threading.Thread(target=run.close, daemon=True)
+    closer.start()
+    closer.join(WAIT)
+    assert not closer.is_alive()
+    assert told[:3] == ["begin c0", "begin c1", "begin c2"]  # all told before any is waited for
+    assert sorted(t for t in told[3:] if t.startswith("close")) == ["close c0", "close c1", "close c2"]
+    for b, out_r in pipes:
+        assert b.closed and b.counters["bytes_written"] == 4096 and b.counters["bytes_dropped"] == 65536 - 4096
+        os.close(out_r)
+
+
+# ---------------------------------------------------------------------------------- -serial
+@pytest.mark.parametrize("text,backend,props", [
+    ("stdio", "stdio", {}),
+    ("mon:stdio", "stdio", {"mux": "on", "signal": "off"}),
+    ("null", "null", {}),
+    ("pty", "pty", {}),
+    ("file:/tmp/a,b", "file", {"path": "/tmp/a,b"}),
+    ("pipe:/tmp/p", "pipe", {"path": "/tmp/p"}),
+    ("unix:/tmp/s.sock", "socket", {"path": "/tmp/s.sock"}),
+    ("unix:/tmp/s.sock,server=on,wait=off", "socket", {"path": "/tmp/s.sock", "server": "on", "wait": "off"}),
+    ("unix:/tmp/s.sock,server,nowait", "socket", {"path": "/tmp/s.sock", "server": "on", "wait": "off"}),
+    ("tcp:127.0.0.1:4444,server=on,wait=off", "socket",
+     {"host": "127.0.0.1", "port": "4444", "server": "on", "wait": "off"}),
+    ("tcp::4444,server", "socket", {"host": "", "port": "4444", "server": "on"}),
+    ("tcp:[::1]:4444", "socket", {"host": "::1", "port": "4444"}),
+    ("tcp:localhost:4444,reconnect=2", "socket", {"host": "localhost", "port": "4444", "reconnect": "2"}),
+])
+def test_serial_shorthands(text: str, backend: str, props: dict[str, str]):
+    s = SerialConfig.parse(text, 1)
+    assert s.chardev is not None and s.ref is None
+    assert (s.chardev.backend, s.chardev.id, s.chardev.props) == (backend, "serial1", props)
+
+
+def test_serial_none_and_chardev_reference():
+    assert not SerialConfig.parse("none", 0).present
+    assert SerialConfig.parse("chardev:con", 0).ref == "con"
+
+
+@pytest.mark.parametrize("text,msg", [
+    ("tcp:4444", "expected tcp:HOST:PORT"),
+    ("unix:", "needs a path"),
+    ("unix:/s,telnet", "unknown option 'telnet'"),
+    ("unix:/s,colour=red", "unknown option 'colour'"),
+    ("unix:/s,server,server=off", "server given twice"),
+    ("file:", "needs a path"),
+    ("vc", "expected stdio"),
+])
+def test_serial_shorthand_errors(text: str, msg: str):
+    with pytest.raises(ConfigError, match=msg):
+        SerialConfig.parse(text, 0)
+
+
+def test_chardev_backend_is_a_public_base():
+    from microvm import api
+
+    assert api.CharBackend is CharBackend

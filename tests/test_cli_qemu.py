@@ -227,7 +227,8 @@ REFUSED: dict[str, tuple[list[str], str]] = {
     "-drive duplicate id": (["-drive", "id=d,file=a", "-drive", "id=d,file=b"], r"-drive: duplicate id 'd'"),
     "-drive malformed": (["-drive", "id=d,file"], r"-drive: 'file' needs a value \(key=value\)"),
     "-netdev without id": (["-netdev", "tap"], r"-netdev tap: id=\.\.\. is required"),
-    "-serial unknown": (["-serial", "bogus"], r"-serial bogus: expected mon:stdio, stdio, null, none, file:PATH or chardev:ID"),
+    "-serial unknown": (["-serial", "bogus"], r"-serial bogus: expected stdio, mon:stdio, null, none, pty, file:PATH, "
+                        r"pipe:PATH, unix:PATH\[,server=on\]\[,wait=off\], tcp:HOST:PORT\[,server=on\]\[,wait=off\] or chardev:ID"),
     "-nographic -daemonize": (["-nographic", "-daemonize"], r"-nographic cannot be used with -daemonize"),
     "-daemonize with stdio": (["-daemonize", "-display", "none", "-serial", "stdio"], r"-serial stdio: cannot use stdio with -daemonize"),
     "-daemonize with a stdio chardev": (["-daemonize", "-display", "none", "-chardev", "stdio,id=c"],
@@ -336,7 +337,7 @@ def test_machine_help_and_machine_options(capsys) -> None:
 
 
 def test_backend_cpu_accel_display_help(capsys) -> None:
-    assert run_main(["-chardev", "help"], capsys) == (0, "Available chardev backend types: \n  file\n  null\n  stdio\n", "")
+    assert run_main(["-chardev", "help"], capsys) == (0, "Available chardev backend types: \n  file\n  null\n  pipe\n  pty\n  socket\n  stdio\n", "")
     rv, out, _ = run_main(["-netdev", "help"], capsys)
     assert rv == 0 and out.startswith("Available netdev backend types:\n")
     rv, out, _ = run_main(["-cpu", "help"], capsys)

@@ -237,7 +237,7 @@ def test_device_help_spellings() -> None:
 def test_every_backend_is_checked_even_when_unused() -> None:
     with pytest.raises(ConfigError, match=r"chardev c0 \(file\): path=\.\.\. is required"):
         TestMachine(chardevs=["file,id=c0"])
-    with pytest.raises(ConfigError, match=r"chardev c1 \(null\): unknown property colour \(valid: none\)"):
+    with pytest.raises(ConfigError, match=r"chardev c1 \(null\): unknown property colour \(valid: mux\)"):
         TestMachine(chardevs=["null,id=c1,colour=red"])
     with pytest.raises(ConfigError, match="--chardev sock,id=c2: no plugin provides this character device backend"):
         TestMachine(chardevs=["sock,id=c2"])

@@ -79,6 +79,8 @@ class PidFile:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as e:
             raise ConfigError(f"cannot create PID file: Could not create '{path}': {e.strerror}") from None
+        except ValueError:  # a NUL in the path (only possible in-process: argv has none)
+            raise ConfigError(f"cannot create PID file: Could not create {path!r}: Invalid argument") from None
         try:
             fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             st, fst = os.stat(self.path), os.fstat(fd)

@@ -11,11 +11,13 @@ Choices a reader should know about:
   As in QEMU, the write first drops the THRE interrupt and then raises it again, so each THR
   write makes a fresh edge for an edge-triggered ISA IRQ.
 * **The receiver is fed from a host-side queue.** :meth:`Serial16550.receive` (the chardev's
-  reader thread) appends to a bounded queue that tops up the 16-byte RX FIFO (1 byte in 16450
-  mode) whenever the guest takes a byte out. When the queue is full, ``receive`` *blocks* until
-  the guest reads, which pushes back on the host fd instead of losing input. Host input never
-  overruns the FIFO, so OE is only ever seen in loopback, where THR bytes enter the receiver
-  directly as the datasheet describes.
+  thread) appends to a bounded queue that tops up the 16-byte RX FIFO (1 byte in 16450 mode)
+  whenever the guest takes a byte out. The chardev asks :meth:`Serial16550.input_room` first
+  and never hands over more than fits (QEMU's ``can_read``); ``on_input_room`` is called when
+  the guest made room again, so the chardev reads on. A caller that ignores ``input_room``
+  blocks in ``receive`` until the guest reads. Either way input pushes back on the host fd
+  instead of being lost. Host input never overruns the FIFO, so OE is only ever seen in
+  loopback, where THR bytes enter the receiver directly as the datasheet describes.
 * **Character timeout is immediate.** A real 16550 signals a character timeout (IIR 0x0C) when
   the FIFO holds data below the trigger level and nothing arrived for 4 character times; here
   it is signalled as soon as the FIFO holds data below the trigger level. Because the FIFO is
@@ -124,10 +126,13 @@ class Serial16550:
     inside the 8-port range; the chardev calls :meth:`receive` and :meth:`send_break`."""
 
     def __init__(
-        self, irq: IrqLine, out: Callable[[bytes], None], host_queue_size: int = HOST_QUEUE_SIZE
+        self, irq: IrqLine, out: Callable[[bytes], None], host_queue_size: int = HOST_QUEUE_SIZE,
+        on_input_room: Callable[[], None] | None = None,
     ) -> None:
         self._irq = irq
         self._out = out
+        #: called (lock held) when the guest took input and the host queue has room again
+        self.on_input_room = on_input_room
         self._lock = threading.Lock()
         self._space = threading.Condition(self._lock)  # host queue has room again
         self._host: deque[int] = deque()  # bytes (and _BREAK) not yet in the RX FIFO
@@ -167,6 +172,11 @@ class Serial16550:
         """Bytes from the host (the chardev's reader thread). Blocks while the host queue is
         full, so a slow guest slows the host down instead of losing input."""
         self._enqueue(bytes(data))
+
+    def input_room(self) -> int:
+        """How many bytes :meth:`receive` takes now without waiting (QEMU's ``can_read``)."""
+        with self._lock:
+            return 0 if self._closed else max(0, self._host_limit - len(self._host))
 
     def send_break(self) -> None:
         """A break on the line: a 0 byte with LSR.BI, in order with the bytes around it
@@ -376,6 +386,8 @@ class Serial16550:
             moved = True
         if moved:
             self._space.notify_all()
+            if self.on_input_room is not None:
+                self.on_input_room()
 
     def _update(self) -> None:
         """Re-evaluate after any change: refill, then drive INTR through the OUT2 gate."""

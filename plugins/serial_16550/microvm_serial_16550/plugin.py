@@ -35,9 +35,10 @@ def create_devices(ctx: MachineContext) -> None:
     chardev = ctx.serial_chardev(0)
     if chardev is None:
         return
-    dev = Serial16550(irq=ctx.irq(layout.COM1_IRQ), out=chardev.write)
+    # output never blocks the vCPU (the chardev buffers or drops); input is flow-controlled
+    dev = Serial16550(irq=ctx.irq(layout.COM1_IRQ), out=chardev.write, on_input_room=chardev.accept_input)
     ctx.add_pio_device(dev, layout.COM1_PORT, REGISTER_COUNT, DEVICE_NAME)
-    chardev.set_receiver(dev.receive, dev.send_break)
+    chardev.set_handlers(receive=dev.receive, can_receive=dev.input_room, on_break=dev.send_break)
     ctx.devices[DEVICE_NAME] = dev
 
 

@@ -12,17 +12,24 @@ from microvm_serial_16550.device import Serial16550
 
 
 class FakeChardev:
+    """The frontend protocol (microvm.api.Chardev) as the plugin uses it."""
+
     def __init__(self) -> None:
         self.written = bytearray()
         self.receiver: Callable[[bytes], None] | None = None
+        self.can_receive: Callable[[], int] | None = None
         self.on_break: Callable[[], None] | None = None
         self.started = 0
+        self.accepts = 0
 
     def write(self, data: bytes) -> None:
         self.written += data
 
-    def set_receiver(self, receiver: Callable[[bytes], None] | None, on_break: Callable[[], None] | None = None) -> None:
-        self.receiver, self.on_break = receiver, on_break
+    def set_handlers(self, receive=None, can_receive=None, on_break=None, on_event=None, on_writable=None) -> None:
+        self.receiver, self.can_receive, self.on_break = receive, can_receive, on_break
+
+    def accept_input(self) -> None:
+        self.accepts += 1
 
     def start(self) -> None:
         self.started += 1
@@ -103,6 +110,17 @@ def test_on_places_com1_and_wires_the_chardev() -> None:
     chardev.on_break()
     dev.read(5, memoryview(buf))
     assert buf[0] & 0x10
+
+    # input is flow-controlled: the chardev never gives more than fits, and hears when the
+    # guest made room again
+    assert chardev.can_receive is not None
+    room = chardev.can_receive()
+    assert room > 0
+    chardev.receiver(b"x" * room)
+    assert chardev.can_receive() == 0
+    before = chardev.accepts
+    dev.read(0, memoryview(buf))  # the guest reads: the FIFO refills from the host queue
+    assert chardev.accepts > before and chardev.can_receive() > 0
 
     plugin.machine_start(m)
     assert chardev.started == 1

@@ -1,0 +1,321 @@
+"""``socket``: a unix (``path=``) or TCP (``host=,port=``) stream socket, as a server
+(``server=on``: listen, one client at a time) or a client (``server=off``: connect, and with
+``reconnect=SECONDS`` connect again whenever the connection is lost).
+
+As in QEMU: a server with ``wait=on`` (the default) holds the VM back until the first client
+connects (:meth:`SocketBackend.wait_connected`); with ``wait=off`` the VM runs at once.
+While no client is connected, output is dropped (counted) and the VM keeps running; a
+client that connects later gets what the guest writes from then on; a client that goes away
+ends nothing. While a client is connected the server does not accept another one (it waits
+in the listen backlog). Frontends get an event when a client comes or goes (a virtio serial
+port forwards it to the guest as PORT_OPEN).
+
+Binding happens when the backend is made, so a path that cannot be bound or a TCP port in
+use is a configuration error before the VM starts; the socket file a unix server created is
+removed when the backend closes (a stale socket file from an earlier run is replaced).
+"""
+from __future__ import annotations
+
+import os
+import socket
+import stat
+import sys
+import time
+from typing import Any, Callable
+
+from ..errors import ConfigError
+from .base import CharBackend, log
+
+_MSG = socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL
+_UNIX_PATH_MAX = 107  # sizeof(sun_path) - 1
+
+
+class SocketBackend(CharBackend):
+    kind = "socket"
+    direct_write = True
+
+    def __init__(
+        self,
+        label: str,
+        *,
+        path: str | None = None,
+        host: str | None = None,
+        port: str | None = None,
+        server: bool = False,
+        wait: bool = True,
+        reconnect: int = 0,
+        nodelay: bool = False,
+        **kw: Any,
+    ) -> None:
+        super().__init__(label, **kw)
+        if path and (host is not None or port is not None):
+            raise ConfigError(f"chardev {label}: give either path= (unix) or host=,port= (tcp), not both")
+        if not path and port is None:
+            raise ConfigError(f"chardev {label}: socket needs path=PATH (unix) or port=PORT (tcp)")
+        if server and reconnect:
+            raise ConfigError(f"chardev {label}: 'reconnect' option is incompatible with socket in server listen mode")
+        if reconnect < 0:
+            raise ConfigError(f"chardev {label}: reconnect={reconnect}: expected a number of seconds >= 0")
+        self.path = path or None
+        self.host = host
+        self.port = port
+        self.server = server
+        self.wait = server and wait
+        self.reconnect = reconnect
+        self.nodelay = nodelay
+        self.listener: socket.socket | None = None
+        self.conn: socket.socket | None = None
+        self._peer = ""
+        self._created_path: tuple[int, int] | None = None  # (st_dev, st_ino) of the socket file we made
+        self._next_connect = 0.0
+        self.connected = False
+        if server:
+            self._listen()
+        else:
+            try:
+                self._connect()
+            except OSError as e:
+                if not reconnect:
+                    raise ConfigError(f"chardev {label}: Failed to connect to '{self._where()}': {e.strerror or e}") from None
+                log.info("chardev %s: connecting to %s failed (%s); retrying every %d s", label, self._where(), e, reconnect)
+                self._next_connect = time.monotonic() + reconnect
+
+    # ---- addresses -----------------------------------------------------------------------------
+    def _where(self) -> str:
+        if self.path:
+            return self.path
+        host = self.host or ("0.0.0.0" if self.server else "localhost")
+        return f"{host}:{self.port}"
+
+    def _addrinfo(self) -> list[Any]:
+        host = self.host or (None if self.server else "localhost")
+        try:
+            return socket.getaddrinfo(host, self.port, type=socket.SOCK_STREAM,
+                                      flags=socket.AI_PASSIVE if self.server else 0)
+        except socket.gaierror as e:
+            raise ConfigError(f"chardev {self.label}: address resolution failed for {self._where()}: {e.strerror}") from None
+
+    # ---- server --------------------------------------------------------------------------------
+    def _listen(self) -> None:
+        if self.path:
+            path = self.path
+            if len(os.fsencode(path)) > _UNIX_PATH_MAX:
+                raise ConfigError(f"chardev {self.label}: UNIX socket path '{path}' is too long (at most {_UNIX_PATH_MAX} bytes)")
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                st = None
+            except OSError as e:
+                raise ConfigError(f"chardev {self.label}: Failed to bind socket to {path}: {e.strerror}") from None
+            if st is not None:
+                if not stat.S_ISSOCK(st.st_mode):
+                    raise ConfigError(f"chardev {self.label}: Failed to bind socket to {path}: it exists and is not a socket")
+                if _unix_in_use(path):
+                    raise ConfigError(f"chardev {self.label}: Failed to bind socket to {path}: Address already in use")
+                os.unlink(path)  # a stale socket left by a process that died (QEMU unlinks too)
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                s.bind(path)
+                st = os.lstat(path)
+                self._created_path = (st.st_dev, st.st_ino)
+                s.listen(1)
+            except OSError as e:
+                s.close()
+                self._remove_socket_file()
+                raise ConfigError(f"chardev {self.label}: Failed to bind socket to {path}: {e.strerror}") from None
+        else:
+            s = None
+            err: OSError | None = None
+            for family, type_, proto, _, addr in self._addrinfo():
+                s = socket.socket(family, type_, proto)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    s.bind(addr)
+                    s.listen(1)
+                    break
+                except OSError as e:
+                    err = e
+                    s.close()
+                    s = None
+            if s is None:
+                why = err.strerror if err is not None else "no usable address"
+                raise ConfigError(f"chardev {self.label}: Failed to bind socket to {self._where()}: {why}")
+        s.setblocking(False)
+        s.set_inheritable(False)
+        self.listener = s
+
+    def _remove_socket_file(self) -> None:
+        if self.path and self._created_path is not None:
+            try:
+                st = os.lstat(self.path)
+                if (st.st_dev, st.st_ino) == self._created_path:
+                    os.unlink(self.path)
+            except OSError:
+                pass
+            self._created_path = None
+
+    def _accept(self) -> None:
+        assert self.listener is not None
+        try:
+            conn, addr = self.listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as e:
+            log.warning("chardev %s: accept failed: %s", self.label, e)
+            return
+        self._peer = "" if self.path else f"{addr[0]}:{addr[1]}"
+        self._attach_conn(conn)
+
+    def wait_connected(self, stopping: Callable[[], bool] | None = None) -> None:
+        """``wait=on``: hold the VM back until a client connects (QEMU prints the same
+        line); ``stopping()`` true ends the wait early. The I/O thread accepts."""
+        if not self.wait or self.connected:
+            return
+        sys.stderr.write(f"microvm: waiting for connection on: {self.filename()}\n")
+        sys.stderr.flush()
+        self.start()
+        while not self.connected and not self.closed:
+            if stopping is not None and stopping():
+                return
+            time.sleep(0.05)
+
+    # ---- client --------------------------------------------------------------------------------
+    def _connect(self) -> None:
+        if self.path:
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                s.connect(self.path)
+            except OSError:
+                s.close()
+                raise
+        else:
+            s = None
+            err: OSError | None = None
+            for family, type_, proto, _, addr in self._addrinfo():
+                s = socket.socket(family, type_, proto)
+                s.settimeout(5)
+                try:
+                    s.connect(addr)
+                    break
+                except OSError as e:
+                    err = e
+                    s.close()
+                    s = None
+            if s is None:
+                raise err or OSError("no usable address")
+        self._peer = ""
+        self._attach_conn(s)
+
+    # ---- the connection ------------------------------------------------------------------------
+    def _attach_conn(self, conn: socket.socket) -> None:
+        conn.setblocking(False)
+        conn.set_inheritable(False)
+        if self.nodelay and conn.family != socket.AF_UNIX:
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.conn = conn
+        self._input_eof = False
+        with self._lock:
+            self._sink_gone = False
+        self._set_connected(True)
+        self.wake()
+
+    def _drop_conn(self, why: str) -> None:
+        conn, self.conn = self.conn, None
+        if conn is None:
+            return
+        log.info("chardev %s: connection closed (%s)", self.label, why)
+        self._set_connected(False)
+        try:
+            conn.close()
+        except OSError:
+            pass
+        if not self.server and self.reconnect:
+            self._next_connect = time.monotonic() + self.reconnect
+
+    def _sink_write(self, data: bytes) -> int:
+        conn = self.conn
+        if conn is None:
+            raise BlockingIOError
+        return conn.send(data, _MSG)
+
+    def _out_fd(self) -> int | None:
+        return self.conn.fileno() if self.conn is not None else None
+
+    def _in_fd(self) -> int | None:
+        return self.conn.fileno() if self.conn is not None else None
+
+    def _read_input(self, n: int) -> bytes | None:
+        conn = self.conn
+        if conn is None:
+            return None
+        try:
+            return conn.recv(n, _MSG)
+        except BlockingIOError:
+            return None
+        except OSError:
+            return b""
+
+    def _on_input_eof(self) -> None:
+        self._drop_conn("end of stream")
+
+    def _on_sink_error(self, e: OSError) -> None:
+        self._drop_conn(e.strerror or str(e))
+
+    def _poll_extra(self) -> dict[int, int]:
+        import select
+
+        if self.listener is not None and self.conn is None:
+            return {self.listener.fileno(): select.POLLIN}
+        return {}
+
+    def _on_extra(self, fd: int, events: int) -> None:
+        if self.listener is not None and fd == self.listener.fileno():
+            self._accept()
+
+    def _timeout(self) -> float | None:
+        if self.server or not self.reconnect or self.conn is not None:
+            return None
+        return max(0.0, self._next_connect - time.monotonic())
+
+    def _on_timeout(self) -> None:
+        if self.server or self.conn is not None or not self.reconnect:
+            return
+        try:
+            self._connect()
+        except OSError as e:
+            log.debug("chardev %s: reconnect to %s failed: %s", self.label, self._where(), e)
+            self._next_connect = time.monotonic() + self.reconnect
+
+    def _close_resources(self) -> None:
+        for s in (self.conn, self.listener):
+            if s is not None:
+                try:
+                    s.close()
+                except OSError:
+                    pass
+        self.conn = self.listener = None
+        self._remove_socket_file()
+
+    # ---- QEMU's names --------------------------------------------------------------------------
+    def filename(self) -> str:
+        opts = ",server=on" if self.server else ""
+        if self.path:
+            addr = f"unix:{self.path}{opts}"
+        else:
+            host = self.host or ("0.0.0.0" if self.server else "localhost")
+            addr = f"tcp:{host}:{self.port}{opts}"
+            if self.conn is not None and self._peer:
+                addr += f" <-> {self._peer}"
+        return addr if self.conn is not None else f"disconnected:{addr}"
+
+
+def _unix_in_use(path: str) -> bool:
+    """Whether something listens on the unix socket ``path`` (a live server, not a stale file)."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(path)
+    except OSError:
+        return False
+    finally:
+        s.close()
+    return True

@@ -1,0 +1,204 @@
+"""A hostile driver against virtio-serial-device: control messages with unknown events, port
+ids beyond max_ports, truncated and oversized messages, descriptors outside RAM, and a
+hypothesis-driven mix of all of it on the real transport. The VMM keeps running: the device
+drops and counts what it cannot use, or enters DEVICE_NEEDS_RESET and works again after a
+reset."""
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+from console_testlib import MEM_SIZE, FakeChardev, LinuxConsoleDriver, control_events
+from microvm.virtio.testing import assert_only_changed
+from microvm_virtio_console.constants import (
+    CONTROL,
+    CONTROL_RX,
+    CONTROL_TX,
+    VIRTIO_CONSOLE_PORT_ADD,
+    VIRTIO_CONSOLE_PORT_OPEN,
+    VIRTIO_CONSOLE_PORT_READY,
+    VIRTIO_CONSOLE_RESIZE,
+    rx_queue,
+)
+from microvm_virtio_console.device import VirtioSerial
+
+TRANSPORTS = [pytest.param(True, id="legacy"), pytest.param(False, id="modern")]
+
+
+def setup(legacy: bool):
+    dev = VirtioSerial(max_ports=4)
+    con, ser = FakeChardev(), FakeChardev()
+    dev.add_port(None, None, True, con, "virtconsole")
+    dev.add_port(None, "org.microvm.test", False, ser, "virtserialport")
+    drv = LinuxConsoleDriver(dev, legacy)
+    drv.handshake()
+    return dev, con, ser, drv
+
+
+def still_works(drv: LinuxConsoleDriver, con: FakeChardev) -> None:
+    """The device still serves the console and the control queue."""
+    assert not drv.mmio.needs_reset()
+    before = len(con.out)
+    drv.write_port(0, b"alive")
+    assert bytes(con.out[before:]) == b"alive"
+    drv.open_port(1)
+    assert drv.dev.ports[1].guest_connected
+
+
+@pytest.mark.parametrize("legacy", TRANSPORTS)
+def test_bad_control_messages_are_dropped_and_counted(legacy):
+    dev, con, ser, drv = setup(legacy)
+    bad = [
+        CONTROL.pack(1, 99, 1),                          # an event that does not exist
+        CONTROL.pack(1, VIRTIO_CONSOLE_PORT_ADD, 1),     # a host-to-guest event from the guest
+        CONTROL.pack(1, VIRTIO_CONSOLE_RESIZE, 0),
+        CONTROL.pack(4, VIRTIO_CONSOLE_PORT_READY, 1),   # beyond max_ports (4)
+        CONTROL.pack(0xFFFFFF00, VIRTIO_CONSOLE_PORT_OPEN, 1),
+        CONTROL.pack(3, VIRTIO_CONSOLE_PORT_OPEN, 1),    # within max_ports, but no such port
+        CONTROL.pack(1, VIRTIO_CONSOLE_PORT_OPEN, 1)[:5],  # truncated
+        b"",                                             # empty
+        CONTROL.pack(1, VIRTIO_CONSOLE_PORT_OPEN, 1) + b"\0" * 100,  # oversized
+    ]
+    for raw in bad:
+        drv.send_control(0, 0, 0, raw=raw)
+    assert dev.counters["control_bad"] == len(bad)
+    assert dev.counters["control_truncated"] == 2 and dev.counters["control_oversized"] == 1
+    assert dev.counters["control_bad_port"] == 3 and dev.counters["control_bad_event"] == 3
+    assert not dev.ports[1].guest_connected  # the bad PORT_OPENs opened nothing
+    still_works(drv, con)
+    drv.close()
+
+
+@pytest.mark.parametrize("legacy", TRANSPORTS)
+def test_a_huge_control_chain_is_not_read(legacy):
+    """A 'message' of 8 MiB is refused by its length, never copied."""
+    dev, con, ser, drv = setup(legacy)
+    dq = drv.queues[CONTROL_TX]
+    head = dq.add([(0x100000, 8 << 20, False)])
+    drv.mmio.notify(CONTROL_TX)
+    assert dq.get_used() == [(head, 0)] and dev.counters["control_oversized"] == 1
+    still_works(drv, con)
+    drv.close()
+
+
+@pytest.mark.parametrize("legacy", TRANSPORTS)
+@pytest.mark.parametrize("queue", [CONTROL_TX, 1, 5])
+def test_a_descriptor_outside_ram_needs_a_reset(legacy, queue):
+    dev, con, ser, drv = setup(legacy)
+    dq = drv.queues[queue]
+    dq.add([(MEM_SIZE - 4, 8, False)])  # crosses the end of guest RAM
+    drv.mmio.notify(queue)
+    assert drv.mmio.needs_reset()
+    assert drv.transport.counters["needs_reset"] == 1
+    drv.mmio.write(0x070, 0)  # the driver resets; a new probe works
+    drv2 = LinuxConsoleDriver(dev, legacy)  # fresh guest memory on a new transport
+    drv2.handshake()
+    still_works(drv2, con)
+    drv.close()
+    drv2.close()
+
+
+@pytest.mark.parametrize("legacy", TRANSPORTS)
+def test_a_bad_receive_ring_found_by_host_input_needs_a_reset(legacy):
+    """Host input arrives on the chardev's thread: a broken receive ring found there still
+    puts the device in NEEDS_RESET (through on_queue_error), and input stops."""
+    dev, con, ser, drv = setup(legacy)
+    dq = drv.queues[rx_queue(0)]
+    for i in range(dq.size):  # every receive buffer of the console points outside RAM
+        dq.write_desc(i, MEM_SIZE + 0x1000, 4096, 2)
+    assert con.host_types(b"typed") == 5
+    assert drv.mmio.needs_reset()
+    assert con.can_receive() == 0
+    drv.close()
+
+
+@pytest.mark.parametrize("legacy", TRANSPORTS)
+def test_control_messages_for_the_guest_are_bounded(legacy):
+    """A host side that flaps open/closed while the guest reads no control messages queues
+    one PORT_OPEN for the port, not one per flap."""
+    dev, con, ser, drv = setup(legacy)
+    for i in range(10000):
+        ser.host_opens(i % 2 == 0)
+    assert len(dev._control) <= dev.control_limit
+    drv.run_control()
+    assert drv.ports[1]["host_connected"] is False
+    assert control_events(drv.received)[-1] == (1, VIRTIO_CONSOLE_PORT_OPEN, 0)
+    drv.close()
+
+
+# --------------------------------------------------------------------------- hypothesis
+_u32 = st.integers(0, 0xFFFFFFFF)
+_u16 = st.integers(0, 0xFFFF)
+_control = st.one_of(
+    st.tuples(st.integers(0, 6), st.integers(0, 10), st.integers(0, 2)).map(lambda t: CONTROL.pack(*t)),
+    st.tuples(_u32, _u16, _u16).map(lambda t: CONTROL.pack(*t)),
+    st.binary(max_size=24),
+)
+_buffer = st.tuples(
+    st.one_of(st.integers(0x900000, 0xA00000), st.integers(0, MEM_SIZE + 0x10000)),  # mostly in the data area
+    st.integers(0, 0x3000),
+    st.booleans(),
+)
+_op = st.one_of(
+    st.tuples(st.just("control"), _control),
+    st.tuples(st.just("chain"), st.integers(0, 9), st.lists(_buffer, min_size=1, max_size=4)),
+    st.tuples(st.just("notify"), st.integers(0, 12)),
+    st.tuples(st.just("host_input"), st.sampled_from(["con", "ser"]), st.binary(min_size=1, max_size=64)),
+    st.tuples(st.just("host_open"), st.booleans()),
+    st.tuples(st.just("read_control"),),
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(legacy=st.booleans(), ops=st.lists(_op, max_size=25))
+def test_random_driver_behaviour_never_hurts_the_vmm(legacy, ops):
+    dev, con, ser, drv = setup(legacy)
+    try:
+        before = drv.mem.read(0, MEM_SIZE)
+        for op in ops:
+            kind = op[0]
+            if kind == "control":
+                drv.send_control(0, 0, 0, raw=op[1])
+            elif kind == "chain":
+                q, bufs = op[1], op[2]
+                dq = drv.queues[q]
+                dq.add(bufs)
+                drv.mmio.notify(q)
+            elif kind == "notify":
+                drv.mmio.notify(op[1])  # includes queues that do not exist
+            elif kind == "host_input":
+                (con if op[1] == "con" else ser).host_types(op[2])
+            elif kind == "host_open":
+                ser.host_opens(op[1])
+            else:
+                drv.run_control(rounds=1)
+        # whatever happened, the device is either working or waiting for a reset, and its
+        # counters are consistent
+        event("needs reset" if drv.mmio.needs_reset() else "still running")
+        event(f"bad control messages: {min(dev.counters['control_bad'], 3)}+")
+        if not drv.mmio.needs_reset():
+            assert drv.transport.counters["needs_reset"] == 0
+        assert len(dev._control) <= dev.control_limit
+        for p in dev.ports.values():
+            assert len(p.inbuf) <= 4096
+        # the device wrote guest RAM only in used rings and in buffers handed to it as
+        # device-writable, and never anywhere when nothing writable was offered
+        allowed = [q.used_ring_range() for q in drv.queues]
+        allowed += [(a, a + 4096) for bufs in drv.inbufs.values() for a in bufs.values()]
+        for op in ops:
+            if op[0] == "chain":
+                allowed += [(a, a + n) for a, n, w in op[2] if w]
+        assert_only_changed_except_driver(drv, before, allowed)
+    finally:
+        drv.close()
+
+
+def assert_only_changed_except_driver(drv: LinuxConsoleDriver, before: bytes, allowed: list) -> None:
+    """assert_only_changed, also allowing what the driver itself wrote (rings, descriptors,
+    avail entries and the messages it placed)."""
+    allowed = list(allowed)
+    for dq in drv.queues:
+        allowed.append((dq.desc, dq.used_ring_range()[0]))
+    allowed.append((0x800000, drv.alloc.next))
+    assert_only_changed(drv.mem, before, allowed)
