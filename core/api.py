@@ -28,6 +28,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "MachineContext": ("microvm.context", "MachineContext"),
     "LegacyDevices": ("microvm.config", "LegacyDevices"),
     "DriveConfig": ("microvm.config", "DriveConfig"),
+    "BootConfig": ("microvm.config", "BootConfig"),
     "VirtioTransportConfig": ("microvm.config", "VirtioTransportConfig"),
     "Vcpu": ("microvm.context", "VcpuView"),
     "KvmVm": ("microvm.context", "KvmVm"),
@@ -54,6 +55,10 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "CounterGroup": ("microvm.metrics", "CounterGroup"),
     "layout": ("microvm", "layout"),
     "get_logger": ("microvm.log", "get_logger"),
+    "BootError": ("microvm.errors", "BootError"),
+    # firmware files by name, as -bios finds them (option ROMs for fw_cfg)
+    "load_firmware_file": ("microvm.boot.firmware", "load_firmware_file"),
+    "FIRMWARE_DIRS": ("microvm.boot.firmware", "FIRMWARE_DIRS"),
     "EventLog": ("microvm.log", "EventLog"),
     # virtio devices
     "VirtioBackend": ("microvm.virtio.backend", "VirtioBackend"),

@@ -536,3 +536,48 @@ class LegacyDevices(NamedTuple):
 
 #: QEMU microvm's machine properties for the legacy devices (``hw/i386/microvm.c``)
 LEGACY_OPTIONS: dict[str, str] = {"pic": "pic", "pit": "pit", "rtc": "rtc", "isa_serial": "isa-serial"}
+
+
+class BootConfig:
+    """How this boot starts, for the plugins that hand a kernel to a firmware (fw_cfg):
+    ``ctx.boot``. Plain attributes, read-only by convention; the core sets them.
+
+    ``firmware``: the ``-bios`` image's path, None for a direct kernel boot (the VMM loads
+    the kernel and starts it itself). ``kernel``/``initrd``: the files' bytes (``kernel``
+    is None without ``--kernel``); ``kernel_kind``: ``"bzimage"``, ``"elf"`` or None.
+    ``append``: the user's command line. ``cmdline``: the whole command line the kernel
+    gets (the user's words, then the ``kernel_cmdline`` hooks'), None until the kernel is
+    loaded, i.e. final from ``machine_start`` on. ``pvh``: ``(entry, lowest, highest
+    loaded address)`` of an ELF kernel, which the core loads into RAM itself for a firmware
+    boot too (QEMU does the same). ``below_4g``: RAM bytes below 4 GiB.
+    """
+
+    __slots__ = ("firmware", "kernel", "initrd", "kernel_kind", "append", "cmdline", "pvh", "below_4g", "_handler")
+
+    def __init__(self, firmware: str | None = None, kernel: bytes | None = None, initrd: bytes | None = None,
+                 kernel_kind: str | None = None, append: str = "", pvh: tuple[int, int, int] | None = None,
+                 below_4g: int = 0) -> None:
+        self.firmware = firmware
+        self.kernel = kernel
+        self.initrd = initrd
+        self.kernel_kind = kernel_kind
+        self.append = append
+        self.cmdline: str | None = None
+        self.pvh = pvh
+        self.below_4g = below_4g
+        self._handler: str | None = None
+
+    @property
+    def handled_by(self) -> str | None:
+        """Who hands the kernel to the firmware (see :meth:`hand_over`), or None."""
+        return self._handler
+
+    def hand_over(self, plugin: str) -> None:
+        """A plugin declares that it passes kernel, initrd and command line to the firmware
+        (fw_cfg does). A firmware boot with ``--kernel`` and nobody to do this is refused:
+        the firmware could not find the kernel."""
+        self._handler = plugin
+
+    def __repr__(self) -> str:
+        return (f"BootConfig(firmware={self.firmware!r}, kernel_kind={self.kernel_kind!r}, "
+                f"cmdline={self.cmdline!r})")

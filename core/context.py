@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
 if TYPE_CHECKING:
     from .chardev import Chardev
-    from .config import DriveConfig, LegacyDevices, VirtioTransportConfig
+    from .config import BootConfig, DriveConfig, LegacyDevices, VirtioTransportConfig
     from .irq import IrqChip, IrqLine
     from .kvm import Vm
     from .machine import Machine
@@ -198,6 +198,14 @@ class MachineContext:
         """Named device objects of this boot: a plugin keeps its own here for its later
         hooks (``machine_start``, ``mptable_entries``); also what introspection lists."""
         return self._m.devices
+
+    @property
+    def boot(self) -> "BootConfig":
+        """How this boot starts (:class:`~microvm.api.BootConfig`): the ``--bios`` firmware
+        (None for a direct kernel boot), the kernel, initrd and command line the firmware
+        must be handed (``cmdline`` is final from ``machine_start`` on), and
+        ``hand_over(plugin)`` for the plugin that does it."""
+        return self._m.boot
 
     @property
     def virtio_devices(self) -> list[VirtioDeviceInfo]:

@@ -30,7 +30,8 @@ def register_machine_options(register: Callable[[MachineOption], None]) -> None:
     ))
     register(MachineOption(
         "x-option-roms", "bool", True,
-        "Set off to disable loading option ROMs (accepted for QEMU compatibility: direct kernel boot loads none)",
+        "Set off to disable loading option ROMs (with --bios and --kernel: fw_cfg's genroms/linuxboot_dma.bin, "
+        "or pvh.bin for an ELF kernel; a direct kernel boot loads none)",
         plugin="core",
     ))
     register(MachineOption(

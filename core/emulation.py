@@ -10,6 +10,8 @@ Handled here, as a real CPU would execute them:
 * ``FWAIT`` (9B): RIP += 1 (no pending x87 exception can exist at that point here);
 * ``CLAC``/``STAC`` (0F 01 CA/CB): clear/set RFLAGS.AC;
 * ``POPCNT r, r`` (F3 [REX] 0F B8 /r, register form);
+* ``UD2`` (0F 0B): inject #UD, as the CPU raises it (firmware and Linux's BUG/WARN use it;
+  the host fails to emulate it in real mode);
 * ``IRET`` in 32-bit protected mode to the same code segment (seen failing here in 32-bit
   guests; 64-bit ``IRETQ`` is emulated by the host).
 
@@ -149,6 +151,10 @@ def assist(vcpu: Any, memory: Any, run: Any) -> bool:
         vcpu.set_regs(regs)
         _inject(vcpu, 3)
         _note("INT3", regs.rip - i - 1)
+        return True
+    if op[:2] == b"\x0f\x0b":
+        _inject(vcpu, 6)  # UD2 raises #UD, a fault: RIP stays on the instruction
+        _note("UD2 (#UD)", regs.rip)
         return True
     if op[:1] == b"\x9b":
         if sregs.cr0 & 0xA == 0xA:  # CR0.TS and CR0.MP: FWAIT raises #NM (a fault, RIP stays)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from . import layout
 from .bus import Bus
-from .errors import ConfigError, MicrovmError, PluginError
+from .errors import BootError, ConfigError, MicrovmError, PluginError
 from .log import get_logger
 from .memory import GuestMemory
 from .spec import MachineSpec
@@ -124,10 +124,15 @@ class Machine:
         #: (config, registration, converted properties) of every --device, in order
         self._device_props: list[tuple[Any, Any, Any]] = []
         self._check_device_types()
-        if spec.kernel is None:
-            raise ConfigError("no kernel given (--kernel FILE)")
-        #: kernel and initrd bytes (microvm.boot.loader.BootImages), checked before KVM is touched
-        self.images = images or read_images(spec.kernel, spec.initrd, max_size=spec.mem_size)
+        if spec.kernel is None and spec.bios is None:
+            raise ConfigError("no kernel given (--kernel FILE) and no firmware (--bios FILE)")
+        if spec.kernel is None and spec.append:
+            raise ConfigError("--append is only allowed with --kernel")
+        #: kernel, initrd and firmware bytes (microvm.boot.loader.BootImages), checked
+        #: before KVM is touched
+        self.images = images or read_images(spec.kernel, spec.initrd, max_size=spec.mem_size, bios=spec.bios)
+        #: how this boot starts (ctx.boot)
+        self.boot = self._boot_config()
         #: a machine rebuilt after a guest reset (run_spec passes the images on)
         self.rebooted = images is not None
         #: the process's counters (run_spec keeps one across reboots)
@@ -214,6 +219,23 @@ class Machine:
         self._built = False
         self._ran = False
         self._stopped_hooks = False
+
+    def _boot_config(self) -> Any:
+        from .config import BootConfig
+        from .memory import BELOW_4G_MAX
+
+        img = self.images
+        kind = None if img.kind == "none" else img.kind
+        pvh = None
+        if img.bios is not None and kind == "elf":
+            from .boot.loader import elf_layout
+
+            pvh = elf_layout(img.kernel)
+        return BootConfig(
+            firmware=img.bios.path if img.bios is not None else None,
+            kernel=img.kernel if kind else None, initrd=img.initrd, kernel_kind=kind,
+            append=self.spec.append, pvh=pvh, below_4g=min(self.spec.mem_size, BELOW_4G_MAX),
+        )
 
     def _check_device_types(self) -> None:
         """Every --device names an installed type, and ``--device NAME,help`` is answered:
@@ -525,8 +547,12 @@ class Machine:
             why = getattr(e, "strerror", None) or "Cannot allocate memory"
             raise ConfigError(f"cannot set up {self.ram_size >> 20} MiB of guest memory: {why}") from None
         self.add_cleanup(self.memory.close)
-        for slot, region in enumerate(self.memory.regions):
-            self.vm.set_user_memory_region(slot, region.gpa, region.size, self.memory.host_address(region))
+        if self.images.bios is not None:
+            from .boot.firmware import map_firmware
+
+            map_firmware(self.memory, self.images.bios)
+        for slot, (gpa, size, host) in enumerate(self.memory.memslots()):
+            self.vm.set_user_memory_region(slot, gpa, size, host)
         self._vmx_housekeeping()
         self.supported_cpuid = self.kvm.supported_cpuid()
         self._create_irqchip()
@@ -538,6 +564,12 @@ class Machine:
         self._open_chardevs()
         self.hook.create_devices(ctx=self.ctx)
         self._create_user_devices()
+        if self.boot.firmware is not None and self.boot.kernel is not None and self.boot.handled_by is None:
+            raise ConfigError("--bios with --kernel: no installed plugin hands the kernel to the firmware "
+                              "(install microvm-fw-cfg, or boot the kernel directly without --bios)")
+        if self.boot.firmware is not None and self.smp > 1 and self.irqchip is None:
+            raise ConfigError(f"--smp {self.smp} with --bios: the other vCPUs must wait for INIT/SIPI in an "
+                              "in-kernel LAPIC, and no irqchip plugin is installed")
         if not self.rebooted:
             for nid in self.spec.netdev_configs:
                 if nid not in self._netdevs:
@@ -643,12 +675,9 @@ class Machine:
             name = f"{base}.{n}"
         return name
 
-    def _load_kernel(self) -> None:
-        from .boot import cpu as bootcpu
-        from .boot import loader, mptable
-        from .boot.e820 import e820_map
-
-        assert self.memory is not None
+    def _kernel_cmdline(self) -> str:
+        """The user's words, the ``kernel_cmdline`` hooks', and on an emulating host the
+        words that keep Linux off instructions it cannot run."""
         words = [self.spec.append] if self.spec.append else []
         for contrib in self.hook.kernel_cmdline(ctx=self.ctx):
             words.extend(contrib or [])
@@ -657,7 +686,18 @@ class Machine:
             if extra:
                 log.info("host KVM is kvm_pvm (emulating): adding %r to the guest command line", " ".join(extra))
                 words.extend(extra)
-        self.cmdline = " ".join(w for w in words if w)
+        return " ".join(w for w in words if w)
+
+    def _load_kernel(self) -> None:
+        from .boot import cpu as bootcpu
+        from .boot import loader, mptable
+        from .boot.e820 import e820_map
+
+        assert self.memory is not None
+        if self.images.bios is not None:
+            self._firmware_boot()
+            return
+        self.cmdline = self.boot.cmdline = self._kernel_cmdline()
         e820 = e820_map([(r.gpa, r.size) for r in self.memory.regions])
         self.entry = loader.load(self.memory, self.images, self.cmdline, e820)
         entries: list[Any] = [mptable.Bus(mptable.ISA_BUS_ID, "ISA")]
@@ -675,6 +715,42 @@ class Machine:
         regs = bsp.get_regs()
         bootcpu.setup_regs(regs, self.entry.mode, self.entry.rip, self.entry.boot_info)
         bsp.set_regs(regs)
+
+    def _firmware_boot(self) -> None:
+        """``--bios``: the firmware is mapped (build); an ELF kernel's segments go to RAM as
+        QEMU's ``load_elfboot`` puts them, everything else reaches the firmware through the
+        plugin that took the boot over (fw_cfg). The boot vCPU starts at the reset vector;
+        the others wait for INIT/SIPI. No MP table, e820 or page tables are written: the
+        firmware builds its own (``mptable_entries`` is not called)."""
+        from .boot import firmware, loader
+        from .kvm import lib
+
+        assert self.memory is not None
+        if self.boot.kernel is not None:
+            self.cmdline = self.boot.cmdline = self._kernel_cmdline()
+            raw = len(self.cmdline.encode())
+            if self.boot.kernel_kind == "elf":
+                loader.load_elf(self.memory, self.images.kernel)
+                limit = loader.PVH_CMDLINE_MAX - 1
+            else:
+                hdr = loader.parse_setup_header(self.images.kernel)
+                limit = hdr.cmdline_size if hdr.version >= 0x206 else 255
+            if raw > limit:
+                raise BootError(f"kernel command line is {raw} bytes; this kernel accepts at most {limit}")
+        bsp = self.vcpus[0]
+        sregs = bsp.get_sregs()
+        firmware.setup_reset_sregs(sregs)
+        bsp.set_sregs(sregs)
+        regs = bsp.get_regs()
+        firmware.setup_reset_regs(regs)
+        bsp.set_regs(regs)
+        if self.irqchip is not None:
+            bsp.set_mp_state(lib.KVM_MP_STATE_RUNNABLE)
+            for ap in self.vcpus[1:]:
+                ap.set_mp_state(lib.KVM_MP_STATE_UNINITIALIZED)
+        log.info("firmware boot: %s (%d KiB at %#x, last %d KiB at %#x)", self.images.bios.path,
+                 len(self.images.bios.data) >> 10, self.images.bios.base, self.images.bios.isa_size >> 10,
+                 firmware.ONE_MIB - self.images.bios.isa_size)
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -804,6 +880,28 @@ class Machine:
             from . import guestclock
 
             guestclock.restore(self.vm, self.vcpus, clock)
+
+    def triple_fault(self, vcpu: Any) -> None:
+        """KVM_EXIT_SHUTDOWN. A guest reset, except when the vCPU was executing the
+        ``--bios`` image itself: a firmware that triple-faults would do it again after every
+        reset, so the machine stops (status 1) with the register dump instead."""
+        fw = self.images.bios
+        if fw is not None:
+            from .vcpu import register_dump
+
+            try:
+                regs, sregs = vcpu.get_regs(), vcpu.get_sregs()
+            except OSError:
+                regs = sregs = None
+            if regs is not None and not sregs.cr0 & (1 << 31):   # paging off: linear = physical
+                pc = (sregs.cs.base + regs.rip) & 0xFFFFFFFF
+                from .boot.firmware import ONE_MIB
+
+                if fw.base <= pc or ONE_MIB - fw.isa_size <= pc < ONE_MIB:
+                    self.request_stop(1, f"the firmware {fw.path} triple-faulted on vCPU {vcpu.id} (not rebooting into it "
+                                         f"again)\n" + register_dump(vcpu, self.memory))
+                    return
+        self.guest_reset("triple fault")
 
     def signal_thread(self, thread: Any) -> None:
         if _kick_handler_installed and thread.ident is not None and thread.is_alive():

@@ -52,8 +52,32 @@ def ram_layout(size: int) -> list[tuple[int, int]]:
     return layout
 
 
+class Overlay:
+    """Guest-visible memory that is not RAM: a firmware image or an alias of part of it.
+    It shadows any RAM at the same addresses (for the guest and for device DMA alike)."""
+
+    __slots__ = ("gpa", "size", "mm", "offset", "name")
+
+    def __init__(self, gpa: int, size: int, mm: mmap.mmap, offset: int, name: str) -> None:
+        self.gpa = gpa
+        self.size = size
+        self.mm = mm
+        self.offset = offset
+        self.name = name
+
+    @property
+    def end(self) -> int:
+        return self.gpa + self.size
+
+
 class GuestMemory:
-    """Guest RAM. Thread-safe for concurrent access to distinct bytes (it is plain memory)."""
+    """Guest RAM. Thread-safe for concurrent access to distinct bytes (it is plain memory).
+
+    ``regions`` are the RAM; ``overlays`` (empty unless a firmware image is mapped, see
+    :mod:`microvm.boot.firmware`) are other memory the guest sees, shadowing RAM where
+    they overlap it. Every access resolves overlays first, so DMA reaches what a vCPU
+    would read at the same address.
+    """
 
     def __init__(self, size: int) -> None:
         self.size = size
@@ -66,17 +90,61 @@ class GuestMemory:
                 pass
             self.regions.append(Region(gpa, length, mm))
         self._views = [memoryview(r.mm) for r in self.regions]
+        self.overlays: list[Overlay] = []
+        self._overlay_views: list[memoryview] = []
+
+    def add_overlay(self, gpa: int, mm: mmap.mmap, offset: int, size: int, name: str) -> None:
+        """Make ``mm[offset:offset+size]`` guest memory at ``gpa`` (before the memslots are
+        registered). Overlays may not overlap each other; ``mm`` is closed with this object."""
+        if size <= 0 or offset < 0 or offset + size > len(mm) or gpa < 0:
+            raise ValueError(f"overlay {name}: bad range")
+        for o in self.overlays:
+            if gpa < o.end and o.gpa < gpa + size:
+                raise ValueError(f"overlay {name} overlaps {o.name}")
+        self.overlays.append(Overlay(gpa, size, mm, offset, name))
+        self._overlay_views.append(memoryview(mm)[offset : offset + size])
+
+    def memslots(self) -> list[tuple[int, int, int]]:
+        """``(gpa, size, host address)`` of every range KVM must map: RAM with the overlays
+        cut out of it, then the overlays."""
+        cuts = sorted((o.gpa, o.end) for o in self.overlays)
+        out: list[tuple[int, int, int]] = []
+        for r in self.regions:
+            base = self.host_address(r)
+            pos = r.gpa
+            for lo, hi in cuts:
+                if hi <= pos or lo >= r.end:
+                    continue
+                if lo > pos:
+                    out.append((pos, lo - pos, base + pos - r.gpa))
+                pos = max(pos, hi)
+            if pos < r.end:
+                out.append((pos, r.end - pos, base + pos - r.gpa))
+        from .kvm import ffi
+
+        for o in self.overlays:
+            out.append((o.gpa, o.size, int(ffi.cast("uintptr_t", ffi.from_buffer(o.mm))) + o.offset))
+        return out
 
     # -- lookup ---------------------------------------------------------------------------
-    def _locate(self, gpa: int, length: int) -> tuple[int, int]:
-        """Return (region index, offset) for a range wholly inside one region."""
+    def _locate(self, gpa: int, length: int) -> tuple[memoryview, int]:
+        """Return (view of the whole region, offset) for a range wholly inside one region
+        (an overlay, else RAM)."""
         if gpa < 0 or length < 0:
             raise GuestMemoryError(gpa, length, "negative")
+        if self.overlays:
+            for i, o in enumerate(self.overlays):
+                if o.gpa <= gpa < o.end or (length == 0 and gpa == o.end):
+                    if gpa + length > o.end:
+                        raise GuestMemoryError(gpa, length, f"not entirely inside {o.name}")
+                    return self._overlay_views[i], gpa - o.gpa
+                if gpa < o.gpa < gpa + length:
+                    raise GuestMemoryError(gpa, length, f"partly inside {o.name}")
         for i, r in enumerate(self.regions):
             if r.gpa <= gpa < r.end or (length == 0 and gpa == r.end):
                 if gpa + length > r.end:
                     raise GuestMemoryError(gpa, length, "not entirely inside guest RAM")
-                return i, gpa - r.gpa
+                return self._views[i], gpa - r.gpa
         raise GuestMemoryError(gpa, length)
 
     def contains(self, gpa: int, length: int) -> bool:
@@ -88,8 +156,8 @@ class GuestMemory:
 
     def view(self, gpa: int, length: int) -> memoryview:
         """A writable view of ``[gpa, gpa+length)``: zero-copy for preadv/pwritev into the guest."""
-        i, off = self._locate(gpa, length)
-        return self._views[i][off : off + length]
+        v, off = self._locate(gpa, length)
+        return v[off : off + length]
 
     # -- access ---------------------------------------------------------------------------
     def read(self, gpa: int, length: int) -> bytes:
@@ -155,8 +223,13 @@ class GuestMemory:
         return iter(self.regions)
 
     def close(self) -> None:
-        for v in self._views:
+        for v in self._views + self._overlay_views:
             v.release()
+        for o in self.overlays:
+            try:
+                o.mm.close()
+            except BufferError:
+                pass
         for r in self.regions:
             try:
                 r.mm.close()

@@ -47,6 +47,7 @@ class MachineSpec:
         serial: list[str] | None = None,
         extra_plugins: list[Any] | None = None,
         metrics: str | None = None,
+        bios: str | None = None,
         qmp: list[str] | None = None,        # --qmp ADDRESS (QEMU's -qmp)
         mon: list[str] | None = None,        # --mon chardev=ID,mode=control (QEMU's -mon)
         prelaunch: bool = False,             # -S: start paused until QMP cont
@@ -69,6 +70,9 @@ class MachineSpec:
         self.serial = list(serial) if serial is not None else ["mon:stdio"]
         self.extra_plugins = list(extra_plugins or [])
         self.metrics = metrics
+        #: ``-bios``: a firmware image (path, or a bare name searched in the firmware
+        #: directories); None for a direct kernel boot
+        self.bios = bios
         self.qmp = list(qmp or [])
         self.mon = list(mon or [])
         self.prelaunch = prelaunch

@@ -91,7 +91,9 @@ class TestMachine(Machine):
     """A :class:`~microvm.machine.Machine` whose plugin side is real and whose KVM side
     does not exist. ``machine`` is the ``-M`` string; ``devices``, ``drives``, ``chardevs``,
     ``netdevs`` and ``serial`` take the command line's strings. ``irqchip`` is
-    ``"split"``, ``"on"`` or None (no interrupt controller)."""
+    ``"split"``, ``"on"`` or None (no interrupt controller). ``kernel``/``initrd``/``append``
+    (bytes of a bzImage or PVH ELF) and ``firmware`` (the bytes of a ``--bios`` image) set what
+    ``ctx.boot`` says, for plugins that hand a kernel to a firmware; nothing is loaded."""
 
     __test__ = False  # not a pytest test class
 
@@ -108,13 +110,27 @@ class TestMachine(Machine):
         mem_size: int = 64 << 20,
         plugins: Iterable[Any] = (),
         host: Any = None,
+        kernel: bytes | None = None,
+        initrd: bytes | None = None,
+        append: str = "",
+        firmware: bytes | None = None,
     ) -> None:
         spec = MachineSpec(
             kernel="(none: microvm.testing)", mem_size=mem_size, smp=smp, machine=[machine] if machine else [],
             devices=list(devices), drives=list(drives), chardevs=list(chardevs), netdevs=list(netdevs),
-            serial=list(serial), extra_plugins=list(plugins),
+            serial=list(serial), extra_plugins=list(plugins), append=append,
         )
-        super().__init__(spec, host=host, images=BootImages(b"", None, "elf"))
+        bios = None
+        if firmware is not None:  # what ctx.boot says of a --bios boot (nothing is mapped)
+            from .boot.firmware import Firmware
+
+            bios = Firmware("test.rom", "(test firmware)", firmware)
+        kind = "none"
+        if kernel is not None:
+            from .boot.loader import detect
+
+            kind = detect(kernel)
+        super().__init__(spec, host=host, images=BootImages(kernel or b"", initrd, kind, bios))
         self.rebooted = False
         self.fake_irqchip = FakeIrqChip(irqchip, ioapic_id=max(self.apic_ids) + 1) if irqchip else None
 
@@ -138,7 +154,10 @@ class TestMachine(Machine):
         """What :meth:`Machine.run` starts besides the vCPUs: the chardevs' I/O threads (a
         socket server with ``wait=on`` waits for its client here), the ``machine_start``
         hook, the virtio devices' notification workers and the timer thread (``close()``
-        stops them)."""
+        stops them). With a ``kernel``, ``ctx.boot.cmdline`` is first made final, as loading
+        it would."""
+        if self.boot.kernel is not None and self.boot.cmdline is None:
+            self.cmdline = self.boot.cmdline = self._kernel_cmdline()
         self.backends.start_chardevs()
         self.hook.machine_start(ctx=self.ctx)
         if self._virtio is not None:

@@ -183,7 +183,7 @@ class VcpuThread(threading.Thread):
         run = self.run_ptr
         if reason == lib.KVM_EXIT_SHUTDOWN:
             log.info("vCPU %d: triple fault (KVM_EXIT_SHUTDOWN)", self.vcpu.id)
-            m.guest_reset("triple fault")
+            m.triple_fault(self.vcpu)
         elif reason == lib.KVM_EXIT_SYSTEM_EVENT:
             t = run.system_event.type
             if t == lib.KVM_SYSTEM_EVENT_RESET:

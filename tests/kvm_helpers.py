@@ -44,6 +44,22 @@ def build_guest(name: str, cache: Path) -> Path:
     return out
 
 
+def build_bios(name: str, cache: Path) -> Path:
+    """Assemble ``tests/guests/NAME.S`` (16-bit code, ``.org 0xfff0`` for the reset vector)
+    into a flat firmware image for ``--bios`` (cached by source hash)."""
+    if not shutil.which("as") or not shutil.which("ld"):
+        pytest.skip("needs binutils (as, ld) to build the test guests")
+    src = GUESTS / f"{name}.S"
+    h = hashlib.sha256(src.read_bytes()).hexdigest()[:12]
+    out = cache / f"{name}-{h}.bin"
+    if not out.exists():
+        obj = cache / f"{name}-{h}.o"
+        subprocess.run(["as", "--32", str(src), "-o", str(obj)], check=True)
+        subprocess.run(["ld", "-m", "elf_i386", "-Ttext=0", "-e", "0", "--oformat", "binary", str(obj), "-o", str(out)],
+                       check=True)
+    return out
+
+
 def microvm_cmd(*args: str) -> list[str]:
     return [*MICROVM, *args]
 

@@ -95,6 +95,7 @@ FAST_SAMPLES = [
     ["run", "--smp", "+3", "-m", "-1"],
     ["run", "--smp", "007"],
     ["run", "--kernel", "a", "--kernel", "b"],
+    ["run", "--bios", "qboot.rom", "--kernel", "k"],
 ]
 TYPER_ONLY_SAMPLES = [
     ["run", "-vv", "--kernel", "k"],            # combined short flags: typer's job

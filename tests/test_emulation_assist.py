@@ -124,3 +124,16 @@ def test_extint_request_racing_with_the_vcpu_is_not_lost():
     th.extint_pending = True
     th._inject_extint()
     assert th.extint_pending
+
+
+@pytest.mark.parametrize("cs_l, cr0", [(0, 0x60000010), (0, 0x11), (1, 0x80000011)])
+def test_ud2_raises_ud_in_every_mode(guest_memory, cs_l, cr0):
+    """UD2 fails emulation in real mode on this host; a CPU raises #UD (a fault: RIP stays)."""
+    mem = guest_memory(2 << 20)
+    mem.write(0xF000, b"\x0f\x0b")
+    regs = types.SimpleNamespace(rip=0xF000, rflags=2)
+    cs = types.SimpleNamespace(base=0, selector=0, l=cs_l, db=0)
+    sregs = types.SimpleNamespace(cr0=cr0 & ~(1 << 31), cr3=0, cr4=0, efer=0, cs=cs, ss=cs)
+    vcpu = FakeVcpu(regs, sregs)
+    assert emulation.assist(vcpu, mem, RUN)
+    assert vcpu.injected == [6] and vcpu.regs.rip == 0xF000

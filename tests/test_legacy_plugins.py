@@ -44,7 +44,8 @@ def test_defaults_in_split_mode_give_pic_and_pit_but_no_rtc():
 
 def test_everything_off_takes_devices_off_the_bus_and_out_of_the_mp_table():
     m = build("microvm,pic=off,pit=off,rtc=off,isa-serial=off")
-    assert ports(m) == {}
+    # only fw_cfg stays: QEMU's microvm always has it (no option turns it off)
+    assert ports(m) == {"fw_cfg": (0x510, 2), "fw_cfg.dma": (0x514, 8)}
     entries = m.mptable_entries()
     assert not any(isinstance(e, IoInterrupt) for e in entries)
     assert not any(isinstance(e, LocalInterrupt) and e.irq_type == MP_EXTINT for e in entries)

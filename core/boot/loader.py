@@ -11,12 +11,15 @@ from __future__ import annotations
 import os
 import stat
 import struct
-from typing import Callable, NamedTuple
+from typing import TYPE_CHECKING, Callable, NamedTuple
 
 from .. import layout
 from ..errors import BootError, GuestMemoryError
 from ..memory import GuestMemory, ram_layout
 from .e820 import E820Entry
+
+if TYPE_CHECKING:
+    from .firmware import Firmware
 
 XEN_ELFNOTE_PHYS32_ENTRY = 18
 HVM_START_MAGIC = 0x336EC578
@@ -224,6 +227,17 @@ def _fits_layout(ram_size: int) -> Callable[[int, int], bool]:
     return lambda gpa, length: any(base <= gpa and gpa + length <= base + size for base, size in regions)
 
 
+def elf_layout(image: bytes) -> tuple[int, int, int]:
+    """``(PVH entry, lowest, highest loaded address)`` of an ELF kernel (what QEMU's
+    ``load_elfboot`` hands a firmware: FW_CFG_KERNEL_ENTRY/ADDR/SIZE)."""
+    segs, _ = _elf_segments(image)
+    entry = _pvh_entry(image, [(seg.offset, seg.filesz) for seg in segs if seg.type == PT_NOTE])
+    loads = [seg for seg in segs if seg.type == PT_LOAD and seg.memsz]
+    if entry is None or not loads:
+        raise BootError("ELF kernel has no PVH entry note or no loadable segment")
+    return entry, min(seg.paddr for seg in loads), max(seg.paddr + seg.memsz for seg in loads)
+
+
 def load_elf(memory: GuestMemory, image: bytes) -> tuple[int, int]:
     """Load PT_LOAD segments at their physical addresses; return (PVH entry, end of kernel)."""
     segs, _ = _elf_segments(image)
@@ -380,26 +394,37 @@ def place_initrd(memory: GuestMemory, data: bytes, kernel_end: int, addr_max: in
 
 
 class BootImages(NamedTuple):
-    """Kernel and initrd, read and checked once (before any KVM object exists, and reused
-    across guest resets)."""
+    """Kernel, initrd and firmware, read and checked once (before any KVM object exists,
+    and reused across guest resets). ``kind`` is ``"none"`` for a firmware booting alone."""
 
     kernel: bytes
     initrd: bytes | None
-    kind: str  # "elf" or "bzimage"
+    kind: str  # "elf", "bzimage" or "none"
+    bios: "Firmware | None" = None
 
 
 def read_images(
-    kernel_path: str | os.PathLike[str],
+    kernel_path: str | os.PathLike[str] | None,
     initrd_path: str | os.PathLike[str] | None,
     max_size: int | None = None,
+    bios: str | None = None,
 ) -> BootImages:
-    """Read the files and validate the kernel's headers, so a bad file is a one-line error
-    before a VM is created.
+    """Read the files and validate the kernel's headers (and the ``--bios`` image's size),
+    so a bad file is a one-line error before a VM is created.
 
     ``max_size`` is the guest's RAM size in bytes (``MachineSpec.mem_size``): the kernel and
     the initrd must be regular files no larger than that, and an ELF kernel's loadable
     segments must lie in the RAM a guest of that size has. Without it only the file type is
     checked here and the segments when they are loaded."""
+    if kernel_path is None and initrd_path is not None:
+        raise BootError("--initrd is only allowed with --kernel")
+    fw = None
+    if bios is not None:
+        from .firmware import load_firmware
+
+        fw = load_firmware(bios)
+    if kernel_path is None:
+        return BootImages(b"", None, "none", fw)
     image = _read_file(kernel_path, "kernel", max_size)
     initrd = _read_file(initrd_path, "initrd", max_size) if initrd_path is not None else None
     kind = detect(image)
@@ -413,7 +438,7 @@ def read_images(
             _check_loads(segs, _fits_layout(max_size), max_size)
     else:
         parse_setup_header(image)
-    return BootImages(image, initrd, kind)
+    return BootImages(image, initrd, kind, fw)
 
 
 def load(memory: GuestMemory, images: BootImages, cmdline: str, e820: list[E820Entry]) -> EntryPoint:

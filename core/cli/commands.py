@@ -104,7 +104,9 @@ def run_options(o: dict[str, Any], style: str = "run") -> int:
         from .tospec import build_spec, parse_name
 
         spec = build_spec(o, rep.warn)
-        if spec.kernel is None:
+        if spec.kernel is None and spec.bios is None and spec.drives:
+            _firmware_for_disk(spec, say)
+        if spec.kernel is None and spec.bios is None:
             from ..guest import GuestBuildError, GuestNotBuilt, default_guest
 
             try:
@@ -149,6 +151,22 @@ def run_options(o: dict[str, Any], style: str = "run") -> int:
         log.debug("internal error", exc_info=True)
         say(oneline(f"microvm: internal error: {type(e).__name__}: {e} (run with -v -v for the traceback)") + "\n")
         return 1
+
+
+def _firmware_for_disk(spec: Any, say: Any) -> None:
+    """No --kernel but a disk: boot the default firmware, as QEMU's microvm does without
+    ACPI (qboot.rom), and say plainly what will happen: neither firmware can boot from a
+    virtio-mmio disk here."""
+    from ..boot.firmware import DEFAULT_FIRMWARE
+
+    spec.bios = DEFAULT_FIRMWARE
+    say(
+        f"microvm: no --kernel: booting the firmware {DEFAULT_FIRMWARE}, as QEMU's microvm does. It cannot boot "
+        "from the disk: qboot boots only a kernel handed over through fw_cfg and otherwise halts silently, and "
+        "SeaBIOS (--bios /usr/share/seabios/bios-microvm.bin) finds virtio-mmio disks only through ACPI, which "
+        "microvm does not have ('No bootable device.'). To boot from the disk, give its kernel: "
+        "--kernel FILE --append 'root=/dev/vda ...'. C-a x quits.\n"
+    )
 
 
 def plugins_command() -> int:

@@ -77,7 +77,10 @@ RUN_OPTIONS: tuple[RunOption, ...] = (
     RunOption(("--cpu",), "cpu", "str", "host",
               "CPU model: host (or max), with features: host,-arch-capabilities,+x2apic; `help` lists them.",
               "MODEL", ("cpu",)),
-    RunOption(("--bios",), "bios", "str", None, "Firmware image to boot instead of a kernel.", "FILE", ("bios",)),
+    RunOption(("--bios",), "bios", "str", None,
+              "Firmware image (qboot.rom, /usr/share/seabios/bios-microvm.bin, ...): boot through it instead of "
+              "loading the kernel directly; a bare name is searched in /usr/share/qemu, /usr/share/seabios.",
+              "FILE", ("bios",)),
     RunOption(("--nodefaults",), "nodefaults", "flag", False,
               "No default devices: no serial port unless --serial/--chardev ask for one.", "", ("nodefaults",)),
     RunOption(("--no-user-config",), "no_user_config", "flag", False,

@@ -178,8 +178,6 @@ def build_spec(o: dict[str, Any], warn: Callable[[str], None]) -> Any:
     from ..spec import MachineSpec
     from ..topology import parse_smp
 
-    if o["bios"] is not None:
-        raise ConfigError(f"-bios {o['bios']}: firmware boot is not supported yet (boot a kernel: -kernel FILE)")
     display = o["display"]
     if display is not None and display != "none":
         kind = display.split(",")[0].split("=")[0]
@@ -221,6 +219,7 @@ def build_spec(o: dict[str, Any], warn: Callable[[str], None]) -> Any:
         devices=list(o["device"]), drives=list(o["drive"]), chardevs=list(o["chardev"]),
         netdevs=list(o["netdev"]), serial=serial, metrics=metrics, name=name,
         qmp=list(o["qmp"]), mon=list(o["mon"]), prelaunch=o["prelaunch"], no_shutdown=o["no_shutdown"],
+        bios=o["bios"],
     )
     spec.validate()
     return spec

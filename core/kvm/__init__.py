@@ -319,6 +319,16 @@ class Vcpu(_Fd):
             bad = list(msrs)[n]
             raise KvmError("KVM_SET_MSRS", _errno.EINVAL, f"MSR {bad:#x} was refused ({n} of {len(msrs)} set)")
 
+    def get_mp_state(self) -> int:
+        """KVM_GET_MP_STATE: ``KVM_MP_STATE_*`` (RUNNABLE, UNINITIALIZED waiting for INIT/SIPI, ...)."""
+        st = ffi.new("struct kvm_mp_state *")
+        self.ioctl_ptr("KVM_GET_MP_STATE", st)
+        return st.mp_state
+
+    def set_mp_state(self, state: int) -> None:
+        """KVM_SET_MP_STATE (needs the in-kernel LAPIC for anything but RUNNABLE)."""
+        self.ioctl_ptr("KVM_SET_MP_STATE", ffi.new("struct kvm_mp_state *", {"mp_state": state}))
+
     def kvmclock_ctrl(self) -> bool:
         """KVM_KVMCLOCK_CTRL: tell the guest this vCPU was paused by the host (sets
         PVCLOCK_GUEST_STOPPED, which Linux's soft-lockup watchdog checks). False when the

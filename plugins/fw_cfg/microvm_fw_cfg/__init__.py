@@ -3,6 +3,7 @@
 :mod:`.device` is the device (selector/data ports, DMA, the item table and file directory; no
 pluggy, no KVM); :mod:`.keys` its selector keys and register bits; :mod:`.items` and
 :mod:`.linux` build the content firmware reads (e820, bootorder, the split bzImage); and
-:mod:`.machine` puts the items together the way ``hw/i386/microvm.c`` does. The hook glue
-(``plugin.py``) is not written yet: it waits for the new plugin contract.
+:mod:`.machine` puts the items together the way ``hw/i386/microvm.c`` does; :mod:`.plugin` is
+the hook glue (fw_cfg in every machine, the kernel handed to a ``--bios`` firmware, and
+``ctx.devices["fw_cfg"]`` for other plugins' files).
 """

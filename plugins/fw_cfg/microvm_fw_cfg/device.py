@@ -102,7 +102,6 @@ from __future__ import annotations
 
 import struct
 import threading
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, NamedTuple, Union
 
 from microvm.api import GuestMemoryError, get_logger
@@ -167,14 +166,18 @@ class FwCfgFile(NamedTuple):
     select: int
 
 
-@dataclass
 class _Entry:
-    """FWCfgEntry: the bytes, whether the guest may DMA-write them, and the callbacks."""
+    """FWCfgEntry: the bytes, whether the guest may DMA-write them, and the callbacks.
+    (A plain class: ``dataclasses`` costs start-up time, and every machine has a fw_cfg.)"""
 
-    data: bytes | bytearray
-    read_only: bool = True
-    on_select: SelectCallback | None = None
-    on_write: WriteCallback | None = None
+    __slots__ = ("data", "read_only", "on_select", "on_write")
+
+    def __init__(self, data: bytes | bytearray, read_only: bool = True,
+                 on_select: SelectCallback | None = None, on_write: WriteCallback | None = None) -> None:
+        self.data = data
+        self.read_only = read_only
+        self.on_select = on_select
+        self.on_write = on_write
 
 
 def _le(value: int, size: int) -> bytes:

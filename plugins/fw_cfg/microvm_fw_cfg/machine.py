@@ -17,24 +17,30 @@ The order of events in QEMU, and what each adds:
    even when empty.
 
 The directory is sorted by name, so the order of the ``add_file`` calls changes nothing.
+
+The glue (:mod:`.plugin`) builds the device in two steps, as QEMU itself does (it adds the
+kernel items in ``microvm_memory_init`` and fixes the command line up at machine-done):
+:func:`microvm_fw_cfg` without a kernel when the devices are created, then
+:func:`add_linux` once the command line is final. :func:`microvm_fw_cfg` with
+``cfg.linux`` does both at once.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Sequence
 
 from .device import FwCfg
 from .items import bios_geometry, bootorder, e820_table, microvm_e820, rom_devpath, sort_boot_devices
 from .keys import FW_CFG_IRQ0_OVERRIDE, FW_CFG_MAX_CPUS, FW_CFG_NB_CPUS, FW_CFG_RAM_SIZE
-from .linux import LinuxBoot
 
 if TYPE_CHECKING:
     from microvm.api import GuestMemory
 
+    from .linux import LinuxBoot
 
-@dataclass
+
 class MicrovmFwCfgConfig:
-    """Everything microvm's fw_cfg content depends on.
+    """Everything microvm's fw_cfg content depends on (a plain class: ``dataclasses``
+    costs start-up time, and every machine has a fw_cfg).
 
     ``ram_regions`` are the RAM ranges ``(gpa, size)`` (below 4 GiB, then from 4 GiB).
     ``linux`` comes from :func:`~.linux.load_linux` or :func:`~.linux.load_pvh` when a
@@ -44,25 +50,47 @@ class MicrovmFwCfgConfig:
     ``extra_files`` are ``-fw_cfg name=...`` items (and ``etc/fdt`` once built).
     """
 
-    ram_size: int
-    ram_regions: Sequence[tuple[int, int]]
-    cpus: int = 1
-    max_cpus: int | None = None
-    kvm: bool = True
-    linux: LinuxBoot | None = None
-    option_roms: bool = True
-    rom_loader: Callable[[str], bytes] | None = None
-    boot_devices: Sequence[tuple[int, str]] = ()
-    boot_strict: bool = False
-    extra_files: Sequence[tuple[str, bytes]] = ()
-    uuid: bytes = bytes(16)
-    nographic: bool = True
-    boot_menu: bool = False
-    splash_time: int | None = None
-    reboot_timeout: int = -1
-    dma_enabled: bool = True
-    file_slots: int = 0x20
-    lchs: Sequence[tuple[str, int, int, int]] = field(default_factory=list)
+    def __init__(
+        self,
+        ram_size: int,
+        ram_regions: Sequence[tuple[int, int]],
+        cpus: int = 1,
+        max_cpus: int | None = None,
+        kvm: bool = True,
+        linux: "LinuxBoot | None" = None,
+        option_roms: bool = True,
+        rom_loader: Callable[[str], bytes] | None = None,
+        boot_devices: Sequence[tuple[int, str]] = (),
+        boot_strict: bool = False,
+        extra_files: Sequence[tuple[str, bytes]] = (),
+        uuid: bytes = bytes(16),
+        nographic: bool = True,
+        boot_menu: bool = False,
+        splash_time: int | None = None,
+        reboot_timeout: int = -1,
+        dma_enabled: bool = True,
+        file_slots: int = 0x20,
+        lchs: Sequence[tuple[str, int, int, int]] = (),
+    ) -> None:
+        self.ram_size = ram_size
+        self.ram_regions = ram_regions
+        self.cpus = cpus
+        self.max_cpus = max_cpus
+        self.kvm = kvm
+        self.linux = linux
+        self.option_roms = option_roms
+        self.rom_loader = rom_loader
+        self.boot_devices = boot_devices
+        self.boot_strict = boot_strict
+        self.extra_files = extra_files
+        self.uuid = uuid
+        self.nographic = nographic
+        self.boot_menu = boot_menu
+        self.splash_time = splash_time
+        self.reboot_timeout = reboot_timeout
+        self.dma_enabled = dma_enabled
+        self.file_slots = file_slots
+        self.lchs = lchs
 
 
 def microvm_fw_cfg(memory: GuestMemory | None, cfg: MicrovmFwCfgConfig) -> FwCfg:
@@ -83,20 +111,34 @@ def microvm_fw_cfg(memory: GuestMemory | None, cfg: MicrovmFwCfgConfig) -> FwCfg
     fw.add_i32(FW_CFG_IRQ0_OVERRIDE, 1)
     fw.add_file("etc/e820", e820_table(microvm_e820(cfg.ram_regions, kvm=cfg.kvm)))
 
-    boot = list(cfg.boot_devices)
-    if cfg.linux is not None:
-        for key, data in cfg.linux.items.items():
-            fw.add_bytes(key, data)
-        if cfg.option_roms:
-            if cfg.rom_loader is None:
-                raise ValueError("fw_cfg: x-option-roms=on with a kernel needs a rom_loader")
-            name = f"genroms/{cfg.linux.option_rom}"
-            fw.add_file(name, cfg.rom_loader(cfg.linux.option_rom))
-            boot.append((0, rom_devpath(cfg.linux.option_rom)))   # option_rom[].bootindex = 0
-
     for name, data in cfg.extra_files:
         fw.add_file(name, data)
-
-    fw.modify_file("bootorder", bootorder(sort_boot_devices(boot), strict=cfg.boot_strict))
+    fw.modify_file("bootorder", bootorder(sort_boot_devices(cfg.boot_devices), strict=cfg.boot_strict))
     fw.modify_file("bios-geometry", bios_geometry(cfg.lchs))
+    if cfg.linux is not None:
+        add_linux(fw, cfg.linux, option_roms=cfg.option_roms, rom_loader=cfg.rom_loader,
+                  boot_devices=cfg.boot_devices, boot_strict=cfg.boot_strict)
     return fw
+
+
+def add_linux(
+    fw: FwCfg,
+    linux: "LinuxBoot",
+    *,
+    option_roms: bool,
+    rom_loader: Callable[[str], bytes] | None,
+    boot_devices: Sequence[tuple[int, str]] = (),
+    boot_strict: bool = False,
+) -> None:
+    """The kernel items of ``x86_load_linux`` and, with ``option_roms``, the ROM that boots
+    them (``genroms/linuxboot_dma.bin`` or ``genroms/pvh.bin``) first in ``bootorder``
+    (``option_rom[].bootindex = 0``)."""
+    for key, data in linux.items.items():
+        fw.add_bytes(key, data)
+    boot = list(boot_devices)
+    if option_roms:
+        if rom_loader is None:
+            raise ValueError("fw_cfg: x-option-roms=on with a kernel needs a rom_loader")
+        fw.add_file(f"genroms/{linux.option_rom}", rom_loader(linux.option_rom))
+        boot.append((0, rom_devpath(linux.option_rom)))
+    fw.modify_file("bootorder", bootorder(sort_boot_devices(boot), strict=boot_strict))

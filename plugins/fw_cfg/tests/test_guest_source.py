@@ -1,5 +1,5 @@
 """The fw_cfg test guest (tests/guests/fwcfg-pvh.S) assembles and links as the KVM tests
-build their guests. Running it needs the plugin glue, which comes with the new plugin contract."""
+build their guests; tests/test_firmware.py runs it (and the real-mode one) on /dev/kvm."""
 from __future__ import annotations
 
 import shutil
