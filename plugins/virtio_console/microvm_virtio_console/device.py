@@ -34,7 +34,8 @@ not exist or is beyond ``max_ports``, or carries an event the driver may not sen
 and counted (``control_bad``); a broken ring (a descriptor outside RAM, a loop) is a
 :class:`~microvm.api.QueueError`, and the device needs a reset (DEVICE_NEEDS_RESET). Pending
 control messages for the guest are bounded (a host side flapping open/closed replaces its
-own unsent PORT_OPEN), and so is everything else the device holds.
+own unsent PORT_OPEN), and so is everything else the device holds. Nothing a driver does is
+logged per event: the first of each kind is, repeats are counted (:data:`guest_event`).
 
 **Threads.** Queue notifications arrive on the transport's worker; host input, host
 open/close events and "room again" arrive on the chardevs' threads. One lock serialises
@@ -46,7 +47,15 @@ import threading
 from collections import deque
 from typing import TYPE_CHECKING, Any, Callable
 
-from microvm.api import VIRTIO_ID_CONSOLE, ConfigError, GuestMemoryError, QueueError, VirtioBackend, get_logger
+from microvm.api import (
+    VIRTIO_ID_CONSOLE,
+    ConfigError,
+    EventLog,
+    GuestMemoryError,
+    QueueError,
+    VirtioBackend,
+    get_logger,
+)
 
 from .constants import (
     CONFIG,
@@ -77,6 +86,11 @@ if TYPE_CHECKING:
     from microvm.api import Chardev, DescriptorChain, GuestMemory, Virtqueue
 
 log = get_logger("microvm.virtio_console")
+#: what a driver makes the device report, as often as the driver likes: the first of each
+#: kind is logged, repeats are counted and summarised (``-d guest_errors`` logs each), as the
+#: core's virtio-mmio transport does, so a guest cannot flood the host's log through it
+guest_event = EventLog(log)
+_WARNING, _ERROR = 30, 40  # logging's levels, without importing logging
 
 #: host input a port holds for a guest that has not taken it yet (the chardev stops reading)
 PORT_INPUT = 4096
@@ -285,7 +299,7 @@ class VirtioSerial(VirtioBackend):
         except (QueueError, GuestMemoryError) as e:
             self._broken = str(e)
             self._queues = None
-            log.error("%s: %s; device stopped", self.counters.name, e)
+            guest_event(f"{self.counters.name}: broken ring", _ERROR, "%s: %s; device stopped", self.counters.name, e)
             self.set_needs_reset(str(e))
 
     def _queue(self, index: int) -> "Virtqueue | None":
@@ -316,7 +330,8 @@ class VirtioSerial(VirtioBackend):
         if event == VIRTIO_CONSOLE_DEVICE_READY:
             if not value:
                 self._count("control_failures")
-                log.error("%s: virtio-serial-bus: Guest failure in adding device", self.counters.name)
+                guest_event(f"{self.counters.name}: DEVICE_READY(0)", _ERROR,
+                            "%s: virtio-serial-bus: Guest failure in adding device", self.counters.name)
                 return
             self._device_ready = True
             for p in sorted(self.ports):
@@ -332,7 +347,8 @@ class VirtioSerial(VirtioBackend):
         if event == VIRTIO_CONSOLE_PORT_READY:
             if not value:
                 self._count("control_failures")
-                log.error("%s: virtio-serial-bus: Guest failure in adding port %d", self.counters.name, nr)
+                guest_event(f"{self.counters.name}: PORT_READY(0)", _ERROR,
+                            "%s: virtio-serial-bus: Guest failure in adding port %d", self.counters.name, nr)
                 return
             port.ready = True
             self._count(f"port{nr}.ready")
@@ -372,7 +388,9 @@ class VirtioSerial(VirtioBackend):
                     break
         if len(self._control) >= self.control_limit:
             self._count("control_dropped")
-            log.warning("%s: control queue full; %s for port %d dropped", self.counters.name, EVENT_NAMES[event], nr)
+            guest_event(f"{self.counters.name}: control queue full", _WARNING,
+                        "%s: control queue full (the driver does not read it); %s for port %d dropped",
+                        self.counters.name, EVENT_NAMES[event], nr)
             return
         self._control.append((nr, event, value, extra))
         self._flush_control()
