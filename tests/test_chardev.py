@@ -335,6 +335,48 @@ def test_file_backend_bad_path_is_a_config_error(tmp_path: Path):
         FileBackend("f0", str(tmp_path / "no/such/dir/log"))
 
 
+def test_file_backend_on_a_fifo_never_blocks_and_keeps_what_fits(tmp_path: Path):
+    """A FIFO nobody reads: the open returns at once (O_WRONLY would wait for a reader),
+    output fills the FIFO, the rest is dropped and counted; a reader that comes later gets
+    what the FIFO held, and then new output."""
+    fifo = tmp_path / "f"
+    os.mkfifo(fifo)
+    opened: list[FileBackend] = []
+    t = threading.Thread(target=lambda: opened.append(FileBackend("f0", str(fifo))), daemon=True)
+    t.start()
+    t.join(WAIT)
+    assert not t.is_alive(), "opening a FIFO without a reader blocked"
+    b = opened[0]
+    assert b.out_mode == NONBLOCK and b.direct_write
+    fe = b.attach("dev")
+    b.start()
+    fe.write(b"early\n")
+    rd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    until(lambda: _try_read(rd) == b"early\n", "the output written before the reader came")
+    for _ in range(40):
+        fe.write(b"z" * 65536)  # 2.5 MiB while the reader reads nothing: never blocks
+    until(lambda: b.counters["bytes_dropped"] > 0, "dropping what the FIFO and the buffer cannot hold")
+    closer = threading.Thread(target=b.close, daemon=True)
+    closer.start()
+    closer.join(WAIT)
+    assert not closer.is_alive()
+    assert b.counters["bytes_written"] + b.counters["bytes_dropped"] == 6 + 40 * 65536
+    os.close(rd)
+
+
+def test_file_backend_on_a_fifo_that_has_a_reader(tmp_path: Path):
+    fifo = tmp_path / "f"
+    os.mkfifo(fifo)
+    rd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    b = FileBackend("f0", str(fifo), append=True)
+    fe = b.attach("dev")
+    b.start()
+    fe.write(b"hello")
+    until(lambda: _try_read(rd) == b"hello", "output through the FIFO")
+    b.close()
+    os.close(rd)
+
+
 # ---------------------------------------------------------------------------------- pipe
 def test_pipe_backend_uses_path_in_and_out_fifos(tmp_path: Path):
     base = tmp_path / "p"

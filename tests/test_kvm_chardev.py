@@ -180,6 +180,50 @@ def test_a_guest_resetting_in_a_loop_into_a_stalled_stdout_stops_on_sigterm(gues
         os.close(w_fd)
 
 
+# ---------------------------------------------------------------------------------- file on a FIFO
+def test_serial_file_on_a_fifo_without_a_reader_stops_on_sigterm(guests, tmp_path):
+    """--serial file:FIFO with nobody reading: opening it never blocks (it used to block in
+    open(O_WRONLY), restarted after every signal, so SIGTERM did nothing), the VM runs, and
+    SIGTERM ends it with status 0, as for any other sink."""
+    fifo = tmp_path / "f"
+    os.mkfifo(fifo)
+    p = spawn("--kernel", str(guests["spin"]), "--serial", f"file:{fifo}")
+    try:
+        time.sleep(1)  # pacing only: let it get as far as it gets
+        assert p.poll() is None, p.stderr.read()
+        p.send_signal(signal.SIGTERM)
+        # generous: tells "stops" from "ignores SIGTERM"; not a timing assertion
+        assert p.wait(timeout=WAIT) == 0, p.stderr.read()
+    finally:
+        stop(p)
+
+
+def test_serial_file_on_a_fifo_keeps_output_for_a_reader_that_comes_later(guests, tmp_path):
+    """The FIFO is held read-write (as the pipe backend holds it): what the guest wrote
+    before anyone read waits in it, and a reader that opens it later gets it."""
+    fifo = tmp_path / "f"
+    os.mkfifo(fifo)
+    p = spawn("--kernel", str(guests["spin"]), "--serial", f"file:{fifo}")
+    try:
+        time.sleep(1)  # pacing only: the guest prints SPIN at once and then spins
+        fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            got = bytearray()
+            deadline = time.monotonic() + WAIT
+            while b"SPIN\n" not in got and time.monotonic() < deadline:
+                try:
+                    got += os.read(fd, 4096)
+                except BlockingIOError:
+                    time.sleep(0.05)
+            assert b"SPIN\n" in got, (bytes(got), p.poll())
+        finally:
+            os.close(fd)
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(timeout=WAIT) == 0, p.stderr.read()
+    finally:
+        stop(p)
+
+
 # ---------------------------------------------------------------------------------- bad input
 def _bad(args: list[str], msg: str) -> None:
     r = run_microvm("run", *args)
