@@ -602,6 +602,52 @@ def test_client_without_a_server_is_a_config_error(tmp_path: Path):
     b.close()
 
 
+def test_a_far_reconnect_deadline_is_waited_for_in_pieces(tmp_path: Path, caplog):
+    """reconnect=3000000 (35 days): the I/O thread's poll takes a C int of milliseconds,
+    3e9 overflowed it (OverflowError in the thread). The wait is capped and repeated; no
+    attempt is made before the deadline."""
+    import logging
+
+    from microvm.chardev import base
+
+    caplog.set_level(logging.DEBUG)
+    b = SocketBackend("c0", path=str(tmp_path / "nobody.sock"), reconnect=3000000)
+    attempts: list[float] = []
+    real = b._on_timeout
+    b._on_timeout = lambda: (attempts.append(time.monotonic()), real())[1]  # type: ignore[method-assign]
+    polls: list[Any] = []
+
+    class Poll:  # the real poll, recording each timeout it is given
+        def __init__(self) -> None:
+            self.p = real_poll()
+
+        def register(self, fd: int, ev: int) -> None:
+            self.p.register(fd, ev)
+
+        def poll(self, ms: Any = None) -> Any:
+            polls.append(ms)
+            return self.p.poll(0 if ms is None else min(ms, 20))  # do not really wait 60 s
+
+    real_poll = base.select.poll
+    base.select.poll = Poll  # type: ignore[assignment]
+    try:
+        b.attach("dev")
+        b.start()
+        until(lambda: len(polls) >= 3, "the I/O thread polling again after a capped wait")
+    finally:
+        base.select.poll = real_poll  # type: ignore[assignment]
+    b.close()
+    assert not [r for r in caplog.records if "I/O thread failed" in r.getMessage()]
+    assert all(ms is not None and 0 <= ms <= base.MAX_POLL_SECONDS * 1000 for ms in polls), polls[:5]
+    assert attempts == [], "a reconnect attempt before the deadline"
+
+
+@pytest.mark.parametrize("value", [-1, (1 << 31), 10 ** 400])
+def test_reconnect_out_of_range_is_a_config_error(tmp_path: Path, value: int):
+    with pytest.raises(ConfigError, match=r"reconnect=.*: expected a number of seconds from 0 to 2147483647"):
+        SocketBackend("c0", path=str(tmp_path / "nobody.sock"), reconnect=value)
+
+
 def test_socket_option_conflicts():
     with pytest.raises(ConfigError, match="'reconnect' option is incompatible"):
         SocketBackend("s0", path="/tmp/x.sock", server=True, reconnect=1)

@@ -60,6 +60,8 @@ INPUT_PENDING = 4096
 CHUNK = 65536
 #: how long closing a backend keeps handing buffered output to a slow sink
 CLOSE_FLUSH_SECONDS = 0.5
+#: the longest single wait of the I/O thread (a later deadline is waited for in pieces)
+MAX_POLL_SECONDS = 60.0
 
 ESCAPE = 0x01  # C-a
 #: ``C-a h``: QEMU's mux help in its layout, for the commands microvm has
@@ -427,17 +429,22 @@ class CharBackend:
             fds[ifd] = fds.get(ifd, 0) | select.POLLIN
         for fd, ev in self._poll_extra().items():
             fds[fd] = fds.get(fd, 0) | ev
-        timeout = self._timeout()
+        due = self._timeout()  # seconds until _on_timeout is due (None: never)
+        wait = due
         if max_wait is not None:
-            timeout = max_wait if timeout is None else min(timeout, max_wait)
+            wait = max_wait if wait is None else min(wait, max_wait)
+        if wait is not None:
+            # poll takes a C int of milliseconds: a far deadline (reconnect=3000000) is
+            # waited for in pieces, the loop asking _timeout again after each
+            wait = min(max(0.0, wait), MAX_POLL_SECONDS)
         poller = select.poll()
         for fd, ev in fds.items():
             poller.register(fd, ev)
         try:
-            events = poller.poll(None if timeout is None else max(0, int(timeout * 1000)))
+            events = poller.poll(None if wait is None else int(wait * 1000 + 0.999))
         except InterruptedError:
             return
-        if not events and timeout is not None:
+        if not events and due is not None and due <= wait:  # type: ignore[operator]
             self._on_timeout()
             return
         for fd, ev in events:

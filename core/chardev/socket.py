@@ -28,6 +28,10 @@ from .base import CharBackend, log
 
 _MSG = socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL
 _UNIX_PATH_MAX = 107  # sizeof(sun_path) - 1
+#: the longest ``reconnect=`` (seconds; 2^31 - 1, about 68 years): QEMU keeps the value in a
+#: 64-bit integer but times the retry in 32-bit milliseconds; a bound keeps every deadline
+#: computable
+MAX_RECONNECT = (1 << 31) - 1
 
 
 class SocketBackend(CharBackend):
@@ -54,8 +58,9 @@ class SocketBackend(CharBackend):
             raise ConfigError(f"chardev {label}: socket needs path=PATH (unix) or port=PORT (tcp)")
         if server and reconnect:
             raise ConfigError(f"chardev {label}: 'reconnect' option is incompatible with socket in server listen mode")
-        if reconnect < 0:
-            raise ConfigError(f"chardev {label}: reconnect={reconnect}: expected a number of seconds >= 0")
+        if not 0 <= reconnect <= MAX_RECONNECT:
+            raise ConfigError(f"chardev {label}: reconnect={reconnect}: expected a number of seconds "
+                              f"from 0 to {MAX_RECONNECT}")
         self.path = path or None
         self.host = host
         self.port = port
