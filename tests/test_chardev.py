@@ -527,6 +527,54 @@ def test_unix_server_path_errors_leave_nothing_behind(tmp_path: Path):
     assert os.listdir(tmp_path) == ["file"]
 
 
+def test_a_live_server_is_found_without_connecting_to_it(tmp_path: Path):
+    """Another process's server on the path (here a plain listening socket): refused, and
+    that server sees no connection (one would end its wait=on and start its guest without
+    its real client)."""
+    path = str(tmp_path / "other.sock")
+    other = socket.socket(socket.AF_UNIX)
+    other.bind(path)
+    other.listen(1)
+    other.setblocking(False)
+    with pytest.raises(ConfigError, match="Address already in use"):
+        SocketBackend("s0", path=path, server=True, wait=False)
+    with pytest.raises(BlockingIOError):
+        other.accept()  # nobody knocked
+    assert stat.S_ISSOCK(os.lstat(path).st_mode), "the other server's file stays"
+    other.close()
+
+
+def test_a_bound_socket_on_a_relative_path_is_found(tmp_path: Path, monkeypatch):
+    """The kernel is asked by the file's inode, so a server that bound a relative path (as
+    /proc/net/unix shows it) is found too."""
+    monkeypatch.chdir(tmp_path)
+    other = socket.socket(socket.AF_UNIX)
+    other.bind("rel.sock")
+    other.listen(1)
+    with pytest.raises(ConfigError, match="Address already in use"):
+        SocketBackend("s0", path=str(tmp_path / "rel.sock"), server=True, wait=False)
+    other.close()
+
+
+def test_without_sock_diag_proc_net_unix_finds_the_listener(tmp_path: Path, monkeypatch):
+    from microvm.chardev import socket as chardev_socket
+
+    monkeypatch.setattr(chardev_socket, "_bound_by_sock_diag", lambda st: None)
+    path = str(tmp_path / "other.sock")
+    other = socket.socket(socket.AF_UNIX)
+    other.bind(path)
+    other.listen(1)
+    other.setblocking(False)
+    assert chardev_socket._listed_in_proc_net_unix(path) is True
+    with pytest.raises(ConfigError, match="Address already in use"):
+        SocketBackend("s0", path=path, server=True, wait=False)
+    with pytest.raises(BlockingIOError):
+        other.accept()
+    other.close()
+    assert chardev_socket._listed_in_proc_net_unix(path) is False  # stale now
+    SocketBackend("s0", path=path, server=True, wait=False).close()
+
+
 def test_unix_server_replaces_a_stale_socket_file(tmp_path: Path):
     path = str(tmp_path / "stale.sock")
     s = socket.socket(socket.AF_UNIX)
