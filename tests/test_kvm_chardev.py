@@ -50,10 +50,11 @@ def recv_until(sock: socket.socket, marker: bytes, got: bytearray | None = None)
 
 
 def test_serial_on_a_pty(guests):
-    """-serial pty: QEMU's announcement on stderr; output and input through /dev/pts/N."""
-    p = spawn("--kernel", str(guests["serial-echo"]), "--no-reboot", "--serial", "pty")
+    """-serial pty: QEMU 7.2's announcement on stdout (qemu_printf); output and input
+    through /dev/pts/N."""
+    p = spawn("--kernel", str(guests["serial-echo"]), "--no-reboot", "--serial", "pty", stdout=subprocess.PIPE)
     try:
-        line = p.stderr.readline().decode()
+        line = p.stdout.readline().decode()
         m = re.fullmatch(r"char device redirected to (/dev/pts/\d+) \(label serial0\)\n", line)
         assert m, line
         fd = os.open(m.group(1), os.O_RDWR | os.O_NOCTTY)

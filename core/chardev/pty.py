@@ -1,6 +1,6 @@
 """``pty``: a pseudo-terminal whose slave side (``/dev/pts/N``) a user opens with ``screen``,
-``minicom`` or ``socat``. As QEMU, it prints ``char device redirected to /dev/pts/N (label
-ID)`` on stderr, keeps the terminal raw, and counts as open only while something has the
+``minicom`` or ``socat``. As QEMU 7.2 (``qemu_printf``), it prints ``char device redirected
+to /dev/pts/N (label ID)`` on standard output, keeps the terminal raw, and counts as open only while something has the
 slave open: before that (and after the last close) output is dropped, and the frontends
 get the open/close events (a virtio serial port tells the guest)."""
 from __future__ import annotations
@@ -40,8 +40,11 @@ class PtyBackend(CharBackend):
         self.connected = False
         self._check_hangup()
         if announce:
-            sys.stderr.write(f"char device redirected to {self.path} (label {label})\n")
-            sys.stderr.flush()
+            try:  # stdout, as QEMU's qemu_printf (without a monitor); closed stdout: nobody hears
+                sys.stdout.write(f"char device redirected to {self.path} (label {label})\n")
+                sys.stdout.flush()
+            except (OSError, ValueError, AttributeError):
+                pass
 
     def _check_hangup(self) -> None:
         """POLLHUP on the master means nobody has the slave open."""
