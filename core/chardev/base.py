@@ -213,7 +213,7 @@ class CharFrontend:
 
     def window_size(self) -> tuple[int, int] | None:
         """(columns, rows) of the terminal behind the chardev, None when it is no terminal
-        (a virtio console tells the guest, as VIRTIO_CONSOLE_RESIZE)."""
+        (for a device that reports a size; the virtio console does not, as in QEMU 7.2)."""
         return self.backend.window_size()
 
     def __repr__(self) -> str:

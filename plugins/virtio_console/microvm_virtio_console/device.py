@@ -12,8 +12,8 @@ queues, and the configuration space says how many ports there may be.
 3. for each, the driver fills the port's receiveq and sends PORT_READY(1);
 4. the device answers CONSOLE_PORT(1) for a console port (the driver makes it ``hvcN``),
    PORT_NAME with the name if the port has one (``/sys/class/virtio-ports/*/name``), and
-   PORT_OPEN(1) if the host side is open; for a console whose host side is a terminal also
-   RESIZE with its size;
+   PORT_OPEN(1) if the host side is open (no RESIZE: like QEMU 7.2, the device does not
+   offer VIRTIO_CONSOLE_F_SIZE, so the guest keeps its own idea of the console's size);
 5. the driver sends PORT_OPEN(1/0) when the guest opens or closes the port (an ``hvc``
    console opens at once); the device sends PORT_OPEN(1/0) when the host side opens or
    closes (a socket client connects or goes away, a pty is opened); console ports count as
@@ -67,17 +67,14 @@ from .constants import (
     EVENT_NAMES,
     MAX_PORTS,
     QUEUE_SIZE,
-    RESIZE,
     VIRTIO_CONSOLE_CONSOLE_PORT,
     VIRTIO_CONSOLE_DEVICE_READY,
     VIRTIO_CONSOLE_F_EMERG_WRITE,
     VIRTIO_CONSOLE_F_MULTIPORT,
-    VIRTIO_CONSOLE_F_SIZE,
     VIRTIO_CONSOLE_PORT_ADD,
     VIRTIO_CONSOLE_PORT_NAME,
     VIRTIO_CONSOLE_PORT_OPEN,
     VIRTIO_CONSOLE_PORT_READY,
-    VIRTIO_CONSOLE_RESIZE,
     queue_port,
     rx_queue,
 )
@@ -201,14 +198,17 @@ class VirtioSerial(VirtioBackend):
 
     # -- what the device is ------------------------------------------------------------------------
     def device_features(self) -> int:
-        f = (1 << VIRTIO_CONSOLE_F_MULTIPORT) | (1 << VIRTIO_CONSOLE_F_SIZE)
+        """MULTIPORT, and EMERG_WRITE unless turned off; not F_SIZE, as QEMU 7.2: older
+        Linux kernels read RESIZE's fields rows first, recent ones cols first (the spec's
+        order), so a size sent would reach some guests transposed."""
+        f = 1 << VIRTIO_CONSOLE_F_MULTIPORT
         if self.emergency_write:
             f |= 1 << VIRTIO_CONSOLE_F_EMERG_WRITE
         return f
 
     def config_space(self) -> bytes:
-        cols, rows = self._console_size(self.ports.get(0))
-        return CONFIG.pack(cols, rows, self.max_ports, 0)
+        """cols and rows 0 (no F_SIZE), max_nr_ports, emerg_wr (write-only, reads 0)."""
+        return CONFIG.pack(0, 0, self.max_ports, 0)
 
     def config_write(self, offset: int, data: bytes) -> None:
         """``emerg_wr``: one byte of output on port 0 without any queue (§5.3.4)."""
@@ -219,14 +219,6 @@ class VirtioSerial(VirtioBackend):
                 self._count("emerg_wr_bytes", 1)
             return
         super().config_write(offset, data)
-
-    @staticmethod
-    def _console_size(port: Port | None) -> tuple[int, int]:
-        if port is None or not port.console or port.chardev is None:
-            return 0, 0
-        size = getattr(port.chardev, "window_size", None)
-        got = size() if size is not None else None
-        return got if got else (0, 0)
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def activate(self, queues: list["Virtqueue"], interrupt: Callable[[], None], memory: "GuestMemory") -> None:
@@ -354,9 +346,6 @@ class VirtioSerial(VirtioBackend):
             self._count(f"port{nr}.ready")
             if port.console:
                 self._send(nr, VIRTIO_CONSOLE_CONSOLE_PORT, 1)
-                cols, rows = self._console_size(port)
-                if cols and rows:
-                    self._send(nr, VIRTIO_CONSOLE_RESIZE, 0, RESIZE.pack(cols, rows))
             if port.name:
                 self._send(nr, VIRTIO_CONSOLE_PORT_NAME, 1, port.name.encode() + b"\0")
             if port.host_open:
@@ -545,15 +534,6 @@ class VirtioSerial(VirtioBackend):
     def _set_fe_open(self, port: Port, is_open: bool) -> None:
         if port.chardev is not None:
             port.chardev.set_open(is_open)
-
-    def resize(self, nr: int, cols: int, rows: int) -> None:
-        """Tell the guest a console's size (RESIZE; the configuration space for port 0)."""
-        with self._lock:
-            port = self.ports.get(nr)
-            if port is not None and port.console and port.ready and self._multiport:
-                self._guarded(self._send, nr, VIRTIO_CONSOLE_RESIZE, 0, RESIZE.pack(cols, rows))
-        if nr == 0:
-            self.config_changed()
 
     # -- counters ----------------------------------------------------------------------------------
     def _count(self, name: str, n: int = 1) -> None:
