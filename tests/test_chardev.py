@@ -197,6 +197,37 @@ def test_mux_shares_output_and_switches_input_focus():
         os.close(fd)
 
 
+def test_escape_commands_behind_stuck_input_count_toward_the_pending_bound():
+    """A frontend that takes nothing, "x" at the head of the input, then C-a b 20,000
+    times: each break waits behind the "x" and counts as pending input, so reading stops
+    at INPUT_PENDING and the rest stays in the pipe (it used to be read without end: 25 MiB
+    of C-a b made 13 million pending items). Once the frontend takes input, all of it
+    arrives, in order."""
+    from microvm.chardev.base import INPUT_PENDING
+
+    b, out_r, in_w = pipe_backend(escapes=True, mux=True)
+    sink = Sink(room=0)
+    fe = b.attach("dev")
+    sink.attach(fe)
+    b.start()
+    n = 20000
+    raw = b"x" + b"\x01b" * n  # 40 KB: fits in the pipe, ten times INPUT_PENDING
+    os.write(in_w, raw)
+    until(lambda: b.counters["bytes_read"] > 0 and b._pending_len >= INPUT_PENDING - 1, "reading up to the bound")
+    time.sleep(0.1)  # let a wrongly unbounded reader go on reading
+    assert b._pending_len <= INPUT_PENDING and len(b._pending) <= INPUT_PENDING
+    assert b.counters["bytes_read"] <= 2 * INPUT_PENDING < len(raw)
+    with sink.lock:
+        sink.room = 1
+    fe.accept_input()
+    until(lambda: sink.events.count("BREAK") == n, "every break once the frontend takes input")
+    assert sink.events[0] == b"x" and sink.events[1:] == ["BREAK"] * n
+    assert b.counters["bytes_read"] == len(raw)
+    b.close()
+    os.close(in_w)
+    os.close(out_r)
+
+
 def test_without_mux_a_second_frontend_is_refused():
     b = NullBackend("c0")
     b.attach("serial port 0")

@@ -553,10 +553,15 @@ class CharBackend:
         self._deliver()
 
     def _push(self, item: Any) -> None:
+        """Append to the pending input. A marker (a break, a focus change) counts as one
+        byte: behind input the frontend cannot take yet, ``C-a b`` repeated without end
+        must fill :data:`INPUT_PENDING` and stop the reads like any other input."""
         if isinstance(item, (bytes, bytearray)):
             if not item:
                 return
             self._pending_len += len(item)
+        else:
+            self._pending_len += 1
         self._pending.append(item)
 
     def _feed(self, data: bytes) -> None:
@@ -605,12 +610,14 @@ class CharBackend:
             fe = self._focused()
             if item is _BREAK:
                 self._pending.popleft()
+                self._pending_len -= 1
                 cb = fe.on_break if fe is not None else None
                 if cb is not None:
                     self._call(fe, cb)
                 continue
             if item is _FOCUS:
                 self._pending.popleft()
+                self._pending_len -= 1
                 with self._lock:
                     if self.frontends:
                         self._focus = (self._focus + 1) % len(self.frontends)
