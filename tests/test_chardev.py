@@ -126,8 +126,12 @@ def test_escapes_as_in_qemus_mux():
     assert quits == ["QUIT"]
 
 
-def test_other_escaped_keys_pass_through_with_the_escape():
-    assert run_input(b"\x01q", escapes=True)[0] == [b"\x01q"]
+def test_other_keys_after_c_a_are_dropped_with_it_as_in_qemus_mux():
+    """QEMU 7.2's mux_proc_byte knows h ? x s b c t and the escape itself; anything else
+    after C-a (a capital X or B too: commands are lower case) reaches nobody, and neither
+    does the C-a. C-a s (QEMU: commit -snapshot disks) does nothing here."""
+    events, quits = run_input(b"a\x01qb\x01Xc\x01Bd\x01se\x01\x00f", escapes=True)
+    assert events == [b"abcdef"] and quits == []
 
 
 def test_plain_byte_stream_without_escapes():
@@ -152,8 +156,53 @@ def test_c_a_h_prints_qemus_mux_help_and_c_a_x_says_terminated():
     os.close(out_r)
     assert out == MUX_HELP + TERMINATED
     assert MUX_HELP == (b"\n\rC-a h    print this help\n\rC-a x    exit emulator\n\r"
+                        b"C-a s    save disk data back to file (if -snapshot)\n\r"
+                        b"C-a t    toggle console timestamps\n\r"
                         b"C-a b    send break (magic sysrq)\n\rC-a c    switch between frontends\n\r"
                         b"C-a C-a  sends C-a\n\r")
+
+
+def test_c_a_question_mark_prints_the_help_too():
+    b, out_r, in_w = pipe_backend(escapes=True, mux=True)
+    sink = Sink()
+    sink.attach(b.attach("dev"))
+    b.start()
+    os.write(in_w, b"\x01?")
+    assert read_all(out_r, len(MUX_HELP)) == MUX_HELP
+    assert sink.data == b""
+    b.close()
+    os.close(in_w)
+    os.close(out_r)
+
+
+def test_c_a_t_toggles_timestamps_on_the_output_as_qemu():
+    """After C-a t each line's first byte is preceded by [HH:MM:SS.mmm] (time since the
+    first stamp), from the line after the toggle on, as QEMU's mux_chr_write; C-a t again
+    ends it."""
+    import re
+
+    b, out_r, in_w = pipe_backend(escapes=True, mux=True)
+    fe = b.attach("dev")
+    Sink().attach(fe)
+    b.start()
+    os.write(in_w, b"\x01t")
+    until(lambda: b._timestamps, "C-a t")
+    fe.write(b"rest of the line\nsecond\n\nfourth")
+    fe.write(b" line\nfifth\n")
+    got = read_all(out_r, 17 + 4 * 15 + 7 + 1 + 12 + 6)  # the text and four stamps
+    lines = got.split(b"\n")
+    assert lines[0] == b"rest of the line"  # the line under way gets no stamp
+    stamp = rb"\[(\d\d):(\d\d):(\d\d)\.(\d\d\d)\] "
+    assert [re.fullmatch(stamp + rb"(.*)", x).group(5) for x in lines[1:5]] == [b"second", b"", b"fourth line", b"fifth"]
+    assert re.fullmatch(stamp, lines[1][:15]).groups()[:3] == (b"00", b"00", b"00")  # the first is 0 s
+    assert lines[5] == b""
+    os.write(in_w, b"\x01t")
+    until(lambda: not b._timestamps, "C-a t again")
+    fe.write(b"plain\n")
+    assert read_all(out_r, 6) == b"plain\n"
+    b.close()
+    os.close(in_w)
+    os.close(out_r)
 
 
 def test_a_terminal_keeps_isig_only_with_signals():

@@ -24,9 +24,12 @@ small pending buffer, and hands it to the focused frontend no faster than the fr
 side's reads (the kernel's socket/pipe buffer pushes back) instead of growing a buffer.
 
 **Escapes.** A backend with ``escapes`` (``mux=on``, as in QEMU: ``-serial mon:stdio``, the
-default, has it) reads QEMU's ``C-a`` commands from its input: ``C-a x`` quits, ``C-a b``
-sends a break, ``C-a c`` switches the focus between frontends, ``C-a h`` prints the list,
-``C-a C-a`` sends one C-a.
+default, has it) reads QEMU 7.2's ``C-a`` commands from its input, as its ``mux_proc_byte``
+does: ``C-a h`` or ``C-a ?`` prints the list, ``C-a x`` quits, ``C-a s`` (QEMU: commit
+``-snapshot`` disks; microvm has no ``-snapshot``) does nothing, ``C-a t`` toggles
+timestamps on the output, ``C-a b`` sends a break, ``C-a c`` switches the focus between
+frontends, ``C-a C-a`` sends one C-a. Any other key after ``C-a`` (capitals included) is
+dropped with it.
 
 Backends live for the whole process: a guest reset builds a new machine whose devices
 attach new frontends to the same backends, so a socket client stays connected and a pty
@@ -64,10 +67,13 @@ CLOSE_FLUSH_SECONDS = 0.5
 MAX_POLL_SECONDS = 60.0
 
 ESCAPE = 0x01  # C-a
-#: ``C-a h``: QEMU's mux help in its layout, for the commands microvm has
+#: ``C-a h``: QEMU 7.2's mux help, in its layout and order (``C-a c`` switches between the
+#: devices sharing the chardev: microvm has no monitor on a mux)
 MUX_HELP = (b"\n\r"
             b"C-a h    print this help\n\r"
             b"C-a x    exit emulator\n\r"
+            b"C-a s    save disk data back to file (if -snapshot)\n\r"
+            b"C-a t    toggle console timestamps\n\r"
             b"C-a b    send break (magic sysrq)\n\r"
             b"C-a c    switch between frontends\n\r"
             b"C-a C-a  sends C-a\n\r")
@@ -266,6 +272,11 @@ class CharBackend:
         self._pending: deque[Any] = deque()  # bytes, _BREAK, _FOCUS
         self._pending_len = 0
         self._escape = False
+        #: ``C-a t``: each output line starts with the time since the first stamp (QEMU's
+        #: ``[HH:MM:SS.mmm] ``); the state is guarded by ``_lock``
+        self._timestamps = False
+        self._ts_start: float | None = None
+        self._linestart = False
         self.frontends: list[CharFrontend] = []
         self._focus = 0
         #: a peer is there to write to (False for a server without a client, a closed pty)
@@ -327,6 +338,9 @@ class CharBackend:
             if not self.connected or self._sink_gone or self.closed or self._error is not None:
                 self._count_dropped(n)
                 return
+            if self._timestamps:
+                data = self._stamp(data)
+                n = len(data)
             if self.direct_write and not self._out:
                 try:
                     k = self._sink_write(data)
@@ -356,6 +370,34 @@ class CharBackend:
             # the sink keeps up but the I/O thread waits for the GIL (a virtio worker pushing a
             # burst): let it run. Yield, never wait: a stalled sink gets no yields at all.
             time.sleep(0)
+
+    def _stamp(self, data: bytes) -> bytes:
+        """``C-a t``'s output (lock held): ``[HH:MM:SS.mmm] `` before each line's first
+        byte, the time counted from the first stamp after the toggle, as QEMU's
+        ``mux_chr_write`` does."""
+        out = bytearray()
+        lines = data.split(b"\n")
+        last = len(lines) - 1
+        for i, line in enumerate(lines):
+            if self._linestart and (line or i < last):
+                now = time.monotonic()
+                if self._ts_start is None:
+                    self._ts_start = now
+                ms = int((now - self._ts_start) * 1000)
+                secs = ms // 1000
+                out += b"[%02d:%02d:%02d.%03d] " % (secs // 3600, secs // 60 % 60, secs % 60, ms % 1000)
+                self._linestart = False
+            out += line
+            if i < last:
+                out += b"\n"
+                self._linestart = True
+        return bytes(out)
+
+    def _toggle_timestamps(self) -> None:
+        with self._lock:
+            self._timestamps = not self._timestamps
+            self._ts_start = None
+            self._linestart = False  # as QEMU: the first stamp comes after the next newline
 
     def _queue(self, data: bytes, n: int) -> bool:
         """Append to the buffer (lock held), dropping what does not fit; True when the
@@ -571,32 +613,31 @@ class CharBackend:
             return
         out = bytearray()
         for b in data:
-            if self._escape:
+            if self._escape:  # QEMU's mux_proc_byte: these keys, lower case only
                 self._escape = False
-                low = b | 0x20
-                if low == ord("x"):
+                if b == ESCAPE:
+                    out.append(b)
+                elif b == 0x78:  # x
                     self._push(bytes(out))
                     out.clear()
                     self.write(TERMINATED)
                     if self.on_quit is not None:
                         self.on_quit()
-                    continue
-                if low == ord("b"):
+                elif b == 0x62:  # b
                     self._push(bytes(out))
                     out.clear()
                     self._push(_BREAK)
-                    continue
-                if low == ord("c") and self.mux:
-                    self._push(bytes(out))
-                    out.clear()
-                    self._push(_FOCUS)
-                    continue
-                if low == ord("h"):
+                elif b == 0x63:  # c
+                    if self.mux:
+                        self._push(bytes(out))
+                        out.clear()
+                        self._push(_FOCUS)
+                elif b in (0x68, 0x3F):  # h, ?
                     self.write(MUX_HELP)
-                    continue
-                if b != ESCAPE:
-                    out.append(ESCAPE)
-                out.append(b)
+                elif b == 0x74:  # t
+                    self._toggle_timestamps()
+                # s (QEMU: commit -snapshot disks; none here) and every other key: nothing,
+                # and neither byte reaches the guest
             elif b == ESCAPE:
                 self._escape = True
             else:
