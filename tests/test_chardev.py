@@ -329,6 +329,41 @@ def test_a_stalled_sink_never_blocks_the_writer_and_close_is_bounded():
     os.close(out_r)
 
 
+def test_output_stuck_in_a_blocking_write_at_exit_is_counted_as_dropped(tmp_path: Path):
+    """A sink written by blocking writes (a regular file on a hung file system; here a FIFO
+    opened blocking whose reader never reads) holds the I/O thread in the kernel: close()
+    gives up on it at its deadline, and what the thread still held is in bytes_dropped (it
+    was only in the log line), also in the run's --metrics."""
+    from microvm.chardev.fd import BLOCKING
+    from microvm.metrics import Metrics
+
+    fifo = tmp_path / "f"
+    os.mkfifo(fifo)
+    rd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # a reader that never reads
+    wr = os.open(fifo, os.O_WRONLY)  # blocking
+    fcntl.fcntl(wr, fcntl.F_SETPIPE_SZ, 4096)
+    metrics = Metrics()
+    b = FdBackend("c0", wr, None, out_mode=BLOCKING, owned=(wr,), counters=metrics.group("devices", "chardev.c0"))
+    fe = b.attach("dev")
+    b.start()
+    total = 256 << 10
+    for _ in range(total // 4096):
+        fe.write(b"s" * 4096)  # never blocks the writer: the I/O thread does the writing
+    until(lambda: b._thread is not None and b._out and b._stalled is False, "the I/O thread writing")
+    time.sleep(0.2)  # pacing only: the thread is now blocked in write()
+    closer = threading.Thread(target=b.close, args=(time.monotonic() + 0.5,), daemon=True)
+    closer.start()
+    closer.join(WAIT)
+    assert not closer.is_alive(), "close() waited for the stuck write"
+    c = metrics.snapshot()["devices"]["chardev.c0"]
+    assert c.get("bytes_dropped", 0) > 0, c
+    assert c.get("bytes_written", 0) + c["bytes_dropped"] == total, c
+    os.close(rd)  # the stuck write fails with EPIPE: the thread ends; nothing is counted twice
+    until(lambda: not b._thread.is_alive(), "the I/O thread ending")
+    c2 = metrics.snapshot()["devices"]["chardev.c0"]
+    assert c2.get("bytes_written", 0) + c2["bytes_dropped"] == total, c2
+
+
 def test_output_to_a_closed_reader_is_dropped_and_counted():
     out_r, out_w = os.pipe()
     os.close(out_r)

@@ -532,6 +532,8 @@ class CharBackend:
             if k <= 0:
                 break
             with self._lock:
+                if self.closed:  # close() gave up on this write and counted it as dropped
+                    break
                 del self._out[:k]
             self._count_written(k)
             self._stalled = False
@@ -791,8 +793,12 @@ class CharBackend:
             self._final_flush()
         with self._lock:
             self.closed = True
+            left = len(self._out) if stuck else 0
+            if left:  # what the thread still held, the write it is stuck in included
+                self._count_dropped(left)
+                self._out.clear()
         if stuck:  # a sink that blocks in the kernel (a hung file system): leave it be
-            log.warning("chardev %s: output still blocked at exit; %d bytes dropped", self.label, len(self._out))
+            log.warning("chardev %s: output still blocked at exit; %d bytes dropped", self.label, left)
             return
         self._close_resources()
         for fd in (self._wake_r, self._wake_w):
