@@ -523,13 +523,28 @@ class Machine:
 
     def _open_chardevs(self) -> None:
         """Make every ``--chardev`` backend now, used or not (as QEMU does), so a socket
-        that cannot be bound is an error before the guest runs. ``--serial`` shorthands are
-        made when their port asks (a default ``stdio`` nobody uses claims nothing). A
-        ``--mon``'s socket is the QMP server's own, not a backend."""
+        that cannot be bound is an error before the guest runs. The first ``--serial``
+        shorthand is made when its port asks (a default ``stdio`` nobody uses claims
+        nothing); the further ones now, as QEMU makes a chardev for every ``-serial``
+        although its microvm has one serial port (``serial1`` of ``-serial null -serial
+        pty`` announces its pty). A ``--mon``'s socket is the QMP server's own, not a backend."""
         monitors = self.spec.monitor_chardevs
         for cfg in self.spec.chardev_configs.values():
             if cfg.id not in monitors:
                 self._make_backend("chardev", cfg)  # once per run: a second boot finds it made
+        for s in self.spec.serial_configs[1:]:
+            if s.chardev is not None:
+                self._make_backend("chardev", s.chardev)
+
+    def _warn_unused_serials(self) -> None:
+        """A ``--serial`` beyond the first that no device took: QEMU's microvm has one serial
+        port (COM1), so QEMU leaves it unconnected without a word; say so once."""
+        for i, s in enumerate(self.spec.serial_configs):
+            if i == 0 or not s.present or ("serial", i) in {key for _, key in self._frontends}:
+                continue
+            label = s.ref if s.ref is not None else f"serial{i}"
+            log.warning("--serial %s: microvm has one serial port (COM1): serial port %d is not created "
+                        "and chardev %s has no device, as in QEMU", s.text, i, label)
 
     # ------------------------------------------------------------------ construction
     def build(self) -> None:
@@ -574,6 +589,7 @@ class Machine:
             for nid in self.spec.netdev_configs:
                 if nid not in self._netdevs:
                     log.warning("netdev %s has no peer", nid)  # QEMU's words
+            self._warn_unused_serials()
         tsc_deadline = bool(self.kvm.check_extension("KVM_CAP_TSC_DEADLINE_TIMER"))
         for i, apic_id in enumerate(self.apic_ids):
             vcpu = self.vm.create_vcpu(apic_id)

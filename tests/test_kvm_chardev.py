@@ -212,6 +212,17 @@ def test_a_guest_resetting_in_a_loop_into_a_stalled_stdout_stops_on_sigterm(gues
         os.close(w_fd)
 
 
+def test_a_second_serial_makes_its_chardev_and_a_warning_as_qemus_microvm_has_one_port(guests):
+    """QEMU 7.2 with -M microvm -serial null -serial pty makes the chardev serial1 (it
+    announces the pty) and no second 16550; microvm does the same, and says so once (the
+    second -serial was silently ignored)."""
+    r = run_microvm("run", "--kernel", str(guests["hello-pvh"]), "--no-reboot", "--serial", "null", "--serial", "pty")
+    assert r.returncode == 0, r.stderr
+    assert re.fullmatch(rb"char device redirected to /dev/pts/\d+ \(label serial1\)\n", r.stdout), r.stdout
+    err = r.stderr.decode()
+    assert err.count("\n") == 1 and "--serial pty: microvm has one serial port (COM1)" in err, err
+
+
 # ---------------------------------------------------------------------------------- file on a FIFO
 def test_serial_file_on_a_fifo_without_a_reader_stops_on_sigterm(guests, tmp_path):
     """--serial file:FIFO with nobody reading: opening it never blocks (it used to block in
