@@ -811,6 +811,48 @@ def test_reconnect_out_of_range_is_a_config_error(tmp_path: Path, value: int):
         SocketBackend("c0", path=str(tmp_path / "nobody.sock"), reconnect=value)
 
 
+def test_a_unix_client_never_blocks_on_a_server_that_does_not_accept(tmp_path: Path):
+    """A server whose listen backlog is full: the connect fails at once (EAGAIN) instead of
+    blocking start-up; with reconnect= the backend starts unconnected and retries."""
+    path = str(tmp_path / "busy.sock")
+    srv = socket.socket(socket.AF_UNIX)
+    srv.bind(path)
+    srv.listen(0)
+    fillers = []
+    while True:  # fill the backlog
+        c = socket.socket(socket.AF_UNIX)
+        c.setblocking(False)
+        try:
+            c.connect(path)
+        except BlockingIOError:
+            c.close()
+            break
+        fillers.append(c)
+        assert len(fillers) < 100
+    outcome: list[Any] = []
+
+    def attempt(**kw: Any) -> None:
+        try:
+            outcome.append(SocketBackend("c0", path=path, **kw))
+        except ConfigError as e:
+            outcome.append(e)
+
+    for kw in ({}, {"reconnect": 1}):
+        outcome.clear()
+        t = threading.Thread(target=attempt, kwargs=kw, daemon=True)
+        t.start()
+        t.join(WAIT)
+        assert not t.is_alive(), f"connect blocked ({kw})"
+        if kw:
+            assert isinstance(outcome[0], SocketBackend) and not outcome[0].connected
+            outcome[0].close()
+        else:
+            assert isinstance(outcome[0], ConfigError) and "Failed to connect" in str(outcome[0])
+    for c in fillers:
+        c.close()
+    srv.close()
+
+
 def test_socket_option_conflicts():
     with pytest.raises(ConfigError, match="'reconnect' option is incompatible"):
         SocketBackend("s0", path="/tmp/x.sock", server=True, reconnect=1)

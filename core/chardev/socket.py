@@ -186,8 +186,14 @@ class SocketBackend(CharBackend):
 
     # ---- client --------------------------------------------------------------------------------
     def _connect(self) -> None:
+        """One attempt. A unix connect is non-blocking: a server whose listen backlog is
+        full (one that does not accept) would hold a blocking connect, and with it the
+        start-up or the I/O thread, without limit; it fails with EAGAIN instead, an error
+        at start-up or, with ``reconnect=``, the next attempt ``reconnect`` seconds later.
+        A TCP connect waits at most 5 s."""
         if self.path:
             s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.setblocking(False)
             try:
                 s.connect(self.path)
             except OSError:
