@@ -223,7 +223,7 @@ def spin(tmp_path_factory) -> Path:
 @example(opts=[("--serial", "tcp:127.0.0.1:1,reconnect=3000000")])
 @example(opts=[("--serial", "file:{tmp}/fifo")])
 @example(opts=[("--chardev", "pty,id=p0"), ("--device", "virtio-serial-device"), ("--device", "virtconsole,chardev=p0")])
-def test_fuzz_chardev_command_lines_as_real_processes(opts, spin, tmp_path, fuzz_stats) -> None:
+def test_fuzz_chardev_command_lines_as_real_processes(opts, spin, tmp_path) -> None:
     """The in-process fuzz above never runs the chardevs' threads; this runs a sample of
     chardev and console command lines for real, with a guest that prints once and spins,
     for a moment, then SIGTERM: an error is one line and status 2, a run ends with status 0,
