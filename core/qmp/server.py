@@ -207,6 +207,7 @@ class QmpServer:
         check_event(name, data)
         line = to_line(event_message(name, data))
         if threading.get_ident() == self._thread_ident:
+            self._take_pending()  # what other threads emitted earlier goes first
             self._broadcast(line)  # inside a command: before its reply, as in QEMU
             return
         with self._lock:
@@ -378,13 +379,21 @@ class QmpServer:
         if not data:
             self._drop(client)
             return
-        # events other threads emitted before this input arrived go out before its replies
+        # events other threads emitted before a reply was made go out before it: those from
+        # before this input arrived, and those a command caused on another thread (the
+        # RESET of a system_reset comes from the main thread, which rebuilds the machine)
         self._take_pending()
         if client.sock.fileno() not in self._clients:
-            return  # dropped while delivering them (it stopped reading)
+            return
         for line in client.session.receive(data):
+            self._take_pending()
+            if client.sock.fileno() not in self._clients:
+                return  # dropped while delivering them (it stopped reading)
             if not self._queue(client, line):
                 return
+        self._take_pending()
+        if client.sock.fileno() not in self._clients:
+            return
         if client.session.fatal:
             log.warning("QMP client %s: message over the limits, closing", client.name)
             self.stats["dropped_limit"] += 1
