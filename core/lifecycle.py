@@ -159,6 +159,7 @@ class Lifecycle:
         #: the run's last SHUTDOWN event went out (one per end, with its cause)
         self._end_reported = False
         self._vcpus: list[Any] = []
+        self._previous: "Machine | None" = None
 
     # ------------------------------------------------------------------ monitors
     @property
@@ -286,6 +287,7 @@ class Lifecycle:
         with self._lock:
             if self.machine is m:
                 self._vcpus = self._vcpu_info(m) if self.monitors else []
+                self._previous = m  # its chardevs (the run's) are listed while the next is built
                 self.machine = None
 
     def machine_ended(self, m: "Machine", final: bool = False) -> bool:
@@ -468,17 +470,24 @@ class Lifecycle:
         return (True, True)
 
     def chardevs(self) -> list[Any]:
+        """QEMU's ``query-chardev`` list, in QEMU's order: its chardevs container is a
+        GLib hash table filled in creation order (``-chardev`` and ``-qmp`` as given, then
+        the serial ports' own), listed backwards (microvm.qmp.ghash)."""
         from .qmp.control import ChardevInfo
+        from .qmp.ghash import qom_children_order
 
-        out = []
+        found: dict[str, Any] = {}
         with self._lock:
-            m = self.machine
+            m = self.machine or self._previous
             if m is not None:
                 for label, filename, used in m.chardev_list():
-                    out.append(ChardevInfo(label, filename, used))
+                    found[label] = ChardevInfo(label, filename, used)
             for mon in self.monitors:
-                out.append(ChardevInfo(mon.label, mon.filename(), True))
-        return out
+                found[mon.label] = ChardevInfo(mon.label, mon.filename(), True)
+        created = [c for c in self.spec.chardev_configs if c in found]
+        created += [mon.label for mon in self.monitors if mon.label not in created]
+        created += [label for label in found if label not in created]
+        return [found[label] for label in qom_children_order(created)]
 
     def blocks(self) -> list[Any]:
         from .qmp.control import BlockInfo

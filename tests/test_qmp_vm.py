@@ -301,3 +301,27 @@ def test_commands_racing_guest_resets_never_reach_a_torn_down_machine(guest_cach
         q.cmd("quit")
         assert vm.wait() == 0, vm.stderr()[-2000:]
         assert vm.out.count(b"HELLO") > 1
+
+
+def test_query_chardev_in_qemus_order(guest_cache, tmp_path):
+    """The same chardevs as this QEMU 7.2 command line, which answered (paths aside):
+    qemu-system-x86_64 -M microvm,acpi=off -nodefaults -S -chardev null,id=zz -chardev null,id=aa
+      -chardev file,id=mm,path=F -chardev socket,id=mon1,path=M,server=on,wait=off
+      -mon chardev=mon1,mode=control -serial chardev:aa -qmp unix:Q,server=on,wait=off"""
+    elf = build_guest("spin", guest_cache)
+    mon = tmp_path / "m.sock"
+    with Vm(str(tmp_path), "--kernel", str(elf), "--chardev", "null,id=zz", "--chardev", "null,id=aa",
+            "--chardev", f"file,id=mm,path={tmp_path / 'f.log'}",
+            "--chardev", f"socket,id=mon1,path={mon},server=on,wait=off", "--mon", "chardev=mon1,mode=control",
+            "--serial", "chardev:aa") as vm:
+        q = Line(vm.sock)
+        wait_until(lambda: [c["thread-id"] > 0 for c in q.cmd("query-cpus-fast")] == [True], "the machine to start")
+        assert q.cmd("query-chardev") == [
+            {"frontend-open": False, "filename": "null", "label": "zz"},
+            {"frontend-open": True, "filename": f"unix:{vm.sock},server=on", "label": "compat_monitor0"},
+            {"frontend-open": True, "filename": f"disconnected:unix:{mon},server=on", "label": "mon1"},
+            {"frontend-open": False, "filename": "file", "label": "mm"},
+            {"frontend-open": True, "filename": "null", "label": "aa"},
+        ]
+        q.cmd("quit")
+        assert vm.wait() == 0
