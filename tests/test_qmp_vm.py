@@ -245,16 +245,36 @@ def test_hostile_clients_while_the_vm_keeps_a_disk_busy(guest_cache, tmp_path):
             if i % 3 == 1:
                 s.sendall(b'{"execute": "qmp_capab')
             s.close()
-        # a client that sends commands and never reads: dropped once 1 MiB of replies waits
+        # a client that sends commands and never reads: while its replies pile up, the other
+        # client's commands (and the events they cause, which go to the stuck client too) are
+        # answered and the guest keeps writing its disk; once 1 MiB waits it is dropped
+        keep.send({"execute": "query-commands"})
+        reply_len = len(keep.f.readline())
         slow = Line(vm.sock)
         slow.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        slow.sock.sendall(b'{"execute": "query-commands"}' * 200)  # more than the socket buffers hold
+        for _ in range(5):
+            assert keep.cmd("stop") == {} and keep.cmd("cont") == {}
+        first = disk.read_bytes()
+        wait_until(lambda: disk.read_bytes() != first, "the guest's disk writes while a client is stuck")
         req = b'{"execute": "query-commands"}' * 100
+        sent = 200
         try:
             for _ in range(500):
                 slow.sock.sendall(req)
+                sent += 100
         except OSError:
-            pass
+            pass  # the server dropped it (EPIPE / ECONNRESET)
         assert keep.cmd("query-status")["status"] == "running"
+        # it was dropped, not served: its socket ends long before all its replies came
+        received = 0
+        slow.sock.settimeout(30)
+        try:
+            while chunk := slow.sock.recv(1 << 16):
+                received += len(chunk)
+        except ConnectionResetError:
+            pass
+        assert received < sent * reply_len // 4, (received, sent * reply_len)
         # the guest kept writing its disk (request numbers land in the image) all along
         first = disk.read_bytes()
         wait_until(lambda: disk.read_bytes() != first, "the guest's next disk writes")
@@ -262,6 +282,21 @@ def test_hostile_clients_while_the_vm_keeps_a_disk_busy(guest_cache, tmp_path):
         assert grown < 64 << 20, f"RSS grew by {grown >> 20} MiB"
         for c in (keep, bad, big, slow):
             c.close()
+
+
+def test_sixteen_idle_clients_do_not_lock_out_a_seventeenth(guest_cache, tmp_path):
+    """All 16 client slots taken by clients that say nothing after negotiating: a new client
+    still gets in (QEMU's chardev would keep it waiting while its one client idles), the one
+    silent the longest making room after 5 s."""
+    elf = build_guest("spin", guest_cache)
+    with Vm(str(tmp_path), "--kernel", str(elf)) as vm:
+        idle = [Line(vm.sock) for _ in range(16)]
+        late = Line(vm.sock)  # its greeting comes once a slot is freed (Line waits up to 60 s)
+        assert late.cmd("query-status")["status"] == "running"
+        assert idle[0].f.readline() == b""  # the first idle one was dropped for it
+        assert idle[1].cmd("query-kvm") == {"enabled": True, "present": True}  # the others stay
+        late.cmd("quit")
+        assert vm.wait() == 0
 
 
 def test_sigterm_while_paused_ends_the_vm_with_a_host_signal_shutdown(guest_cache, tmp_path):
