@@ -360,3 +360,37 @@ def test_query_chardev_in_qemus_order(guest_cache, tmp_path):
         ]
         q.cmd("quit")
         assert vm.wait() == 0
+
+
+@pytest.mark.parametrize("how", ["qmp", "chardev"])
+def test_ctrl_c_while_waiting_for_a_wait_on_client_is_one_line(guest_cache, tmp_path, how):
+    """SIGINT (Ctrl-C) while microvm waits for the first client of a wait=on socket, before
+    the guest ran: status 0, QEMU's one line, no traceback, the socket file removed."""
+    import signal
+    import time
+
+    from kvm_helpers import microvm_cmd
+
+    elf = build_guest("spin", guest_cache)
+    sock = tmp_path / "w.sock"
+    if how == "qmp":
+        extra = ["--qmp", f"unix:{sock},server=on"]
+    else:
+        extra = ["--chardev", f"socket,id=s0,path={sock},server=on", "--serial", "chardev:s0"]
+    proc = subprocess.Popen(microvm_cmd("run", "--kernel", str(elf), *extra), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        first = b""
+        while b"waiting for connection" not in first and time.monotonic() < deadline:
+            first += proc.stderr.readline()
+        assert b"microvm: waiting for connection on: disconnected:unix:" in first, first
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert err.decode() == "microvm: terminating on signal 2\n", err
+    assert out == b"" and not sock.exists()
