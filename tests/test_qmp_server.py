@@ -548,6 +548,9 @@ def test_wait_on_lets_the_machine_wait_for_a_client(tmp_path, make_server):
     assert Address("unix:/x,server=on").wait and Address("tcp::4444,server").wait
     assert not Address("unix:/x,server=on,wait=off").wait and not Address("unix:/x,wait=off,server=on").wait
     assert not Address("unix:/x").wait
+    # QEMU 7.2's short forms, as its -qmp takes them (without a warning there)
+    assert not Address("unix:/x,server,nowait").wait and not Address("unix:/x,server=on,nowait").wait
+    assert Address("unix:/x,server").wait and Address("unix:/x,server,wait").wait
     Client(srv)
     assert srv.wait_for_client(20)
 
