@@ -394,3 +394,34 @@ def test_ctrl_c_while_waiting_for_a_wait_on_client_is_one_line(guest_cache, tmp_
     assert proc.returncode == 0, err
     assert err.decode() == "microvm: terminating on signal 2\n", err
     assert out == b"" and not sock.exists()
+
+
+def test_system_reset_is_done_when_it_returns_and_a_paused_vm_stays_stopped(guest_cache, tmp_path):
+    """QEMU's qmp_system_reset, carried out before the reply: the RESET event (one per
+    request) comes before the reply, the next command sees the new machine; a VM reset while
+    paused comes back in prelaunch (QEMU's main_loop_should_exit) and runs nothing until cont."""
+    import time
+
+    elf = build_guest("spin", guest_cache)
+    with Vm(str(tmp_path), "--kernel", str(elf)) as vm:
+        q = Line(vm.sock)
+        wait_until(lambda: vm.out.count(b"SPIN") == 1, "the guest")
+        for n in range(2, 5):  # running: reset, and it keeps running
+            q.events.clear()
+            assert q.cmd("system_reset") == {}
+            assert [e["event"] for e in q.events] == ["RESET"]  # before the reply
+            assert q.events[0]["data"] == {"guest": False, "reason": "host-qmp-system-reset"}
+            assert q.cmd("query-status")["status"] == "running"
+            wait_until(lambda: vm.out.count(b"SPIN") == n, "the guest after the reset")
+        q.cmd("stop")
+        q.events.clear()
+        assert q.cmd("system_reset") == {}
+        assert [e["event"] for e in q.events] == ["RESET"]
+        assert q.cmd("query-status") == {"status": "prelaunch", "singlestep": False, "running": False}
+        for _ in range(5):  # (the new machine's vCPU has not run: it would print SPIN at once)
+            time.sleep(0.1)
+            assert vm.out.count(b"SPIN") == 4
+        q.cmd("cont")
+        wait_until(lambda: vm.out.count(b"SPIN") == 5, "the guest after cont")
+        q.cmd("quit")
+        assert vm.wait() == 0
