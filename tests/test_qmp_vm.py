@@ -425,3 +425,36 @@ def test_system_reset_is_done_when_it_returns_and_a_paused_vm_stays_stopped(gues
         wait_until(lambda: vm.out.count(b"SPIN") == 5, "the guest after cont")
         q.cmd("quit")
         assert vm.wait() == 0
+
+
+def test_a_guest_halted_with_interrupts_off_stays_running_as_in_qemu(guest_cache, tmp_path):
+    """cli; hlt: KVM's in-kernel LAPIC keeps the vCPU halted for ever; QEMU 7.2 answers
+    running and sends no event (checked with the same guest), and so does microvm; the
+    monitor still drives it (stop, cont, quit with its SHUTDOWN)."""
+    import time
+
+    elf = build_guest("halt", guest_cache)
+    with Vm(str(tmp_path), "--kernel", str(elf)) as vm:
+        q = Line(vm.sock)
+        wait_until(lambda: vm.out == b"HALT\n", "the guest to halt")
+        time.sleep(0.5)
+        assert q.cmd("query-status")["status"] == "running" and q.events == []
+        q.cmd("stop")
+        q.cmd("cont")
+        assert [e["event"] for e in q.events] == ["STOP", "RESUME"]
+        q.cmd("quit")
+        assert q.event("SHUTDOWN")["data"] == {"guest": False, "reason": "host-qmp-quit"}
+        assert vm.wait() == 0 and vm.out == b"HALT\n"
+
+
+def test_isa_debug_exit_reports_a_guest_shutdown(guest_cache, tmp_path):
+    """A guest ending the VM through isa-debug-exit: the client learns it from SHUTDOWN
+    {guest: true, reason: guest-shutdown} (QEMU exits without an event) before the socket
+    closes; the status is the guest's."""
+    elf = build_guest("debug-exit", guest_cache)
+    with Vm(str(tmp_path), "--kernel", str(elf), "--device", "isa-debug-exit,iobase=0xf4,iosize=0x04", "-S") as vm:
+        q = Line(vm.sock)
+        q.cmd("cont")
+        assert q.event("SHUTDOWN")["data"] == {"guest": True, "reason": "guest-shutdown"}
+        assert q.f.readline() == b""  # then the end
+        assert vm.wait() % 2 == 1
