@@ -211,7 +211,10 @@ def test_stop_racing_the_guests_power_off_and_quit(guest_cache, tmp_path):
             threads = [threading.Thread(target=stops, args=(q,)) for q in clients]
             for t in threads:
                 t.start()
-            watcher.q.send({"execute": "cont"})
+            try:
+                watcher.q.send({"execute": "cont"})
+            except OSError:
+                pass  # a stopper's cont ran the guest, or its quit ended the VM, already
             for t in threads:
                 t.join(120)
             assert not any(t.is_alive() for t in threads) and not errors, errors
