@@ -17,7 +17,9 @@ from microvm.api import Virtqueue
 from microvm.virtio.testing import DriverQueue, assert_only_changed
 from microvm_virtio_net import constants as N
 from microvm_virtio_net.device import BATCH, VirtioNet, header_length
-from virtio_net_testlib import MEM_SIZE, RX_AREA, TRANSPORTS, NetEnv, SocketTap, frame, vnet_hdr, wait_for
+from virtio_net_testlib import (
+    MEM_SIZE, RX_AREA, TRANSPORTS, NetEnv, SocketTap, blocked_in_poll, frame, vnet_hdr, wait_for, worker_would_sleep,
+)
 
 # the mem fixture (root conftest) sizes guest RAM by this
 MEM_SIZE = MEM_SIZE
@@ -217,9 +219,11 @@ def test_tx_stalls_on_a_full_tap_and_resumes(up):
     sent = up.net.tx_packets
     assert 0 < sent < len(frames)
     assert up.net._tap_mask & select.POLLOUT
-    t0 = time.monotonic()
-    assert up.net.run_once(0.05)  # nothing to do until the host reads: it waits
-    assert time.monotonic() - t0 >= 0.04
+    # nothing to do until the host reads: the worker would sleep in poll(), and a round
+    # run anyway moves nothing
+    assert worker_would_sleep(up.net)
+    assert up.net.run_once(0)
+    assert up.net.tx_packets == sent and up.net._tx.stalled is not None
     got = []
     while len(got) < len(frames):
         got += up.tap.pending()
@@ -286,9 +290,10 @@ def test_rx_frames_wait_while_no_buffers_are_posted(up):
     assert up.tap.unread_by_device()
     assert up.rxq.get_used() == [] and up.net.rx_packets == 0
     assert up.rxq.avail_event == 0  # with EVENT_IDX: "notify me at the first buffer"
-    t0 = time.monotonic()
-    up.net.run_once(0.05)  # frames are waiting, but the worker sleeps
-    assert time.monotonic() - t0 >= 0.04
+    # frames are waiting, but the worker would sleep: the tap is not in its poll set
+    assert worker_would_sleep(up.net) and not up.net._tap_mask
+    up.net.run_once(0)
+    assert up.tap.unread_by_device() and up.net.rx_packets == 0
     posted = [up.post([2048], notify=False) for _ in range(3)]
     up.drv.notify(N.RX_QUEUE)
     up.pump()
@@ -586,9 +591,7 @@ def test_tap_hangup_takes_the_link_down(up):
     assert not up.net.link_up and up.drv.read_config(6, 2) == 0
     assert up.drv.ack_interrupt() & C.VIRTIO_MMIO_INT_CONFIG
     assert up.net._tap_mask == 0  # not polled any more: no busy loop on POLLHUP
-    t0 = time.monotonic()
-    up.net.run_once(0.05)
-    assert time.monotonic() - t0 >= 0.04
+    assert worker_would_sleep(up.net)
     head = up.send(vnet_hdr() + frame(60))  # transmit keeps returning buffers
     up.pump()
     assert up.txq.get_used() == [(head, 0)] and up.net.tx_dropped == 1
@@ -665,13 +668,22 @@ def test_worker_thread_reports_a_broken_ring(mem):
 
 
 def test_worker_sleeps_when_idle(mem):
-    """No busy loop: an idle device's worker uses (almost) no CPU."""
-    up = NetEnv(mem, threaded=True).probe()
-    up.post([2048])
-    time.sleep(0.05)
-    t0 = time.thread_time(), time.process_time()
-    time.sleep(0.3)
-    assert time.process_time() - t0[1] < 0.05
+    """No busy loop: an idle device's worker blocks in poll() and runs no rounds until
+    something happens; a frame then wakes it."""
+    up = NetEnv(mem, threaded=True)
+    rounds = []
+    real = up.net.run_once
+    up.net.run_once = lambda timeout=0: (rounds.append(1), real(timeout))[1]
+    up.probe()
+    head, _ = up.post([2048])
+    (worker,) = workers()
+    wait_for(lambda: blocked_in_poll(worker), "the worker blocking in poll()")
+    n = len(rounds)
+    time.sleep(0.2)  # any busy loop would run rounds meanwhile
+    assert len(rounds) == n and blocked_in_poll(worker)
+    up.tap.send(vnet_hdr() + frame(64))
+    assert wait_for(up.rxq.get_used, "the frame's delivery") == [(head, 76)]
+    assert len(rounds) > n
     up.close()
 
 

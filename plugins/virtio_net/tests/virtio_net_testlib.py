@@ -215,15 +215,44 @@ class NetEnv:
         self.transport.close()
 
 
-def wait_for(cond: Callable[[], object], timeout: float = 5.0) -> object:
+def wait_for(cond: Callable[[], object], what: str = "the condition", timeout: float = 30.0) -> object:
+    """Poll ``cond`` until it is true and return its value. ``timeout`` is a hang guard, not a
+    measurement: generous, and it fails naming ``what`` never happened."""
     end = time.monotonic() + timeout
     while True:
         v = cond()
         if v:
             return v
         if time.monotonic() > end:
-            raise AssertionError("timed out")
+            raise AssertionError(f"{what} never happened (gave up after {timeout:.0f} s)")
         time.sleep(0.002)
+
+
+def worker_would_sleep(net: VirtioNet) -> bool:
+    """The worker's next round would block in poll(): no work is left over from the last
+    round and none of the descriptors it polls (the queues' eventfds, the stop eventfd and,
+    if registered, the tap with its current mask) is ready. A functional check of "no busy
+    loop" for a device run by hand (``threaded=False``)."""
+    poller = net._poller
+    return poller is not None and not (net._tx_more or net._rx_more) and poller.poll(0) == []
+
+
+#: poll(2) and ppoll(2) by architecture (what a thread blocked in select.poll() shows)
+_POLL_SYSCALLS = {"x86_64": {7, 271}, "aarch64": {73}}
+
+
+def blocked_in_poll(thread) -> bool:
+    """Whether ``thread`` (a threading.Thread of this process) sits in poll()/ppoll() now,
+    from ``/proc/self/task/TID/syscall`` (its first field is the system call it is blocked
+    in, or ``running``)."""
+    import platform
+
+    try:
+        with open(f"/proc/self/task/{thread.native_id}/syscall") as f:
+            first = f.read().split(maxsplit=1)[0]
+    except (OSError, IndexError):
+        return False
+    return first.isdigit() and int(first) in _POLL_SYSCALLS.get(platform.machine(), set())
 
 
 # -- a network namespace (root, /dev/net/tun, ip) --------------------------------------------------
