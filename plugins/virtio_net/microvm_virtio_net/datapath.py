@@ -40,7 +40,7 @@ import os
 import struct
 from typing import TYPE_CHECKING, NamedTuple
 
-from microvm.api import get_logger
+from microvm.api import EventLog, get_logger
 
 from .constants import ETH_HLEN, HDR_FLAGS_OFFSET, HDR_LEN, HDR_NUM_BUFFERS_OFFSET, MAX_FRAME_LEN
 
@@ -48,6 +48,12 @@ if TYPE_CHECKING:
     from microvm.api import CounterGroup, DescriptorChain, Virtqueue
 
 log = get_logger("microvm.virtio_net")
+#: What a guest can repeat without bound (a malformed chain for every request) and host
+#: trouble that can come with every frame (the tap refusing frames): the first event of each
+#: kind is logged, the rest counted and summarised at most every 10 s (``-d guest_errors``
+#: logs each), so a flooding guest cannot flood the host's log.
+events = EventLog(log)
+WARNING, ERROR = 30, 40
 
 try:
     IOV_MAX = os.sysconf("SC_IOV_MAX")
@@ -65,8 +71,10 @@ DROPPED = "dropped"  # rx: the frame read did not fit the buffers (internal to R
 _U16 = struct.Struct("<H")
 
 
-#: A NIC's counters (in the device's CounterGroup: ``--metrics`` shows them).
-COUNTER_NAMES = ("tx_packets", "tx_bytes", "tx_dropped", "rx_packets", "rx_bytes", "rx_dropped", "bad_chains")
+#: A NIC's counters (in the device's CounterGroup: ``--metrics`` shows them). ``guest_errors``
+#: is the transport's counter of the same group: virtio-net's own guest errors add to it.
+COUNTER_NAMES = ("tx_packets", "tx_bytes", "tx_dropped", "rx_packets", "rx_bytes", "rx_dropped", "bad_chains",
+                 "guest_errors")
 
 
 class NetCounters:
@@ -74,13 +82,27 @@ class NetCounters:
     device's :class:`~microvm.api.CounterGroup` (``tx_packets.inc()``, ``tx_bytes.add(n)``).
 
     ``bad_chains`` counts chains that broke virtio-net's rules (not the ring's: those are
-    QueueErrors and end in DEVICE_NEEDS_RESET)."""
+    QueueErrors and end in DEVICE_NEEDS_RESET); each is a guest error too."""
 
-    __slots__ = COUNTER_NAMES
+    __slots__ = (*COUNTER_NAMES, "name")
 
-    def __init__(self, group: "CounterGroup") -> None:
-        for name in COUNTER_NAMES:
-            setattr(self, name, group.counter(name))
+    def __init__(self, group: "CounterGroup", name: str = "virtio-net") -> None:
+        for counter in COUNTER_NAMES:
+            setattr(self, counter, group.counter(counter))
+        #: the device's name, for log lines
+        self.name = name
+
+    def guest_error(self, kind: str, msg: str, *args: object) -> None:
+        """A chain that broke virtio-net's rules: counted in ``bad_chains`` and
+        ``guest_errors``, logged through the rate-limited :data:`events` log."""
+        self.bad_chains.inc()
+        self.guest_errors.inc()
+        events(f"{self.name}: {kind}", WARNING, "%s: " + msg, self.name, *args)
+
+    def host_error(self, kind: str, msg: str, *args: object) -> None:
+        """Trouble on the tap's side that can repeat with every frame: rate-limited log only
+        (the caller counts the dropped frame)."""
+        events(f"{self.name}: {kind}", WARNING, "%s: " + msg, self.name, *args)
 
 
 def split_views(views: list[memoryview], n: int) -> tuple[list[memoryview], list[memoryview]]:
@@ -115,19 +137,6 @@ def write_into(views: list[memoryview], offset: int, data: bytes) -> None:
             return
 
 
-class _Once:
-    """Log a kind of guest or host misbehaviour at warning level once, then at debug."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.seen: set[str] = set()
-
-    def __call__(self, kind: str, msg: str, *args: object) -> None:
-        level = log.debug if kind in self.seen else log.warning
-        self.seen.add(kind)
-        level("%s: " + msg, self.name, *args)
-
-
 class TxPath:
     """The transmit queue -> the tap.
 
@@ -135,13 +144,12 @@ class TxPath:
         ``hdr_len`` bytes of each chain instead of handing them over.
     """
 
-    def __init__(self, queue: "Virtqueue", fd: int, hdr_len: int, counters: NetCounters, name: str, strip_header: bool = False) -> None:
+    def __init__(self, queue: "Virtqueue", fd: int, hdr_len: int, counters: NetCounters, strip_header: bool = False) -> None:
         self.queue = queue
         self.fd = fd
         self.hdr_len = hdr_len
         self.counters = counters
         self.strip_header = strip_header
-        self.warn = _Once(name)
         #: a chain whose frame the tap refused with EAGAIN, retried on POLLOUT
         self.stalled: tuple["DescriptorChain", list[memoryview], int] | None = None
         #: the tap is gone: frames are dropped without a system call
@@ -191,9 +199,8 @@ class TxPath:
             if len(views) <= IOV_MAX:
                 return views, frame_len
             why = f"{len(views)} buffers, more than the host's IOV_MAX {IOV_MAX}"
-        c.bad_chains.inc()
         c.tx_dropped.inc()
-        self.warn("tx-bad", "transmit chain %d dropped: %s", chain.head, why)
+        c.guest_error("bad transmit chain", "transmit chain %d dropped: %s", chain.head, why)
         return None
 
     def _send(self, views: list[memoryview], frame_len: int) -> bool:
@@ -210,7 +217,7 @@ class TxPath:
             # EINVAL: the kernel refused the vnet header or a runt frame; EIO: the interface
             # is down. The frame is lost, as on a wire.
             c.tx_dropped.inc()
-            self.warn(f"tx-{e.errno}", "tap refused a %d-byte frame: %s", frame_len, e.strerror)
+            c.host_error(f"tap write error {e.errno}", "the tap refused a %d-byte frame: %s", frame_len, e.strerror)
             return True
         c.tx_packets.inc()
         c.tx_bytes.add(frame_len)
@@ -244,7 +251,6 @@ class RxPath:
         fd: int,
         hdr_len: int,
         counters: NetCounters,
-        name: str,
         mergeable: bool,
         write_header: bool = False,
         guest_csum: bool = True,
@@ -256,7 +262,6 @@ class RxPath:
         self.mergeable = mergeable
         self.write_header = write_header
         self.guest_csum = guest_csum
-        self.warn = _Once(name)
         #: popped chains not yet used, in ring order (never more than the queue size)
         self.held: list[_RxBuf] = []
         #: their views, concatenated, and their total size
@@ -308,8 +313,7 @@ class RxPath:
         else:
             views = [v for v in chain.writable_views() if len(v)]
             return _RxBuf(chain, views, chain.writable_len)
-        self.counters.bad_chains.inc()
-        self.warn("rx-bad", "receive chain %d returned unused: %s", chain.head, why)
+        self.counters.guest_error("bad receive chain", "receive chain %d returned unused: %s", chain.head, why)
         self.queue.push(chain.head, 0)
         return None
 
@@ -330,7 +334,7 @@ class RxPath:
         except BlockingIOError:
             return 0, IDLE
         except OSError as e:
-            self.warn("rx-error", "reading the tap failed: %s", e.strerror)
+            self.counters.host_error(f"tap read error {e.errno}", "reading the tap failed: %s", e.strerror)
             return 0, TAP_GONE
         if n == 0:
             return 0, TAP_GONE
@@ -338,7 +342,8 @@ class RxPath:
         if total > capacity:
             # (the tap returns the whole frame's length even when it copied less)
             self.counters.rx_dropped.inc()
-            self.warn("rx-big", "a %d-byte frame did not fit the %d bytes of posted buffers; dropped", total, capacity)
+            self.counters.host_error("receive frame too big", "a %d-byte frame did not fit the %d bytes of posted buffers; dropped",
+                                     total, capacity)
             return 0, DROPPED
         if total < self.hdr_len:  # the tap always gives a header; anything else is junk
             self.counters.rx_dropped.inc()

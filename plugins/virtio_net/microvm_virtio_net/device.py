@@ -69,7 +69,7 @@ from .constants import (
     VIRTIO_NET_F_STATUS,
     VIRTIO_NET_S_LINK_UP,
 )
-from .datapath import COUNTER_NAMES, MORE, NO_BUFFERS, TAP_GONE, NetCounters, RxPath, TxPath
+from .datapath import COUNTER_NAMES, ERROR, MORE, NO_BUFFERS, TAP_GONE, NetCounters, RxPath, TxPath, events
 from .mac import DEFAULT_MAC, format_mac, parse_mac
 
 if TYPE_CHECKING:
@@ -124,7 +124,7 @@ class VirtioNet(VirtioBackend):
 
     Counters: in ``self.counters`` (the transport's group for this device); their values
     as attributes ``tx_packets, tx_bytes, tx_dropped, rx_packets, rx_bytes, rx_dropped,
-    bad_chains`` and as a dict from :meth:`counter_values`.
+    bad_chains, guest_errors`` and as a dict from :meth:`counter_values`.
     """
 
     device_id = VIRTIO_ID_NET
@@ -137,6 +137,7 @@ class VirtioNet(VirtioBackend):
     rx_bytes = _counter_value("rx_bytes")
     rx_dropped = _counter_value("rx_dropped")
     bad_chains = _counter_value("bad_chains")
+    guest_errors = _counter_value("guest_errors")
 
     def __init__(
         self,
@@ -223,10 +224,10 @@ class VirtioNet(VirtioBackend):
         self.tap.set_offload(features)
         fd = self.tap.fileno()
         rxq, txq = queues[RX_QUEUE], queues[TX_QUEUE]
-        counters = NetCounters(self.counters)  # looked up once; the data path bumps them
+        counters = NetCounters(self.counters, self.name)  # looked up once; the data path bumps them
         self._rx = (
             RxPath(
-                rxq, fd, hdr_len, counters, self.name,
+                rxq, fd, hdr_len, counters,
                 mergeable=bool(features & (1 << VIRTIO_NET_F_MRG_RXBUF)),
                 write_header=not self.vnet_hdr,
                 guest_csum=bool(features & (1 << VIRTIO_NET_F_GUEST_CSUM)),
@@ -234,7 +235,7 @@ class VirtioNet(VirtioBackend):
             if rxq.ready
             else None
         )
-        self._tx = TxPath(txq, fd, hdr_len, counters, self.name, strip_header=not self.vnet_hdr) if txq.ready else None
+        self._tx = TxPath(txq, fd, hdr_len, counters, strip_header=not self.vnet_hdr) if txq.ready else None
         if self._tx is not None:
             self._tx.tap_gone = self._tap_gone
         self._interrupt = interrupt
@@ -320,7 +321,7 @@ class VirtioNet(VirtioBackend):
             while self.run_once(None):
                 pass
         except Exception:  # a bug: stop cleanly and say so, rather than die silently
-            log.exception("%s: network worker failed", self.name)
+            events(f"{self.name}: worker failed", ERROR, "%s: network worker failed", self.name, exc_info=True)
             self._fail("internal error in the network device")
 
     def run_once(self, timeout: float | None = 0) -> bool:
@@ -398,7 +399,8 @@ class VirtioNet(VirtioBackend):
         the guest its link is down."""
         if self._tap_gone:
             return
-        log.error("%s: %s; link down", self.name, why)
+        # rate-limited too: a guest that reboots in a loop meets the gone tap on every boot
+        events(f"{self.name}: tap gone", ERROR, "%s: %s; link down, the device no longer uses the tap", self.name, why)
         self._tap_gone = True
         self._rx_wanted = self._rx_more = False
         if self._tx is not None:
@@ -410,7 +412,8 @@ class VirtioNet(VirtioBackend):
     def _fail(self, reason: str) -> None:
         """The driver broke a ring: stop touching the queues and have the device reset."""
         self._active = False
-        log.error("%s: %s; device stopped", self.name, reason)
+        # a guest can break its rings again after every reset: the rate-limited log
+        events(f"{self.name}: broken ring", ERROR, "%s: %s; device stopped until the driver resets it", self.name, reason)
         # the transport (if any) sets NEEDS_RESET now and ignores notifications until the
         # driver resets; a bare device raises the error from the next process_queue
         self._broken = reason

@@ -3,6 +3,7 @@ tap: no KVM, no root. The worker's loop is run by hand (``threaded=False``) exce
 threading tests at the end."""
 from __future__ import annotations
 
+import logging
 import select
 import socket
 import struct
@@ -510,6 +511,30 @@ def test_rx_chain_with_readable_buffers_or_too_short(up):
     assert up.net.bad_chains == 2 and up.net.rx_packets == 1
     assert not up.transport.needs_reset
     assert_only_changed(up.mem, before, [(a, a + n) for a, n, _ in bufs] + [up.rxq.used_ring_range()])
+
+
+def test_a_flood_of_bad_chains_is_counted_not_logged_chain_by_chain(mem, caplog, transport_kind):
+    """Bad chains are guest errors: each is counted (bad_chains and the transport's
+    guest_errors, what --metrics shows), but only the first of each kind is logged (the
+    core's rate-limited EventLog; -d guest_errors logs each)."""
+    caplog.set_level(logging.DEBUG)
+    name = f"virtio-net:flood-{transport_kind}"  # the log's memory of kinds is per name
+    up = NetEnv(mem, legacy=transport_kind == "legacy", name=name).probe(size=256)
+    for _ in range(100):
+        up.send(b"\0" * 5, notify=False)  # shorter than the header
+        up.txq.add([(0x100000, 200, False)])  # a frame of zeros: fine, sent
+        up.rxq.add([(RX_AREA, 4, True)])  # can't hold the header
+    up.drv.notify(N.TX_QUEUE)
+    up.drv.notify(N.RX_QUEUE)
+    up.pump()
+    assert (up.net.bad_chains, up.net.guest_errors, up.net.tx_packets, up.net.tx_dropped) == (200, 200, 100, 100)
+    assert up.transport.counters["guest_errors"] == 200  # one group: the transport's counter
+    assert not up.transport.needs_reset
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and name in r.getMessage()]
+    assert len(lines) == 2, lines
+    assert all("repeats are counted, not logged" in line for line in lines)
+    assert any("transmit chain" in line for line in lines) and any("receive chain" in line for line in lines)
+    up.close()
 
 
 @pytest.mark.parametrize("queue", [N.RX_QUEUE, N.TX_QUEUE])

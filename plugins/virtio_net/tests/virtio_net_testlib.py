@@ -134,14 +134,15 @@ class NetDriver(MmioDriver):
 class NetEnv:
     """A VirtioNet on a SocketTap behind a transport, driven without threads by default."""
 
-    def __init__(self, mem, *, legacy: bool = False, threaded: bool = False, vnet_hdr: bool = True, tap=None, clear: bool = True, **kw) -> None:
+    def __init__(self, mem, *, legacy: bool = False, threaded: bool = False, vnet_hdr: bool = True, tap=None, clear: bool = True,
+                 name: str = "virtio-net:test", **kw) -> None:
         if clear:
             mem.fill(0, mem.size)
         self.mem = mem
         self.tap = tap if tap is not None else SocketTap(vnet_hdr=vnet_hdr)
-        self.net = VirtioNet(self.tap, threaded=threaded, name="virtio-net:test", **kw)
+        self.net = VirtioNet(self.tap, threaded=threaded, name=name, **kw)
         self.irq = RecordingIrqLine(gsi=5)
-        self.transport = VirtioMmioTransport(self.net, mem, self.irq, legacy=legacy, name="virtio-net:test")
+        self.transport = VirtioMmioTransport(self.net, mem, self.irq, legacy=legacy, name=name)
         self.drv = NetDriver(self.transport)
         self.tx_next = TX_AREA
         self.rx_next = RX_AREA
