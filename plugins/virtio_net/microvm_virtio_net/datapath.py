@@ -12,9 +12,10 @@
 A virtqueue has no "unpop", so receive chains popped but not filled by the current frame
 wait in :attr:`RxPath.held` for the next one (never more than the queue holds: they are
 chains the driver made available). When fewer buffers are posted than a maximal frame
-needs, a scratch buffer ends the read vector: a frame that reaches it did not fit, and is
-dropped (counted) rather than delivered truncated. The scratch buffer is filled only by
-the kernel and only for such frames.
+needs, a scratch buffer ends the read vector, so the kernel never truncates a frame: one
+that reaches into it waits there, with mergeable buffers, until the driver posts enough
+buffers, and is then delivered whole (its tail copied out of the scratch buffer); without
+mergeable buffers a frame longer than its chain is dropped and counted.
 
 Nothing here blocks: the tap is nonblocking, ``BlockingIOError`` means "wait for poll".
 Each call moves a bounded batch so that one direction can't starve the other.
@@ -66,7 +67,8 @@ MORE = "more"  # the batch ended with work left: call again without waiting
 BLOCKED = "blocked"  # tx: the tap takes no more for now (wait for POLLOUT)
 NO_BUFFERS = "no-buffers"  # rx: the driver has posted no receive buffers
 TAP_GONE = "tap-gone"  # rx: the tap reported end of file or an error
-DROPPED = "dropped"  # rx: the frame read did not fit the buffers (internal to RxPath)
+DROPPED = "dropped"  # rx: the frame read was dropped (internal to RxPath)
+PENDING = "pending"  # rx: the frame read waits for more buffers (internal to RxPath)
 
 _U16 = struct.Struct("<H")
 
@@ -230,6 +232,23 @@ class _RxBuf(NamedTuple):
     capacity: int
 
 
+class _Pending:
+    """A frame read from the tap whose tail did not fit the window: it waits in the scratch
+    buffer until the driver posts more receive buffers (MRG_RXBUF), then goes there."""
+
+    __slots__ = ("total", "placed", "copied", "next_view")
+
+    def __init__(self, total: int, placed: int, next_view: int) -> None:
+        #: the frame's length with its header, as the guest gets it
+        self.total = total
+        #: bytes of it already in the window's first views (where readv put them)
+        self.placed = placed
+        #: bytes of the tail (in the scratch buffer) copied into the window since
+        self.copied = 0
+        #: the window view the tail continues in
+        self.next_view = next_view
+
+
 class RxPath:
     """The tap -> the receive queue.
 
@@ -237,6 +256,14 @@ class RxPath:
     :attr:`views`) until the window holds enough for a maximal frame or the ring is empty;
     each frame is read into the whole window and takes the chains it filled from its front.
     So a frame costs work in proportion to the chains it uses, not to the window.
+
+    A window smaller than a maximal frame (few buffers posted, or more buffers than one
+    readv takes) ends its read vector with a scratch buffer. A frame that reaches into it is
+    not lost: with mergeable buffers it stays :attr:`pending` (the tap is not read
+    meanwhile) until the driver has posted enough buffers, its tail is copied there (the
+    only copy in Python, and only in this case) and it is delivered whole. Without mergeable
+    buffers a frame longer than the chain it was read into is dropped and counted (as QEMU
+    does), and the chain serves the next frame.
 
     :param mergeable: VIRTIO_NET_F_MRG_RXBUF was negotiated: a frame may span chains.
     :param write_header: the tap has no vnet header (``vnet_hdr=off``): read the frame
@@ -270,17 +297,26 @@ class RxPath:
         #: bytes of posted buffers a frame may need: a maximal frame and its header
         self.need = hdr_len + MAX_FRAME_LEN
         self._scratch = memoryview(bytearray(self.need))
+        #: a frame read but not yet wholly in guest buffers (see the class docstring)
+        self.pending: _Pending | None = None
 
     def process(self, budget: int) -> tuple[int, str]:
         """Receive up to ``budget`` frames; returns (chains returned to the driver, IDLE |
-        MORE | NO_BUFFERS | TAP_GONE)."""
+        MORE | NO_BUFFERS | TAP_GONE). NO_BUFFERS also while a pending frame waits for
+        buffers: the tap is not to be read until the driver posts some."""
         used = 0
         for _ in range(budget):
             used += self._fill()
+            if self.pending is not None:
+                if not self._place_pending():
+                    return used, NO_BUFFERS
+                used += self._deliver(self.pending.total)
+                self.pending = None
+                continue
             if not self.held:
                 return used, NO_BUFFERS
             n, state = self._read()
-            if state == DROPPED:
+            if state == DROPPED or state == PENDING:
                 continue
             if state is not None:
                 return used, state
@@ -318,19 +354,19 @@ class RxPath:
         return None
 
     def _read(self) -> tuple[int, str | None]:
-        """readv one frame into the window; returns (bytes, None) or (0, IDLE | DROPPED |
-        TAP_GONE)."""
-        views = self.views if self.mergeable else self.held[0].views
-        capacity = self.capacity if self.mergeable else self.held[0].capacity
-        if len(views) >= IOV_MAX:  # more buffers than one readv takes: use the first ones
+        """readv one frame into the window; returns (bytes, None) for a frame that is in
+        the window, or (0, IDLE | DROPPED | PENDING | TAP_GONE)."""
+        views = self.views
+        capacity = self.capacity
+        if len(views) >= IOV_MAX:  # more buffers than one readv takes: the first ones
             views = views[: IOV_MAX - 1]
             capacity = sum(len(v) for v in views)
-        if self.write_header:
-            views = split_views(views, self.hdr_len)[1]
-        if capacity < self.need:
-            views = [*views, self._scratch]  # catches the part of a frame that does not fit
+        into = split_views(views, self.hdr_len)[1] if self.write_header else views
+        spill = capacity < self.need
+        if spill:
+            into = [*into, self._scratch]  # catches the part of a frame that does not fit
         try:
-            n = os.readv(self.fd, views)
+            n = os.readv(self.fd, into)
         except BlockingIOError:
             return 0, IDLE
         except OSError as e:
@@ -339,16 +375,37 @@ class RxPath:
         if n == 0:
             return 0, TAP_GONE
         total = n + self.hdr_len if self.write_header else n
-        if total > capacity:
-            # (the tap returns the whole frame's length even when it copied less)
-            self.counters.rx_dropped.inc()
-            self.counters.host_error("receive frame too big", "a %d-byte frame did not fit the %d bytes of posted buffers; dropped",
-                                     total, capacity)
-            return 0, DROPPED
         if total < self.hdr_len:  # the tap always gives a header; anything else is junk
             self.counters.rx_dropped.inc()
             return 0, DROPPED
-        return total, None
+        if total <= capacity:
+            return total, None
+        # (the tap returns the whole frame's length even when it copied less)
+        if not spill or total > capacity + len(self._scratch):
+            why = f"longer than the {MAX_FRAME_LEN}-byte maximum"
+        elif not self.mergeable and total > self.held[0].capacity:
+            why = f"longer than the {self.held[0].capacity}-byte receive chain (no mergeable buffers)"
+        else:  # the rest fits buffers posted or still to come: keep it
+            self.pending = _Pending(total, capacity, len(views))
+            return 0, PENDING
+        self.counters.rx_dropped.inc()
+        self.counters.host_error("receive frame too big", "a %d-byte frame dropped: %s", total, why)
+        return 0, DROPPED
+
+    def _place_pending(self) -> bool:
+        """Copy what fits of the pending frame's tail from the scratch buffer into the
+        window's views after the ones readv filled; True once all of it is there."""
+        p = self.pending
+        assert p is not None
+        tail = p.total - p.placed
+        views = self.views
+        while p.copied < tail and p.next_view < len(views):
+            v = views[p.next_view]
+            n = min(len(v), tail - p.copied)
+            v[:n] = self._scratch[p.copied : p.copied + n]
+            p.copied += n
+            p.next_view += 1
+        return p.copied == tail
 
     def _deliver(self, total: int) -> int:
         """Return the chains at the window's front that hold a ``total``-byte frame (header

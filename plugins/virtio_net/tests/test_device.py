@@ -339,14 +339,93 @@ def test_rx_without_mergeable_buffers(mem, transport_kind):
     up.close()
 
 
-def test_rx_frame_too_big_for_the_posted_mergeable_buffers(up):
-    heads = [up.post([1526], notify=False)[0] for _ in range(2)]
+def mergeable_frame(up: NetEnv, used, posted: dict) -> bytes:
+    """The bytes of a frame delivered over the used chains ``used`` (head -> buffers)."""
+    return b"".join(up.read_bufs(posted[h], n) for h, n in used)
+
+
+def test_rx_frame_larger_than_the_posted_mergeable_buffers_waits_for_more(up):
+    """The driver has posted less than the frame needs: the frame is not lost. The chains it
+    started filling stay with the device (nothing is used, the used ring does not move),
+    the tap is not read meanwhile (the next frame waits behind it in the tap), and once the
+    driver posts more buffers the frame is delivered whole over all of them, in order."""
+    posted = dict(up.post([1526], notify=False) for _ in range(2))
     up.drv.notify(N.RX_QUEUE)
-    up.tap.send(vnet_hdr() + frame(4000))
-    up.tap.send(vnet_hdr() + frame(1000))
+    data = frame(4000, seed=11)
+    before = up.mem.read(0, MEM_SIZE)
+    up.tap.send(vnet_hdr(flags=N.VIRTIO_NET_HDR_F_DATA_VALID) + data)
+    up.tap.send(vnet_hdr() + frame(100, seed=12))
     up.pump()
-    assert up.rxq.get_used() == [(heads[0], 1012)]
-    assert up.net.rx_dropped == 1
+    assert up.rxq.get_used() == [] and (up.net.rx_packets, up.net.rx_dropped) == (0, 0)
+    assert not up.net.rx_polling and up.tap.unread_by_device()
+    # (the used ring's avail_event moves with the pops; no used entry was written)
+    assert_only_changed(up.mem, before, [(a, a + n) for bufs in posted.values() for a, n, _ in bufs] + [up.rxq.used_ring_range()])
+    more = dict(up.post([1526], notify=False) for _ in range(3))
+    posted.update(more)
+    heads = list(posted)
+    up.drv.notify(N.RX_QUEUE)
+    up.pump()
+    used = up.rxq.get_used()
+    total = 12 + len(data)
+    assert used == [(heads[0], 1526), (heads[1], 1526), (heads[2], total - 2 * 1526), (heads[3], 112)]
+    got = mergeable_frame(up, used[:3], posted)
+    assert got[12:] == data
+    assert vnet_hdr_fields(got[:12])[0] == N.VIRTIO_NET_HDR_F_DATA_VALID and vnet_hdr_fields(got[:12])[6] == 3
+    assert up.read_bufs(posted[heads[3]], 112)[12:] == frame(100, seed=12)
+    assert (up.net.rx_packets, up.net.rx_bytes, up.net.rx_dropped) == (2, 4100, 0)
+
+
+def test_rx_pending_frame_waits_over_several_postings(up):
+    """The buffers come one at a time (each notified): the frame goes out only when whole."""
+    posted = dict([up.post([1000])])
+    data = frame(5000, seed=4)
+    up.tap.send(vnet_hdr() + data)
+    up.pump()
+    for _ in range(5):  # 5012 bytes: six buffers
+        assert up.rxq.get_used() == []
+        posted.update([up.post([1000])])
+        up.pump()
+    used = up.rxq.get_used()
+    assert [n for _, n in used] == [1000] * 5 + [12]
+    assert [h for h, _ in used] == list(posted)
+    got = mergeable_frame(up, used, posted)
+    assert got[12:] == data and vnet_hdr_fields(got[:12])[6] == 6
+
+
+def test_rx_pending_frame_is_forgotten_at_reset(up):
+    """A reset drops the pending frame with the queues; the device then works as new."""
+    up.post([1526])
+    up.tap.send(vnet_hdr() + frame(3000))
+    up.pump()
+    assert up.net._rx.pending is not None
+    up.drv.write(C.VIRTIO_MMIO_STATUS, 0)
+    up.probe()
+    head, bufs = up.post([2048])
+    up.tap.send(vnet_hdr() + frame(64, seed=1))
+    up.pump()
+    assert up.rxq.get_used() == [(head, 76)] and up.read_bufs(bufs, 76)[12:] == frame(64, seed=1)
+
+
+@pytest.mark.parametrize("mergeable", [True, False])
+def test_rx_frame_over_more_buffers_than_one_readv_takes(mem, monkeypatch, mergeable):
+    """A chain of more buffers than IOV_MAX: readv fills the first ones and the scratch
+    buffer, the rest of the frame is copied into the remaining buffers of the same chain;
+    with or without mergeable buffers the frame arrives whole, nothing else is written."""
+    from microvm_virtio_net import datapath
+
+    monkeypatch.setattr(datapath, "IOV_MAX", 4)
+    up = NetEnv(mem).probe(clear=0 if mergeable else bit(N.VIRTIO_NET_F_MRG_RXBUF))
+    head, bufs = up.post([12] + [500] * 8)
+    data = frame(3900, seed=2)
+    before = up.mem.read(0, MEM_SIZE)
+    up.tap.send(vnet_hdr() + data)
+    up.pump()
+    assert up.rxq.get_used() == [(head, 3912)]
+    got = up.read_bufs(bufs, 3912)
+    assert got[12:] == data and vnet_hdr_fields(got[:12])[6] == 1
+    assert up.net.rx_dropped == 0
+    assert_only_changed(up.mem, before, [(a, a + n) for a, n, _ in bufs] + [up.rxq.used_ring_range()])
+    up.close()
 
 
 def test_rx_legacy_header_without_num_buffers(mem):
