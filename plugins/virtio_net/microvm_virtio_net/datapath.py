@@ -37,6 +37,7 @@ the receive chains it returns.
 """
 from __future__ import annotations
 
+import errno
 import os
 import struct
 from typing import TYPE_CHECKING, NamedTuple
@@ -71,6 +72,16 @@ DROPPED = "dropped"  # rx: the frame read was dropped (internal to RxPath)
 PENDING = "pending"  # rx: the frame read waits for more buffers (internal to RxPath)
 
 _U16 = struct.Struct("<H")
+
+#: errors that mean the tap is gone for good: its interface was deleted (EBADFD, what tun
+#: returns for a detached queue), the descriptor was closed (EBADF), or, for a socket standing
+#: in for a tap, the peer went away. Anything else (EIO while the interface is down, ENOBUFS,
+#: ENOMEM, EINVAL for a frame the kernel refuses) costs the frame, not the tap.
+TAP_GONE_ERRNOS = frozenset({errno.EBADF, errno.EBADFD, errno.ENODEV, errno.ENXIO, errno.EPIPE, errno.ECONNRESET,
+                             errno.ENOTCONN})
+#: this many failed reads in a row (each consumes a frame) and the tap is taken as gone:
+#: a tap that fails every read would otherwise keep the worker busy for ever
+MAX_READ_ERRORS = 256
 
 
 #: A NIC's counters (in the device's CounterGroup: ``--metrics`` shows them). ``guest_errors``
@@ -156,6 +167,8 @@ class TxPath:
         self.stalled: tuple["DescriptorChain", list[memoryview], int] | None = None
         #: the tap is gone: frames are dropped without a system call
         self.tap_gone = False
+        #: why a write found the tap gone (the device then takes the link down), else None
+        self.lost: str | None = None
 
     def process(self, budget: int) -> tuple[int, str]:
         """Send up to ``budget`` frames; returns (chains returned to the driver, IDLE |
@@ -216,9 +229,13 @@ class TxPath:
         except BlockingIOError:
             return False
         except OSError as e:
-            # EINVAL: the kernel refused the vnet header or a runt frame; EIO: the interface
-            # is down. The frame is lost, as on a wire.
             c.tx_dropped.inc()
+            if e.errno in TAP_GONE_ERRNOS:
+                self.tap_gone = True
+                self.lost = f"writing failed: {e.strerror}"
+                return True
+            # EIO: the interface is down; EINVAL: the kernel refused the vnet header or the
+            # frame; ENOBUFS/ENOMEM: the host is short of memory. The frame is lost, as on a wire.
             c.host_error(f"tap write error {e.errno}", "the tap refused a %d-byte frame: %s", frame_len, e.strerror)
             return True
         c.tx_packets.inc()
@@ -299,6 +316,9 @@ class RxPath:
         self._scratch = memoryview(bytearray(self.need))
         #: a frame read but not yet wholly in guest buffers (see the class docstring)
         self.pending: _Pending | None = None
+        #: why the tap was found gone (with the TAP_GONE state), else None
+        self.lost: str | None = None
+        self._read_errors = 0  # failed reads in a row
 
     def process(self, budget: int) -> tuple[int, str]:
         """Receive up to ``budget`` frames; returns (chains returned to the driver, IDLE |
@@ -370,9 +390,20 @@ class RxPath:
         except BlockingIOError:
             return 0, IDLE
         except OSError as e:
+            if e.errno in TAP_GONE_ERRNOS:
+                self.lost = f"reading failed: {e.strerror}"
+                return 0, TAP_GONE
+            # the kernel consumed the frame it could not copy: count it, go on
+            self.counters.rx_dropped.inc()
             self.counters.host_error(f"tap read error {e.errno}", "reading the tap failed: %s", e.strerror)
-            return 0, TAP_GONE
+            self._read_errors += 1
+            if self._read_errors >= MAX_READ_ERRORS:
+                self.lost = f"{self._read_errors} reads in a row failed, the last with {e.strerror}"
+                return 0, TAP_GONE
+            return 0, DROPPED
+        self._read_errors = 0
         if n == 0:
+            self.lost = "end of file"
             return 0, TAP_GONE
         total = n + self.hdr_len if self.write_header else n
         if total < self.hdr_len:  # the tap always gives a header; anything else is junk

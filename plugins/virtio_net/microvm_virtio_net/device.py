@@ -69,7 +69,19 @@ from .constants import (
     VIRTIO_NET_F_STATUS,
     VIRTIO_NET_S_LINK_UP,
 )
-from .datapath import COUNTER_NAMES, ERROR, MORE, NO_BUFFERS, TAP_GONE, NetCounters, RxPath, TxPath, events
+from .datapath import (
+    COUNTER_NAMES,
+    ERROR,
+    MORE,
+    NO_BUFFERS,
+    TAP_GONE,
+    TAP_GONE_ERRNOS,
+    WARNING,
+    NetCounters,
+    RxPath,
+    TxPath,
+    events,
+)
 from .mac import DEFAULT_MAC, format_mac, parse_mac
 
 if TYPE_CHECKING:
@@ -220,9 +232,22 @@ class VirtioNet(VirtioBackend):
         self._stop_worker()
         features = self.acked_features
         hdr_len = header_length(features)
-        self.tap.set_vnet_hdr_size(hdr_len)
-        self.tap.set_offload(features)
-        fd = self.tap.fileno()
+        lost = None
+        if not self._tap_gone:
+            try:
+                self.tap.set_vnet_hdr_size(hdr_len)
+            except OSError as e:  # frames would not match the header the driver uses
+                lost = f"TUNSETVNETHDRSZ {hdr_len} failed: {e.strerror}"
+        if not self._tap_gone and lost is None:
+            try:
+                self.tap.set_offload(features)
+            except OSError as e:
+                if e.errno in TAP_GONE_ERRNOS:
+                    lost = f"TUNSETOFFLOAD failed: {e.strerror}"
+                else:  # the tap keeps its offloads off: no GSO frame reaches the guest
+                    events(f"{self.name}: TUNSETOFFLOAD", WARNING, "%s: TUNSETOFFLOAD for features %#x failed: %s",
+                           self.name, features, e.strerror)
+        fd = self._tap_fd = self.tap.fileno()
         rxq, txq = queues[RX_QUEUE], queues[TX_QUEUE]
         counters = NetCounters(self.counters, self.name)  # looked up once; the data path bumps them
         self._rx = (
@@ -247,6 +272,8 @@ class VirtioNet(VirtioBackend):
             self._poller.register(fd_, select.POLLIN)
         self._tap_mask = 0
         self._active = True
+        if lost is not None:
+            self._lose_tap(lost)
         log.info("%s: up, mac %s, %d-byte header, tap offloads for features %#x", self.name, format_mac(self.mac), hdr_len, features)
         if self.threaded and not self._paused:  # (activated while paused: resume starts it)
             self._thread = threading.Thread(target=self._run, name=f"{self.name}-worker", daemon=True)
@@ -301,6 +328,7 @@ class VirtioNet(VirtioBackend):
         self._tx: TxPath | None = None
         self._interrupt: Callable[[], None] = lambda: None
         self._poller: select.poll | None = None
+        self._tap_fd = -1
         self._broken: str | None = None
         self._rx_wanted = self._rx_more = self._tx_more = False
         for fd in self.queue_notify_fds:
@@ -348,8 +376,10 @@ class VirtioNet(VirtioBackend):
             elif fd == self.queue_notify_fds[TX_QUEUE]:
                 tx_kick = _drain(fd)
             else:  # the tap
-                if ev & _POLL_ERR:
-                    self._lose_tap("the tap reported an error or hang-up")
+                if ev & select.POLLNVAL:
+                    self._lose_tap("its descriptor was closed")
+                elif ev & _POLL_ERR:
+                    self._lose_tap("it reported an error or hang-up (was the interface deleted?)")
                 tap_in = bool(ev & select.POLLIN)
                 tap_out = bool(ev & select.POLLOUT)
         try:
@@ -366,6 +396,8 @@ class VirtioNet(VirtioBackend):
             n, state = tx.process(BATCH)
             used += n
             self._tx_more = state == MORE
+            if tx.lost is not None and not self._tap_gone:
+                self._lose_tap(tx.lost)
         if rx is not None:
             if rx_kick:  # new buffers: poll the tap for input again
                 self._rx_wanted = self._rx_more = not self._tap_gone
@@ -376,7 +408,7 @@ class VirtioNet(VirtioBackend):
                 if state == NO_BUFFERS:
                     self._rx_wanted = False
                 elif state == TAP_GONE:
-                    self._lose_tap("the tap was closed or failed")
+                    self._lose_tap(rx.lost or "the tap failed")
         if used:
             self._interrupt()
 
@@ -389,9 +421,9 @@ class VirtioNet(VirtioBackend):
                 mask |= select.POLLOUT
         if mask != self._tap_mask and self._poller is not None:
             if mask:
-                self._poller.register(self.tap.fileno(), mask)
+                self._poller.register(self._tap_fd, mask)
             else:
-                self._poller.unregister(self.tap.fileno())
+                self._poller.unregister(self._tap_fd)
             self._tap_mask = mask
 
     def _lose_tap(self, why: str) -> None:
@@ -399,8 +431,11 @@ class VirtioNet(VirtioBackend):
         the guest its link is down."""
         if self._tap_gone:
             return
+        ifname = getattr(self.tap, "ifname", None)
+        tap = f"tap {ifname}" if ifname else "the tap"
         # rate-limited too: a guest that reboots in a loop meets the gone tap on every boot
-        events(f"{self.name}: tap gone", ERROR, "%s: %s; link down, the device no longer uses the tap", self.name, why)
+        events(f"{self.name}: tap gone", ERROR, "%s: %s is gone: %s; link down, the device no longer uses it",
+               self.name, tap, why)
         self._tap_gone = True
         self._rx_wanted = self._rx_more = False
         if self._tx is not None:

@@ -3,7 +3,9 @@ tap: no KVM, no root. The worker's loop is run by hand (``threaded=False``) exce
 threading tests at the end."""
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import select
 import socket
 import struct
@@ -234,13 +236,141 @@ def test_tx_stalls_on_a_full_tap_and_resumes(up):
     assert len(up.txq.get_used()) == len(frames)
 
 
-def test_tx_error_from_the_tap_drops_the_frame(up):
-    up.tap.peer.close()  # writes now fail (EPIPE/ECONNRESET)
+def named(mem, transport_kind: str, tag: str) -> NetEnv:
+    """A device after the handshake with a name of its own: the rate-limited log remembers
+    the kinds it has logged by device name, and these tests count the lines."""
+    return NetEnv(mem, legacy=transport_kind == "legacy", name=f"virtio-net:{tag}-{transport_kind}").probe()
+
+
+def test_tx_to_a_tap_that_went_away_takes_the_link_down(mem, transport_kind, caplog):
+    """A write finds the host side gone (the socket's peer closed: EPIPE; a deleted tap
+    interface gives EBADFD): the frame is dropped, one error says so, the link goes down
+    and the device stops using the tap; the guest's frames keep coming back."""
+    caplog.set_level(logging.DEBUG)
+    up = named(mem, transport_kind, "gone")
+    up.tap.peer.close()
     head = up.send(vnet_hdr() + frame(100))
     up.pump()
     assert up.txq.get_used() == [(head, 0)]
     assert up.net.tx_dropped == 1 and up.net.tx_packets == 0
-    assert not up.transport.needs_reset
+    assert not up.net.link_up and up.net._tap_mask == 0
+    assert not up.transport.needs_reset and up.net.running
+    heads = [up.send(vnet_hdr() + frame(60)) for _ in range(3)]
+    up.pump()
+    assert up.txq.get_used() == [(h, 0) for h in heads] and up.net.tx_dropped == 4
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "the tap is gone" in errors[0] and "link down" in errors[0], errors
+    assert "writing failed: Broken pipe" in errors[0] or "hang-up" in errors[0]  # whichever saw it first
+    up.close()
+
+
+class FailingIo:
+    """os.readv / os.writev of the data path failing with ``err`` for the device's fd
+    ``times`` times (None: always), then working again. A failing read consumes the frame,
+    as the tun driver does (it frees the packet it could not copy)."""
+
+    def __init__(self, monkeypatch, fd: int, name: str, err: int, times: int | None = 1) -> None:
+        from microvm_virtio_net import datapath
+
+        self.real = getattr(datapath.os, name)
+        self.real_readv = os.readv
+        self.fd, self.err, self.left, self.calls = fd, err, times, 0
+        monkeypatch.setattr(datapath.os, name, self)
+
+    def __call__(self, fd, views):
+        if fd == self.fd and (self.left is None or self.left > 0):
+            self.calls += 1
+            if self.left is not None:
+                self.left -= 1
+            if self.real is self.real_readv:
+                try:
+                    os.read(fd, 1 << 17)
+                except BlockingIOError:
+                    pass
+            raise OSError(self.err, os.strerror(self.err))
+        return self.real(fd, views)
+
+
+@pytest.mark.parametrize("err", [errno.EIO, errno.ENOBUFS, errno.ENOMEM, errno.EINVAL])
+def test_tx_transient_tap_error_costs_the_frame_not_the_tap(up, monkeypatch, err):
+    """EIO (the interface is down), ENOBUFS, ... on a write: that frame is dropped and
+    counted, the link stays up and the next frame goes out."""
+    FailingIo(monkeypatch, up.tap.fileno(), "writev", err)
+    first = up.send(vnet_hdr() + frame(100, seed=1))
+    second = up.send(vnet_hdr() + frame(100, seed=2))
+    up.pump()
+    assert up.txq.get_used() == [(first, 0), (second, 0)]
+    assert up.tap.recv() == vnet_hdr() + frame(100, seed=2)
+    assert (up.net.tx_dropped, up.net.tx_packets) == (1, 1)
+    assert up.net.link_up and up.net.running and not up.transport.needs_reset
+
+
+@pytest.mark.parametrize("err", [errno.EIO, errno.ENOBUFS, errno.EFAULT, errno.EINVAL])
+def test_rx_transient_tap_error_costs_the_frame_not_the_tap(up, monkeypatch, err):
+    """A read that fails for a reason other than the tap's end has consumed one frame:
+    counted in rx_dropped, and the next frame arrives."""
+    FailingIo(monkeypatch, up.tap.fileno(), "readv", err)
+    head, bufs = up.post([2048])
+    up.post([2048])  # left over: the tap is still read
+    up.tap.send(vnet_hdr() + frame(100, seed=1))
+    up.tap.send(vnet_hdr() + frame(100, seed=2))
+    up.pump()
+    assert up.rxq.get_used() == [(head, 112)]
+    assert up.read_bufs(bufs, 112)[12:] == frame(100, seed=2)
+    assert (up.net.rx_dropped, up.net.rx_packets) == (1, 1)
+    assert up.net.link_up and up.net.rx_polling
+
+
+def test_rx_reads_that_keep_failing_end_with_the_tap_given_up(mem, transport_kind, monkeypatch, caplog):
+    """A tap whose every read fails would keep the worker busy for ever: after
+    MAX_READ_ERRORS in a row the device gives it up, with one error."""
+    from microvm_virtio_net.datapath import MAX_READ_ERRORS
+
+    caplog.set_level(logging.DEBUG)
+    up = named(mem, transport_kind, "failing")
+    failing = FailingIo(monkeypatch, up.tap.fileno(), "readv", errno.EIO, times=None)
+    up.post([2048])
+    up.tap.send(vnet_hdr() + frame(60))
+    up.pump()
+    assert failing.calls == MAX_READ_ERRORS
+    assert not up.net.link_up and not up.net.rx_polling and worker_would_sleep(up.net)
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and f"{MAX_READ_ERRORS} reads in a row failed" in errors[0], errors
+    up.close()
+
+
+@pytest.mark.parametrize("err", [errno.EBADF, errno.EBADFD])
+def test_rx_read_finding_the_tap_gone(up, monkeypatch, err):
+    FailingIo(monkeypatch, up.tap.fileno(), "readv", err, times=None)
+    up.post([2048])
+    up.tap.send(vnet_hdr() + frame(60))
+    up.pump()
+    assert not up.net.link_up and up.net._tap_mask == 0 and worker_would_sleep(up.net)
+    assert up.net.running and not up.transport.needs_reset
+
+
+class GoneTap(SocketTap):
+    """A tap whose interface was deleted before the driver came up (TUNSETVNETHDRSZ and
+    TUNSETOFFLOAD fail with EBADFD, as the kernel answers for a detached queue)."""
+
+    def set_vnet_hdr_size(self, size: int) -> None:
+        raise OSError(errno.EBADFD, os.strerror(errno.EBADFD))
+
+    set_offload = set_vnet_hdr_size
+
+
+def test_activation_on_a_tap_that_is_gone(mem):
+    """The driver comes up (again) on a gone tap: no exception into the transport, no
+    NEEDS_RESET; the link is down and the guest's frames are dropped and returned."""
+    up = NetEnv(mem, tap=GoneTap()).probe()
+    assert up.net.running and not up.transport.needs_reset
+    assert not up.net.link_up and up.drv.read_config(6, 2) == 0
+    head = up.send(vnet_hdr() + frame(60))
+    up.post([2048])
+    up.pump()
+    assert up.txq.get_used() == [(head, 0)] and up.net.tx_dropped == 1
+    assert up.rxq.get_used() == [] and worker_would_sleep(up.net)
+    up.close()
 
 
 # -- receive ---------------------------------------------------------------------------------------
