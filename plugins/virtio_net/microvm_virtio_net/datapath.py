@@ -28,8 +28,11 @@ What a hostile driver can do and what happens:
 * a transmit chain shorter than the header, with a frame shorter than an Ethernet header
   or longer than :data:`~.constants.MAX_FRAME_LEN`: returned unused, counted in
   ``bad_chains`` and ``tx_dropped``;
-* a receive chain with device-readable buffers or too short for the header: returned with
-  length 0, counted in ``bad_chains``;
+* a receive chain with device-readable buffers, too short for the header or, without
+  VIRTIO_NET_F_MRG_RXBUF, for the header and an Ethernet header (it can hold no frame):
+  returned with length 0 before anything is written into it, counted in ``bad_chains``;
+* without VIRTIO_NET_F_MRG_RXBUF, a receive chain shorter than the frame at hand: the frame
+  is dropped (``rx_dropped``), the chain serves the next frame;
 * a frame the kernel refuses (bad GSO header, too short): counted in ``tx_dropped``.
 
 In no case does the device write anything but the used rings and the writable buffers of
@@ -366,6 +369,9 @@ class RxPath:
             why = "it has device-readable buffers"
         elif chain.writable_len < self.hdr_len:
             why = f"its {chain.writable_len} bytes can't hold the {self.hdr_len}-byte header"
+        elif not self.mergeable and chain.writable_len < self.hdr_len + ETH_HLEN:
+            # without mergeable buffers a frame must fit one chain: this one fits none
+            why = f"its {chain.writable_len} bytes can't hold the header and an Ethernet header (no mergeable buffers)"
         else:
             views = [v for v in chain.writable_views() if len(v)]
             return _RxBuf(chain, views, chain.writable_len)

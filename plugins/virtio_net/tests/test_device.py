@@ -558,6 +558,29 @@ def test_rx_frame_over_more_buffers_than_one_readv_takes(mem, monkeypatch, merge
     up.close()
 
 
+def test_rx_tiny_chain_without_mergeable_buffers_is_returned_unwritten(mem, transport_kind):
+    """Without MRG_RXBUF a frame must fit one chain. A chain that can't hold the header and
+    an Ethernet header fits no frame: it goes back unused (length 0), unwritten, counted as
+    a bad chain and a guest error; the frame goes to the next chain. A chain that holds
+    smaller frames but not this one: the frame is dropped and counted, and the only bytes
+    written are inside that chain; the chain then takes the next frame."""
+    up = NetEnv(mem, legacy=transport_kind == "legacy").probe(clear=bit(N.VIRTIO_NET_F_MRG_RXBUF))
+    h = up.hdr_len
+    tiny, tiny_bufs = up.post([h, 13], notify=False)  # one byte short of an Ethernet header
+    short, short_bufs = up.post([h + 100], notify=False)
+    before = up.mem.read(0, MEM_SIZE)
+    up.drv.notify(N.RX_QUEUE)
+    up.tap.send(vnet_hdr(size=h) + frame(500, seed=1))  # longer than the short chain
+    up.tap.send(vnet_hdr(size=h) + frame(60, seed=2))
+    up.pump()
+    assert up.rxq.get_used() == [(tiny, 0), (short, h + 60)]
+    assert up.read_bufs(short_bufs, h + 60)[h:] == frame(60, seed=2)
+    assert (up.net.bad_chains, up.net.guest_errors, up.net.rx_dropped, up.net.rx_packets) == (1, 1, 1, 1)
+    assert_only_changed(up.mem, before, [(a, a + n) for a, n, _ in short_bufs] + [up.rxq.used_ring_range()])
+    assert not up.transport.needs_reset
+    up.close()
+
+
 def test_rx_legacy_header_without_num_buffers(mem):
     """A legacy driver without MRG_RXBUF (no VERSION_1): the 10-byte header, on a bare
     device activated directly (the transport tests above cover it through the registers)."""
