@@ -172,6 +172,8 @@ class VirtioNet(VirtioBackend):
             mac = parse_mac(mac)
         if len(mac) != 6:
             raise ConfigError(f"{name}: a MAC address has 6 bytes, not {len(mac)}")
+        if mac == bytes(6) or mac[0] & 1:
+            raise ConfigError(f"{name}: {format_mac(mac)} can't be a NIC's address (all zeros or multicast)")
         self.mac = bytes(mac)
         if mtu is not None and not MIN_MTU <= mtu <= MAX_MTU:
             raise ConfigError(f"{name}: mtu={mtu} is outside {MIN_MTU}..{MAX_MTU}")

@@ -120,7 +120,8 @@ def test_no_mtu_offered(mem):
     e.close()
 
 
-@pytest.mark.parametrize("kw,match", [({"mac": "52:54:00:12:34"}, "mac="), ({"mac": "01:00:5e:00:00:01"}, "multicast"), ({"mtu": 67}, "mtu=67"), ({"mtu": 65536}, "mtu=65536"), ({"mac": b"\x52\x54"}, "6 bytes")])
+@pytest.mark.parametrize("kw,match", [({"mac": "52:54:00:12:34"}, "mac="), ({"mac": "01:00:5e:00:00:01"}, "multicast"), ({"mtu": 67}, "mtu=67"), ({"mtu": 65536}, "mtu=65536"), ({"mac": b"\x52\x54"}, "6 bytes"),
+                                      ({"mac": bytes(6)}, "all zeros or multicast"), ({"mac": b"\x01" * 6}, "all zeros or multicast")])
 def test_bad_configuration(kw, match):
     tap = SocketTap()
     with pytest.raises(ConfigError, match=match):
