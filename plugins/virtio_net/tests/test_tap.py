@@ -101,6 +101,30 @@ def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
+def test_cleanup_closes_a_leaked_tap_and_deletes_the_namespace():
+    """What the netns fixture does after a failed test: a tap left open by the test is
+    closed (its interface goes), a process left inside is killed, the namespace deleted."""
+    from virtio_net_testlib import close_leaked_taps, tun_fds, wait_for, why_no_tap
+
+    if why_no_tap():
+        pytest.skip(why_no_tap())
+    ns = NetNs.create()
+    before = tun_fds()
+    try:
+        with ns.entered():
+            leaked = Tap.open("mvleak0")  # as a test that failed before closing it
+            assert ns.exists("mvleak0")
+            p = subprocess.Popen(ns.exec_argv("sleep", "600"))
+            wait_for(lambda: p.pid in ns.pids(), "the process entering the namespace")
+            assert close_leaked_taps(before) == [leaked.fileno()]
+            assert not ns.exists("mvleak0")
+    finally:
+        close_leaked_taps(before)
+        ns.delete()
+    assert p.wait(timeout=30) == -9
+    assert not os.path.exists(f"/run/netns/{ns.name}")
+
+
 # -- creating, attaching, inheriting ---------------------------------------------------------------
 def test_create_named_tap(netns):
     with Tap.open("mvtap0") as tap:

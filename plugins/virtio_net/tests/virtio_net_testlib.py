@@ -280,7 +280,16 @@ def why_no_tap() -> str | None:
 
 
 class NetNs:
-    """A network namespace the test made (``ip netns add``), deleted by :meth:`delete`."""
+    """A network namespace the test made (``ip netns add``), deleted by :meth:`delete`.
+
+    Deleting does not depend on the test having gone well: processes still inside (a VMM
+    the test started) are killed first, since they would keep the namespace and its taps
+    alive, and :func:`close_leaked_taps` closes tap descriptors a failed test left open in
+    this process. The kernel then destroys the namespace with every interface in it,
+    persistent taps included. A namespace of this kind left by a killed test run (its
+    creator's PID gone, no process in it) is deleted when the next one is made."""
+
+    PREFIX = "microvm-net"
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -288,14 +297,27 @@ class NetNs:
     @classmethod
     def create(cls) -> "NetNs":
         """A new namespace with a unique name; raises RuntimeError if ``ip`` refuses."""
-        name = f"microvm-net-{os.getpid()}-{secrets.token_hex(3)}"
+        _sweep_stale(cls.PREFIX)
+        name = f"{cls.PREFIX}-{os.getpid()}-{secrets.token_hex(3)}"
         r = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
         if r.returncode:
             raise RuntimeError(f"cannot create a network namespace: {r.stderr.strip()}")
         return cls(name)
 
+    def pids(self) -> list[int]:
+        """The processes inside the namespace (``ip netns pids``), this one excluded."""
+        return _netns_pids(self.name)
+
     def delete(self) -> None:
+        """Kill what runs inside, delete the namespace; RuntimeError if it is still there."""
+        for pid in self.pids():
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                pass
         subprocess.run(["ip", "netns", "del", self.name], capture_output=True)
+        if os.path.exists(f"/run/netns/{self.name}"):
+            raise RuntimeError(f"network namespace {self.name} could not be deleted")
 
     def ip(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         return subprocess.run(["ip", "-n", self.name, *args], capture_output=True, text=True, check=check)
@@ -328,3 +350,44 @@ class NetNs:
         finally:
             os.close(home)
             os.close(target)
+
+
+def _netns_pids(name: str) -> list[int]:
+    r = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True)
+    return [int(x) for x in r.stdout.split() if x.isdigit() and int(x) != os.getpid()]
+
+
+def _sweep_stale(prefix: str) -> None:
+    """Delete namespaces named ``PREFIX-PID-HEX`` whose creator is gone and that no
+    process uses (left by a killed test run); any other is left alone."""
+    import re
+
+    r = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True)
+    for line in r.stdout.splitlines():
+        name = line.split(" ", 1)[0]
+        m = re.fullmatch(re.escape(prefix) + r"-(\d+)-[0-9a-f]{6}", name)
+        if m is None or os.path.exists(f"/proc/{m.group(1)}") or _netns_pids(name):
+            continue
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+def tun_fds() -> set[int]:
+    """This process's descriptors open on /dev/net/tun."""
+    out = set()
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{name}") == TUN_DEVICE:
+                out.add(int(name))
+        except OSError:
+            pass
+    return out
+
+
+def close_leaked_taps(before: set[int]) -> list[int]:
+    """Close the /dev/net/tun descriptors opened since ``before`` (:func:`tun_fds`) that are
+    still open: taps a failed test did not close. Call it when the test is over (its own
+    ``finally`` blocks have run), so that nothing closes them again. Returns them."""
+    leaked = sorted(tun_fds() - before)
+    for fd in leaked:
+        os.close(fd)
+    return leaked
