@@ -1,8 +1,9 @@
 """Moving frames between the virtqueues and the tap, without copying them in Python.
 
 * Transmit (§5.1.6.2): a chain's device-readable buffers are the virtio-net header and the
-  frame; ``os.writev(tap, chain.readable_views())`` hands them to the kernel as they are,
-  the header becoming the tap's vnet header (``IFF_VNET_HDR``).
+  frame; ``os.writev`` on the chain's readable views hands them to the kernel as they are,
+  the header becoming the tap's vnet header (``IFF_VNET_HDR``; on a tap without one the
+  header's bytes are left out of the vector).
 * Receive (§5.1.6.3-4): ``os.readv(tap, views)`` reads one frame, vnet header first,
   straight into the device-writable buffers the driver posted. With
   VIRTIO_NET_F_MRG_RXBUF a frame may span several chains: the views of as many chains as a
@@ -26,8 +27,9 @@ What a hostile driver can do and what happens:
   :class:`~microvm.api.QueueError`; the device stops and the transport sets
   DEVICE_NEEDS_RESET;
 * a transmit chain shorter than the header, with a frame shorter than an Ethernet header
-  or longer than :data:`~.constants.MAX_FRAME_LEN`: returned unused, counted in
-  ``bad_chains`` and ``tx_dropped``;
+  or longer than :data:`~.constants.MAX_FRAME_LEN`, or of more buffers than one writev
+  takes (IOV_MAX): returned unused, counted in ``bad_chains``, ``guest_errors`` and
+  ``tx_dropped``, logged through the rate-limited :data:`events`;
 * a receive chain with device-readable buffers, too short for the header or, without
   VIRTIO_NET_F_MRG_RXBUF, for the header and an Ethernet header (it can hold no frame):
   returned with length 0 before anything is written into it, counted in ``bad_chains``;
@@ -35,8 +37,8 @@ What a hostile driver can do and what happens:
   is dropped (``rx_dropped``), the chain serves the next frame;
 * a frame the kernel refuses (bad GSO header, too short): counted in ``tx_dropped``.
 
-In no case does the device write anything but the used rings and the writable buffers of
-the receive chains it returns.
+In no case does the device write anything but the used rings (``avail_event`` included)
+and the device-writable buffers of the receive chains it has taken from the ring.
 """
 from __future__ import annotations
 

@@ -11,18 +11,25 @@ its own: one worker per device that ``poll()``\\ s together
 
 The worker is the only thread that touches the virtqueues. :meth:`VirtioNet.process_queue`
 (which the transport runs on its notification thread, or inline on a vCPU) only kicks the
-queue's eventfd; a VMM that has KVM ioeventfds can register ``queue_notify_fds`` directly
-and skip that hop. :meth:`activate` starts the worker, :meth:`reset` and :meth:`close` stop
+queue's eventfd. (Registering ``queue_notify_fds`` as KVM ioeventfds would skip that hop
+but bypass the transport's checks and counting; the core does not do it.)
+:meth:`activate` starts the worker, :meth:`reset` and :meth:`close` stop
 it and wait for it, so no queue is touched after they return (docs/virtio-backend.md).
 :meth:`pause` (the machine pauses: QMP ``stop``) stops it the same way but keeps the queues,
 and :meth:`resume` starts a new one: no guest memory is written in between.
 
-While the driver has posted no receive buffer the tap is not polled for input: frames wait
-in the tap's kernel queue (bounded by its ``txqueuelen``), nothing is buffered in the VMM,
-and the worker sleeps until the driver notifies the receive queue. With
-VIRTIO_F_RING_EVENT_IDX the queue publishes ``avail_event`` on every pop, so the driver
-notifies exactly when it adds to an empty ring; used-buffer interrupts go through the
-``interrupt`` callable, which honours ``used_event``.
+While the driver has posted no receive buffer (or too few for a frame already read, which
+then waits in the device: at most that one frame) the tap is not polled for input: frames
+wait in the tap's kernel queue (bounded by its ``txqueuelen``), and the worker sleeps until
+the driver notifies the receive queue. With VIRTIO_F_RING_EVENT_IDX the queue publishes
+``avail_event`` on every pop, so the driver notifies when it adds to a ring the device has
+emptied; used-buffer interrupts go through the ``interrupt`` callable, which honours
+``used_event``.
+
+The tap's errors end neither the worker nor the VMM: a passing one (EIO while the interface
+is down, ENOBUFS, ...) costs the frame it hit; a tap that is gone (EBADFD once its
+interface is deleted, POLLERR, a closed descriptor) is logged once and the link goes down
+(:meth:`set_link`): the tap is no longer polled and what the guest sends is dropped.
 
 A broken ring (:class:`~microvm.api.QueueError`) stops the worker. The device reports it
 to its transport with :meth:`~microvm.api.VirtioBackend.set_needs_reset` (DEVICE_NEEDS_RESET
@@ -31,7 +38,9 @@ raises it from the next :meth:`process_queue`.
 
 Counters live in the device's :class:`~microvm.api.CounterGroup` (``self.counters``, shared
 with the transport; ``--metrics`` writes them): ``tx_packets tx_bytes tx_dropped rx_packets
-rx_bytes rx_dropped bad_chains``, readable as attributes of the device too.
+rx_bytes rx_dropped bad_chains`` and the transport's ``guest_errors`` (bad chains count
+there too), readable as attributes of the device too. Guest errors are logged through the
+core's rate-limited :class:`~microvm.api.EventLog`.
 """
 from __future__ import annotations
 
@@ -123,16 +132,19 @@ def _counter_value(name: str) -> property:
 class VirtioNet(VirtioBackend):
     """A virtio-net device on ``tap``.
 
-    :param tap: the host side; the device owns it and closes it in :meth:`close`.
+    :param tap: the host side (see :class:`TapLike`).
     :param mac: the guest's MAC address (bytes or ``"52:54:00:12:34:56"``); default
         :data:`~microvm_virtio_net.mac.DEFAULT_MAC`. The glue assigns defaults to several
         NICs with :class:`~microvm_virtio_net.mac.MacAllocator`.
-    :param mtu: offered as VIRTIO_NET_F_MTU (the guest's maximum MTU). None offers no MTU
-        (QEMU's default without ``host_mtu=``: the guest may raise its MTU as it likes).
+    :param mtu: offered as VIRTIO_NET_F_MTU (the guest's MTU and maximum MTU), 68 to
+        65535; 1500 by default here. None offers no MTU (what the glue passes without
+        ``host_mtu=``, as QEMU: the guest may raise its MTU as it likes).
     :param queue_size: QueueNumMax of both queues.
     :param name: for log messages (``virtio-net:net0``).
     :param threaded: start the worker thread on activation. Tests pass False and call
         :meth:`run_once` themselves.
+    :param owns_tap: close the tap in :meth:`close` (the default). The glue passes False:
+        the netdev is the machine's and outlives the device across guest resets.
 
     Counters: in ``self.counters`` (the transport's group for this device); their values
     as attributes ``tx_packets, tx_bytes, tx_dropped, rx_packets, rx_bytes, rx_dropped,

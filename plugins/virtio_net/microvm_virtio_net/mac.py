@@ -5,7 +5,8 @@ from 0x56 up that no other NIC of the machine uses (``qemu_macaddr_default_if_un
 ``net/net.c``): the first NIC gets ...:56, the second ...:57, and an explicit
 ``mac=52:54:00:12:34:57`` on another NIC makes the next default skip 57. Guests and their
 configuration (DHCP reservations, udev rules) rely on these addresses, so microvm assigns
-them the same way. The table is per machine (:class:`MacAllocator`), not global as in QEMU,
+them the same way, also to a NIC given ``mac=00:00:00:00:00:00`` (all zeros is "unset" in
+QEMU). The table is per machine (:class:`MacAllocator`), not global as in QEMU,
 so that two machines in one process (tests) don't influence each other.
 """
 from __future__ import annotations
