@@ -151,8 +151,15 @@ def check_alive(s: ConsoleSession, ns: NetNamespace, when: str) -> None:
         raise_failed(s, f"the VMM stopped {when}")
     alive = ping(ns, "-c", "3", "-i", "1", "-W", "30", "-w", "120")
     if alive.returncode != 0:
-        raise RunFailed(f"the guest no longer answers ping {when}: "
-                        f"{first_line(alive.stdout + alive.stderr) or alive.returncode}")
+        raise RunFailed(f"the guest no longer answers ping {when}: {ping_outcome(alive)}")
+
+
+def ping_outcome(r) -> str:
+    """ping's statistics line ('3 packets transmitted, 0 received, ...'), else its first
+    line of output, else its status."""
+    text = r.stdout + r.stderr
+    stats = [ln for ln in text.splitlines() if "packets transmitted" in ln]
+    return stats[0].strip() if stats else first_line(text) or f"status {r.returncode}"
 
 
 def run_once(cmd: list[str], rtt_count: int, flood_count: int, sizes: list[int]) -> Result:
@@ -166,7 +173,7 @@ def run_once(cmd: list[str], rtt_count: int, flood_count: int, sizes: list[int])
             s.deadline = time.monotonic() + 1800
             warm = ping(ns, "-c", "3", "-i", "0.5", "-W", "30", "-w", "120")  # ARP, and the guest answers at all
             if warm.returncode != 0:
-                raise RunFailed(f"the guest did not answer ping: {first_line(warm.stdout + warm.stderr) or warm.returncode}")
+                raise RunFailed(f"the guest did not answer ping: {ping_outcome(warm)}")
             r = ping(ns, "-c", str(rtt_count), "-i", "0.2", "-W", "30", "-w", str(60 + rtt_count))
             times = ping_times(r.stdout)
             if not times:
