@@ -73,9 +73,11 @@ def test_bzimage_through_qboot(default_guest, firmware_files):
 @pytest.mark.linux
 def test_bzimage_through_seabios_and_linuxboot_dma(default_guest, firmware_files):
     out, err, rc = boot(default_guest, "--bios", SEABIOS)
-    assert "SeaBIOS (version" in out
-    assert "Booting from ROM..." in out, out[-3000:]       # genroms/linuxboot_dma.bin from fw_cfg
-    assert out.index("Booting from ROM...") < out.index("Linux version")
+    assert "SeaBIOS (version" in out, out[:3000]
+    assert "fw_cfg: the firmware selected genroms/linuxboot_dma.bin" in err, err[-2000:]
+    # Not "Booting from ROM..." on the console: it was missing once here, on a loaded host,
+    # while the kernel booted (SeaBIOS's serial console draws the screen lazily; the cause was
+    # not pinned down), so the host-side log above is the proof that the ROM was taken.
     assert "Run /init as init process" in out, out[-3000:]
     assert rc == 0, err[-2000:]
 

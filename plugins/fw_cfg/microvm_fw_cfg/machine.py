@@ -139,6 +139,22 @@ def add_linux(
     if option_roms:
         if rom_loader is None:
             raise ValueError("fw_cfg: x-option-roms=on with a kernel needs a rom_loader")
-        fw.add_file(f"genroms/{linux.option_rom}", rom_loader(linux.option_rom))
+        name = f"genroms/{linux.option_rom}"
+        fw.add_file(name, rom_loader(linux.option_rom), on_select=_log_first_select(name))
         boot.append((0, rom_devpath(linux.option_rom)))
     fw.modify_file("bootorder", bootorder(sort_boot_devices(boot), strict=boot_strict))
+
+
+def _log_first_select(name: str) -> Callable[[], None]:
+    """An ``on_select`` that says once (with ``-v``) that the firmware took the file: the one
+    sign on the host side that the firmware runs the option ROM, since SeaBIOS's serial
+    console can lose its own "Booting from ROM..." when the ROM clears the screen early."""
+    said = False
+
+    def on_select() -> None:
+        nonlocal said
+        if not said:
+            said = True
+            from microvm.api import get_logger
+            get_logger("microvm.fw_cfg").info("fw_cfg: the firmware selected %s", name)
+    return on_select

@@ -137,7 +137,8 @@ def test_dma_outside_ram_sets_the_error_bit_and_the_machine_goes_on():
         assert m.ctx.memory.read(0x4000, 4) == bytes(4)
 
 
-def test_firmware_boot_of_a_bzimage(monkeypatch):
+def test_firmware_boot_of_a_bzimage(monkeypatch, caplog):
+    caplog.set_level("INFO", logger="microvm.fw_cfg")
     seen: list[str] = []
     fake_roms(monkeypatch, seen)
     kernel = bzimage(payload=bytes(range(256)) * 40)
@@ -159,6 +160,10 @@ def test_firmware_boot_of_a_bzimage(monkeypatch):
         assert seen == ["linuxboot_dma.bin"]
         assert p.file("genroms/linuxboot_dma.bin") == ROM
         assert p.file("bootorder") == b"/rom@genroms/linuxboot_dma.bin\0"
+        p.file("genroms/linuxboot_dma.bin")
+        # the host-side sign that the firmware took the ROM, said once however often it reads it
+        said = [r.getMessage() for r in caplog.records if "selected genroms/" in r.getMessage()]
+        assert said == ["fw_cfg: the firmware selected genroms/linuxboot_dma.bin"]
 
 
 def test_x_option_roms_off_adds_no_rom(monkeypatch):
