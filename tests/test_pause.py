@@ -161,21 +161,16 @@ def _setns(fd: int) -> None:
 
 @contextlib.contextmanager
 def network_namespace() -> Iterator[str]:
-    """A network namespace of the test's own (deleted after): the tap lives there."""
-    import secrets
+    """A network namespace of the test's own (linux_images.NetNamespace: deleted after,
+    whatever happened): the tap lives there."""
     import shutil
-    import subprocess
+
+    from linux_images import NetNamespace
 
     if os.geteuid() != 0 or not os.path.exists("/dev/net/tun") or shutil.which("ip") is None:
         pytest.skip("needs root, /dev/net/tun and ip(8) for a tap in a network namespace")
-    name = f"microvm-pause-{os.getpid()}-{secrets.token_hex(3)}"
-    r = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
-    if r.returncode:
-        pytest.skip(f"cannot create a network namespace: {r.stderr.strip()}")
-    try:
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+    with NetNamespace("microvm-pausetest") as ns:
+        yield ns.name
 
 
 @contextlib.contextmanager
