@@ -21,7 +21,8 @@ the state only through :meth:`Lifecycle._set_state`, which allows QEMU 7.2's tra
   waits for the lock;
 * a reset is one transition: ``system_reset`` returns once the new machine stands (and
   ``RESET`` went out), and other commands wait for a reset in progress instead of acting on
-  half of it (QEMU's main loop does not run the monitor during ``qemu_system_reset``).
+  half of it (QEMU 7.2 answers the same: RESET before the reply, the next command sees the
+  state after the reset; checked).
 
 Lock order (never the other way round): ``Lifecycle._lock`` -> ``Machine._run_lock`` (pause,
 resume, close) -> ``Machine.pause_cond`` (the vCPU flags) -> ``Machine.kick_lock``.

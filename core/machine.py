@@ -1139,7 +1139,6 @@ def run_spec(spec: MachineSpec, host: Any = None, ready: Callable[[], None] | No
                     raise
                 ready()
                 ready = None
-            status = 1
             try:
                 status = m.run()
             finally:
