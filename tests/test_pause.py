@@ -406,3 +406,45 @@ def test_pvclock_now_reads_the_guests_clock_page(guest_memory):
     assert guestclock.pvclock_now([Vcpu(page | 1)], mem) == 5_000_003_000
     assert guestclock.pvclock_now([Vcpu(page)], mem) == 0  # the guest has not enabled kvmclock
     assert guestclock.pvclock_now([], mem) == 0
+
+
+@requires_kvm
+def test_pause_and_resume_racing_the_machines_close(guest_cache, tmp_path):
+    """Machine.pause/resume (what stop and cont do) in a loop on one thread while the machine
+    stops and is torn down on another: they are serialised with close() by the machine's
+    _run_lock (the documented order: Lifecycle._lock, _run_lock, pause_cond, kick_lock), so
+    none raises, none waits on a vCPU that is gone, and once closed both are no-ops."""
+    elf = build_guest("blk-busy", guest_cache)
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(bytes(256 << 10))
+    spec = MachineSpec(kernel=str(elf), serial=["null"], no_reboot=True, drives=[f"id=d0,file={disk}"],
+                       devices=["virtio-blk-device,drive=d0,force-legacy=off"])
+    for _ in range(3):
+        m = Machine(spec)
+        result: list[int] = []
+        t = threading.Thread(target=lambda: result.append(m.run()), daemon=True)
+        t.start()
+        wait_until(lambda: m.memory is not None and m.memory.read_u32(DONE) > 5, "the guest's disk requests")
+        errors: list[BaseException] = []
+        cycles = [0]
+
+        def toggle() -> None:
+            try:
+                while t.is_alive():
+                    m.pause()
+                    m.resume()
+                    cycles[0] += 1
+                m.pause()  # after close: nothing to do, nothing raised
+                m.resume()
+            except BaseException as e:
+                errors.append(e)
+
+        racer = threading.Thread(target=toggle)
+        racer.start()
+        wait_until(lambda: cycles[0] > 3, "a few pause/resume cycles")
+        m.request_stop(0, "test done")
+        t.join(30)
+        racer.join(30)
+        assert not t.is_alive() and not racer.is_alive()
+        assert result == [0] and not errors, errors
+        assert m._closed and m.torn_down
