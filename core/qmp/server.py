@@ -34,6 +34,7 @@ import selectors
 import socket
 import stat
 import threading
+import time
 from collections import deque
 from typing import Any
 
@@ -343,8 +344,6 @@ class QmpServer:
             return self._stopping
 
     def _run(self) -> None:
-        import time
-
         self._thread_ident = threading.get_ident()
         sel = self._sel
         assert sel is not None
@@ -382,8 +381,6 @@ class QmpServer:
         """The listener is readable: a connection waits. Accept what waits; with every slot
         taken, make room by dropping the client silent the longest, once it has been silent
         for ``evict_idle`` (until then the listener is off, so the wait costs nothing)."""
-        import time
-
         assert self._listener is not None and self._sel is not None
         first = True
         while True:
@@ -440,15 +437,15 @@ class QmpServer:
                 self._listen(False)
                 self._listen_at = oldest + self.evict_idle
                 return False
-        log.warning("QMP: all %d client slots taken; dropping %s (silent for %.0f s) for a new client",
-                    self.max_clients, victim.name, now - victim.last_input)
+        # a warning the first time, then info: reconnecting clients must not fill the log
+        log.log(30 if not self.stats["evicted"] else 20,
+                "QMP: all %d client slots taken; dropping %s (silent for %.0f s) for a new client",
+                self.max_clients, victim.name, now - victim.last_input)
         self.stats["evicted"] += 1
         self._drop(victim)
         return True
 
     def _read(self, client: _Client) -> None:
-        import time
-
         try:
             data = client.sock.recv(_RECV_SIZE)
         except (BlockingIOError, InterruptedError):
@@ -545,8 +542,6 @@ class QmpServer:
 
     def _shutdown(self) -> None:
         """Deliver what is queued (bounded in time), then close everything."""
-        import time
-
         sel = self._sel
         if self._listener is not None and self._listening and sel is not None:
             self._listen(False)
