@@ -60,7 +60,7 @@ import os
 import threading
 from typing import TYPE_CHECKING, Any
 
-from .log import WARNING, EventLog, get_logger
+from .log import WARNING, EventLog, get_logger, say
 
 if TYPE_CHECKING:
     from .machine import Machine
@@ -190,7 +190,7 @@ class Lifecycle:
             raise
         for mon in self.monitors:
             if mon.server.wait:
-                _say(f"microvm: waiting for connection on: {mon.filename()}\n")  # QEMU's info line
+                say(f"microvm: waiting for connection on: {mon.filename()}\n")  # QEMU's info line
                 mon.server.wait_for_client()
 
     def close_monitors(self) -> None:
@@ -512,13 +512,3 @@ class Lifecycle:
             out.append(BlockInfo(d.id, d.file, d.readonly, driver=d.format, virtual_size=size, actual_size=allocated,
                                  qdev=qdev, removable=qdev is None, io_status="ok" if qdev is not None else None))
         return out
-
-
-def _say(text: str) -> None:
-    import sys
-
-    try:
-        sys.stderr.write(text)
-        sys.stderr.flush()
-    except (OSError, ValueError, AttributeError):
-        pass

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from . import layout
 from .bus import Bus
 from .errors import BootError, ConfigError, MicrovmError, PluginError
-from .log import get_logger
+from .log import get_logger, say
 from .memory import GuestMemory
 from .spec import MachineSpec
 
@@ -1153,7 +1153,7 @@ def run_spec(spec: MachineSpec, host: Any = None, ready: Callable[[], None] | No
         # next machine): the run ends as on a SIGINT while running, in one line, as QEMU's
         # "terminating on signal 2"
         lifecycle.host_signal(None, signal.SIGINT)
-        _say("microvm: terminating on signal 2\n")
+        say("microvm: terminating on signal 2\n")
         return 0
     finally:
         lifecycle.run_ended()
@@ -1164,14 +1164,3 @@ def run_spec(spec: MachineSpec, host: Any = None, ready: Callable[[], None] | No
                 metrics.write_json(spec.metrics)
             except OSError as e:
                 log.error("cannot write metrics to %s: %s", spec.metrics, e.strerror)
-
-
-def _say(text: str) -> None:
-    """A line on stderr that must not fail (stderr may be closed)."""
-    import sys
-
-    try:
-        sys.stderr.write(text)
-        sys.stderr.flush()
-    except (OSError, ValueError, AttributeError):
-        pass
