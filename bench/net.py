@@ -28,7 +28,9 @@ with ``-netdev tap,...,script=no,downscript=no -device virtio-net-device``; MODE
 ``host``, or ``host,-arch-capabilities`` where plain ``host`` aborts (probed in _common).
 
 A run that failed (the VMM ended early, an emulation failure, the guest never answered, a
-ping that got no reply at all) is never timed. QEMU still dies now and then during the boot
+round-trip ping that got no reply at all, a flood that got no reply after which the guest
+no longer answers an ordinary ping) is never timed; a flood without replies from a guest
+that still answers afterwards is a result (0 replies/s, 100 % loss). QEMU still dies now and then during the boot
 on such a host (an emulation failure at FWAIT and the like): those runs are retried, up to
 ``--tries`` tries in all, and the report says how many runs of each VMM had to be retried.
 """
@@ -39,6 +41,7 @@ import os
 import re
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -133,7 +136,30 @@ def raise_failed(s: ConsoleSession, why: str) -> None:
 
 
 def ping(ns: NetNamespace, *args: str, timeout: float = 600):
-    return ns.run(tool("ping"), "-n", *args, GUEST_IP, timeout=timeout)
+    """``ping -n ARGS GUEST_IP`` in the namespace; one that hangs past ``timeout`` is a
+    failed run (ping's own -w should end it long before)."""
+    try:
+        return ns.run(tool("ping"), "-n", *args, GUEST_IP, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise RunFailed(f"ping {' '.join(args)} did not end within {timeout:.0f} s") from None
+
+
+def check_alive(s: ConsoleSession, ns: NetNamespace, when: str) -> None:
+    """RunFailed unless the VMM still runs, had no emulation failure, and the guest kernel
+    still answers an ordinary ping (generous waits: a limit, not a measurement)."""
+    if s.proc.poll() is not None or emulation_failed(s.errtext):
+        raise_failed(s, f"the VMM stopped {when}")
+    alive = ping(ns, "-c", "3", "-i", "1", "-W", "30", "-w", "120")
+    if alive.returncode != 0:
+        raise RunFailed(f"the guest no longer answers ping {when}: {ping_outcome(alive)}")
+
+
+def ping_outcome(r) -> str:
+    """ping's statistics line ('3 packets transmitted, 0 received, ...'), else its first
+    line of output, else its status."""
+    text = r.stdout + r.stderr
+    stats = [ln for ln in text.splitlines() if "packets transmitted" in ln]
+    return stats[0].strip() if stats else first_line(text) or f"status {r.returncode}"
 
 
 def run_once(cmd: list[str], rtt_count: int, flood_count: int, sizes: list[int]) -> Result:
@@ -147,7 +173,7 @@ def run_once(cmd: list[str], rtt_count: int, flood_count: int, sizes: list[int])
             s.deadline = time.monotonic() + 1800
             warm = ping(ns, "-c", "3", "-i", "0.5", "-W", "30", "-w", "120")  # ARP, and the guest answers at all
             if warm.returncode != 0:
-                raise RunFailed(f"the guest did not answer ping: {first_line(warm.stdout + warm.stderr) or warm.returncode}")
+                raise RunFailed(f"the guest did not answer ping: {ping_outcome(warm)}")
             r = ping(ns, "-c", str(rtt_count), "-i", "0.2", "-W", "30", "-w", str(60 + rtt_count))
             times = ping_times(r.stdout)
             if not times:
@@ -161,8 +187,10 @@ def run_once(cmd: list[str], rtt_count: int, flood_count: int, sizes: list[int])
                     sent, received, secs = ping_summary(f.stdout)
                 except ValueError:
                     raise RunFailed(f"ping -f -s {size}: {(f.stdout + f.stderr).strip()[-200:]}") from None
-                # a guest that answers none of a flood is a result (it was overwhelmed), not a
-                # failed run: it shows as 0 replies/s and 100 % loss
+                if received == 0:
+                    # no reply at all: an overwhelmed guest (a result: 0 replies/s, 100 % loss)
+                    # or one that died or hung (a failed run, never timed). Ask it.
+                    check_alive(s, ns, f"after a flood of {size}-byte pings that got no reply")
                 res.floods[size] = Flood(size, sent, received, secs)
             if s.proc.poll() is not None or emulation_failed(s.errtext):
                 raise_failed(s, "the VMM stopped during the measurement")

@@ -76,12 +76,16 @@ def split_props(text: str) -> list[str]:
     return parts
 
 
-def parse_props(text: str, positional: str | None = None, what: str = "") -> dict[str, str]:
+def parse_props(text: str, positional: str | None = None, what: str = "",
+                short_flags: list[tuple[str, str, str]] | None = None) -> dict[str, str]:
     """``a,k=v,k2=v2`` → ``{positional: a, k: v, k2: v2}``.
 
     As QEMU's ``qemu_opts_parse``: only the first item may omit ``key=`` (it is the
     ``positional`` key, e.g. the driver or backend name), a key given twice is an error, and
-    ``,,`` escapes a comma. Empty items are skipped.
+    ``,,`` escapes a comma. Empty items are skipped. With ``short_flags`` (a list), QEMU's
+    deprecated short-form booleans are accepted as QEMU 7.2 accepts them for ``-chardev`` and
+    ``-netdev``: ``server`` is ``server=on``, ``nowait`` is ``wait=off``; each is appended
+    as (as given, key, value) for the caller to warn about, as QEMU does.
     """
     label = what or repr(text)
     out: dict[str, str] = {}
@@ -91,6 +95,13 @@ def parse_props(text: str, positional: str | None = None, what: str = "") -> dic
         if "=" not in p:
             if n == 0 and positional:
                 out[positional] = p
+                continue
+            if short_flags is not None and p not in ("help", "?"):
+                key, value = (p[2:], "off") if p.startswith("no") and len(p) > 2 else (p, "on")
+                if key in out:
+                    raise ConfigError(f"{label}: {key} given twice")
+                short_flags.append((p, key, value))
+                out[key] = value
                 continue
             raise ConfigError(f"{label}: {p!r} needs a value (key=value)")
         k, _, v = p.partition("=")
@@ -333,24 +344,32 @@ class BackendConfig:
     ``--netdev TYPE,id=ID,...``. ``props`` stays raw text here; the backend type (declared
     by a plugin with its properties) converts it when the machine creates the backend."""
 
-    __slots__ = ("kind", "backend", "id", "props")
+    __slots__ = ("kind", "backend", "id", "props", "text", "short_flags")
     option = "--backend"
 
     def __init__(self, backend: str, id: str, props: Mapping[str, str] | None = None) -> None:
         self.backend = backend
         self.id = id
         self.props: dict[str, str] = dict(props or {})
+        self.text = ""
+        #: QEMU's deprecated short-form booleans found (``server``, ``nowait``): (as given,
+        #: key, value), for the command line to warn about as QEMU does
+        self.short_flags: list[tuple[str, str, str]] = []
 
     @classmethod
     def parse(cls, text: str) -> "BackendConfig":
-        props = parse_props(text, positional="backend", what=cls.option)
+        flags: list[tuple[str, str, str]] = []
+        props = parse_props(text, positional="backend", what=cls.option, short_flags=flags)
         backend = props.pop("backend", "")
         ident = props.pop("id", "")
         if not backend:
             raise ConfigError(f"{cls.option} {text!r}: the backend type comes first (e.g. {cls.example})")
         if not ident:
             raise ConfigError(f"{cls.option} {backend}: id=... is required")
-        return cls(backend, ident, props)
+        cfg = cls(backend, ident, props)
+        cfg.text = text
+        cfg.short_flags = flags
+        return cfg
 
     example = ""
 

@@ -297,9 +297,12 @@ class MachineContext:
         """Run ``fn()`` when the machine is torn down (in reverse order of registration)."""
         self._m.add_cleanup(fn)
 
-    def request_stop(self, status: int, reason: str) -> None:
-        """End the VM (from any thread) with exit ``status``; the first request wins."""
-        self._m.request_stop(status, reason)
+    def request_stop(self, status: int, reason: str, cause: str | None = None) -> None:
+        """End the VM (from any thread) with exit ``status``; the first request wins.
+        ``cause`` is the QMP ``SHUTDOWN`` event's reason (QEMU's ShutdownCause, e.g.
+        ``guest-shutdown`` for a guest that asked to end); default ``guest-shutdown`` for
+        status 0, ``host-error`` (a device's fatal error) otherwise."""
+        self._m.request_stop(status, reason, cause)
 
     def request_reset(self, reason: str) -> None:
         """Reset the VM as a triple fault would: reboot, or exit with ``--no-reboot``."""

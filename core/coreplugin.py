@@ -49,7 +49,7 @@ def _common(ctx: "MachineContext", ident: str, props: "Properties") -> dict[str,
         "counters": ctx.counters(f"chardev.{ident}"),
         "mux": bool(props.get("mux", False)),
         "escapes": bool(props.get("mux", False)),
-        "on_quit": lambda: ctx.request_stop(0, "terminated by C-a x"),
+        "on_quit": lambda: ctx.request_stop(0, "terminated by C-a x", "host-qmp-quit"),  # QEMU's qmp_quit
     }
 
 

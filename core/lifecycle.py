@@ -5,10 +5,31 @@ A guest reset rebuilds the :class:`~microvm.machine.Machine` (``run_spec``), so 
 management layer sees (``running``, ``paused``, ``prelaunch``, ``shutdown``,
 ``guest-panicked``, ``internal-error``) and the QMP servers live here, one object per
 ``run_spec``, and each Machine of the run reports to it. It is also the
-:class:`microvm.qmp.control.MachineControl` the QMP servers call (on their thread, one call
-at a time); it forwards to whichever Machine is current.
+:class:`microvm.qmp.control.MachineControl` the QMP servers call; it forwards to whichever
+Machine is current.
 
-QEMU 7.2's rules (softmmu/runstate.c), checked against QEMU itself:
+One state machine, one lock. Every run-state transition (QMP ``stop``, ``cont``,
+``system_reset``, ``quit``; a guest reset, power-off, panic or internal error; a host signal;
+a machine starting or being torn down) runs from start to end under ``_lock``, and changes
+the state only through :meth:`Lifecycle._set_state`, which allows QEMU 7.2's transitions
+(``runstate_transitions_def`` in softmmu/runstate.c) and nothing else. As in QEMU:
+
+* vCPU and device threads never take ``_lock``: what the guest does is *posted* (QEMU's
+  ``qemu_system_*_request``), the reporting vCPU parks, and the run's main thread (the
+  thread in ``Machine.run``, QEMU's main loop) handles the requests under the lock. So a
+  ``stop`` holding the lock while it waits for the vCPUs to park never waits for a vCPU that
+  waits for the lock;
+* a reset is one transition: ``system_reset`` returns once the new machine stands (and
+  ``RESET`` went out), and other commands wait for a reset in progress instead of acting on
+  half of it (QEMU 7.2 answers the same: RESET before the reply, the next command sees the
+  state after the reset; checked).
+
+Lock order (never the other way round): ``Lifecycle._lock`` -> ``Machine._run_lock`` (pause,
+resume, close) -> ``Machine.pause_cond`` (the vCPU flags) -> ``Machine.kick_lock``.
+``Lifecycle._requests_lock`` is taken alone or before ``Machine.pause_cond``; a QMP server's
+own lock is a leaf (``emit_event`` never blocks).
+
+QEMU 7.2's rules, checked against QEMU itself:
 
 * a guest reset (triple fault) reboots and emits ``RESET {guest: true, reason:
   guest-reset}``, also with ``-no-shutdown``; with ``-no-reboot`` it is a shutdown instead
@@ -23,7 +44,13 @@ QEMU 7.2's rules (softmmu/runstate.c), checked against QEMU itself:
   ``guest-panicked``, which ``cont`` leaves (pvpanic's crash-loaded: ``GUEST_CRASHLOADED``);
 * a KVM internal error stops the VM in ``internal-error`` (``STOP``); without a QMP monitor
   nobody could ever act on that state, so microvm then ends with status 1 as before;
-* a reset of a VM that was not running leaves it in ``prelaunch`` until ``cont``.
+* a stop (``vm_stop``) changes the state only of a running VM: a power-off handled after a
+  ``stop`` leaves the VM ``paused`` (the SHUTDOWN event still goes out);
+* a reset of a VM that was not running leaves it in ``prelaunch`` until ``cont`` (QEMU's
+  main_loop_should_exit): the vCPUs do not run;
+* every end of the run sends one ``SHUTDOWN`` with its cause; where QEMU exits without one
+  (isa-debug-exit, a device model failing) microvm sends ``guest-shutdown`` or
+  ``host-error``.
 
 Nothing here imports :mod:`microvm.qmp` unless a monitor was asked for (start-up time).
 """
@@ -33,13 +60,16 @@ import os
 import threading
 from typing import TYPE_CHECKING, Any
 
-from .log import get_logger
+from .log import WARNING, EventLog, get_logger, say
 
 if TYPE_CHECKING:
     from .machine import Machine
     from .spec import MachineSpec
 
 log = get_logger("microvm.lifecycle")
+#: events a guest can repeat without bound (pvpanic's crash-loaded write): first one logged,
+#: repeats summarised (``-d guest_errors`` logs each), as QEMU logs them only under that flag
+guest_event = EventLog(log)
 
 # QEMU's RunState names (the same strings as microvm.qmp.control, which is not imported here)
 RUNNING = "running"
@@ -50,6 +80,23 @@ GUEST_PANICKED = "guest-panicked"
 INTERNAL_ERROR = "internal-error"
 #: the states ``cont`` refuses until a reset (runstate_needs_reset)
 NEEDS_RESET = (SHUTDOWN, INTERNAL_ERROR)
+#: QEMU 7.2's runstate_transitions_def, between the states microvm has (anything else is a
+#: bug: QEMU aborts, microvm logs it and keeps the state)
+TRANSITIONS: dict[str, tuple[str, ...]] = {
+    PRELAUNCH: (RUNNING,),
+    RUNNING: (PAUSED, SHUTDOWN, GUEST_PANICKED, INTERNAL_ERROR),
+    PAUSED: (RUNNING, PRELAUNCH),
+    SHUTDOWN: (PAUSED, PRELAUNCH),
+    INTERNAL_ERROR: (PAUSED, PRELAUNCH),
+    GUEST_PANICKED: (RUNNING, PRELAUNCH),
+}
+#: how long a command waits for a reset in progress (a machine being rebuilt: milliseconds)
+RESET_WAIT = 60.0
+
+
+def caused_by_guest(cause: str) -> bool:
+    """QEMU's shutdown_caused_by_guest: the ``guest`` member of RESET and SHUTDOWN."""
+    return cause.startswith("guest-")
 
 
 class Monitor:
@@ -87,23 +134,36 @@ def monitors_of(spec: "MachineSpec") -> list[Monitor]:
 class Lifecycle:
     """Run state and monitors of one ``run_spec`` (see the module docstring).
 
-    Threads: the vCPU threads report guest events (:meth:`guest_reset`, ...), the QMP server
-    thread calls the ``MachineControl`` methods, the main thread runs the machines. ``_lock``
-    guards the state and is never held while waiting for vCPUs (a vCPU reporting an event
-    takes it), so a pause from QMP and an event from the guest cannot deadlock.
+    Threads: vCPU and device threads :meth:`post` guest events; the run's main thread
+    handles them (:meth:`process_requests`), starts and ends machines and reports host
+    signals; QMP server threads call the ``MachineControl`` methods (several servers: several
+    threads). All of it under ``_lock`` except :meth:`post`.
     """
 
     def __init__(self, spec: "MachineSpec") -> None:
         self.spec = spec
-        self.state = PRELAUNCH if getattr(spec, "prelaunch", False) else RUNNING
         self.no_shutdown = bool(getattr(spec, "no_shutdown", False))
         self.monitors: list[Monitor] = []
-        self.machine: "Machine | None" = None
-        self.quit_requested = False
-        #: the ShutdownCause of a reset in progress, reported (RESET) when the next machine starts
-        self.reset_cause: str | None = None
+        #: the run-state lock: held by every transition from its start to its end
         self._lock = threading.RLock()
+        #: a reset in progress ended, or the run is ending (waits release ``_lock``)
+        self._cond = threading.Condition(self._lock)
+        #: guest events posted by vCPU and device threads: (machine, kind, args)
+        self._requests_lock = threading.Lock()
+        self._requests: list[tuple[Any, str, tuple[Any, ...]]] = []
+        self.state = PRELAUNCH if getattr(spec, "prelaunch", False) else RUNNING
+        self.machine: "Machine | None" = None
+        #: QMP quit came: the run ends (kept for embedding programs; see _ending)
+        self.quit_requested = False
+        #: the ShutdownCause of a reset in progress; RESET goes out when the next machine starts
+        self._resetting: str | None = None
+        #: the run ends with the current machine (quit, signal, a shutdown without
+        #: -no-shutdown, no reboot to come)
+        self._ending = False
+        #: the run's last SHUTDOWN event went out (one per end, with its cause)
+        self._end_reported = False
         self._vcpus: list[Any] = []
+        self._previous: "Machine | None" = None
 
     # ------------------------------------------------------------------ monitors
     @property
@@ -130,7 +190,7 @@ class Lifecycle:
             raise
         for mon in self.monitors:
             if mon.server.wait:
-                log.info("QMP: waiting for a client on %s (wait=on)", mon.address)
+                say(f"microvm: waiting for connection on: {mon.filename()}\n")  # QEMU's info line
                 mon.server.wait_for_client()
 
     def close_monitors(self) -> None:
@@ -143,23 +203,80 @@ class Lifecycle:
         for mon in self.monitors:
             mon.server.emit_event(name, data)
 
-    # ------------------------------------------------------------------ machines
+    # ------------------------------------------------------------------ the state machine
+    def _set_state(self, new: str) -> None:
+        """QEMU's runstate_set: only the transitions QEMU 7.2 allows. Under ``_lock``."""
+        if new == self.state:
+            return
+        if new not in TRANSITIONS[self.state]:
+            log.error("invalid runstate transition: '%s' -> '%s' (ignored)", self.state, new)
+            return
+        self.state = new
+
+    def _idle(self) -> None:
+        """Wait (releasing ``_lock``) while a reset is in progress: a command acts on the
+        machine before or after a reset, never on half of one. Under ``_lock``."""
+        if self._resetting is None or self._ending:
+            return
+        if not self._cond.wait_for(lambda: self._resetting is None or self._ending, RESET_WAIT):
+            log.warning("a reset has been in progress for %.0f s; going on", RESET_WAIT)
+
+    def _enter(self, m: "Machine | None", state: str) -> None:
+        """QEMU's vm_stop(state): a running VM pauses and STOP is emitted; a VM that is not
+        running keeps its state. Under ``_lock``, never on a vCPU thread."""
+        if self.state != RUNNING:
+            return
+        self._set_state(state)
+        if m is not None:
+            m.pause()
+        self.emit("STOP")
+
+    def _shutdown(self, m: "Machine | None", cause: str, why: str) -> None:
+        """QEMU's shutdown request: SHUTDOWN, then the process ends, or with -no-shutdown the
+        VM stops in state ``shutdown`` (QEMU's vm_stop(RUN_STATE_SHUTDOWN)). Under ``_lock``."""
+        self.emit("SHUTDOWN", {"guest": caused_by_guest(cause), "reason": cause})
+        if self.no_shutdown:
+            log.info("%s; -no-shutdown: VM stopped (shutdown)", why.split(":")[0])
+            self._enter(m, SHUTDOWN)
+            return
+        self._end_reported = True
+        self._end()
+        if m is not None:
+            m.request_stop(0, why, cause)
+
+    def _end(self) -> None:
+        """The run ends with the current machine: nobody waits for a reset any more."""
+        self._ending = True
+        self._cond.notify_all()
+
+    def _begin_reset(self, m: "Machine", cause: str, why: str) -> bool:
+        """Stop ``m`` for a rebuild (the RESET event comes when the next machine starts).
+        False if ``m`` is already ending for another reason. Under ``_lock``."""
+        if m.stopping and not m.reset_requested:
+            return False
+        if self._resetting is None:  # a second request during the same reset joins it
+            self._resetting = cause
+        m.reset_requested = True
+        m.request_stop(0, why, cause)
+        return True
+
+    # ------------------------------------------------------------------ machines (main thread)
     def machine_starting(self, m: "Machine") -> bool:
         """A machine is built and about to start its vCPUs: pause it first when it must not
         run (``-S``, or a reset of a VM that was not running: ``prelaunch``); True then.
-        Under the lock, so a ``cont`` either finds no machine yet (and this one starts
-        running) or finds it paused (and resumes it)."""
+        A reset in progress ends here (RESET, then the commands waiting for it go on)."""
         with self._lock:
             self.machine = m
             self._vcpus = []
-            if self.reset_cause is not None:  # the reset is done: a new machine stands
-                cause, self.reset_cause = self.reset_cause, None
+            if self._resetting is not None:
+                cause, self._resetting = self._resetting, None
                 # the event first: a client that sees the new state has the event before
-                self.emit("RESET", {"guest": cause.startswith("guest"), "reason": cause})
+                self.emit("RESET", {"guest": caused_by_guest(cause), "reason": cause})
                 if self.state != RUNNING:
-                    self.state = PRELAUNCH
-            if self.quit_requested:
-                m.request_stop(0, "quit")
+                    self._set_state(PRELAUNCH)
+                self._cond.notify_all()
+            if self._ending:
+                m.request_stop(0, "quit", "host-qmp-quit")
             paused = self.state != RUNNING
             if paused:
                 m.pause(wait=False)  # no vCPU thread runs yet: nothing to wait for
@@ -169,125 +286,178 @@ class Lifecycle:
 
     def machine_closing(self, m: "Machine") -> None:
         """``m`` is being torn down: forget it (keeping what ``query-cpus-fast`` showed, for
-        while a reset rebuilds the machine); commands from now on change the state only."""
+        while a reset rebuilds the machine); commands from now on change the state only.
+        Waits for a transition in progress, which therefore never sees a torn-down machine."""
         with self._lock:
             if self.machine is m:
                 self._vcpus = self._vcpu_info(m) if self.monitors else []
+                self._previous = m  # its chardevs (the run's) are listed while the next is built
                 self.machine = None
 
-    def machine_ended(self, m: "Machine") -> None:
-        """``m.run()`` returned: report a host signal."""
-        self.machine_closing(m)
-        if m.host_signal:
-            self.emit("SHUTDOWN", {"guest": False, "reason": "host-signal"})
+    def machine_ended(self, m: "Machine", final: bool = False) -> bool:
+        """``m.run()`` returned: True if the run goes on with a new machine (a reset), else
+        the run ends (``final``: whatever ``m`` asked for) and its SHUTDOWN goes out, with the
+        stop's cause, if nothing reported the end yet."""
+        with self._lock:
+            self.machine_closing(m)
+            if m.reset_requested and not self._ending and not final:
+                return True
+            if not self._end_reported:
+                cause = "host-signal" if m.host_signal else (m.stop_cause or "host-error")
+                self._end_reported = True
+                self.emit("SHUTDOWN", {"guest": caused_by_guest(cause), "reason": cause})
+            self._end()
+            return False
+
+    def run_ended(self) -> None:
+        """``run_spec`` is returning (or failing): wake every waiter."""
+        with self._lock:
+            self._end()
+
+    def host_signal(self, m: "Machine | None", signum: int) -> None:
+        """SIGTERM, SIGHUP, SIGINT: the run ends (QEMU's qemu_system_killed), also when
+        paused and with -no-shutdown. Main thread."""
+        with self._lock:
+            if not self._end_reported:
+                self._end_reported = True
+                self.emit("SHUTDOWN", {"guest": False, "reason": "host-signal"})
+            self._end()
+            if m is not None:
+                m.host_signal = m.host_signal or signum
+                m.request_stop(0, f"terminated by signal {signum}", "host-signal")
 
     # ------------------------------------------------------------------ what the guest does
-    def guest_reset(self, m: "Machine", reason: str) -> None:
+    def post(self, m: "Machine", kind: str, *args: Any) -> None:
+        """A guest event from a vCPU or device thread (QEMU's ``qemu_system_*_request``):
+        the vCPUs park at their next exit and the machine's main loop handles it. A machine
+        without a running main loop (not started, ``microvm.testing``) handles it here."""
+        if not m.loop_running:
+            with self._lock:
+                self._handle(m, kind, args)
+            return
+        with self._requests_lock:
+            m.hold_vcpus()
+            self._requests.append((m, kind, args))
+        m._wake()
+
+    def process_requests(self, m: "Machine") -> None:
+        """Handle what ``m``'s threads posted, in order (the main thread's loop)."""
+        with self._requests_lock:
+            if not self._requests:
+                return
+            mine = [(kind, args) for machine, kind, args in self._requests if machine is m]
+            self._requests = []  # another machine's are stale: it is gone
+        with self._lock:
+            for kind, args in mine:
+                self._handle(m, kind, args)
+        with self._requests_lock:  # (a request posted meanwhile keeps them held)
+            if not self._requests:
+                m.release_vcpus()
+
+    def _handle(self, m: "Machine", kind: str, args: tuple[Any, ...]) -> None:
+        if self.machine is not None and self.machine is not m:
+            return  # from a machine torn down since
+        if m.stopping:
+            return  # the machine ends anyway (quit, a signal, a reset in progress)
+        getattr(self, "_" + kind)(m, *args)
+
+    def _guest_reset(self, m: "Machine", reason: str) -> None:
         if self.spec.no_reboot:  # QEMU's reboot_action=shutdown
-            self._shutdown(m, True, "guest-reset", f"guest reset ({reason}) with --no-reboot: exiting")
+            self._shutdown(m, "guest-reset", f"guest reset ({reason}) with --no-reboot: exiting")
         else:
-            self._reset(m, "guest-reset", f"guest reset ({reason}): rebooting")
+            self._begin_reset(m, "guest-reset", f"guest reset ({reason}): rebooting")
 
-    def guest_shutdown(self, m: "Machine") -> None:
-        self._shutdown(m, True, "guest-shutdown", "guest powered off")
+    def _guest_shutdown(self, m: "Machine") -> None:
+        self._shutdown(m, "guest-shutdown", "guest powered off")
 
-    def guest_panicked(self, m: "Machine", detail: str) -> None:
+    def _guest_panicked(self, m: "Machine", detail: str) -> None:
         """QEMU's qemu_system_guest_panicked with its default panic action (shutdown)."""
         log.error("guest panicked: %s", detail)
         if self.no_shutdown:  # -no-shutdown turns the panic's shutdown into a pause
             self.emit("GUEST_PANICKED", {"action": "pause"})
             self._enter(m, GUEST_PANICKED)
-        else:  # QEMU's shutdown request wins over its deferred vm_stop: no STOP event
-            self.emit("GUEST_PANICKED", {"action": "poweroff"})
-            with self._lock:
-                self.state = GUEST_PANICKED
-            self.emit("SHUTDOWN", {"guest": True, "reason": "guest-panic"})
-            m.request_stop(0, f"guest panicked ({detail})")
-
-    def guest_crashloaded(self, m: "Machine") -> None:
-        """QEMU's qemu_system_guest_crashloaded: an event, the guest runs on."""
-        log.warning("guest loaded a crash kernel")
-        self.emit("GUEST_CRASHLOADED", {"action": "run"})
-
-    def internal_error(self, m: "Machine", message: str) -> None:
-        if not self.monitored:
-            m.request_stop(1, message)
             return
+        # QEMU's shutdown request wins over its deferred vm_stop: no STOP event
+        self.emit("GUEST_PANICKED", {"action": "poweroff"})
+        if self.state == RUNNING:
+            self._set_state(GUEST_PANICKED)
+        self.emit("SHUTDOWN", {"guest": True, "reason": "guest-panic"})
+        self._end_reported = True
+        self._end()
+        m.request_stop(0, f"guest panicked ({detail})", "guest-panic")
+
+    def _internal_error(self, m: "Machine", message: str) -> None:
         log.error("%s\nVM stopped (internal-error): a QMP client can system_reset or quit", message)
         self._enter(m, INTERNAL_ERROR)
 
-    def _reset(self, m: "Machine | None", cause: str, why: str) -> None:
-        with self._lock:
-            self.reset_cause = cause
-        if m is not None:
-            m.reset_requested = True
-            m.request_stop(0, why)
+    def guest_crashloaded(self, m: "Machine") -> None:
+        """QEMU's qemu_system_guest_crashloaded: an event, the guest runs on (any thread)."""
+        guest_event("pvpanic crash-loaded", WARNING, "guest loaded a crash kernel")
+        self.emit("GUEST_CRASHLOADED", {"action": "run"})
 
-    def _shutdown(self, m: "Machine | None", guest: bool, cause: str, why: str) -> None:
-        """QEMU's shutdown request: SHUTDOWN, then the process ends, or with -no-shutdown the
-        VM stops in state ``shutdown`` (QEMU's vm_stop(RUN_STATE_SHUTDOWN))."""
-        self.emit("SHUTDOWN", {"guest": guest, "reason": cause})
-        if self.no_shutdown:
-            log.info("%s; -no-shutdown: VM stopped (shutdown)", why.split(":")[0])
-            self._enter(m, SHUTDOWN)
-        elif m is not None:
-            m.request_stop(0, why)
-        else:
-            self.quit_requested = True
-
-    def _enter(self, m: "Machine | None", state: str) -> None:
-        """QEMU's vm_stop(state): the VM pauses and STOP is emitted if it was running."""
-        with self._lock:
-            was, self.state = self.state, state
-        if was == RUNNING:
-            if m is not None:
-                m.pause(wait=not _on_vcpu_thread(m))
-            self.emit("STOP")
-
-    # ------------------------------------------------------------------ MachineControl (QMP thread)
+    # ------------------------------------------------------------------ MachineControl (QMP threads)
     def run_state(self) -> str:
         return self.state
 
     def stop(self) -> None:
         with self._lock:
-            if self.state != RUNNING:
-                return
-            self.state = PAUSED
-            m = self.machine
-        if m is not None:
-            m.pause()
-        self.emit("STOP")
+            self._idle()
+            self._enter(self.machine, PAUSED)
 
     def cont(self) -> None:
         with self._lock:
-            if self.state == RUNNING or self.state in NEEDS_RESET:
+            self._idle()
+            if self.state in NEEDS_RESET:  # changed since the command looked
+                from .qmp.errors import QmpError
+
+                raise QmpError("Resetting the Virtual Machine is required")
+            if self.state == RUNNING:
                 return
-            self.state = RUNNING
-            m = self.machine
-        if m is not None:
-            m.resume()
-        self.emit("RESUME")
+            self._set_state(RUNNING)
+            self.emit("RESUME")  # QEMU's vm_prepare_start: the event, then the vCPUs
+            if self.machine is not None:
+                self.machine.resume()
 
     def system_reset(self) -> None:
-        m = self.machine
-        if self.spec.no_reboot:  # QEMU 7.2: reboot_action=shutdown makes it a shutdown
-            self._shutdown(m, False, "host-qmp-system-reset", "system_reset (QMP) with --no-reboot: exiting")
-        else:
-            self._reset(m, "host-qmp-system-reset", "system_reset (QMP): rebooting")
+        """QEMU's qmp_system_reset, carried out before the reply: returns once the new
+        machine stands (RESET sent), so each request is one reset and one RESET, and the
+        next command sees the state after it. A VM that was not running comes back in
+        ``prelaunch`` (its vCPUs do not run until ``cont``)."""
+        cause = "host-qmp-system-reset"
+        with self._lock:
+            self._idle()
+            if self._ending:
+                return
+            m = self.machine
+            if self.spec.no_reboot:  # QEMU 7.2: reboot_action=shutdown makes it a shutdown
+                self._shutdown(m, cause, "system_reset (QMP) with --no-reboot: exiting")
+                return
+            if m is None:  # before the first machine starts: nothing has run, nothing to rebuild
+                self.emit("RESET", {"guest": False, "reason": cause})
+                if self.state != RUNNING:
+                    self._set_state(PRELAUNCH)
+                return
+            if self._begin_reset(m, cause, "system_reset (QMP): rebooting"):
+                self._idle()
 
     def quit(self) -> None:
-        self.quit_requested = True
-        self.emit("SHUTDOWN", {"guest": False, "reason": "host-qmp-quit"})
-        m = self.machine
-        if m is not None:
-            m.request_stop(0, "quit (QMP)")
+        with self._lock:
+            self._idle()
+            self.quit_requested = True
+            if not self._end_reported:
+                self._end_reported = True
+                self.emit("SHUTDOWN", {"guest": False, "reason": "host-qmp-quit"})
+            self._end()
+            if self.machine is not None:
+                self.machine.request_stop(0, "quit (QMP)", "host-qmp-quit")
 
     def name(self) -> str | None:
         return getattr(self.spec, "name", None)
 
     def vcpus(self) -> list[Any]:
-        m = self.machine
-        return self._vcpu_info(m) if m is not None else list(self._vcpus)
+        with self._lock:
+            m = self.machine
+            return self._vcpu_info(m) if m is not None else list(self._vcpus)
 
     @staticmethod
     def _vcpu_info(m: "Machine") -> list[Any]:
@@ -304,22 +474,31 @@ class Lifecycle:
         return (True, True)
 
     def chardevs(self) -> list[Any]:
+        """QEMU's ``query-chardev`` list, in QEMU's order: its chardevs container is a
+        GLib hash table filled in creation order (``-chardev`` and ``-qmp`` as given, then
+        the serial ports' own), listed backwards (microvm.qmp.ghash)."""
         from .qmp.control import ChardevInfo
+        from .qmp.ghash import qom_children_order
 
-        out = []
-        m = self.machine
-        if m is not None:
-            for label, filename, used in m.chardev_list():
-                out.append(ChardevInfo(label, filename, used))
-        for mon in self.monitors:
-            out.append(ChardevInfo(mon.label, mon.filename(), True))
-        return out
+        found: dict[str, Any] = {}
+        with self._lock:
+            m = self.machine or self._previous
+            if m is not None:
+                for label, filename, used in m.chardev_list():
+                    found[label] = ChardevInfo(label, filename, used)
+            for mon in self.monitors:
+                found[mon.label] = ChardevInfo(mon.label, mon.filename(), True)
+        created = [c for c in self.spec.chardev_configs if c in found]
+        created += [mon.label for mon in self.monitors if mon.label not in created]
+        created += [label for label in found if label not in created]
+        return [found[label] for label in qom_children_order(created)]
 
     def blocks(self) -> list[Any]:
         from .qmp.control import BlockInfo
 
-        m = self.machine
-        qdevs = m.drive_qdevs if m is not None else {}
+        with self._lock:
+            m = self.machine
+            qdevs = dict(m.drive_qdevs) if m is not None else {}
         out = []
         for d in self.spec.drive_configs.values():
             try:
@@ -333,8 +512,3 @@ class Lifecycle:
             out.append(BlockInfo(d.id, d.file, d.readonly, driver=d.format, virtual_size=size, actual_size=allocated,
                                  qdev=qdev, removable=qdev is None, io_status="ok" if qdev is not None else None))
         return out
-
-
-def _on_vcpu_thread(m: "Machine") -> bool:
-    me = threading.current_thread()
-    return any(t is me for t in m.threads)

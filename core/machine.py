@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from . import layout
 from .bus import Bus
 from .errors import BootError, ConfigError, MicrovmError, PluginError
-from .log import get_logger
+from .log import get_logger, say
 from .memory import GuestMemory
 from .spec import MachineSpec
 
@@ -171,23 +171,42 @@ class Machine:
         #: run state across reboots and what a reset, power-off, panic or error does
         #: (microvm.lifecycle.Lifecycle; run_spec keeps one for every boot)
         self.lifecycle = lifecycle
+        # Locks, always taken in this order (never the other way round; docs/qmp.md):
+        #   lifecycle._lock (run-state transitions) -> _run_lock -> pause_cond -> kick_lock.
+        #: serialises pause(), resume() and close(): a pause never quiesces devices that
+        #: close() is tearing down, and a resume never undoes half a pause
+        self._run_lock = threading.Lock()
+        #: guards the flags below (_stopping, paused, _held, hold, parked, vcpus_active);
+        #: parked vCPU threads wait on it
+        self.pause_cond = threading.Condition()
         self._stopping = False
-        #: stopping or paused: the one flag a vCPU loop checks before each KVM_RUN
-        self.hold = False
         #: paused (QMP stop, -S, a stopped run state): the vCPUs park on pause_cond
         self.paused = False
-        self.pause_cond = threading.Condition()
+        #: a vCPU reported a guest event (reset, power-off, panic, internal error) that the
+        #: run's main thread has not handled yet: the vCPUs park until it has
+        self._held = False
+        #: stopping, paused or held: the one flag a vCPU loop looks at before each KVM_RUN.
+        #: Written only under pause_cond (derived from the three above); every writer that
+        #: sets it kicks the vCPUs afterwards, so the loop's unlocked look cannot miss it
+        self.hold = False
+        #: devices quiesced and kvmclock saved by pause(), undone by resume()
+        self._quiesced = False
         #: serialises kicks with the teardown that unmaps the vCPUs' kvm_run pages
         self.kick_lock = threading.Lock()
         self.torn_down = False
         self.parked = 0  # vCPU threads parked (under pause_cond)
         self.vcpus_active = 0  # vCPU threads in their loop (under pause_cond)
+        #: the main loop (run()) is waiting for events: guest events are handed to it
+        self.loop_running = False
         self._guest_ran = False  # the vCPUs were released at least once (QEMU's clock_valid)
         self._saved_clock: int | None = None
         #: a host signal (SIGTERM, SIGHUP, SIGINT) ended the run: its number
         self.host_signal = 0
         self.exit_status = 0
         self.stop_reason = ""
+        #: QEMU's ShutdownCause of the stop (``guest-shutdown``, ``host-error``...): what the
+        #: run's SHUTDOWN event says when this stop ends the process
+        self.stop_cause: str | None = None
         self.reset_requested = False
         #: while running, the main thread sleeps on this pipe; request_stop and the signal
         #: handlers write a byte (a handler must not take locks: it may run while the main
@@ -776,19 +795,31 @@ class Machine:
 
     @stopping.setter
     def stopping(self, value: bool) -> None:
-        self._stopping = value
-        self.hold = value or self.paused
+        with self.pause_cond:
+            self._stopping = value
+            self._update_hold()
+            self.pause_cond.notify_all()
 
-    def request_stop(self, status: int, reason: str) -> None:
-        """Stop the machine (from any thread). The first reason wins."""
-        if not self.stopping:
-            self.exit_status = status
-            self.stop_reason = reason
-            self.stopping = True
+    def _update_hold(self) -> None:
+        """Recompute ``hold`` from the flags it stands for; under pause_cond."""
+        self.hold = self._stopping or self.paused or self._held
+
+    def request_stop(self, status: int, reason: str, cause: str | None = None) -> None:
+        """Stop the machine (from any thread). The first reason wins. ``cause`` is QEMU's
+        ShutdownCause for the SHUTDOWN event a QMP client gets when this ends the run
+        (default: ``guest-shutdown`` for status 0, ``host-error`` otherwise)."""
+        with self.pause_cond:
+            first = not self._stopping
+            if first:
+                self.exit_status = status
+                self.stop_reason = reason
+                self.stop_cause = cause or ("host-error" if status else "guest-shutdown")
+                self._stopping = True
+                self._update_hold()
+            self.pause_cond.notify_all()  # parked vCPUs leave too
+        if first:
             log.log(40 if status else 20, "stopping: %s", reason)  # ERROR / INFO
         self._wake()
-        with self.pause_cond:  # parked vCPUs leave too
-            self.pause_cond.notify_all()
         if self._closed:
             return  # the vCPUs' kvm_run pages are unmapped: nothing to kick
         for t in self.threads:
@@ -804,18 +835,21 @@ class Machine:
         except OSError:
             pass  # full (a wake-up is pending anyway) or closed
 
+    # What the guest does is reported to the run's Lifecycle, which applies QEMU's rules on
+    # the main thread (see microvm.lifecycle): the reporting vCPU does not enter the guest
+    # again until then.
     def guest_reset(self, reason: str) -> None:
         """The guest asked for a reset (triple fault): reboot (the machine is rebuilt), or
         with --no-reboot a shutdown, as QEMU does (see Lifecycle)."""
-        self.lifecycle.guest_reset(self, reason)
+        self.lifecycle.post(self, "guest_reset", reason)
 
     def guest_shutdown(self) -> None:
         """The guest powered off (KVM_SYSTEM_EVENT_SHUTDOWN)."""
-        self.lifecycle.guest_shutdown(self)
+        self.lifecycle.post(self, "guest_shutdown")
 
     def guest_panicked(self, detail: str) -> None:
         """The guest reported a panic (KVM_SYSTEM_EVENT_CRASH, a pvpanic device)."""
-        self.lifecycle.guest_panicked(self, detail)
+        self.lifecycle.post(self, "guest_panicked", detail)
 
     def guest_crashloaded(self) -> None:
         """The guest loaded a crash kernel after a panic (pvpanic CRASH_LOADED)."""
@@ -824,7 +858,10 @@ class Machine:
     def internal_error(self, message: str) -> None:
         """A KVM internal error or an exit nobody handles: with a QMP monitor the VM stays in
         ``internal-error`` (message and register dump in the log), else it ends with status 1."""
-        self.lifecycle.internal_error(self, message)
+        if not self.lifecycle.monitored:
+            self.request_stop(1, message, "host-error")
+            return
+        self.lifecycle.post(self, "internal_error", message)
 
     # ------------------------------------------------------------------ pause / resume
     def vcpu_started(self) -> None:
@@ -836,48 +873,73 @@ class Machine:
             self.vcpus_active -= 1
             self.pause_cond.notify_all()
 
+    def hold_vcpus(self) -> None:
+        """A guest event waits for the main thread: vCPUs park at their next exit (the
+        reporting one at once) until :meth:`release_vcpus`."""
+        with self.pause_cond:
+            self._held = True
+            self._update_hold()
+
+    def release_vcpus(self) -> None:
+        """The guest events are handled: vCPUs run again unless paused or stopping."""
+        with self.pause_cond:
+            self._held = False
+            self._update_hold()
+            self.pause_cond.notify_all()
+
     def pause(self, wait: bool = True) -> None:
         """Stop the guest where it is: every vCPU out of KVM_RUN and parked, the timer thread
         idle, every virtio worker parked and each backend paused (no guest memory written
         from here on), and kvmclock saved (QEMU's kvmclock_vm_state_change). ``wait``: wait
         until each vCPU has parked (not from a vCPU thread, which parks when it returns).
-        Any thread; a no-op when already paused."""
-        with self.pause_cond:
-            if self.paused:
+        Any thread; a no-op when already paused or once the machine is closed."""
+        with self._run_lock:
+            if self._closed:
                 return
-            self.paused = True
-            self.hold = True
-        me = threading.current_thread()
-        for t in self.threads:
-            if t is not me:
-                t.kick()
-        if wait and not any(t is me for t in self.threads):
             with self.pause_cond:
-                if not self.pause_cond.wait_for(lambda: self.parked >= self.vcpus_active or self.stopping, PAUSE_TIMEOUT):
-                    log.warning("pause: %d of %d vCPUs still busy after %.0f s", self.vcpus_active - self.parked,
-                                self.vcpus_active, PAUSE_TIMEOUT)
-        if self._timers is not None:
-            self._timers.pause()
-        if self._virtio is not None:
-            self._virtio.pause()
-        if self._guest_ran:
-            self._save_clock()
+                if self.paused:
+                    return
+                self.paused = True
+                self._update_hold()
+            me = threading.current_thread()
+            for t in self.threads:
+                if t is not me:
+                    t.kick()
+            if wait and not any(t is me for t in self.threads):
+                with self.pause_cond:
+                    if not self.pause_cond.wait_for(lambda: self.parked >= self.vcpus_active or self._stopping,
+                                                    PAUSE_TIMEOUT):
+                        log.warning("pause: %d of %d vCPUs still busy after %.0f s", self.vcpus_active - self.parked,
+                                    self.vcpus_active, PAUSE_TIMEOUT)
+            if self._timers is not None:
+                self._timers.pause()
+            if self._virtio is not None:
+                self._virtio.pause()
+            if self._guest_ran:
+                self._save_clock()
+            self._quiesced = True
 
     def resume(self) -> None:
-        """Undo :meth:`pause`: kvmclock restored, devices and timers resumed, vCPUs released."""
-        with self.pause_cond:
-            if not self.paused:
+        """Undo :meth:`pause`: kvmclock restored, devices and timers resumed, vCPUs released.
+        A no-op when not paused or once the machine is closed."""
+        with self._run_lock:
+            if self._closed:
                 return
-        self._restore_clock()
-        if self._virtio is not None:
-            self._virtio.resume()
-        if self._timers is not None:
-            self._timers.resume()
-        with self.pause_cond:
-            self.paused = False
-            self.hold = self.stopping
-            self._guest_ran = True
-            self.pause_cond.notify_all()
+            with self.pause_cond:
+                if not self.paused:
+                    return
+            if self._quiesced:
+                self._quiesced = False
+                self._restore_clock()
+                if self._virtio is not None:
+                    self._virtio.resume()
+                if self._timers is not None:
+                    self._timers.resume()
+            with self.pause_cond:
+                self.paused = False
+                self._update_hold()
+                self._guest_ran = True
+                self.pause_cond.notify_all()
 
     def mark_running(self) -> None:
         """The vCPUs start running (not paused): a later pause saves the guest's clock."""
@@ -915,7 +977,7 @@ class Machine:
 
                 if fw.base <= pc or ONE_MIB - fw.isa_size <= pc < ONE_MIB:
                     self.request_stop(1, f"the firmware {fw.path} triple-faulted on vCPU {vcpu.id} (not rebooting into it "
-                                         f"again)\n" + register_dump(vcpu, self.memory))
+                                         f"again)\n" + register_dump(vcpu, self.memory), "guest-reset")
                     return
         self.guest_reset("triple fault")
 
@@ -938,24 +1000,31 @@ class Machine:
                 signal.signal(sig, _on_termination_signal)
 
     def _wait_for_stop(self) -> None:
-        """Sleep in the main thread until a stop is requested or a signal arrives."""
+        """The run's main loop (QEMU's main_loop_should_exit): sleep until a stop is
+        requested, handling on the way what vCPUs reported (the Lifecycle's requests) and
+        host signals."""
         import select
 
-        while not self.stopping:
-            try:
-                select.select([self._wake_r], [], [])
-                while os.read(self._wake_r, 64):
+        self.loop_running = True
+        try:
+            self.lifecycle.process_requests(self)  # posted before the loop ran
+            while not self.stopping:
+                try:
+                    select.select([self._wake_r], [], [])
+                    while os.read(self._wake_r, 64):
+                        pass
+                except BlockingIOError:
                     pass
-            except BlockingIOError:
-                pass
-            if _terminating is not None:
-                self._terminated(_terminating)
+                if _terminating is not None:
+                    self._terminated(_terminating)
+                self.lifecycle.process_requests(self)
+        finally:
+            self.loop_running = False
 
     def _terminated(self, signum: int) -> None:
-        """A host signal ends the run (run_spec reports SHUTDOWN host-signal to QMP clients,
-        outside the signal handler)."""
-        self.host_signal = self.host_signal or signum
-        self.request_stop(0, f"terminated by signal {signum}")
+        """A host signal ends the run: SHUTDOWN host-signal to QMP clients (outside the
+        signal handler), then the stop."""
+        self.lifecycle.host_signal(self, signum)
 
     def run(self) -> int:
         """Boot and run until the guest stops; returns the exit status. A Machine runs once:
@@ -983,6 +1052,9 @@ class Machine:
                 return self.exit_status
             self.hook.machine_start(ctx=self.ctx)
             self.threads = [VcpuThread(self, v) for v in self.vcpus]
+            # from here guest events go to this thread's loop (_wait_for_stop), which handles
+            # what was posted before it got there
+            self.loop_running = True
             self.lifecycle.machine_starting(self)  # pauses it for -S, or a reset while not running
             if self._virtio is not None:
                 self._virtio.start()
@@ -994,8 +1066,7 @@ class Machine:
             try:
                 self._wait_for_stop()
             except KeyboardInterrupt:
-                self.host_signal = self.host_signal or signal.SIGINT
-                self.request_stop(0, "interrupted (SIGINT)")
+                self._terminated(signal.SIGINT)
             for t in self.threads:
                 t.join(timeout=5)
                 if t.is_alive():
@@ -1006,6 +1077,10 @@ class Machine:
 
     def close(self) -> None:
         self.lifecycle.machine_closing(self)  # QMP commands go to no torn-down machine
+        with self._run_lock:  # after a pause or resume in progress, and before any other
+            self._close()
+
+    def _close(self) -> None:
         if not self._stopped_hooks and self._built:
             self._stopped_hooks = True
             try:
@@ -1075,7 +1150,7 @@ def run_spec(spec: MachineSpec, host: Any = None, ready: Callable[[], None] | No
                 try:
                     m.build()
                 except BaseException:
-                    lifecycle.machine_ended(m)
+                    lifecycle.machine_ended(m, final=True)
                     m.close()
                     raise
                 ready()
@@ -1083,11 +1158,21 @@ def run_spec(spec: MachineSpec, host: Any = None, ready: Callable[[], None] | No
             try:
                 status = m.run()
             finally:
-                lifecycle.machine_ended(m)
-            if not m.reset_requested or lifecycle.quit_requested or _terminating is not None:
+                if _terminating is not None:  # (also one that came while m was already stopping)
+                    lifecycle.host_signal(None, _terminating)
+                reboot = lifecycle.machine_ended(m, final=_terminating is not None)
+            if not reboot:
                 return status
             log.info("rebooting")
+    except KeyboardInterrupt:
+        # Ctrl-C outside a machine's main loop (waiting for a wait=on client, building the
+        # next machine): the run ends as on a SIGINT while running, in one line, as QEMU's
+        # "terminating on signal 2"
+        lifecycle.host_signal(None, signal.SIGINT)
+        say("microvm: terminating on signal 2\n")
+        return 0
     finally:
+        lifecycle.run_ended()
         lifecycle.close_monitors()
         backends.close()
         if spec.metrics and images is not None:

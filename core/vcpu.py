@@ -7,9 +7,10 @@ What a reset, a power-off, a panic or an internal error then does (reboot, exit,
 a stopped run state for a QMP client) is the machine's :class:`~microvm.lifecycle.Lifecycle`.
 :mod:`microvm.emulation` steps over the instructions an emulating host cannot execute.
 
-Pausing (QMP ``stop``, ``-S``): the machine sets its hold flag and kicks every vCPU out of
-KVM_RUN; the loop checks that one flag before each entry and parks the thread on the
-machine's pause condition until ``cont`` (or a stop) releases it.
+Pausing (QMP ``stop``, ``-S``) and guest events: the machine sets its hold flag and kicks
+every vCPU out of KVM_RUN; the loop checks that one flag before each entry and parks the
+thread on the machine's pause condition until ``cont``, the main thread's handling of a
+guest event, or a stop releases it.
 """
 from __future__ import annotations
 
@@ -102,20 +103,26 @@ class VcpuThread(threading.Thread):
             self._loop()
         except Exception as e:  # a bug in a device must stop the VM cleanly, with a report
             log.exception("vCPU %d: unexpected error", self.vcpu.id)
-            m.request_stop(1, f"vCPU {self.vcpu.id} failed: {e}")
+            m.request_stop(1, f"vCPU {self.vcpu.id} failed: {e}", "host-error")
         finally:
             m.vcpu_finished()
 
-    def _park(self) -> None:
-        """Wait, out of KVM_RUN, while the machine is paused (see Machine.pause)."""
+    def _park(self) -> bool:
+        """Wait, out of KVM_RUN, while the machine holds its vCPUs (paused, or a guest event
+        waiting for the main thread; see Machine.pause). True when the machine is stopping:
+        the loop ends. The flags are read under the machine's pause_cond."""
         m = self.machine
         cond = m.pause_cond
         with cond:
-            m.parked += 1
-            cond.notify_all()
-            while m.paused and not m.stopping:
-                cond.wait()
-            m.parked -= 1
+            if m.hold and not m.stopping:
+                m.parked += 1
+                cond.notify_all()
+                try:
+                    while m.hold and not m.stopping:
+                        cond.wait()
+                finally:
+                    m.parked -= 1
+            return m.stopping
 
     def _loop(self) -> None:
         m = self.machine
@@ -127,10 +134,13 @@ class VcpuThread(threading.Thread):
         IO_OUT = lib.KVM_EXIT_IO_OUT
         exits = self.exits
         while True:
-            if m.hold:  # one flag for both: stopping, or paused (QMP stop, -S)
-                if m.stopping:
+            # One unlocked look per entry at the one flag (stopping, paused, or a guest event
+            # pending); a stop or pause sets it, then kicks (immediate_exit), so a look that
+            # just missed it costs one KVM_RUN that returns at once. The decision is taken
+            # under the lock, in _park.
+            if m.hold:
+                if self._park():
                     break
-                self._park()
                 continue
             if self.extint_pending:
                 self._inject_extint()
@@ -206,6 +216,6 @@ class VcpuThread(threading.Thread):
             m.exit_handlers[reason](self.view)
         elif reason == lib.KVM_EXIT_HLT:
             # with the in-kernel LAPIC KVM handles HLT itself; an exit means no irqchip woke it
-            m.request_stop(0, f"vCPU {self.vcpu.id} halted")
+            m.request_stop(0, f"vCPU {self.vcpu.id} halted", "guest-shutdown")
         elif not m.hook.handle_exit(ctx=m.ctx, vcpu=self.view, exit_reason=reason):
             m.internal_error(f"unhandled KVM exit {exit_name(reason)} on vCPU {self.vcpu.id}\n" + register_dump(self.vcpu, m.memory))

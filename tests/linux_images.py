@@ -299,15 +299,28 @@ class ConsoleSession:
 # ------------------------------------------------------------------ network namespaces
 class NetNamespace:
     """A network namespace made for one test or benchmark run (``ip netns add`` with a unique
-    name), deleted by :meth:`delete` (or leaving the ``with`` block). Only 192.0.2.0/24
-    (TEST-NET-1) addresses are used inside it; the host's own network is never touched."""
+    name, ``PREFIX-PID-HEX``), deleted by :meth:`delete` (or leaving the ``with`` block). Only
+    192.0.2.0/24 (TEST-NET-1) addresses are used inside it; the host's own network is never
+    touched.
+
+    Cleaning up does not depend on the test going well. :meth:`delete` ends the processes
+    still inside the namespace (they can only be this run's: the VMM, a ping), since a
+    live process keeps the namespace and its taps alive after ``ip netns del``; the kernel
+    then destroys the namespace and every interface in it, persistent taps included. A
+    namespace of this kind whose creating process no longer exists (a test run that was
+    killed) and that no process uses any more is deleted when the next one is made."""
 
     def __init__(self, prefix: str = "microvm") -> None:
         import secrets
 
+        _sweep_stale(prefix)
         self.name = f"{prefix}-{os.getpid()}-{secrets.token_hex(3)}"
         subprocess.run([tool("ip"), "netns", "add", self.name], check=True, capture_output=True, text=True)
-        self.ip("link", "set", "lo", "up")
+        try:
+            self.ip("link", "set", "lo", "up")
+        except BaseException:
+            self.delete()
+            raise
 
     def ip(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         return subprocess.run([tool("ip"), "-n", self.name, *args], capture_output=True, text=True, check=check)
@@ -342,11 +355,61 @@ class NetNamespace:
         out = self.ip("neigh", "show", address, "dev", ifname, check=False).stdout.split()
         return out[out.index("lladdr") + 1] if "lladdr" in out else None
 
+    def pids(self) -> list[int]:
+        """The processes inside the namespace (``ip netns pids``)."""
+        return netns_pids(self.name)
+
     def delete(self) -> None:
+        """End what still runs inside (SIGKILL), then delete the namespace. Raises
+        RuntimeError if it is still there afterwards (a leak must not pass unnoticed)."""
+        end_processes(self.pids())
         subprocess.run([tool("ip"), "netns", "del", self.name], capture_output=True)
+        if os.path.exists(f"/run/netns/{self.name}"):
+            raise RuntimeError(f"network namespace {self.name} could not be deleted")
 
     def __enter__(self) -> "NetNamespace":
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.delete()
+
+
+def netns_pids(name: str) -> list[int]:
+    r = subprocess.run([tool("ip"), "netns", "pids", name], capture_output=True, text=True)
+    return [int(x) for x in r.stdout.split() if x.isdigit()]
+
+
+def end_processes(pids: list[int], timeout: float = 30) -> None:
+    """SIGKILL each of ``pids`` and wait until they are gone (reaped by their parent or
+    zombies of it: either way no longer holding a namespace or a tap open)."""
+    pids = [pid for pid in pids if pid != os.getpid()]
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    end = time.monotonic() + timeout  # a hang guard
+    for pid in pids:
+        while time.monotonic() < end:
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    state = f.read().rsplit(")", 1)[1].split()[0]
+            except (FileNotFoundError, ProcessLookupError, IndexError):
+                break
+            if state in ("Z", "X"):
+                break
+            time.sleep(0.01)
+
+
+def _sweep_stale(prefix: str) -> None:
+    """Delete the namespaces named ``PREFIX-PID-HEX`` whose creator PID is gone and that no
+    process uses: what a killed test run left behind. A namespace still in use is left."""
+    import re
+
+    r = subprocess.run([tool("ip"), "netns", "list"], capture_output=True, text=True)
+    for line in r.stdout.splitlines():
+        name = line.split(" ", 1)[0]
+        m = re.fullmatch(re.escape(prefix) + r"-(\d+)-[0-9a-f]{6}", name)
+        if m is None or os.path.exists(f"/proc/{m.group(1)}") or netns_pids(name):
+            continue
+        subprocess.run([tool("ip"), "netns", "del", name], capture_output=True)

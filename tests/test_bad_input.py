@@ -41,6 +41,21 @@ CASES = {
     "one drive, two devices": (["--drive", "id=d,file={img}", "--device", "virtio-blk-device,drive=d",
                                 "--device", "virtio-blk-device,drive=d"], "drive d is already used by --device virtio-blk-device"),
     "isa-debug-exit overlapping COM1": (["--device", "isa-debug-exit,iobase=0x3f8"], "overlaps serial0"),
+    # virtio-net and its tap (refused before any /dev/net/tun is opened: no root needed)
+    "tap fd= with ifname=": (["--netdev", "tap,id=n0,fd=3,ifname=tap0", "--device", "virtio-net-device,netdev=n0"],
+                             "ifname=, script=, downscript= and vnet_hdr= are invalid with fd="),
+    "tap fd= with script=no": (["--netdev", "tap,id=n0,fd=3,script=no", "--device", "virtio-net-device,netdev=n0"],
+                               "are invalid with fd= (given: script=)"),
+    "mac with a one-digit octet": (["--netdev", "tap,id=n0", "--device", "virtio-net-device,netdev=n0,mac=52:54:00:12:34:5"],
+                                   "mac=52:54:00:12:34:5: not a MAC address"),
+    "mac with seven octets": (["--netdev", "tap,id=n0", "--device", "virtio-net-device,netdev=n0,mac=52:54:00:12:34:56:78"],
+                              "not a MAC address"),
+    "multicast mac": (["--netdev", "tap,id=n0", "--device", "virtio-net-device,netdev=n0,mac=01:00:5e:00:00:01"],
+                      "a multicast address (odd first octet) can't be a NIC's address"),
+    "host_mtu below 68": (["--netdev", "tap,id=n0", "--device", "virtio-net-device,netdev=n0,host_mtu=67"],
+                          "host_mtu=67 is outside 68..65535"),
+    "host_mtu above 65535": (["--netdev", "tap,id=n0", "--device", "virtio-net-device,netdev=n0,host_mtu=65536"],
+                             "host_mtu=65536 is outside 68..65535"),
 }
 
 

@@ -97,7 +97,9 @@ ACCEPTED: dict[str, tuple[list[str], object]] = {
     "-append with a leading dash": (["-append", "-x init=/bin/sh"], lambda s: s.append == "-x init=/bin/sh"),
     "--append (two dashes, as QEMU)": (["--append", "quiet"], lambda s: s.append == "quiet"),
     "-no-reboot": (["-no-reboot"], lambda s: s.no_reboot),
-    "-S": (["-S"], lambda s: s.prelaunch),
+    "-S (with a monitor to cont)": (["-S", "-qmp", "unix:/tmp/q.sock,server=on,wait=off"], lambda s: s.prelaunch),
+    "-qmp unix:PATH,server,nowait (QEMU's short forms)": (["-qmp", "unix:/tmp/q.sock,server,nowait"],
+                                                          lambda s: s.qmp == ["unix:/tmp/q.sock,server,nowait"]),
     "-no-shutdown": (["-no-shutdown"], lambda s: s.no_shutdown),
     "-qmp": (["-qmp", "unix:/tmp/q.sock,server=on,wait=off"], lambda s: s.qmp == ["unix:/tmp/q.sock,server=on,wait=off"]),
     "-chardev socket + -mon mode=control": (["-chardev", "socket,id=m0,path=/tmp/m0.sock,server=on,wait=off",
@@ -140,6 +142,35 @@ def test_accepted_option(case: str, kernel: str, specs: list, capsys) -> None:
     (spec,) = specs
     assert spec.kernel == kernel
     assert check(spec), spec
+
+
+def test_prelaunch_without_a_monitor_warns(kernel: str, specs: list, capsys) -> None:
+    """-S and no -qmp/-mon: QEMU would just wait for ever (its monitor may be on the console;
+    microvm has no human monitor): one warning line, the VM still starts paused."""
+    for argv in (["-kernel", kernel, "-S"], ["run", "--kernel", kernel, "-S"]):
+        rv, out, err = run_main(argv, capsys)
+        assert (rv, out) == (0, "")
+        assert err == ("microvm: warning: -S without -qmp or -mon: nothing can continue the VM, "
+                       "it stays paused until it is ended\n")
+    assert [s.prelaunch for s in specs] == [True, True]
+    rv, out, err = run_main(["-kernel", kernel, "-S", "-chardev", "socket,id=m,path=/tmp/m.sock,server=on,wait=off",
+                             "-mon", "chardev=m,mode=control"], capsys)
+    assert (rv, err) == (0, "")
+
+
+def test_chardev_short_form_booleans_as_qemu_7_2(kernel: str, specs: list, capsys) -> None:
+    """QEMU 7.2 takes -chardev socket,...,server,nowait (deprecated, with a warning per
+    flag) as server=on,wait=off; so does -mon on it."""
+    text = "socket,id=m,path=/tmp/m.sock,server,nowait"
+    rv, out, err = run_main(["-kernel", kernel, "-chardev", text, "-mon", "chardev=m,mode=control"], capsys)
+    assert rv == 0
+    assert err.splitlines() == [
+        f"microvm: warning: -chardev {text}: short-form boolean option 'server' deprecated; please use server=on instead",
+        f"microvm: warning: -chardev {text}: short-form boolean option 'nowait' deprecated; please use wait=off instead",
+    ]
+    (spec,) = specs
+    assert spec.chardev_configs["m"].props == {"path": "/tmp/m.sock", "server": "on", "wait": "off"}
+    assert spec.monitor_chardevs == {"m": "unix:/tmp/m.sock,server=on,wait=off"}
 
 
 def test_both_spellings_build_the_same_spec(kernel: str, specs: list, capsys) -> None:

@@ -1,10 +1,14 @@
-"""QMP with the default Linux guest: stop in the middle of the boot, wait, cont, and the
-kernel goes on booting; the guest's own reset (init dies here, panic=1 reboot=t) with
--no-shutdown reboots and QMP keeps serving (QEMU 7.2); system_reset reboots; quit ends.
-Slow (two Linux boots to /init on an emulating host and the start of two more)."""
+"""QMP with the default Linux guest, driven by the real ``qemu.qmp`` client (PyPI, installed
+by ./bootstrap): stop in the middle of the boot, wait, cont, and the kernel goes on booting;
+the guest's own reset (init dies here, panic=1 reboot=t) with -no-shutdown reboots and QMP
+keeps serving (QEMU 7.2); system_reset reboots; quit ends. A raw line client (what socat
+does) watches the same events alongside. Slow (two Linux boots to /init on an emulating
+host and the start of two more)."""
 from __future__ import annotations
 
-import time
+import asyncio
+import json
+from typing import Any
 
 import pytest
 
@@ -15,31 +19,62 @@ pytestmark = [pytest.mark.kvm, pytest.mark.linux, requires_kvm]
 
 
 def test_linux_guest_stop_cont_guest_reset_and_system_reset(default_guest, tmp_path):
+    qmp_mod = pytest.importorskip("qemu.qmp", reason="the qemu.qmp package (PyPI; ./bootstrap installs it) is missing")
     with Vm(str(tmp_path), "--no-shutdown", "-v") as vm:
-        q = Line(vm.sock)
-        wait_until(lambda: b"Linux version" in vm.out, "the kernel's banner", 300, vm.tail)
-        # stop in the middle of the boot: the kernel prints nothing more while paused
-        assert q.cmd("stop") == {}
-        assert q.event("STOP") and q.cmd("query-status")["status"] == "paused"
-        printed = len(vm.out)
-        for _ in range(10):
-            time.sleep(0.3)
-            assert len(vm.out) == printed
-        assert b"Run /init" not in vm.out
-        assert q.cmd("cont") == {}
-        assert q.event("RESUME") and q.cmd("query-status")["status"] == "running"
-        # the kernel goes on booting from where it stopped
-        wait_until(lambda: b"Run /init as init process" in vm.out, "the kernel to reach /init", 900, vm.tail)
-        # then the guest resets itself (init exits or dies, panic=1 reboot=t): -no-shutdown
-        # does not turn a reset into a shutdown (QEMU 7.2), so it reboots, still served
-        assert q.event("RESET", timeout=600)["data"] == {"guest": True, "reason": "guest-reset"}
-        assert q.cmd("query-status")["status"] == "running"
-        wait_until(lambda: vm.out.count(b"Linux version") == 2, "the second boot", 300, vm.tail)
-        assert q.cmd("system_reset") == {}
-        assert q.event("RESET")["data"] == {"guest": False, "reason": "host-qmp-system-reset"}
-        wait_until(lambda: vm.out.count(b"Linux version") == 3, "the boot after system_reset", 300, vm.tail)
-        cpus = q.cmd("query-cpus-fast")
-        assert len(cpus) == 1 and cpus[0]["thread-id"] > 0
-        assert q.cmd("quit") == {}
-        assert q.event("SHUTDOWN")["data"] == {"guest": False, "reason": "host-qmp-quit"}
+        raw = Line(vm.sock)  # a second client: events reach every negotiated client
+
+        async def until(what: str, cond: Any, timeout: float) -> None:
+            await asyncio.to_thread(wait_until, cond, what, timeout, vm.tail)
+
+        async def session() -> None:
+            qmp = qmp_mod.QMPClient("microvm-linux-test")
+            await qmp.connect(vm.sock)
+            assert qmp.greeting._raw["QMP"]["version"]["qemu"] == {"micro": 0, "minor": 2, "major": 7}
+            with qmp.listener() as listener:
+
+                async def event(name: str, timeout: float = 120) -> dict[str, Any]:
+                    while True:
+                        ev = await asyncio.wait_for(listener.get(), timeout)
+                        if ev["event"] == name:
+                            return dict(ev)
+
+                await until("the kernel's banner", lambda: b"Linux version" in vm.out, 300)
+                # stop in the middle of the boot: the kernel prints nothing more while paused
+                assert await qmp.execute("stop") == {}
+                await event("STOP")
+                assert (await qmp.execute("query-status"))["status"] == "paused"
+                printed = len(vm.out)
+                for _ in range(10):
+                    await asyncio.sleep(0.3)
+                    assert len(vm.out) == printed
+                assert b"Run /init" not in vm.out
+                assert await qmp.execute("cont") == {}
+                await event("RESUME")
+                assert (await qmp.execute("query-status"))["status"] == "running"
+                # the kernel goes on booting from where it stopped
+                await until("the kernel to reach /init", lambda: b"Run /init as init process" in vm.out, 900)
+                # then the guest resets itself (init exits or dies, panic=1 reboot=t): -no-shutdown
+                # does not turn a reset into a shutdown (QEMU 7.2), so it reboots, still served
+                ev = await event("RESET", 600)
+                assert ev["data"] == {"guest": True, "reason": "guest-reset"}
+                assert (await qmp.execute("query-status"))["status"] == "running"
+                await until("the second boot", lambda: vm.out.count(b"Linux version") == 2, 300)
+                assert await qmp.execute("system_reset") == {}
+                ev = await event("RESET")
+                assert ev["data"] == {"guest": False, "reason": "host-qmp-system-reset"}
+                await until("the boot after system_reset", lambda: vm.out.count(b"Linux version") == 3, 300)
+                cpus = await qmp.execute("query-cpus-fast")
+                assert len(cpus) == 1 and cpus[0]["thread-id"] > 0
+                assert await qmp.execute("quit") == {}
+                ev = await event("SHUTDOWN")
+                assert ev["data"] == {"guest": False, "reason": "host-qmp-quit"}
+            await qmp.disconnect()
+
+        asyncio.run(asyncio.wait_for(session(), 2400))
         assert vm.wait(60) == 0
+        # the raw client saw the same run: its events, in order
+        seen = []
+        while line := raw.f.readline():
+            seen.append(json.loads(line)["event"])
+        assert seen[:2] == ["STOP", "RESUME"] and seen[-1] == "SHUTDOWN"
+        assert seen.count("RESET") == 2

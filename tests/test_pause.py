@@ -5,6 +5,7 @@ kvmclock is stopped across the pause (KVM_GET_CLOCK/KVM_SET_CLOCK), and the time
 and notify worker pause on their own. No timing assertions: waits are bounded polls."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -12,7 +13,7 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import pytest
 
@@ -147,6 +148,124 @@ def test_stop_freezes_guest_ram_while_the_disk_was_busy_and_cont_resumes(busy_ma
     wait_until(lambda: (m.memory.read_u16(USED + 2) - (avail + 1)) & 0xFFFF < 0x8000, "the request published while paused")
     wait_until(lambda: m.memory.read_u32(DONE) > paused_done + 20, "requests after cont")
     assert ram_hash(m) != paused_hash
+
+
+def _setns(fd: int) -> None:
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.setns(fd, 0x40000000) != 0:  # CLONE_NEWNET
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+@contextlib.contextmanager
+def network_namespace() -> Iterator[str]:
+    """A network namespace of the test's own (linux_images.NetNamespace: deleted after,
+    whatever happened): the tap lives there."""
+    import shutil
+
+    from linux_images import NetNamespace
+
+    if os.geteuid() != 0 or not os.path.exists("/dev/net/tun") or shutil.which("ip") is None:
+        pytest.skip("needs root, /dev/net/tun and ip(8) for a tap in a network namespace")
+    with NetNamespace("microvm-pausetest") as ns:
+        yield ns.name
+
+
+@contextlib.contextmanager
+def entered(name: str) -> Iterator[None]:
+    """This thread in namespace ``name`` (taps and sockets belong to the namespace of the
+    thread that makes them), and back."""
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    target = os.open(f"/run/netns/{name}", os.O_RDONLY)
+    try:
+        _setns(target)
+        try:
+            yield
+        finally:
+            _setns(home)
+    finally:
+        os.close(home)
+        os.close(target)
+
+
+RXDONE, TXDONE = 0x206000, 0x206010
+
+
+@requires_kvm
+def test_stop_freezes_guest_ram_while_virtio_net_has_frames_queued(guest_cache, tmp_path):
+    """net-busy keeps a virtio-net device busy both ways (receive buffers recycled, a frame
+    transmitted after each other) while the host side of its tap sends it frames all along.
+    During a stop the host goes on sending, so the device has input waiting in the tap, yet
+    guest RAM does not change at all; after cont the waiting frames arrive."""
+    import subprocess
+
+    elf = build_guest("net-busy", guest_cache)
+    sock = str(tmp_path / "qmp.sock")
+    spec = MachineSpec(kernel=str(elf), serial=["null"], no_reboot=True, qmp=[f"unix:{sock},server=on,wait=off"],
+                       netdevs=["tap,id=n0,ifname=mvpause0,script=no,downscript=no"],
+                       devices=["virtio-net-device,netdev=n0,force-legacy=off"])
+    spec.validate()
+    with network_namespace() as ns:
+        lc = Lifecycle(spec)
+        m = Machine(spec, lifecycle=lc)
+        with entered(ns):
+            m.build()  # the tap appears in the namespace
+            tx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+        subprocess.run(["ip", "-n", ns, "link", "set", "mvpause0", "up"], check=True)
+        tx.bind(("mvpause0", 0))
+        frame = b"\xff" * 6 + bytes.fromhex("02000000aa01") + b"\x88\xb5" + bytes(46)
+        lc.start_monitors()
+        result: list[int] = []
+        t = threading.Thread(target=lambda: result.append(m.run()), daemon=True)
+        t.start()
+        sent = [0]
+        sending = threading.Event()
+        sending.set()
+
+        def send() -> None:
+            while sending.is_set():
+                try:
+                    tx.send(frame)
+                    sent[0] += 1
+                except OSError:
+                    pass  # (the tap's queue full while paused: the kernel drops)
+                time.sleep(0.002)
+
+        sender = threading.Thread(target=send, daemon=True)
+        sender.start()
+        q = Qmp(sock)
+        try:
+            wait_until(lambda: m.memory is not None and m.memory.read_u32(RXDONE) > 20 and m.memory.read_u32(TXDONE) > 20,
+                       "frames both ways")
+            h1 = ram_hash(m)
+            rx = m.memory.read_u32(RXDONE)
+            wait_until(lambda: m.memory.read_u32(RXDONE) > rx + 5, "more frames")
+            assert ram_hash(m) != h1  # running: RAM changes (the control of the check below)
+            assert q.cmd("stop") == {}
+            assert q.events[-1]["event"] == "STOP" and m.parked == m.vcpus_active == 1
+            paused_hash = ram_hash(m)
+            rx, txd = m.memory.read_u32(RXDONE), m.memory.read_u32(TXDONE)
+            before = sent[0]
+            for _ in range(5):
+                time.sleep(0.2)
+                assert ram_hash(m) == paused_hash
+            assert sent[0] > before  # the host kept sending: input was waiting in the tap
+            assert (m.memory.read_u32(RXDONE), m.memory.read_u32(TXDONE)) == (rx, txd)
+            assert q.cmd("cont") == {}
+            wait_until(lambda: m.memory.read_u32(RXDONE) > rx + 20, "frames after cont")
+            wait_until(lambda: m.memory.read_u32(TXDONE) > txd + 20, "transmissions after cont")
+            assert ram_hash(m) != paused_hash
+        finally:
+            sending.clear()
+            sender.join(10)
+            q.close()
+            m.request_stop(0, "test done")
+            t.join(30)
+            lc.close_monitors()
+            tx.close()
+    assert not t.is_alive() and result == [0]
 
 
 @requires_kvm
@@ -287,3 +406,45 @@ def test_pvclock_now_reads_the_guests_clock_page(guest_memory):
     assert guestclock.pvclock_now([Vcpu(page | 1)], mem) == 5_000_003_000
     assert guestclock.pvclock_now([Vcpu(page)], mem) == 0  # the guest has not enabled kvmclock
     assert guestclock.pvclock_now([], mem) == 0
+
+
+@requires_kvm
+def test_pause_and_resume_racing_the_machines_close(guest_cache, tmp_path):
+    """Machine.pause/resume (what stop and cont do) in a loop on one thread while the machine
+    stops and is torn down on another: they are serialised with close() by the machine's
+    _run_lock (the documented order: Lifecycle._lock, _run_lock, pause_cond, kick_lock), so
+    none raises, none waits on a vCPU that is gone, and once closed both are no-ops."""
+    elf = build_guest("blk-busy", guest_cache)
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(bytes(256 << 10))
+    spec = MachineSpec(kernel=str(elf), serial=["null"], no_reboot=True, drives=[f"id=d0,file={disk}"],
+                       devices=["virtio-blk-device,drive=d0,force-legacy=off"])
+    for _ in range(3):
+        m = Machine(spec)
+        result: list[int] = []
+        t = threading.Thread(target=lambda: result.append(m.run()), daemon=True)
+        t.start()
+        wait_until(lambda: m.memory is not None and m.memory.read_u32(DONE) > 5, "the guest's disk requests")
+        errors: list[BaseException] = []
+        cycles = [0]
+
+        def toggle() -> None:
+            try:
+                while t.is_alive():
+                    m.pause()
+                    m.resume()
+                    cycles[0] += 1
+                m.pause()  # after close: nothing to do, nothing raised
+                m.resume()
+            except BaseException as e:
+                errors.append(e)
+
+        racer = threading.Thread(target=toggle)
+        racer.start()
+        wait_until(lambda: cycles[0] > 3, "a few pause/resume cycles")
+        m.request_stop(0, "test done")
+        t.join(30)
+        racer.join(30)
+        assert not t.is_alive() and not racer.is_alive()
+        assert result == [0] and not errors, errors
+        assert m._closed and m.torn_down

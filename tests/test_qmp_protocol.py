@@ -443,3 +443,36 @@ def test_event_objects_and_validation():
                        ("GUEST_PANICKED", {"action": "explode"})]:
         with pytest.raises(ValueError):
             check_event(name, data)
+
+
+# ---------------------------------------------------------------------------- query-chardev order
+@pytest.mark.parametrize("created, qemu_lists", [
+    # qemu-system-x86_64 7.2 (Debian 1:7.2+dfsg-7) -M microvm,acpi=off -nodefaults -S
+    #   -chardev null,id=zz -chardev null,id=aa -chardev file,id=mm,... -serial chardev:aa
+    #   -qmp unix:...  -chardev socket,id=mon1,... -mon chardev=mon1 -serial null
+    (["zz", "aa", "mm", "compat_monitor0", "mon1", "serial1"], ["zz", "serial1", "mon1", "compat_monitor0", "mm", "aa"]),
+    # -chardev null,id=c1 ... -chardev null,id=c12 -qmp unix:...: the table grows once
+    ([f"c{i}" for i in range(1, 13)] + ["compat_monitor0"],
+     ["c11", "c4", "compat_monitor0", "c5", "c6", "c10", "c7", "c1", "c8", "c2", "c9", "c3", "c12"]),
+    # c1 ... c30 and -qmp: three growths, in-place rehashes with evictions
+    ([f"c{i}" for i in range(1, 31)] + ["compat_monitor0"],
+     ["c19", "c7", "c29", "c13", "c1", "c23", "c6", "c18", "c28", "c12", "c22", "c17", "c5", "c27", "c11", "c21",
+      "c4", "c16", "c3", "c26", "c10", "c9", "c20", "compat_monitor0", "c15", "c30", "c25", "c8", "c14", "c2", "c24"]),
+])
+def test_query_chardev_lists_in_qemus_order(created, qemu_lists):
+    """QEMU lists its chardevs backwards through a GLib hash table filled in creation order;
+    these lists are what QEMU 7.2 answered for those command lines."""
+    from microvm.qmp.ghash import qom_children_order
+
+    assert qom_children_order(created) == qemu_lists
+
+
+def test_glib_string_hash():
+    from microvm.qmp.ghash import g_str_hash
+
+    assert g_str_hash("") == 5381 and g_str_hash("a") == 5381 * 33 + 97
+    # djb2 as a polynomial in 33, reduced to 32 bits (a long label wraps many times)
+    label = "compat_monitor0" * 4
+    n = len(label)
+    expected = (5381 * 33 ** n + sum(c * 33 ** (n - 1 - i) for i, c in enumerate(label.encode()))) % (1 << 32)
+    assert g_str_hash(label) == expected

@@ -42,8 +42,11 @@ def rss_bytes() -> int:
 class Client:
     """A raw line-oriented QMP client (what socat or a shell script would do)."""
 
-    def __init__(self, server: QmpServer) -> None:
-        if server.address.kind == "unix":
+    def __init__(self, server: QmpServer | str) -> None:
+        if isinstance(server, str):  # a Unix socket path
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.sock.connect(server)
+        elif server.address.kind == "unix":
             self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             self.sock.connect(server.path)
         else:
@@ -289,7 +292,7 @@ def test_1000_connections_opened_and_dropped(server):
 
 
 def test_more_clients_than_max_clients_wait_in_the_backlog(make_server):
-    srv = make_server(max_clients=2)
+    srv = make_server(max_clients=2, evict_idle=600)
     a, b = Client(srv), Client(srv)
     late = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     late.connect(srv.path)  # queued by the kernel, not yet accepted
@@ -300,6 +303,113 @@ def test_more_clients_than_max_clients_wait_in_the_backlog(make_server):
     late.settimeout(20)
     assert late.recv(4096).startswith(GREETING_PREFIX)
     assert b.negotiate().cmd("query-kvm")["return"]["present"] is True
+
+
+def test_idle_clients_make_room_for_a_new_one(make_server):
+    """Every slot taken by clients that say nothing: a new connection is not locked out for
+    ever (QEMU's one-client chardev would keep it in the backlog): the client silent the
+    longest, one that never negotiated first, is dropped once silent for evict_idle."""
+    srv = make_server(max_clients=3, evict_idle=0.5)
+    talker = Client(srv).negotiate()
+    watcher = Client(srv).negotiate()
+    mute = Client(srv)  # connected, never negotiates
+    late = Client(srv)  # waits until mute has been silent long enough
+    assert late.greeting.startswith(GREETING_PREFIX)
+    assert late.negotiate().cmd("query-status")["return"]["status"] == "running"
+    with pytest.raises((EOFError, ConnectionResetError)):
+        mute.line()
+    assert srv.stats["evicted"] == 1 and srv.client_count == 3
+    # the next one: the negotiated client silent the longest goes (talker keeps talking)
+    stop = threading.Event()
+
+    def talk() -> None:
+        while not stop.is_set():
+            talker.cmd("query-kvm")
+            time.sleep(0.05)
+
+    t = threading.Thread(target=talk)
+    t.start()
+    try:
+        time.sleep(0.1)  # (watcher last spoke before late did)
+        later = Client(srv).negotiate()
+        with pytest.raises((EOFError, ConnectionResetError)):
+            watcher.line()
+        assert later.cmd("query-name")["return"] == {"name": "vm0"}
+    finally:
+        stop.set()
+        t.join(20)
+    assert srv.stats["evicted"] == 2 and talker.cmd("query-status")["return"]["running"] is True
+    assert late.cmd("query-kvm")["return"]["present"] is True
+
+
+def test_emfile_from_accept_neither_spins_nor_kills_the_server(tmp_path):
+    """Out of descriptors: accept() fails with EMFILE while connections wait. The server
+    warns once, backs off (a few accept attempts, not a spin on the readable listener), keeps
+    serving the clients it has, and accepts again once descriptors are free. The server runs
+    in a child process whose RLIMIT_NOFILE is then lowered."""
+    code = f"""
+import os, resource, sys, time
+sys.path.insert(0, {os.path.dirname(__file__)!r})
+from qmp_fakes import FakeMachine
+from microvm.qmp.server import QmpServer
+srv = QmpServer("unix:{tmp_path}/e.sock", FakeMachine())
+srv.start()
+fd = os.open("/dev/null", os.O_RDONLY); os.close(fd)
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+free = [n for n in range(fd, fd + 64) if not os.path.exists(f"/proc/self/fd/{{n}}")]
+resource.setrlimit(resource.RLIMIT_NOFILE, (free[2], hard))  # room for two clients
+print("ready", flush=True)
+for line in sys.stdin:
+    if line.strip() == "stats":
+        print(srv.stats["accepted"], srv.stats["accept_errors"], srv.client_count, flush=True)
+    elif line.strip() == "raise":
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        print("raised", flush=True)
+srv.close()
+"""
+    proc = subprocess.Popen([sys.executable, "-c", "import logging; logging.basicConfig(); " + code],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
+
+        def stats() -> tuple[int, int, int]:
+            proc.stdin.write("stats\n")
+            proc.stdin.flush()
+            a, e, c = proc.stdout.readline().split()
+            return int(a), int(e), int(c)
+
+        path = f"{tmp_path}/e.sock"
+        first = [Client(path).negotiate() for _ in range(2)]
+        waiting = []
+        for _ in range(5):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect(path)  # queued in the backlog; accept() fails with EMFILE
+            waiting.append(s)
+        wait_until(lambda: stats()[1] >= 2, "accept to fail")
+        time.sleep(1.0)  # a spinning loop would retry thousands of times meanwhile
+        accepted, errors, count = stats()
+        assert accepted == 2 and count == 2
+        assert errors < 40, f"{errors} accept attempts in a second: the server spins"
+        assert first[0].cmd("query-status")["return"]["status"] == "running"  # still served
+        proc.stdin.write("raise\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline().strip() == "raised"
+        waiting[0].settimeout(20)
+        assert waiting[0].recv(4096).startswith(GREETING_PREFIX)  # accepted again
+        wait_until(lambda: stats()[0] == 7, "the waiting connections to be accepted")
+        for c in first:
+            c.close()
+        for s in waiting:
+            s.close()
+        proc.stdin.close()
+        assert proc.wait(30) == 0
+        err = proc.stderr.read()
+        assert err.count("cannot accept a client") == 1, err  # one warning for the episode
+        assert "Traceback" not in err, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def test_a_client_that_never_reads_is_dropped_and_others_keep_their_events(server):
@@ -438,6 +548,9 @@ def test_wait_on_lets_the_machine_wait_for_a_client(tmp_path, make_server):
     assert Address("unix:/x,server=on").wait and Address("tcp::4444,server").wait
     assert not Address("unix:/x,server=on,wait=off").wait and not Address("unix:/x,wait=off,server=on").wait
     assert not Address("unix:/x").wait
+    # QEMU 7.2's short forms, as its -qmp takes them (without a warning there)
+    assert not Address("unix:/x,server,nowait").wait and not Address("unix:/x,server=on,nowait").wait
+    assert Address("unix:/x,server").wait and Address("unix:/x,server,wait").wait
     Client(srv)
     assert srv.wait_for_client(20)
 

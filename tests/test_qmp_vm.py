@@ -245,16 +245,36 @@ def test_hostile_clients_while_the_vm_keeps_a_disk_busy(guest_cache, tmp_path):
             if i % 3 == 1:
                 s.sendall(b'{"execute": "qmp_capab')
             s.close()
-        # a client that sends commands and never reads: dropped once 1 MiB of replies waits
+        # a client that sends commands and never reads: while its replies pile up, the other
+        # client's commands (and the events they cause, which go to the stuck client too) are
+        # answered and the guest keeps writing its disk; once 1 MiB waits it is dropped
+        keep.send({"execute": "query-commands"})
+        reply_len = len(keep.f.readline())
         slow = Line(vm.sock)
         slow.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        slow.sock.sendall(b'{"execute": "query-commands"}' * 200)  # more than the socket buffers hold
+        for _ in range(5):
+            assert keep.cmd("stop") == {} and keep.cmd("cont") == {}
+        first = disk.read_bytes()
+        wait_until(lambda: disk.read_bytes() != first, "the guest's disk writes while a client is stuck")
         req = b'{"execute": "query-commands"}' * 100
+        sent = 200
         try:
             for _ in range(500):
                 slow.sock.sendall(req)
+                sent += 100
         except OSError:
-            pass
+            pass  # the server dropped it (EPIPE / ECONNRESET)
         assert keep.cmd("query-status")["status"] == "running"
+        # it was dropped, not served: its socket ends long before all its replies came
+        received = 0
+        slow.sock.settimeout(30)
+        try:
+            while chunk := slow.sock.recv(1 << 16):
+                received += len(chunk)
+        except ConnectionResetError:
+            pass
+        assert received < sent * reply_len // 4, (received, sent * reply_len)
         # the guest kept writing its disk (request numbers land in the image) all along
         first = disk.read_bytes()
         wait_until(lambda: disk.read_bytes() != first, "the guest's next disk writes")
@@ -262,6 +282,21 @@ def test_hostile_clients_while_the_vm_keeps_a_disk_busy(guest_cache, tmp_path):
         assert grown < 64 << 20, f"RSS grew by {grown >> 20} MiB"
         for c in (keep, bad, big, slow):
             c.close()
+
+
+def test_sixteen_idle_clients_do_not_lock_out_a_seventeenth(guest_cache, tmp_path):
+    """All 16 client slots taken by clients that say nothing after negotiating: a new client
+    still gets in (QEMU's chardev would keep it waiting while its one client idles), the one
+    silent the longest making room after 5 s."""
+    elf = build_guest("spin", guest_cache)
+    with Vm(str(tmp_path), "--kernel", str(elf)) as vm:
+        idle = [Line(vm.sock) for _ in range(16)]
+        late = Line(vm.sock)  # its greeting comes once a slot is freed (Line waits up to 60 s)
+        assert late.cmd("query-status")["status"] == "running"
+        assert idle[0].f.readline() == b""  # the first idle one was dropped for it
+        assert idle[1].cmd("query-kvm") == {"enabled": True, "present": True}  # the others stay
+        late.cmd("quit")
+        assert vm.wait() == 0
 
 
 def test_sigterm_while_paused_ends_the_vm_with_a_host_signal_shutdown(guest_cache, tmp_path):
@@ -301,3 +336,125 @@ def test_commands_racing_guest_resets_never_reach_a_torn_down_machine(guest_cach
         q.cmd("quit")
         assert vm.wait() == 0, vm.stderr()[-2000:]
         assert vm.out.count(b"HELLO") > 1
+
+
+def test_query_chardev_in_qemus_order(guest_cache, tmp_path):
+    """The same chardevs as this QEMU 7.2 command line, which answered (paths aside):
+    qemu-system-x86_64 -M microvm,acpi=off -nodefaults -S -chardev null,id=zz -chardev null,id=aa
+      -chardev file,id=mm,path=F -chardev socket,id=mon1,path=M,server=on,wait=off
+      -mon chardev=mon1,mode=control -serial chardev:aa -qmp unix:Q,server=on,wait=off"""
+    elf = build_guest("spin", guest_cache)
+    mon = tmp_path / "m.sock"
+    with Vm(str(tmp_path), "--kernel", str(elf), "--chardev", "null,id=zz", "--chardev", "null,id=aa",
+            "--chardev", f"file,id=mm,path={tmp_path / 'f.log'}",
+            "--chardev", f"socket,id=mon1,path={mon},server=on,wait=off", "--mon", "chardev=mon1,mode=control",
+            "--serial", "chardev:aa") as vm:
+        q = Line(vm.sock)
+        wait_until(lambda: [c["thread-id"] > 0 for c in q.cmd("query-cpus-fast")] == [True], "the machine to start")
+        assert q.cmd("query-chardev") == [
+            {"frontend-open": False, "filename": "null", "label": "zz"},
+            {"frontend-open": True, "filename": f"unix:{vm.sock},server=on", "label": "compat_monitor0"},
+            {"frontend-open": True, "filename": f"disconnected:unix:{mon},server=on", "label": "mon1"},
+            {"frontend-open": False, "filename": "file", "label": "mm"},
+            {"frontend-open": True, "filename": "null", "label": "aa"},
+        ]
+        q.cmd("quit")
+        assert vm.wait() == 0
+
+
+@pytest.mark.parametrize("how", ["qmp", "chardev"])
+def test_ctrl_c_while_waiting_for_a_wait_on_client_is_one_line(guest_cache, tmp_path, how):
+    """SIGINT (Ctrl-C) while microvm waits for the first client of a wait=on socket, before
+    the guest ran: status 0, QEMU's one line, no traceback, the socket file removed."""
+    import signal
+    import time
+
+    from kvm_helpers import microvm_cmd
+
+    elf = build_guest("spin", guest_cache)
+    sock = tmp_path / "w.sock"
+    if how == "qmp":
+        extra = ["--qmp", f"unix:{sock},server=on"]
+    else:
+        extra = ["--chardev", f"socket,id=s0,path={sock},server=on", "--serial", "chardev:s0"]
+    proc = subprocess.Popen(microvm_cmd("run", "--kernel", str(elf), *extra), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        first = b""
+        while b"waiting for connection" not in first and time.monotonic() < deadline:
+            first += proc.stderr.readline()
+        assert b"microvm: waiting for connection on: disconnected:unix:" in first, first
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert err.decode() == "microvm: terminating on signal 2\n", err
+    assert out == b"" and not sock.exists()
+
+
+def test_system_reset_is_done_when_it_returns_and_a_paused_vm_stays_stopped(guest_cache, tmp_path):
+    """QEMU's qmp_system_reset, carried out before the reply: the RESET event (one per
+    request) comes before the reply, the next command sees the new machine; a VM reset while
+    paused comes back in prelaunch (QEMU's main_loop_should_exit) and runs nothing until cont."""
+    import time
+
+    elf = build_guest("spin", guest_cache)
+    with Vm(str(tmp_path), "--kernel", str(elf)) as vm:
+        q = Line(vm.sock)
+        wait_until(lambda: vm.out.count(b"SPIN") == 1, "the guest")
+        for n in range(2, 5):  # running: reset, and it keeps running
+            q.events.clear()
+            assert q.cmd("system_reset") == {}
+            assert [e["event"] for e in q.events] == ["RESET"]  # before the reply
+            assert q.events[0]["data"] == {"guest": False, "reason": "host-qmp-system-reset"}
+            assert q.cmd("query-status")["status"] == "running"
+            wait_until(lambda: vm.out.count(b"SPIN") == n, "the guest after the reset")
+        q.cmd("stop")
+        q.events.clear()
+        assert q.cmd("system_reset") == {}
+        assert [e["event"] for e in q.events] == ["RESET"]
+        assert q.cmd("query-status") == {"status": "prelaunch", "singlestep": False, "running": False}
+        for _ in range(5):  # (the new machine's vCPU has not run: it would print SPIN at once)
+            time.sleep(0.1)
+            assert vm.out.count(b"SPIN") == 4
+        q.cmd("cont")
+        wait_until(lambda: vm.out.count(b"SPIN") == 5, "the guest after cont")
+        q.cmd("quit")
+        assert vm.wait() == 0
+
+
+def test_a_guest_halted_with_interrupts_off_stays_running_as_in_qemu(guest_cache, tmp_path):
+    """cli; hlt: KVM's in-kernel LAPIC keeps the vCPU halted for ever; QEMU 7.2 answers
+    running and sends no event (checked with the same guest), and so does microvm; the
+    monitor still drives it (stop, cont, quit with its SHUTDOWN)."""
+    import time
+
+    elf = build_guest("halt", guest_cache)
+    with Vm(str(tmp_path), "--kernel", str(elf)) as vm:
+        q = Line(vm.sock)
+        wait_until(lambda: vm.out == b"HALT\n", "the guest to halt")
+        time.sleep(0.5)
+        assert q.cmd("query-status")["status"] == "running" and q.events == []
+        q.cmd("stop")
+        q.cmd("cont")
+        assert [e["event"] for e in q.events] == ["STOP", "RESUME"]
+        q.cmd("quit")
+        assert q.event("SHUTDOWN")["data"] == {"guest": False, "reason": "host-qmp-quit"}
+        assert vm.wait() == 0 and vm.out == b"HALT\n"
+
+
+def test_isa_debug_exit_reports_a_guest_shutdown(guest_cache, tmp_path):
+    """A guest ending the VM through isa-debug-exit: the client learns it from SHUTDOWN
+    {guest: true, reason: guest-shutdown} (QEMU exits without an event) before the socket
+    closes; the status is the guest's."""
+    elf = build_guest("debug-exit", guest_cache)
+    with Vm(str(tmp_path), "--kernel", str(elf), "--device", "isa-debug-exit,iobase=0xf4,iosize=0x04", "-S") as vm:
+        q = Line(vm.sock)
+        q.cmd("cont")
+        assert q.event("SHUTDOWN")["data"] == {"guest": True, "reason": "guest-shutdown"}
+        assert q.f.readline() == b""  # then the end
+        assert vm.wait() % 2 == 1

@@ -222,4 +222,12 @@ def build_spec(o: dict[str, Any], warn: Callable[[str], None]) -> Any:
         bios=o["bios"],
     )
     spec.validate()
+    for option, configs in (("-chardev", spec.chardev_configs), ("-netdev", spec.netdev_configs)):
+        for cfg in configs.values():  # QEMU 7.2 accepts these with a warning
+            for given, key, value in cfg.short_flags:
+                warn(f"{option} {cfg.text}: short-form boolean option '{given}' deprecated; "
+                     f"please use {key}={value} instead")
+    if spec.prelaunch and not spec.qmp and not spec.mon:
+        # QEMU just waits; microvm has no human monitor on the console to say cont with
+        warn("-S without -qmp or -mon: nothing can continue the VM, it stays paused until it is ended")
     return spec

@@ -5,12 +5,14 @@ machine side implements this small protocol (an adapter object is enough), so th
 half is testable with a fake and survives the Machine being rebuilt after a guest reset
 (the adapter points at whichever Machine is current).
 
-Threading contract: every method here is called from the QMP server thread only, one call
-at a time. Each must return promptly (it may wait briefly, e.g. for vCPUs to leave KVM_RUN,
-as QEMU's ``pause_all_vcpus`` blocks its main loop) and must never wait for a QMP client.
-State changes are reported back through ``QmpServer.emit_event`` (safe from any thread,
-including from inside these methods: the event is then queued before the command's reply,
-the order QEMU's clients see).
+Threading contract: each QMP server calls these methods from its own thread, one call at
+a time; with several monitors (``-qmp`` twice, ``-mon``) several servers call at once, so the
+machine side serialises its run-state transitions itself (microvm.lifecycle: one lock).
+Each must return promptly (it may wait briefly, e.g. for vCPUs to leave KVM_RUN, as QEMU's
+``pause_all_vcpus`` blocks its main loop, or for a reset to rebuild the machine) and must
+never wait for a QMP client. State changes are reported back through
+``QmpServer.emit_event`` (safe from any thread; an event emitted before a command returns,
+on whichever thread, is sent before the command's reply, the order QEMU's clients see).
 """
 from __future__ import annotations
 
@@ -85,15 +87,16 @@ class MachineControl(Protocol):
         ...
 
     def cont(self) -> None:
-        """Resume the vCPUs (``cont``). Called in paused, prelaunch or guest-panicked state,
-        never in :data:`NEEDS_RESET` states (the command refuses those). On the transition,
-        emit ``RESUME`` and report ``running``. May raise :class:`~microvm.qmp.errors.QmpError`."""
+        """Resume the vCPUs (``cont``). Called in paused, prelaunch or guest-panicked state;
+        the command refuses :data:`NEEDS_RESET` states, and a machine that entered one since
+        raises :class:`~microvm.qmp.errors.QmpError` itself. On the transition, emit
+        ``RESUME`` and report ``running``."""
         ...
 
     def system_reset(self) -> None:
-        """Request a reset (``system_reset``), asynchronously as QEMU does: return at once,
-        then emit ``RESET {"guest": false, "reason": "host-qmp-system-reset"}`` when it is
-        done. A machine that was not running comes back in ``prelaunch`` (QEMU 7.2)."""
+        """Reset (``system_reset``): return once the reset is done and ``RESET {"guest":
+        false, "reason": "host-qmp-system-reset"}`` emitted, one event per call. A machine
+        that was not running comes back in ``prelaunch``, its vCPUs stopped (QEMU 7.2)."""
         ...
 
     def quit(self) -> None:

@@ -10,8 +10,10 @@ Semantics are QEMU's ``-qmp unix:PATH,server=on,wait=off`` / ``tcp:HOST:PORT,...
 does not wait for a client (unless ``wait=on`` and the machine side calls
 :meth:`QmpServer.wait_for_client`), each client gets its own greeting and negotiation state,
 and events go to every client that has completed negotiation. Unlike QEMU's socket chardev,
-which serves one client at a time, up to ``max_clients`` are served at once; further
-connections wait in the listen backlog until one leaves.
+which serves one client at a time (the next waits in the backlog until it leaves, however
+idle it is), up to ``max_clients`` are served at once; when all are taken and another
+connects, the client silent the longest (none negotiated first) makes room for it once it
+has been silent for ``evict_idle`` seconds, so idle clients cannot lock the monitor.
 
 Hostile clients (limits are per client, see docs/qmp.md):
 
@@ -19,7 +21,10 @@ Hostile clients (limits are per client, see docs/qmp.md):
 * one message larger than ``max_message`` bytes (default 1 MiB; QEMU allows 64 MiB) or
   nested deeper than 1024 gets QEMU's limit error and the connection is closed;
 * a client whose unsent output exceeds ``max_output`` (default 1 MiB: it stopped reading)
-  is dropped, so neither the server nor the VM ever waits for it.
+  is dropped, so neither the server nor the VM ever waits for it;
+* ``accept`` failing for lack of descriptors or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM)
+  stops listening for a while (50 ms, doubling up to 2 s; at once when a client leaves)
+  instead of spinning on the readable listener, with one warning per episode.
 """
 from __future__ import annotations
 
@@ -29,6 +34,7 @@ import selectors
 import socket
 import stat
 import threading
+import time
 from collections import deque
 from typing import Any
 
@@ -42,6 +48,11 @@ from .qjson import DEFAULT_MAX_MESSAGE, to_line
 log = get_logger("microvm.qmp")
 
 DEFAULT_MAX_CLIENTS = 16
+#: seconds a client must have sent nothing before a new connection may take its place
+#: when every slot is taken
+DEFAULT_EVICT_IDLE = 5.0
+#: accept() back-off after EMFILE and the like: first delay, longest delay
+ACCEPT_BACKOFF = (0.05, 2.0)
 DEFAULT_MAX_OUTPUT = 1 << 20
 #: events queued from other threads before the server thread takes them. It takes them at
 #: once, so this bound is only reached if that thread is wedged; then the oldest are dropped
@@ -98,15 +109,17 @@ class Address:
 
 
 class _Client:
-    __slots__ = ("sock", "session", "out", "out_bytes", "mask", "name")
+    __slots__ = ("sock", "session", "out", "out_bytes", "mask", "name", "last_input")
 
-    def __init__(self, sock: socket.socket, session: QmpSession, name: str) -> None:
+    def __init__(self, sock: socket.socket, session: QmpSession, name: str, now: float) -> None:
         self.sock = sock
         self.session = session
         self.out: deque[bytes] = deque()
         self.out_bytes = 0
         self.mask = 0
         self.name = name
+        #: time.monotonic() of the connection or of the last bytes received
+        self.last_input = now
 
 
 class QmpServer:
@@ -126,12 +139,14 @@ class QmpServer:
         max_clients: int = DEFAULT_MAX_CLIENTS,
         max_message: int = DEFAULT_MAX_MESSAGE,
         max_output: int = DEFAULT_MAX_OUTPUT,
+        evict_idle: float = DEFAULT_EVICT_IDLE,
     ) -> None:
         self.address = Address(address)
         self.control = control
         self.max_clients = max_clients
         self.max_message = max_message
         self.max_output = max_output
+        self.evict_idle = evict_idle
         self._listener: socket.socket | None = None
         self._listening = False
         self._sel: selectors.BaseSelector | None = None
@@ -146,8 +161,14 @@ class QmpServer:
         self._closed = False
         self._unix_id: tuple[int, int] | None = None
         self._connected = threading.Event()
+        #: the listener is off until then (time.monotonic()): accept back-off, or a full
+        #: server waiting for a client to become evictable; None: no such wait
+        self._listen_at: float | None = None
+        self._backoff = ACCEPT_BACKOFF[0]
+        self._accept_failing = False
         #: counters, for tests and diagnostics
-        self.stats = {"accepted": 0, "dropped_slow": 0, "dropped_limit": 0, "events": 0}
+        self.stats = {"accepted": 0, "dropped_slow": 0, "dropped_limit": 0, "events": 0, "evicted": 0,
+                      "accept_errors": 0}
 
     # ------------------------------------------------------------------ public API
     @property
@@ -207,6 +228,7 @@ class QmpServer:
         check_event(name, data)
         line = to_line(event_message(name, data))
         if threading.get_ident() == self._thread_ident:
+            self._take_pending()  # what other threads emitted earlier goes first
             self._broadcast(line)  # inside a command: before its reply, as in QEMU
             return
         with self._lock:
@@ -317,13 +339,24 @@ class QmpServer:
             self._sel.unregister(self._listener)
         self._listening = on
 
+    def _is_stopping(self) -> bool:
+        with self._lock:
+            return self._stopping
+
     def _run(self) -> None:
         self._thread_ident = threading.get_ident()
         sel = self._sel
         assert sel is not None
         try:
-            while not self._stopping:
-                for key, mask in sel.select():
+            while not self._is_stopping():
+                timeout = None
+                if self._listen_at is not None:
+                    timeout = self._listen_at - time.monotonic()
+                    if timeout <= 0:  # the back-off or the wait for an evictable client is over
+                        self._listen_at = None
+                        self._listen(True)
+                        timeout = None
+                for key, mask in sel.select(timeout):
                     if key.data is _LISTEN:
                         self._accept()
                     elif key.data is _WAKE:
@@ -345,28 +378,72 @@ class QmpServer:
             self._shutdown()
 
     def _accept(self) -> None:
+        """The listener is readable: a connection waits. Accept what waits; with every slot
+        taken, make room by dropping the client silent the longest, once it has been silent
+        for ``evict_idle`` (until then the listener is off, so the wait costs nothing)."""
         assert self._listener is not None and self._sel is not None
-        while len(self._clients) < self.max_clients:
+        first = True
+        while True:
+            now = time.monotonic()
+            if len(self._clients) >= self.max_clients:
+                if not first:
+                    return  # the listener stays on: select says whether another waits
+                if not self._evict(now):
+                    return
+            first = False
             try:
                 sock, peer = self._listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as e:
-                if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    log.warning("QMP: cannot accept a client: %s", e.strerror)
-                    self._listen(False)  # retried when a client leaves
+                self.stats["accept_errors"] += 1
+                if e.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    log.warning("QMP: accept failed: %s", e.strerror)
+                    return
+                # the connection stays queued and the listener readable: polling it now would
+                # spin, so the listener is off for a while (and on again when a client leaves)
+                if not self._accept_failing:
+                    self._accept_failing = True
+                    log.warning("QMP: cannot accept a client (%s); retrying", e.strerror)
+                self._listen(False)
+                self._listen_at = now + self._backoff
+                self._backoff = min(self._backoff * 2, ACCEPT_BACKOFF[1])
                 return
+            if self._accept_failing:
+                self._accept_failing = False
+                log.info("QMP: accepting clients again")
+            self._backoff = ACCEPT_BACKOFF[0]
             sock.setblocking(False)
             if sock.family in (socket.AF_INET, socket.AF_INET6):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            client = _Client(sock, QmpSession(self.control, self.max_message), str(peer) or "unix client")
+            client = _Client(sock, QmpSession(self.control, self.max_message), str(peer) or "unix client", now)
             self._clients[sock.fileno()] = client
             self._sel.register(sock, selectors.EVENT_READ, client)
             client.mask = selectors.EVENT_READ
             self.stats["accepted"] += 1
             self._connected.set()
             self._queue(client, client.session.greeting_line())
-        self._listen(False)  # full: the rest wait in the backlog
+
+    def _evict(self, now: float) -> bool:
+        """Every slot is taken and a connection waits: drop the client silent the longest
+        (one that never negotiated first) if it has been silent for ``evict_idle``; True
+        then. Else the listener is off until the first client could be dropped."""
+        victim = min(self._clients.values(), key=lambda c: (c.session.negotiated, c.last_input))
+        oldest = min(c.last_input for c in self._clients.values())
+        if now - victim.last_input < self.evict_idle:
+            if now - oldest >= self.evict_idle:
+                victim = min(self._clients.values(), key=lambda c: c.last_input)
+            else:
+                self._listen(False)
+                self._listen_at = oldest + self.evict_idle
+                return False
+        # a warning the first time, then info: reconnecting clients must not fill the log
+        log.log(30 if not self.stats["evicted"] else 20,
+                "QMP: all %d client slots taken; dropping %s (silent for %.0f s) for a new client",
+                self.max_clients, victim.name, now - victim.last_input)
+        self.stats["evicted"] += 1
+        self._drop(victim)
+        return True
 
     def _read(self, client: _Client) -> None:
         try:
@@ -378,13 +455,22 @@ class QmpServer:
         if not data:
             self._drop(client)
             return
-        # events other threads emitted before this input arrived go out before its replies
+        client.last_input = time.monotonic()
+        # events other threads emitted before a reply was made go out before it: those from
+        # before this input arrived, and those a command caused on another thread (the
+        # RESET of a system_reset comes from the main thread, which rebuilds the machine)
         self._take_pending()
         if client.sock.fileno() not in self._clients:
-            return  # dropped while delivering them (it stopped reading)
+            return
         for line in client.session.receive(data):
+            self._take_pending()
+            if client.sock.fileno() not in self._clients:
+                return  # dropped while delivering them (it stopped reading)
             if not self._queue(client, line):
                 return
+        self._take_pending()
+        if client.sock.fileno() not in self._clients:
+            return
         if client.session.fatal:
             log.warning("QMP client %s: message over the limits, closing", client.name)
             self.stats["dropped_limit"] += 1
@@ -420,7 +506,7 @@ class QmpServer:
                 out[0] = chunk[sent:]
                 break
         want = selectors.EVENT_READ | (selectors.EVENT_WRITE if out else 0)
-        if self._stopping:
+        if self._is_stopping():
             want = selectors.EVENT_WRITE  # closing: only delivering what is queued
         if want != client.mask and self._sel is not None:
             self._sel.modify(client.sock, want, client)
@@ -438,7 +524,8 @@ class QmpServer:
                 pass
         client.sock.close()
         client.out.clear()
-        if not self._stopping and not self._listening and self._listener is not None:
+        if not self._is_stopping() and not self._listening and self._listener is not None:
+            self._listen_at = None  # a slot and a descriptor are free: look at once
             self._listen(True)
 
     def _broadcast(self, line: bytes) -> None:
@@ -455,8 +542,6 @@ class QmpServer:
 
     def _shutdown(self) -> None:
         """Deliver what is queued (bounded in time), then close everything."""
-        import time
-
         sel = self._sel
         if self._listener is not None and self._listening and sel is not None:
             self._listen(False)

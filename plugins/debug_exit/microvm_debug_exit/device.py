@@ -6,13 +6,13 @@ always odd, so a guest-chosen status can be told apart from the VMM's own 0.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 
 class DebugExit:
     """Bus device: any write ends the machine; reads float high (there is nothing to read)."""
 
-    def __init__(self, stop: Callable[[int, str], None]) -> None:
+    def __init__(self, stop: Callable[..., Any]) -> None:
         self.stop = stop
 
     def read(self, offset: int, data: memoryview) -> None:
@@ -20,4 +20,6 @@ class DebugExit:
 
     def write(self, offset: int, data: bytes) -> None:
         value = int.from_bytes(data, "little")
-        self.stop((value << 1) | 1, f"isa-debug-exit: guest wrote {value:#x}")
+        # the guest ended the VM: a QMP client gets SHUTDOWN guest-shutdown (QEMU exits
+        # without an event here)
+        self.stop((value << 1) | 1, f"isa-debug-exit: guest wrote {value:#x}", "guest-shutdown")

@@ -10,9 +10,10 @@ from microvm_debug_exit.device import DebugExit
 
 def test_write_stops_with_odd_status():
     calls = []
-    dev = DebugExit(lambda status, why: calls.append((status, why)))
+    dev = DebugExit(lambda status, why, cause: calls.append((status, why, cause)))
     dev.write(0, b"\x2a")
-    assert calls == [(0x55, "isa-debug-exit: guest wrote 0x2a")]
+    # the guest's own doing: QMP clients get SHUTDOWN guest-shutdown
+    assert calls == [(0x55, "isa-debug-exit: guest wrote 0x2a", "guest-shutdown")]
     buf = bytearray(2)
     dev.read(0, memoryview(buf))
     assert buf == b"\xff\xff"
@@ -25,7 +26,7 @@ def test_glue_places_the_port_and_checks_properties():
         (mapping,) = [x for x in m.pio_bus.mappings() if x.name == "isa-debug-exit"]
         assert (mapping.base, mapping.length) == (0xF4, 4)
         m.pio_bus.write(0xF5, b"\x01")
-        assert (m.exit_status, m.stopping) == (3, True)
+        assert (m.exit_status, m.stopping, m.stop_cause) == (3, True, "guest-shutdown")
     for text, match in [
         ("isa-debug-exit,colour=red", "unknown property colour"),
         ("isa-debug-exit,iobase=port", "iobase=port: expected a number"),

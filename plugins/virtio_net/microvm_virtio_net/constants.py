@@ -83,9 +83,9 @@ HDR_FLAGS_OFFSET = 0
 HDR_NUM_BUFFERS_OFFSET = 10
 
 # ---- Sizes -----------------------------------------------------------------------------------
-#: Largest Ethernet frame a driver may send or be sent, without the virtio-net header: a
-#: 64 KiB GSO packet (65535) plus Ethernet and VLAN headers, the bound Linux's virtio_net and
-#: Firecracker use (65550 + 12 = 65562, Linux's "big packet" receive buffer).
+#: Largest Ethernet frame a driver may send or be sent, without the virtio-net header: the
+#: spec's receive buffer for GSO packets without VIRTIO_NET_F_MRG_RXBUF ("at least 65562
+#: bytes", §5.1.6.3.1) less the 12-byte header; Firecracker's bound too.
 MAX_FRAME_LEN = 65550
 #: An Ethernet header (destination, source, ethertype): the shortest frame a tap accepts.
 ETH_HLEN = 14

@@ -1,8 +1,9 @@
 """Moving frames between the virtqueues and the tap, without copying them in Python.
 
 * Transmit (§5.1.6.2): a chain's device-readable buffers are the virtio-net header and the
-  frame; ``os.writev(tap, chain.readable_views())`` hands them to the kernel as they are,
-  the header becoming the tap's vnet header (``IFF_VNET_HDR``).
+  frame; ``os.writev`` on the chain's readable views hands them to the kernel as they are,
+  the header becoming the tap's vnet header (``IFF_VNET_HDR``; on a tap without one the
+  header's bytes are left out of the vector).
 * Receive (§5.1.6.3-4): ``os.readv(tap, views)`` reads one frame, vnet header first,
   straight into the device-writable buffers the driver posted. With
   VIRTIO_NET_F_MRG_RXBUF a frame may span several chains: the views of as many chains as a
@@ -12,9 +13,10 @@
 A virtqueue has no "unpop", so receive chains popped but not filled by the current frame
 wait in :attr:`RxPath.held` for the next one (never more than the queue holds: they are
 chains the driver made available). When fewer buffers are posted than a maximal frame
-needs, a scratch buffer ends the read vector: a frame that reaches it did not fit, and is
-dropped (counted) rather than delivered truncated. The scratch buffer is filled only by
-the kernel and only for such frames.
+needs, a scratch buffer ends the read vector, so the kernel never truncates a frame: one
+that reaches into it waits there, with mergeable buffers, until the driver posts enough
+buffers, and is then delivered whole (its tail copied out of the scratch buffer); without
+mergeable buffers a frame longer than its chain is dropped and counted.
 
 Nothing here blocks: the tap is nonblocking, ``BlockingIOError`` means "wait for poll".
 Each call moves a bounded batch so that one direction can't starve the other.
@@ -25,22 +27,27 @@ What a hostile driver can do and what happens:
   :class:`~microvm.api.QueueError`; the device stops and the transport sets
   DEVICE_NEEDS_RESET;
 * a transmit chain shorter than the header, with a frame shorter than an Ethernet header
-  or longer than :data:`~.constants.MAX_FRAME_LEN`: returned unused, counted in
-  ``bad_chains`` and ``tx_dropped``;
-* a receive chain with device-readable buffers or too short for the header: returned with
-  length 0, counted in ``bad_chains``;
+  or longer than :data:`~.constants.MAX_FRAME_LEN`, or of more buffers than one writev
+  takes (IOV_MAX): returned unused, counted in ``bad_chains``, ``guest_errors`` and
+  ``tx_dropped``, logged through the rate-limited :data:`events`;
+* a receive chain with device-readable buffers, too short for the header or, without
+  VIRTIO_NET_F_MRG_RXBUF, for the header and an Ethernet header (it can hold no frame):
+  returned with length 0 before anything is written into it, counted in ``bad_chains``;
+* without VIRTIO_NET_F_MRG_RXBUF, a receive chain shorter than the frame at hand: the frame
+  is dropped (``rx_dropped``), the chain serves the next frame;
 * a frame the kernel refuses (bad GSO header, too short): counted in ``tx_dropped``.
 
-In no case does the device write anything but the used rings and the writable buffers of
-the receive chains it returns.
+In no case does the device write anything but the used rings (``avail_event`` included)
+and the device-writable buffers of the receive chains it has taken from the ring.
 """
 from __future__ import annotations
 
+import errno
 import os
 import struct
 from typing import TYPE_CHECKING, NamedTuple
 
-from microvm.api import get_logger
+from microvm.api import EventLog, get_logger
 
 from .constants import ETH_HLEN, HDR_FLAGS_OFFSET, HDR_LEN, HDR_NUM_BUFFERS_OFFSET, MAX_FRAME_LEN
 
@@ -48,6 +55,12 @@ if TYPE_CHECKING:
     from microvm.api import CounterGroup, DescriptorChain, Virtqueue
 
 log = get_logger("microvm.virtio_net")
+#: What a guest can repeat without bound (a malformed chain for every request) and host
+#: trouble that can come with every frame (the tap refusing frames): the first event of each
+#: kind is logged, the rest counted and summarised at most every 10 s (``-d guest_errors``
+#: logs each), so a flooding guest cannot flood the host's log.
+events = EventLog(log)
+WARNING, ERROR = 30, 40
 
 try:
     IOV_MAX = os.sysconf("SC_IOV_MAX")
@@ -60,13 +73,26 @@ MORE = "more"  # the batch ended with work left: call again without waiting
 BLOCKED = "blocked"  # tx: the tap takes no more for now (wait for POLLOUT)
 NO_BUFFERS = "no-buffers"  # rx: the driver has posted no receive buffers
 TAP_GONE = "tap-gone"  # rx: the tap reported end of file or an error
-DROPPED = "dropped"  # rx: the frame read did not fit the buffers (internal to RxPath)
+DROPPED = "dropped"  # rx: the frame read was dropped (internal to RxPath)
+PENDING = "pending"  # rx: the frame read waits for more buffers (internal to RxPath)
 
 _U16 = struct.Struct("<H")
 
+#: errors that mean the tap is gone for good: its interface was deleted (EBADFD, what tun
+#: returns for a detached queue), the descriptor was closed (EBADF), or, for a socket standing
+#: in for a tap, the peer went away. Anything else (EIO while the interface is down, ENOBUFS,
+#: ENOMEM, EINVAL for a frame the kernel refuses) costs the frame, not the tap.
+TAP_GONE_ERRNOS = frozenset({errno.EBADF, errno.EBADFD, errno.ENODEV, errno.ENXIO, errno.EPIPE, errno.ECONNRESET,
+                             errno.ENOTCONN})
+#: this many failed reads in a row (each consumes a frame) and the tap is taken as gone:
+#: a tap that fails every read would otherwise keep the worker busy for ever
+MAX_READ_ERRORS = 256
 
-#: A NIC's counters (in the device's CounterGroup: ``--metrics`` shows them).
-COUNTER_NAMES = ("tx_packets", "tx_bytes", "tx_dropped", "rx_packets", "rx_bytes", "rx_dropped", "bad_chains")
+
+#: A NIC's counters (in the device's CounterGroup: ``--metrics`` shows them). ``guest_errors``
+#: is the transport's counter of the same group: virtio-net's own guest errors add to it.
+COUNTER_NAMES = ("tx_packets", "tx_bytes", "tx_dropped", "rx_packets", "rx_bytes", "rx_dropped", "bad_chains",
+                 "guest_errors")
 
 
 class NetCounters:
@@ -74,13 +100,27 @@ class NetCounters:
     device's :class:`~microvm.api.CounterGroup` (``tx_packets.inc()``, ``tx_bytes.add(n)``).
 
     ``bad_chains`` counts chains that broke virtio-net's rules (not the ring's: those are
-    QueueErrors and end in DEVICE_NEEDS_RESET)."""
+    QueueErrors and end in DEVICE_NEEDS_RESET); each is a guest error too."""
 
-    __slots__ = COUNTER_NAMES
+    __slots__ = (*COUNTER_NAMES, "name")
 
-    def __init__(self, group: "CounterGroup") -> None:
-        for name in COUNTER_NAMES:
-            setattr(self, name, group.counter(name))
+    def __init__(self, group: "CounterGroup", name: str = "virtio-net") -> None:
+        for counter in COUNTER_NAMES:
+            setattr(self, counter, group.counter(counter))
+        #: the device's name, for log lines
+        self.name = name
+
+    def guest_error(self, kind: str, msg: str, *args: object) -> None:
+        """A chain that broke virtio-net's rules: counted in ``bad_chains`` and
+        ``guest_errors``, logged through the rate-limited :data:`events` log."""
+        self.bad_chains.inc()
+        self.guest_errors.inc()
+        events(f"{self.name}: {kind}", WARNING, "%s: " + msg, self.name, *args)
+
+    def host_error(self, kind: str, msg: str, *args: object) -> None:
+        """Trouble on the tap's side that can repeat with every frame: rate-limited log only
+        (the caller counts the dropped frame)."""
+        events(f"{self.name}: {kind}", WARNING, "%s: " + msg, self.name, *args)
 
 
 def split_views(views: list[memoryview], n: int) -> tuple[list[memoryview], list[memoryview]]:
@@ -115,19 +155,6 @@ def write_into(views: list[memoryview], offset: int, data: bytes) -> None:
             return
 
 
-class _Once:
-    """Log a kind of guest or host misbehaviour at warning level once, then at debug."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.seen: set[str] = set()
-
-    def __call__(self, kind: str, msg: str, *args: object) -> None:
-        level = log.debug if kind in self.seen else log.warning
-        self.seen.add(kind)
-        level("%s: " + msg, self.name, *args)
-
-
 class TxPath:
     """The transmit queue -> the tap.
 
@@ -135,17 +162,18 @@ class TxPath:
         ``hdr_len`` bytes of each chain instead of handing them over.
     """
 
-    def __init__(self, queue: "Virtqueue", fd: int, hdr_len: int, counters: NetCounters, name: str, strip_header: bool = False) -> None:
+    def __init__(self, queue: "Virtqueue", fd: int, hdr_len: int, counters: NetCounters, strip_header: bool = False) -> None:
         self.queue = queue
         self.fd = fd
         self.hdr_len = hdr_len
         self.counters = counters
         self.strip_header = strip_header
-        self.warn = _Once(name)
         #: a chain whose frame the tap refused with EAGAIN, retried on POLLOUT
         self.stalled: tuple["DescriptorChain", list[memoryview], int] | None = None
         #: the tap is gone: frames are dropped without a system call
         self.tap_gone = False
+        #: why a write found the tap gone (the device then takes the link down), else None
+        self.lost: str | None = None
 
     def process(self, budget: int) -> tuple[int, str]:
         """Send up to ``budget`` frames; returns (chains returned to the driver, IDLE |
@@ -191,9 +219,8 @@ class TxPath:
             if len(views) <= IOV_MAX:
                 return views, frame_len
             why = f"{len(views)} buffers, more than the host's IOV_MAX {IOV_MAX}"
-        c.bad_chains.inc()
         c.tx_dropped.inc()
-        self.warn("tx-bad", "transmit chain %d dropped: %s", chain.head, why)
+        c.guest_error("bad transmit chain", "transmit chain %d dropped: %s", chain.head, why)
         return None
 
     def _send(self, views: list[memoryview], frame_len: int) -> bool:
@@ -207,10 +234,14 @@ class TxPath:
         except BlockingIOError:
             return False
         except OSError as e:
-            # EINVAL: the kernel refused the vnet header or a runt frame; EIO: the interface
-            # is down. The frame is lost, as on a wire.
             c.tx_dropped.inc()
-            self.warn(f"tx-{e.errno}", "tap refused a %d-byte frame: %s", frame_len, e.strerror)
+            if e.errno in TAP_GONE_ERRNOS:
+                self.tap_gone = True
+                self.lost = f"writing failed: {e.strerror}"
+                return True
+            # EIO: the interface is down; EINVAL: the kernel refused the vnet header or the
+            # frame; ENOBUFS/ENOMEM: the host is short of memory. The frame is lost, as on a wire.
+            c.host_error(f"tap write error {e.errno}", "the tap refused a %d-byte frame: %s", frame_len, e.strerror)
             return True
         c.tx_packets.inc()
         c.tx_bytes.add(frame_len)
@@ -223,6 +254,23 @@ class _RxBuf(NamedTuple):
     capacity: int
 
 
+class _Pending:
+    """A frame read from the tap whose tail did not fit the window: it waits in the scratch
+    buffer until the driver posts more receive buffers (MRG_RXBUF), then goes there."""
+
+    __slots__ = ("total", "placed", "copied", "next_view")
+
+    def __init__(self, total: int, placed: int, next_view: int) -> None:
+        #: the frame's length with its header, as the guest gets it
+        self.total = total
+        #: bytes of it already in the window's first views (where readv put them)
+        self.placed = placed
+        #: bytes of the tail (in the scratch buffer) copied into the window since
+        self.copied = 0
+        #: the window view the tail continues in
+        self.next_view = next_view
+
+
 class RxPath:
     """The tap -> the receive queue.
 
@@ -230,6 +278,14 @@ class RxPath:
     :attr:`views`) until the window holds enough for a maximal frame or the ring is empty;
     each frame is read into the whole window and takes the chains it filled from its front.
     So a frame costs work in proportion to the chains it uses, not to the window.
+
+    A window smaller than a maximal frame (few buffers posted, or more buffers than one
+    readv takes) ends its read vector with a scratch buffer. A frame that reaches into it is
+    not lost: with mergeable buffers it stays :attr:`pending` (the tap is not read
+    meanwhile) until the driver has posted enough buffers, its tail is copied there (the
+    only copy in Python, and only in this case) and it is delivered whole. Without mergeable
+    buffers a frame longer than the chain it was read into is dropped and counted (as QEMU
+    does), and the chain serves the next frame.
 
     :param mergeable: VIRTIO_NET_F_MRG_RXBUF was negotiated: a frame may span chains.
     :param write_header: the tap has no vnet header (``vnet_hdr=off``): read the frame
@@ -244,7 +300,6 @@ class RxPath:
         fd: int,
         hdr_len: int,
         counters: NetCounters,
-        name: str,
         mergeable: bool,
         write_header: bool = False,
         guest_csum: bool = True,
@@ -256,7 +311,6 @@ class RxPath:
         self.mergeable = mergeable
         self.write_header = write_header
         self.guest_csum = guest_csum
-        self.warn = _Once(name)
         #: popped chains not yet used, in ring order (never more than the queue size)
         self.held: list[_RxBuf] = []
         #: their views, concatenated, and their total size
@@ -265,17 +319,29 @@ class RxPath:
         #: bytes of posted buffers a frame may need: a maximal frame and its header
         self.need = hdr_len + MAX_FRAME_LEN
         self._scratch = memoryview(bytearray(self.need))
+        #: a frame read but not yet wholly in guest buffers (see the class docstring)
+        self.pending: _Pending | None = None
+        #: why the tap was found gone (with the TAP_GONE state), else None
+        self.lost: str | None = None
+        self._read_errors = 0  # failed reads in a row
 
     def process(self, budget: int) -> tuple[int, str]:
         """Receive up to ``budget`` frames; returns (chains returned to the driver, IDLE |
-        MORE | NO_BUFFERS | TAP_GONE)."""
+        MORE | NO_BUFFERS | TAP_GONE). NO_BUFFERS also while a pending frame waits for
+        buffers: the tap is not to be read until the driver posts some."""
         used = 0
         for _ in range(budget):
             used += self._fill()
+            if self.pending is not None:
+                if not self._place_pending():
+                    return used, NO_BUFFERS
+                used += self._deliver(self.pending.total)
+                self.pending = None
+                continue
             if not self.held:
                 return used, NO_BUFFERS
             n, state = self._read()
-            if state == DROPPED:
+            if state == DROPPED or state == PENDING:
                 continue
             if state is not None:
                 return used, state
@@ -305,45 +371,80 @@ class RxPath:
             why = "it has device-readable buffers"
         elif chain.writable_len < self.hdr_len:
             why = f"its {chain.writable_len} bytes can't hold the {self.hdr_len}-byte header"
+        elif not self.mergeable and chain.writable_len < self.hdr_len + ETH_HLEN:
+            # without mergeable buffers a frame must fit one chain: this one fits none
+            why = f"its {chain.writable_len} bytes can't hold the header and an Ethernet header (no mergeable buffers)"
         else:
             views = [v for v in chain.writable_views() if len(v)]
             return _RxBuf(chain, views, chain.writable_len)
-        self.counters.bad_chains.inc()
-        self.warn("rx-bad", "receive chain %d returned unused: %s", chain.head, why)
+        self.counters.guest_error("bad receive chain", "receive chain %d returned unused: %s", chain.head, why)
         self.queue.push(chain.head, 0)
         return None
 
     def _read(self) -> tuple[int, str | None]:
-        """readv one frame into the window; returns (bytes, None) or (0, IDLE | DROPPED |
-        TAP_GONE)."""
-        views = self.views if self.mergeable else self.held[0].views
-        capacity = self.capacity if self.mergeable else self.held[0].capacity
-        if len(views) >= IOV_MAX:  # more buffers than one readv takes: use the first ones
+        """readv one frame into the window; returns (bytes, None) for a frame that is in
+        the window, or (0, IDLE | DROPPED | PENDING | TAP_GONE)."""
+        views = self.views
+        capacity = self.capacity
+        if len(views) >= IOV_MAX:  # more buffers than one readv takes: the first ones
             views = views[: IOV_MAX - 1]
             capacity = sum(len(v) for v in views)
-        if self.write_header:
-            views = split_views(views, self.hdr_len)[1]
-        if capacity < self.need:
-            views = [*views, self._scratch]  # catches the part of a frame that does not fit
+        into = split_views(views, self.hdr_len)[1] if self.write_header else views
+        spill = capacity < self.need
+        if spill:
+            into = [*into, self._scratch]  # catches the part of a frame that does not fit
         try:
-            n = os.readv(self.fd, views)
+            n = os.readv(self.fd, into)
         except BlockingIOError:
             return 0, IDLE
         except OSError as e:
-            self.warn("rx-error", "reading the tap failed: %s", e.strerror)
-            return 0, TAP_GONE
+            if e.errno in TAP_GONE_ERRNOS:
+                self.lost = f"reading failed: {e.strerror}"
+                return 0, TAP_GONE
+            # the kernel consumed the frame it could not copy: count it, go on
+            self.counters.rx_dropped.inc()
+            self.counters.host_error(f"tap read error {e.errno}", "reading the tap failed: %s", e.strerror)
+            self._read_errors += 1
+            if self._read_errors >= MAX_READ_ERRORS:
+                self.lost = f"{self._read_errors} reads in a row failed, the last with {e.strerror}"
+                return 0, TAP_GONE
+            return 0, DROPPED
+        self._read_errors = 0
         if n == 0:
+            self.lost = "end of file"
             return 0, TAP_GONE
         total = n + self.hdr_len if self.write_header else n
-        if total > capacity:
-            # (the tap returns the whole frame's length even when it copied less)
-            self.counters.rx_dropped.inc()
-            self.warn("rx-big", "a %d-byte frame did not fit the %d bytes of posted buffers; dropped", total, capacity)
-            return 0, DROPPED
         if total < self.hdr_len:  # the tap always gives a header; anything else is junk
             self.counters.rx_dropped.inc()
             return 0, DROPPED
-        return total, None
+        if total <= capacity:
+            return total, None
+        # (the tap returns the whole frame's length even when it copied less)
+        if not spill or total > capacity + len(self._scratch):
+            why = f"longer than the {MAX_FRAME_LEN}-byte maximum"
+        elif not self.mergeable and total > self.held[0].capacity:
+            why = f"longer than the {self.held[0].capacity}-byte receive chain (no mergeable buffers)"
+        else:  # the rest fits buffers posted or still to come: keep it
+            self.pending = _Pending(total, capacity, len(views))
+            return 0, PENDING
+        self.counters.rx_dropped.inc()
+        self.counters.host_error("receive frame too big", "a %d-byte frame dropped: %s", total, why)
+        return 0, DROPPED
+
+    def _place_pending(self) -> bool:
+        """Copy what fits of the pending frame's tail from the scratch buffer into the
+        window's views after the ones readv filled; True once all of it is there."""
+        p = self.pending
+        assert p is not None
+        tail = p.total - p.placed
+        views = self.views
+        while p.copied < tail and p.next_view < len(views):
+            v = views[p.next_view]
+            n = min(len(v), tail - p.copied)
+            v[:n] = self._scratch[p.copied : p.copied + n]
+            p.copied += n
+            p.next_view += 1
+        return p.copied == tail
 
     def _deliver(self, total: int) -> int:
         """Return the chains at the window's front that hold a ``total``-byte frame (header

@@ -11,18 +11,25 @@ its own: one worker per device that ``poll()``\\ s together
 
 The worker is the only thread that touches the virtqueues. :meth:`VirtioNet.process_queue`
 (which the transport runs on its notification thread, or inline on a vCPU) only kicks the
-queue's eventfd; a VMM that has KVM ioeventfds can register ``queue_notify_fds`` directly
-and skip that hop. :meth:`activate` starts the worker, :meth:`reset` and :meth:`close` stop
+queue's eventfd. (Registering ``queue_notify_fds`` as KVM ioeventfds would skip that hop
+but bypass the transport's checks and counting; the core does not do it.)
+:meth:`activate` starts the worker, :meth:`reset` and :meth:`close` stop
 it and wait for it, so no queue is touched after they return (docs/virtio-backend.md).
 :meth:`pause` (the machine pauses: QMP ``stop``) stops it the same way but keeps the queues,
 and :meth:`resume` starts a new one: no guest memory is written in between.
 
-While the driver has posted no receive buffer the tap is not polled for input: frames wait
-in the tap's kernel queue (bounded by its ``txqueuelen``), nothing is buffered in the VMM,
-and the worker sleeps until the driver notifies the receive queue. With
-VIRTIO_F_RING_EVENT_IDX the queue publishes ``avail_event`` on every pop, so the driver
-notifies exactly when it adds to an empty ring; used-buffer interrupts go through the
-``interrupt`` callable, which honours ``used_event``.
+While the driver has posted no receive buffer (or too few for a frame already read, which
+then waits in the device: at most that one frame) the tap is not polled for input: frames
+wait in the tap's kernel queue (bounded by its ``txqueuelen``), and the worker sleeps until
+the driver notifies the receive queue. With VIRTIO_F_RING_EVENT_IDX the queue publishes
+``avail_event`` on every pop, so the driver notifies when it adds to a ring the device has
+emptied; used-buffer interrupts go through the ``interrupt`` callable, which honours
+``used_event``.
+
+The tap's errors end neither the worker nor the VMM: a passing one (EIO while the interface
+is down, ENOBUFS, ...) costs the frame it hit; a tap that is gone (EBADFD once its
+interface is deleted, POLLERR, a closed descriptor) is logged once and the link goes down
+(:meth:`set_link`): the tap is no longer polled and what the guest sends is dropped.
 
 A broken ring (:class:`~microvm.api.QueueError`) stops the worker. The device reports it
 to its transport with :meth:`~microvm.api.VirtioBackend.set_needs_reset` (DEVICE_NEEDS_RESET
@@ -31,7 +38,9 @@ raises it from the next :meth:`process_queue`.
 
 Counters live in the device's :class:`~microvm.api.CounterGroup` (``self.counters``, shared
 with the transport; ``--metrics`` writes them): ``tx_packets tx_bytes tx_dropped rx_packets
-rx_bytes rx_dropped bad_chains``, readable as attributes of the device too.
+rx_bytes rx_dropped bad_chains`` and the transport's ``guest_errors`` (bad chains count
+there too), readable as attributes of the device too. Guest errors are logged through the
+core's rate-limited :class:`~microvm.api.EventLog`.
 """
 from __future__ import annotations
 
@@ -69,7 +78,19 @@ from .constants import (
     VIRTIO_NET_F_STATUS,
     VIRTIO_NET_S_LINK_UP,
 )
-from .datapath import COUNTER_NAMES, MORE, NO_BUFFERS, TAP_GONE, NetCounters, RxPath, TxPath
+from .datapath import (
+    COUNTER_NAMES,
+    ERROR,
+    MORE,
+    NO_BUFFERS,
+    TAP_GONE,
+    TAP_GONE_ERRNOS,
+    WARNING,
+    NetCounters,
+    RxPath,
+    TxPath,
+    events,
+)
 from .mac import DEFAULT_MAC, format_mac, parse_mac
 
 if TYPE_CHECKING:
@@ -111,20 +132,23 @@ def _counter_value(name: str) -> property:
 class VirtioNet(VirtioBackend):
     """A virtio-net device on ``tap``.
 
-    :param tap: the host side; the device owns it and closes it in :meth:`close`.
+    :param tap: the host side (see :class:`TapLike`).
     :param mac: the guest's MAC address (bytes or ``"52:54:00:12:34:56"``); default
         :data:`~microvm_virtio_net.mac.DEFAULT_MAC`. The glue assigns defaults to several
         NICs with :class:`~microvm_virtio_net.mac.MacAllocator`.
-    :param mtu: offered as VIRTIO_NET_F_MTU (the guest's maximum MTU). None offers no MTU
-        (QEMU's default without ``host_mtu=``: the guest may raise its MTU as it likes).
+    :param mtu: offered as VIRTIO_NET_F_MTU (the guest's MTU and maximum MTU), 68 to
+        65535; 1500 by default here. None offers no MTU (what the glue passes without
+        ``host_mtu=``, as QEMU: the guest may raise its MTU as it likes).
     :param queue_size: QueueNumMax of both queues.
     :param name: for log messages (``virtio-net:net0``).
     :param threaded: start the worker thread on activation. Tests pass False and call
         :meth:`run_once` themselves.
+    :param owns_tap: close the tap in :meth:`close` (the default). The glue passes False:
+        the netdev is the machine's and outlives the device across guest resets.
 
     Counters: in ``self.counters`` (the transport's group for this device); their values
     as attributes ``tx_packets, tx_bytes, tx_dropped, rx_packets, rx_bytes, rx_dropped,
-    bad_chains`` and as a dict from :meth:`counter_values`.
+    bad_chains, guest_errors`` and as a dict from :meth:`counter_values`.
     """
 
     device_id = VIRTIO_ID_NET
@@ -137,6 +161,7 @@ class VirtioNet(VirtioBackend):
     rx_bytes = _counter_value("rx_bytes")
     rx_dropped = _counter_value("rx_dropped")
     bad_chains = _counter_value("bad_chains")
+    guest_errors = _counter_value("guest_errors")
 
     def __init__(
         self,
@@ -159,6 +184,8 @@ class VirtioNet(VirtioBackend):
             mac = parse_mac(mac)
         if len(mac) != 6:
             raise ConfigError(f"{name}: a MAC address has 6 bytes, not {len(mac)}")
+        if mac == bytes(6) or mac[0] & 1:
+            raise ConfigError(f"{name}: {format_mac(mac)} can't be a NIC's address (all zeros or multicast)")
         self.mac = bytes(mac)
         if mtu is not None and not MIN_MTU <= mtu <= MAX_MTU:
             raise ConfigError(f"{name}: mtu={mtu} is outside {MIN_MTU}..{MAX_MTU}")
@@ -219,14 +246,27 @@ class VirtioNet(VirtioBackend):
         self._stop_worker()
         features = self.acked_features
         hdr_len = header_length(features)
-        self.tap.set_vnet_hdr_size(hdr_len)
-        self.tap.set_offload(features)
-        fd = self.tap.fileno()
+        lost = None
+        if not self._tap_gone:
+            try:
+                self.tap.set_vnet_hdr_size(hdr_len)
+            except OSError as e:  # frames would not match the header the driver uses
+                lost = f"TUNSETVNETHDRSZ {hdr_len} failed: {e.strerror}"
+        if not self._tap_gone and lost is None:
+            try:
+                self.tap.set_offload(features)
+            except OSError as e:
+                if e.errno in TAP_GONE_ERRNOS:
+                    lost = f"TUNSETOFFLOAD failed: {e.strerror}"
+                else:  # the tap keeps its offloads off: no GSO frame reaches the guest
+                    events(f"{self.name}: TUNSETOFFLOAD", WARNING, "%s: TUNSETOFFLOAD for features %#x failed: %s",
+                           self.name, features, e.strerror)
+        fd = self._tap_fd = self.tap.fileno()
         rxq, txq = queues[RX_QUEUE], queues[TX_QUEUE]
-        counters = NetCounters(self.counters)  # looked up once; the data path bumps them
+        counters = NetCounters(self.counters, self.name)  # looked up once; the data path bumps them
         self._rx = (
             RxPath(
-                rxq, fd, hdr_len, counters, self.name,
+                rxq, fd, hdr_len, counters,
                 mergeable=bool(features & (1 << VIRTIO_NET_F_MRG_RXBUF)),
                 write_header=not self.vnet_hdr,
                 guest_csum=bool(features & (1 << VIRTIO_NET_F_GUEST_CSUM)),
@@ -234,7 +274,7 @@ class VirtioNet(VirtioBackend):
             if rxq.ready
             else None
         )
-        self._tx = TxPath(txq, fd, hdr_len, counters, self.name, strip_header=not self.vnet_hdr) if txq.ready else None
+        self._tx = TxPath(txq, fd, hdr_len, counters, strip_header=not self.vnet_hdr) if txq.ready else None
         if self._tx is not None:
             self._tx.tap_gone = self._tap_gone
         self._interrupt = interrupt
@@ -246,6 +286,8 @@ class VirtioNet(VirtioBackend):
             self._poller.register(fd_, select.POLLIN)
         self._tap_mask = 0
         self._active = True
+        if lost is not None:
+            self._lose_tap(lost)
         log.info("%s: up, mac %s, %d-byte header, tap offloads for features %#x", self.name, format_mac(self.mac), hdr_len, features)
         if self.threaded and not self._paused:  # (activated while paused: resume starts it)
             self._thread = threading.Thread(target=self._run, name=f"{self.name}-worker", daemon=True)
@@ -300,6 +342,7 @@ class VirtioNet(VirtioBackend):
         self._tx: TxPath | None = None
         self._interrupt: Callable[[], None] = lambda: None
         self._poller: select.poll | None = None
+        self._tap_fd = -1
         self._broken: str | None = None
         self._rx_wanted = self._rx_more = self._tx_more = False
         for fd in self.queue_notify_fds:
@@ -320,7 +363,7 @@ class VirtioNet(VirtioBackend):
             while self.run_once(None):
                 pass
         except Exception:  # a bug: stop cleanly and say so, rather than die silently
-            log.exception("%s: network worker failed", self.name)
+            events(f"{self.name}: worker failed", ERROR, "%s: network worker failed", self.name, exc_info=True)
             self._fail("internal error in the network device")
 
     def run_once(self, timeout: float | None = 0) -> bool:
@@ -347,8 +390,10 @@ class VirtioNet(VirtioBackend):
             elif fd == self.queue_notify_fds[TX_QUEUE]:
                 tx_kick = _drain(fd)
             else:  # the tap
-                if ev & _POLL_ERR:
-                    self._lose_tap("the tap reported an error or hang-up")
+                if ev & select.POLLNVAL:
+                    self._lose_tap("its descriptor was closed")
+                elif ev & _POLL_ERR:
+                    self._lose_tap("it reported an error or hang-up (was the interface deleted?)")
                 tap_in = bool(ev & select.POLLIN)
                 tap_out = bool(ev & select.POLLOUT)
         try:
@@ -365,6 +410,8 @@ class VirtioNet(VirtioBackend):
             n, state = tx.process(BATCH)
             used += n
             self._tx_more = state == MORE
+            if tx.lost is not None and not self._tap_gone:
+                self._lose_tap(tx.lost)
         if rx is not None:
             if rx_kick:  # new buffers: poll the tap for input again
                 self._rx_wanted = self._rx_more = not self._tap_gone
@@ -375,7 +422,7 @@ class VirtioNet(VirtioBackend):
                 if state == NO_BUFFERS:
                     self._rx_wanted = False
                 elif state == TAP_GONE:
-                    self._lose_tap("the tap was closed or failed")
+                    self._lose_tap(rx.lost or "the tap failed")
         if used:
             self._interrupt()
 
@@ -388,9 +435,9 @@ class VirtioNet(VirtioBackend):
                 mask |= select.POLLOUT
         if mask != self._tap_mask and self._poller is not None:
             if mask:
-                self._poller.register(self.tap.fileno(), mask)
+                self._poller.register(self._tap_fd, mask)
             else:
-                self._poller.unregister(self.tap.fileno())
+                self._poller.unregister(self._tap_fd)
             self._tap_mask = mask
 
     def _lose_tap(self, why: str) -> None:
@@ -398,7 +445,11 @@ class VirtioNet(VirtioBackend):
         the guest its link is down."""
         if self._tap_gone:
             return
-        log.error("%s: %s; link down", self.name, why)
+        ifname = getattr(self.tap, "ifname", None)
+        tap = f"tap {ifname}" if ifname else "the tap"
+        # rate-limited too: a guest that reboots in a loop meets the gone tap on every boot
+        events(f"{self.name}: tap gone", ERROR, "%s: %s is gone: %s; link down, the device no longer uses it",
+               self.name, tap, why)
         self._tap_gone = True
         self._rx_wanted = self._rx_more = False
         if self._tx is not None:
@@ -410,7 +461,8 @@ class VirtioNet(VirtioBackend):
     def _fail(self, reason: str) -> None:
         """The driver broke a ring: stop touching the queues and have the device reset."""
         self._active = False
-        log.error("%s: %s; device stopped", self.name, reason)
+        # a guest can break its rings again after every reset: the rate-limited log
+        events(f"{self.name}: broken ring", ERROR, "%s: %s; device stopped until the driver resets it", self.name, reason)
         # the transport (if any) sets NEEDS_RESET now and ignores notifications until the
         # driver resets; a bare device raises the error from the next process_queue
         self._broken = reason

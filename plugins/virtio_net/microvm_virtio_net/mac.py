@@ -5,7 +5,8 @@ from 0x56 up that no other NIC of the machine uses (``qemu_macaddr_default_if_un
 ``net/net.c``): the first NIC gets ...:56, the second ...:57, and an explicit
 ``mac=52:54:00:12:34:57`` on another NIC makes the next default skip 57. Guests and their
 configuration (DHCP reservations, udev rules) rely on these addresses, so microvm assigns
-them the same way. The table is per machine (:class:`MacAllocator`), not global as in QEMU,
+them the same way, also to a NIC given ``mac=00:00:00:00:00:00`` (all zeros is "unset" in
+QEMU). The table is per machine (:class:`MacAllocator`), not global as in QEMU,
 so that two machines in one process (tests) don't influence each other.
 """
 from __future__ import annotations
@@ -21,22 +22,28 @@ LAST_DEFAULT_SUFFIX = 0xFE
 DEFAULT_MAC = DEFAULT_MAC_PREFIX + bytes((FIRST_DEFAULT_SUFFIX,))
 
 
-def parse_mac(text: str) -> bytes:
-    """``"52:54:00:12:34:56"`` (``:`` or ``-`` separators, as QEMU accepts) -> 6 bytes.
+_HEX = frozenset("0123456789abcdefABCDEF")
 
-    Raises ConfigError for anything else, and for a multicast or all-zero address, which a
-    NIC cannot have (Linux would replace it with a random one)."""
-    parts = text.replace("-", ":").split(":")
-    if len(parts) != 6 or not all(len(p) in (1, 2) for p in parts):
-        raise ConfigError(f"mac={text}: not a MAC address (want six hex bytes like 52:54:00:12:34:56)")
-    try:
-        mac = bytes(int(p, 16) for p in parts)
-    except ValueError:
-        raise ConfigError(f"mac={text}: not a MAC address (want six hex bytes like 52:54:00:12:34:56)") from None
+
+def parse_mac(text: str) -> bytes:
+    """``"52:54:00:12:34:56"`` -> 6 bytes, as QEMU's ``mac`` property reads it: exactly six
+    octets of two hex digits each, separated by ``:`` or ``-`` (QEMU takes either, also
+    mixed), nothing else (no single digits, signs or blanks).
+
+    Raises ConfigError for anything else and for a multicast address (odd first octet),
+    which a NIC cannot have: QEMU's ``-net nic`` refuses one ("NIC cannot have multicast
+    MAC address"), its ``-device`` does not check and the guest's NIC then takes traffic
+    it should not; microvm refuses it for every NIC. All zeros is returned as it is: the
+    glue takes it, as QEMU does, for "no address given" (a default is assigned)."""
+    bad = ConfigError(f"mac={text}: not a MAC address (want six hex octets like 52:54:00:12:34:56)")
+    if len(text) != 17 or any(text[i] not in ":-" for i in range(2, 17, 3)):
+        raise bad
+    octets = [text[i : i + 2] for i in range(0, 17, 3)]
+    if not all(o[0] in _HEX and o[1] in _HEX for o in octets):
+        raise bad
+    mac = bytes(int(o, 16) for o in octets)
     if mac[0] & 1:
-        raise ConfigError(f"mac={text}: a multicast address can't be a NIC's address")
-    if mac == bytes(6):
-        raise ConfigError(f"mac={text}: the all-zero address can't be a NIC's address")
+        raise ConfigError(f"mac={text}: a multicast address (odd first octet) can't be a NIC's address")
     return mac
 
 

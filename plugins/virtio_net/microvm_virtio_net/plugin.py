@@ -50,10 +50,17 @@ def _check_script(netdev_id: str, key: str, value: str | None) -> None:
 
 def create_tap(ctx: Any, netdev_id: str, props: Any) -> Any:
     """Factory of the ``tap`` netdev backend: the open tap (created, attached or inherited)."""
+    if props.fd is not None:
+        # QEMU 7.2's net_init_tap refuses these next to fd= (and helper=, queues=, fds=,
+        # vhostfds=, which microvm does not know): the descriptor is already set up
+        given = [k for k in ("ifname", "script", "downscript", "vnet_hdr") if props[k] is not None]
+        if given:
+            raise ConfigError(f"netdev {netdev_id} (tap): ifname=, script=, downscript= and vnet_hdr= are invalid "
+                              f"with fd= (given: {', '.join(k + '=' for k in given)})")
+        if props.fd < 0:
+            raise ConfigError(f"netdev {netdev_id} (tap): fd={props.fd} is not a file descriptor")
     _check_script(netdev_id, "script", props.script)
     _check_script(netdev_id, "downscript", props.downscript)
-    if props.fd is not None and props.fd < 0:
-        raise ConfigError(f"netdev {netdev_id} (tap): fd={props.fd} is not a file descriptor")
     from .tap import open_tap  # lazily: only a machine with a tap pays for it
 
     return open_tap(ifname=props.ifname, fd=props.fd, vnet_hdr=props.vnet_hdr)
@@ -81,13 +88,17 @@ def create_virtio_net(ctx: Any, props: Any) -> Any:
         mac = parse_mac(props.mac) if props.mac is not None else None
     except ConfigError as e:
         raise ConfigError(f"{owner}: {e}") from None
-    mtu = props.host_mtu
+    if mac == bytes(6):  # QEMU's qemu_macaddr_default_if_unset: all zeros means "not given"
+        mac = None
+    mtu, key = props.host_mtu, "host_mtu"
     if props.mtu is not None:
         if "host_mtu" in props.given and props.host_mtu != props.mtu:
             raise ConfigError(f"{owner}: host_mtu={props.host_mtu} and mtu={props.mtu} disagree")
-        mtu = props.mtu
+        mtu, key = props.mtu, "mtu"
+    # virtio 1.2 §5.1.4.1: the device offers an MTU of 68 to 65535 (QEMU's host_mtu is a
+    # uint16, and QEMU does not check the lower bound); 0 offers none, QEMU's default
     if mtu != 0 and not MIN_MTU <= mtu <= MAX_MTU:
-        raise ConfigError(f"{owner}: host_mtu={mtu} is outside {MIN_MTU}..{MAX_MTU} (0: no MTU offered)")
+        raise ConfigError(f"{owner}: {key}={mtu} is outside {MIN_MTU}..{MAX_MTU} (0: no MTU offered)")
     table = _mac_table(ctx)
     if mac is None:
         mac = table.allocate()

@@ -158,9 +158,11 @@ class Tap:
 
     # -- opening -----------------------------------------------------------------------------
     @classmethod
-    def open(cls, ifname: str | None = None, vnet_hdr: bool = True, tun_device: str = TUN_DEVICE) -> "Tap":
+    def open(cls, ifname: str | None = None, vnet_hdr: bool | None = None, tun_device: str = TUN_DEVICE) -> "Tap":
         """Create the tap ``ifname`` or attach to it if it exists; ``None`` lets the kernel
-        pick ``tapN``. Raises ConfigError naming the interface."""
+        pick ``tapN``. ``vnet_hdr`` as QEMU's: None = with a virtio-net header when the
+        kernel has IFF_VNET_HDR, True = required, False = without. Raises ConfigError
+        naming the interface."""
         label = _label(ifname)
         if ifname is not None:
             check_ifname(ifname)
@@ -175,8 +177,11 @@ class Tap:
             raise ConfigError(f"{label}: cannot open {tun_device}: {e.strerror}") from None
         try:
             features = cls._features(fd)
-            if vnet_hdr and features is not None and not features & IFF_VNET_HDR:
+            has_vnet_hdr = features is None or bool(features & IFF_VNET_HDR)
+            if vnet_hdr and not has_vnet_hdr:
                 raise ConfigError(f"{label}: the kernel's tun driver has no IFF_VNET_HDR (vnet_hdr=on asked for it)")
+            if vnet_hdr is None:
+                vnet_hdr = has_vnet_hdr
             flags = IFF_TAP | IFF_NO_PI | (IFF_VNET_HDR if vnet_hdr else 0)
             ifr = bytearray(IFREQ.pack((ifname or "tap%d").encode(), flags))
             try:
@@ -323,4 +328,4 @@ def open_tap(ifname: str | None = None, fd: int | None = None, vnet_hdr: bool | 
         if ifname is not None:
             raise ConfigError(f"{_label(ifname, fd)}: ifname= and fd= can't be used together")
         return Tap.from_fd(fd, vnet_hdr)
-    return Tap.open(ifname, vnet_hdr=vnet_hdr is not False)
+    return Tap.open(ifname, vnet_hdr=vnet_hdr)

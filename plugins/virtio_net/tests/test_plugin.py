@@ -112,15 +112,34 @@ def test_mac_reaches_the_guest_through_the_registers():
         assert drv.mac == bytes.fromhex("525400abcdef") and slot.name == "nic0"  # the core names a device by its id=
 
 
+def test_all_zero_mac_means_the_default_as_in_qemu():
+    """QEMU 7.2 gives mac=00:00:00:00:00:00 the next default address (its 'info network'
+    shows 52:54:00:12:34:56): all zeros is 'unset' there."""
+    m, _ = machine("virtio-net-device,netdev=a,mac=00:00:00:00:00:00", "virtio-net-device,netdev=b",
+                   netdevs=["socketpair,id=a", "socketpair,id=b"])
+    with m:
+        m.create_devices()
+        assert [n.mac.hex(":") for n in nets(m)] == ["52:54:00:12:34:56", "52:54:00:12:34:57"]
+
+
 # -- MTU --------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("prop", ["host_mtu=9000", "mtu=9000", "host_mtu=9000,mtu=9000"])
-def test_mtu_offered(prop):
+@pytest.mark.parametrize("prop,mtu", [("host_mtu=9000", 9000), ("mtu=9000", 9000), ("host_mtu=9000,mtu=9000", 9000),
+                                      ("host_mtu=68", 68), ("host_mtu=65535", 65535), ("host_mtu=0x5dc", 1500)])
+def test_mtu_offered(prop, mtu):
     m, _ = machine(f"virtio-net-device,netdev=n0,{prop}")
     with m:
         m.create_devices()
         (slot,) = m.virtio_transports
         assert slot.transport.device_features & (1 << N.VIRTIO_NET_F_MTU)
-        assert MmioDriver(slot.transport).read_config(10, 2) == 9000
+        assert MmioDriver(slot.transport).read_config(10, 2) == mtu
+
+
+def test_host_mtu_0_offers_none():
+    m, _ = machine("virtio-net-device,netdev=n0,host_mtu=0")
+    with m:
+        m.create_devices()
+        (slot,) = m.virtio_transports
+        assert not slot.transport.device_features & (1 << N.VIRTIO_NET_F_MTU)
 
 
 # -- bad input: one line each -------------------------------------------------------------------------------
@@ -129,9 +148,14 @@ def test_mtu_offered(prop):
     ("virtio-net-device,netdev=n1", r"^netdev 'n1' not found \(defined netdevs: n0\)$"),
     ("virtio-net-device,netdev=n0,mac=52:54:00:12:34", r"^virtio-net-device: mac=52:54:00:12:34: not a MAC address"),
     ("virtio-net-device,netdev=n0,mac=52:54:00:12:34:zz", r"^virtio-net-device: mac=.*: not a MAC address"),
+    ("virtio-net-device,netdev=n0,mac=52:54:00:12:34:5", r"^virtio-net-device: mac=52:54:00:12:34:5: not a MAC address"),
+    ("virtio-net-device,netdev=n0,mac=2:54:0:12:34:56", r"^virtio-net-device: mac=2:54:0:12:34:56: not a MAC address"),
     ("virtio-net-device,netdev=n0,mac=01:00:5e:00:00:01,id=x", r"^virtio-net-device,id=x: mac=.*multicast"),
     ("virtio-net-device,netdev=n0,host_mtu=67", r"host_mtu=67 is outside 68\.\.65535"),
-    ("virtio-net-device,netdev=n0,mtu=70000", r"host_mtu=70000 is outside"),
+    ("virtio-net-device,netdev=n0,host_mtu=65536", r"host_mtu=65536 is outside 68\.\.65535"),
+    ("virtio-net-device,netdev=n0,host_mtu=-1", r"host_mtu=-1 is outside 68\.\.65535"),
+    ("virtio-net-device,netdev=n0,host_mtu=15x", r"host_mtu=15x"),
+    ("virtio-net-device,netdev=n0,mtu=70000", r": mtu=70000 is outside"),
     ("virtio-net-device,netdev=n0,host_mtu=1500,mtu=9000", r"host_mtu=1500 and mtu=9000 disagree"),
     ("virtio-net-device,netdev=n0,speed=100", r"unknown property speed \(valid: "),
 ])
@@ -163,6 +187,12 @@ def test_a_netdev_that_is_not_a_tap():
     ("tap,id=n0,downscript=/etc/qemu-ifdown", r"downscript=/etc/qemu-ifdown: microvm runs no host scripts"),
     ("tap,id=n0,ifname=a234567890123456", r"^tap a234567890123456: interface name is longer than 15 characters$"),
     ("tap,id=n0,fd=-1", r"fd=-1 is not a file descriptor"),
+    # QEMU 7.2: "ifname=, script=, downscript=, vnet_hdr=, helper=, queues=, fds=, and
+    # vhostfds= are invalid with fd=" (the descriptor is set up already)
+    ("tap,id=n0,fd=3,ifname=tap0", r"^netdev n0 \(tap\): ifname=, script=, downscript= and vnet_hdr= are invalid with fd= \(given: ifname=\)$"),
+    ("tap,id=n0,fd=3,script=no,downscript=no", r"are invalid with fd= \(given: script=, downscript=\)$"),
+    ("tap,id=n0,fd=3,vnet_hdr=on", r"are invalid with fd= \(given: vnet_hdr=\)$"),
+    ("tap,id=n0,fd=-1,ifname=x", r"are invalid with fd="),
     ("tap,id=n0,vnet_hdr=maybe", r"vnet_hdr=maybe: expected on or off"),
     ("tap,id=n0,queues=4", r"unknown property queues \(valid: downscript, fd, ifname, script, vnet_hdr\)"),
 ])

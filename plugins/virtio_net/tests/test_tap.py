@@ -12,10 +12,12 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
 
+import microvm.api as C
 from microvm.api import ConfigError
 from microvm_virtio_net import constants as N
 from microvm_virtio_net import tap as T
@@ -97,6 +99,30 @@ def test_ioctl_numbers():
 # -- a network namespace (virtio_net_testlib.NetNs, the netns fixture in conftest.py) ---------------
 def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
+
+
+def test_cleanup_closes_a_leaked_tap_and_deletes_the_namespace():
+    """What the netns fixture does after a failed test: a tap left open by the test is
+    closed (its interface goes), a process left inside is killed, the namespace deleted."""
+    from virtio_net_testlib import close_leaked_taps, tun_fds, wait_for, why_no_tap
+
+    if why_no_tap():
+        pytest.skip(why_no_tap())
+    ns = NetNs.create()
+    before = tun_fds()
+    try:
+        with ns.entered():
+            leaked = Tap.open("mvleak0")  # as a test that failed before closing it
+            assert ns.exists("mvleak0")
+            p = subprocess.Popen(ns.exec_argv("sleep", "600"))
+            wait_for(lambda: p.pid in ns.pids(), "the process entering the namespace")
+            assert close_leaked_taps(before) == [leaked.fileno()]
+            assert not ns.exists("mvleak0")
+    finally:
+        close_leaked_taps(before)
+        ns.delete()
+    assert p.wait(timeout=30) == -9
+    assert not os.path.exists(f"/run/netns/{ns.name}")
 
 
 # -- creating, attaching, inheriting ---------------------------------------------------------------
@@ -220,6 +246,7 @@ def test_offload_and_header_size_ioctls(netns):
 # -- without CAP_NET_ADMIN ---------------------------------------------------------------------------
 UNPRIVILEGED = """
 import sys
+import microvm.api as C
 from microvm.api import ConfigError
 from microvm_virtio_net.tap import Tap
 try:
@@ -380,3 +407,41 @@ def test_device_on_a_real_tap(netns, mem):
     assert up.net.tx_packets == 1 and up.net.rx_packets >= 1 and up.net.bad_chains == 0
     up.close()
     assert tap.closed and not netns.exists("mvdev0")
+
+
+def test_device_on_a_tap_that_goes_down_then_away(netns, mem, caplog):
+    """The device's worker thread on a real tap. The interface down: writes fail with EIO,
+    each such frame is dropped and counted and the link stays up; up again: frames flow.
+    The interface deleted: the tap answers EBADFD and POLLERR; one error line, the link goes
+    down, the worker stops polling the tap (it sleeps, it does not spin) and keeps returning
+    the guest's transmit buffers; nothing needs a reset."""
+    import logging
+
+    from virtio_net_testlib import blocked_in_poll, wait_for
+
+    caplog.set_level(logging.DEBUG)
+    tap = Tap.open("mvgone0")
+    up = NetEnv(mem, tap=tap, threaded=True, name="virtio-net:gone-real").probe()
+    (worker,) = [t for t in threading.enumerate() if t.name == "virtio-net:gone-real-worker"]
+    request = arp(1, GUEST_MAC, GUEST_IP, bytes(6), TAP_IP, BROADCAST)
+    up.send(vnet_hdr() + request)  # the interface is down
+    wait_for(lambda: up.net.tx_dropped == 1, "the frame's drop")
+    assert up.net.link_up and up.net.tx_packets == 0
+    netns.ip("link", "set", "mvgone0", "up")
+    up.send(vnet_hdr() + request)
+    wait_for(lambda: up.net.tx_packets == 1, "the frame on the tap once it is up")
+    up.post([2048])
+    netns.ip("link", "del", "mvgone0")
+    wait_for(lambda: not up.net.link_up, "the link going down")
+    assert up.drv.read_config(6, 2) == 0 and up.drv.read(C.VIRTIO_MMIO_INTERRUPT_STATUS) & C.VIRTIO_MMIO_INT_CONFIG
+    used = up.txq.get_used()
+    head = up.send(vnet_hdr() + request)
+    wait_for(lambda: up.net.tx_dropped == 2, "the frame's drop")
+    assert used + up.txq.get_used() == [(h, 0) for h in (0, 1, head)]  # every buffer came back
+    assert up.net.running and not up.transport.needs_reset
+    assert worker.is_alive()
+    wait_for(lambda: blocked_in_poll(worker), "the worker sleeping in poll()")
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "tap mvgone0 is gone" in errors[0] and "link down" in errors[0], errors
+    up.close()
+    assert not worker.is_alive()

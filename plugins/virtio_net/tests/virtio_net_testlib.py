@@ -134,14 +134,15 @@ class NetDriver(MmioDriver):
 class NetEnv:
     """A VirtioNet on a SocketTap behind a transport, driven without threads by default."""
 
-    def __init__(self, mem, *, legacy: bool = False, threaded: bool = False, vnet_hdr: bool = True, tap=None, clear: bool = True, **kw) -> None:
+    def __init__(self, mem, *, legacy: bool = False, threaded: bool = False, vnet_hdr: bool = True, tap=None, clear: bool = True,
+                 name: str = "virtio-net:test", **kw) -> None:
         if clear:
             mem.fill(0, mem.size)
         self.mem = mem
         self.tap = tap if tap is not None else SocketTap(vnet_hdr=vnet_hdr)
-        self.net = VirtioNet(self.tap, threaded=threaded, name="virtio-net:test", **kw)
+        self.net = VirtioNet(self.tap, threaded=threaded, name=name, **kw)
         self.irq = RecordingIrqLine(gsi=5)
-        self.transport = VirtioMmioTransport(self.net, mem, self.irq, legacy=legacy, name="virtio-net:test")
+        self.transport = VirtioMmioTransport(self.net, mem, self.irq, legacy=legacy, name=name)
         self.drv = NetDriver(self.transport)
         self.tx_next = TX_AREA
         self.rx_next = RX_AREA
@@ -215,15 +216,44 @@ class NetEnv:
         self.transport.close()
 
 
-def wait_for(cond: Callable[[], object], timeout: float = 5.0) -> object:
+def wait_for(cond: Callable[[], object], what: str = "the condition", timeout: float = 30.0) -> object:
+    """Poll ``cond`` until it is true and return its value. ``timeout`` is a hang guard, not a
+    measurement: generous, and it fails naming ``what`` never happened."""
     end = time.monotonic() + timeout
     while True:
         v = cond()
         if v:
             return v
         if time.monotonic() > end:
-            raise AssertionError("timed out")
+            raise AssertionError(f"{what} never happened (gave up after {timeout:.0f} s)")
         time.sleep(0.002)
+
+
+def worker_would_sleep(net: VirtioNet) -> bool:
+    """The worker's next round would block in poll(): no work is left over from the last
+    round and none of the descriptors it polls (the queues' eventfds, the stop eventfd and,
+    if registered, the tap with its current mask) is ready. A functional check of "no busy
+    loop" for a device run by hand (``threaded=False``)."""
+    poller = net._poller
+    return poller is not None and not (net._tx_more or net._rx_more) and poller.poll(0) == []
+
+
+#: poll(2) and ppoll(2) by architecture (what a thread blocked in select.poll() shows)
+_POLL_SYSCALLS = {"x86_64": {7, 271}, "aarch64": {73}}
+
+
+def blocked_in_poll(thread) -> bool:
+    """Whether ``thread`` (a threading.Thread of this process) sits in poll()/ppoll() now,
+    from ``/proc/self/task/TID/syscall`` (its first field is the system call it is blocked
+    in, or ``running``)."""
+    import platform
+
+    try:
+        with open(f"/proc/self/task/{thread.native_id}/syscall") as f:
+            first = f.read().split(maxsplit=1)[0]
+    except (OSError, IndexError):
+        return False
+    return first.isdigit() and int(first) in _POLL_SYSCALLS.get(platform.machine(), set())
 
 
 # -- a network namespace (root, /dev/net/tun, ip) --------------------------------------------------
@@ -250,7 +280,16 @@ def why_no_tap() -> str | None:
 
 
 class NetNs:
-    """A network namespace the test made (``ip netns add``), deleted by :meth:`delete`."""
+    """A network namespace the test made (``ip netns add``), deleted by :meth:`delete`.
+
+    Deleting does not depend on the test having gone well: processes still inside (a VMM
+    the test started) are killed first, since they would keep the namespace and its taps
+    alive, and :func:`close_leaked_taps` closes tap descriptors a failed test left open in
+    this process. The kernel then destroys the namespace with every interface in it,
+    persistent taps included. A namespace of this kind left by a killed test run (its
+    creator's PID gone, no process in it) is deleted when the next one is made."""
+
+    PREFIX = "microvm-net"
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -258,14 +297,27 @@ class NetNs:
     @classmethod
     def create(cls) -> "NetNs":
         """A new namespace with a unique name; raises RuntimeError if ``ip`` refuses."""
-        name = f"microvm-net-{os.getpid()}-{secrets.token_hex(3)}"
+        _sweep_stale(cls.PREFIX)
+        name = f"{cls.PREFIX}-{os.getpid()}-{secrets.token_hex(3)}"
         r = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
         if r.returncode:
             raise RuntimeError(f"cannot create a network namespace: {r.stderr.strip()}")
         return cls(name)
 
+    def pids(self) -> list[int]:
+        """The processes inside the namespace (``ip netns pids``), this one excluded."""
+        return _netns_pids(self.name)
+
     def delete(self) -> None:
+        """Kill what runs inside, delete the namespace; RuntimeError if it is still there."""
+        for pid in self.pids():
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                pass
         subprocess.run(["ip", "netns", "del", self.name], capture_output=True)
+        if os.path.exists(f"/run/netns/{self.name}"):
+            raise RuntimeError(f"network namespace {self.name} could not be deleted")
 
     def ip(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         return subprocess.run(["ip", "-n", self.name, *args], capture_output=True, text=True, check=check)
@@ -298,3 +350,44 @@ class NetNs:
         finally:
             os.close(home)
             os.close(target)
+
+
+def _netns_pids(name: str) -> list[int]:
+    r = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True)
+    return [int(x) for x in r.stdout.split() if x.isdigit() and int(x) != os.getpid()]
+
+
+def _sweep_stale(prefix: str) -> None:
+    """Delete namespaces named ``PREFIX-PID-HEX`` whose creator is gone and that no
+    process uses (left by a killed test run); any other is left alone."""
+    import re
+
+    r = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True)
+    for line in r.stdout.splitlines():
+        name = line.split(" ", 1)[0]
+        m = re.fullmatch(re.escape(prefix) + r"-(\d+)-[0-9a-f]{6}", name)
+        if m is None or os.path.exists(f"/proc/{m.group(1)}") or _netns_pids(name):
+            continue
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+def tun_fds() -> set[int]:
+    """This process's descriptors open on /dev/net/tun."""
+    out = set()
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{name}") == TUN_DEVICE:
+                out.add(int(name))
+        except OSError:
+            pass
+    return out
+
+
+def close_leaked_taps(before: set[int]) -> list[int]:
+    """Close the /dev/net/tun descriptors opened since ``before`` (:func:`tun_fds`) that are
+    still open: taps a failed test did not close. Call it when the test is over (its own
+    ``finally`` blocks have run), so that nothing closes them again. Returns them."""
+    leaked = sorted(tun_fds() - before)
+    for fd in leaked:
+        os.close(fd)
+    return leaked
