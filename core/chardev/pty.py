@@ -11,6 +11,7 @@ import sys
 from typing import Any
 
 from ..errors import ConfigError
+from ..log import say
 from .base import CharBackend
 
 #: how often a pty nobody has open is checked for a new user (QEMU's pty timer: 1 s)
@@ -39,12 +40,8 @@ class PtyBackend(CharBackend):
         self.master = master
         self.connected = False
         self._check_hangup()
-        if announce:
-            try:  # stdout, as QEMU's qemu_printf (without a monitor); closed stdout: nobody hears
-                sys.stdout.write(f"char device redirected to {self.path} (label {label})\n")
-                sys.stdout.flush()
-            except (OSError, ValueError, AttributeError):
-                pass
+        if announce:  # on stdout, as QEMU's qemu_printf (without a monitor)
+            say(f"char device redirected to {self.path} (label {label})\n", sys.stdout)
 
     def _check_hangup(self) -> None:
         """POLLHUP on the master means nobody has the slave open."""
