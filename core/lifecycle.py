@@ -402,11 +402,15 @@ class Lifecycle:
     def stop(self) -> None:
         with self._lock:
             self._idle()
+            if self._ending:  # the run is ending (SHUTDOWN sent): nothing follows it
+                return
             self._enter(self.machine, PAUSED)
 
     def cont(self) -> None:
         with self._lock:
             self._idle()
+            if self._ending:  # as QEMU, whose main loop has left: no RESUME after SHUTDOWN
+                return
             if self.state in NEEDS_RESET:  # changed since the command looked
                 from .qmp.errors import QmpError
 

@@ -182,6 +182,7 @@ def test_a_sigterm_in_the_middle_of_the_hammering_ends_the_vm_cleanly(guest_cach
         watcher.closed.wait(30)
         shutdowns = [e for e in watcher.events if e["event"] == "SHUTDOWN"]
         assert shutdowns == [shutdowns[0]] and shutdowns[0]["data"] == {"guest": False, "reason": "host-signal"}
+        assert watcher.events[-1]["event"] == "SHUTDOWN", [e["event"] for e in watcher.events[-5:]]  # nothing follows it
         assert _alternate(watcher.names("STOP", "RESUME"))
         _clean_log(vm)
         assert not os.path.exists(vm.sock)
