@@ -285,18 +285,30 @@ def test_hostile_clients_while_the_vm_keeps_a_disk_busy(guest_cache, tmp_path):
 
 
 def test_sixteen_idle_clients_do_not_lock_out_a_seventeenth(guest_cache, tmp_path):
-    """All 16 client slots taken by clients that say nothing after negotiating: a new client
-    still gets in (QEMU's chardev would keep it waiting while its one client idles), the one
-    silent the longest making room after 5 s."""
+    """All 16 client slots taken: 15 connections that never negotiate (leaked, stuck) and an
+    event watcher that negotiated and then only listens. A new client still gets in (QEMU's
+    chardev would keep it waiting while its one client idles): a never-negotiated one silent
+    the longest makes room after 5 s; the watcher is never the one dropped."""
+    import socket
+
     elf = build_guest("spin", guest_cache)
     with Vm(str(tmp_path), "--kernel", str(elf)) as vm:
-        idle = [Line(vm.sock) for _ in range(16)]
+        watcher = Line(vm.sock)
+        mute = []
+        for _ in range(15):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect(vm.sock)
+            s.settimeout(60)
+            assert s.recv(4096).startswith(b'{"QMP"')  # greeted, never answers it
+            mute.append(s)
         late = Line(vm.sock)  # its greeting comes once a slot is freed (Line waits up to 60 s)
         assert late.cmd("query-status")["status"] == "running"
-        assert idle[0].f.readline() == b""  # the first idle one was dropped for it
-        assert idle[1].cmd("query-kvm") == {"enabled": True, "present": True}  # the others stay
+        assert mute[0].recv(4096) == b""  # the first mute one was dropped for it
+        assert watcher.cmd("query-kvm") == {"enabled": True, "present": True}  # the watcher stays
         late.cmd("quit")
         assert vm.wait() == 0
+        for s in mute:
+            s.close()
 
 
 def test_sigterm_while_paused_ends_the_vm_with_a_host_signal_shutdown(guest_cache, tmp_path):

@@ -425,18 +425,21 @@ class QmpServer:
             self._queue(client, client.session.greeting_line())
 
     def _evict(self, now: float) -> bool:
-        """Every slot is taken and a connection waits: drop the client silent the longest
-        (one that never negotiated first) if it has been silent for ``evict_idle``; True
-        then. Else the listener is off until the first client could be dropped."""
-        victim = min(self._clients.values(), key=lambda c: (c.session.negotiated, c.last_input))
-        oldest = min(c.last_input for c in self._clients.values())
+        """Every slot is taken and a connection waits: drop the client that never negotiated
+        and has been silent the longest, once silent for ``evict_idle`` (a leaked or stuck
+        connection); True then. A negotiated client is never dropped for a newcomer: one
+        that only listens for events (a management layer's watcher) is silent by design, and
+        QEMU keeps a newcomer waiting too. Else the listener is off until a client could go."""
+        mute = [c for c in self._clients.values() if not c.session.negotiated]
+        if not mute:
+            self._listen(False)  # back on when a client leaves (_drop)
+            self._listen_at = None
+            return False
+        victim = min(mute, key=lambda c: c.last_input)
         if now - victim.last_input < self.evict_idle:
-            if now - oldest >= self.evict_idle:
-                victim = min(self._clients.values(), key=lambda c: c.last_input)
-            else:
-                self._listen(False)
-                self._listen_at = oldest + self.evict_idle
-                return False
+            self._listen(False)
+            self._listen_at = victim.last_input + self.evict_idle
+            return False
         # a warning the first time, then info: reconnecting clients must not fill the log
         log.log(30 if not self.stats["evicted"] else 20,
                 "QMP: all %d client slots taken; dropping %s (silent for %.0f s) for a new client",
