@@ -37,6 +37,7 @@ def create_devices(ctx: Any) -> None:
         ram_size=ctx.ram_size,
         ram_regions=[(r.gpa, r.size) for r in ctx.memory.regions],
         cpus=ctx.smp,
+        max_cpus=ctx.max_cpus,   # QEMU's machine->smp.max_cpus: -smp 2,maxcpus=4 gives 4
     ))
     for base, length, dev, name in fw.port_ranges():
         ctx.add_pio_device(dev, base, length, name)

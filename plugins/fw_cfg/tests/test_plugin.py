@@ -85,6 +85,17 @@ def fake_roms(monkeypatch, seen: list[str] | None = None) -> None:
     monkeypatch.setattr(api, "load_firmware_file", load, raising=False)
 
 
+def test_max_cpus_is_the_topologys_maxcpus():
+    """QEMU 7.2 microvm publishes machine->smp.max_cpus: -smp 2,maxcpus=4 gives 4 (key 0x0f)
+    while NB_CPUS stays 2."""
+    with TestMachine(smp="2,maxcpus=4") as m:
+        m.create_devices()
+        assert (m.ctx.smp, m.ctx.max_cpus) == (2, 4)
+        p = Port(m)
+        assert p.item(FW_CFG_NB_CPUS, 2) == b"\2\0"
+        assert p.item(FW_CFG_MAX_CPUS, 2) == b"\4\0"
+
+
 def test_every_machine_has_fw_cfg_fed_from_the_machine():
     with TestMachine(smp=2, mem_size=64 << 20) as m:
         m.create_devices()
