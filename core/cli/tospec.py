@@ -200,6 +200,8 @@ def build_spec(o: dict[str, Any], warn: Callable[[str], None]) -> Any:
     irqchip = accel_irqchip(o["accel"], machine_accels)
     if irqchip is not None:  # -accel's value wins over -M kernel-irqchip=, as in QEMU
         machine.append(f"kernel-irqchip={irqchip}")
+    if o["nographic"]:  # QEMU 7.2's -nographic puts graphics=off into the machine options
+        machine.append("graphics=off")
     if o["cpu"] != "host":
         from ..boot.cpufeatures import parse_cpu
 

@@ -38,6 +38,9 @@ def create_devices(ctx: Any) -> None:
         ram_regions=[(r.gpa, r.size) for r in ctx.memory.regions],
         cpus=ctx.smp,
         max_cpus=ctx.max_cpus,   # QEMU's machine->smp.max_cpus: -smp 2,maxcpus=4 gives 4
+        # QEMU's !machine->enable_graphics: 1 with -nographic (-M graphics=off), 0 otherwise,
+        # also with -display none
+        nographic=not ctx.switch("graphics"),
     ))
     for base, length, dev, name in fw.port_ranges():
         ctx.add_pio_device(dev, base, length, name)

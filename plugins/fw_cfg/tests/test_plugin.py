@@ -96,6 +96,15 @@ def test_max_cpus_is_the_topologys_maxcpus():
         assert p.item(FW_CFG_MAX_CPUS, 2) == b"\4\0"
 
 
+@pytest.mark.parametrize("machine, nographic", [("microvm", 0), ("microvm,graphics=on", 0), ("microvm,graphics=off", 1)])
+def test_nographic_follows_the_graphics_machine_option(machine: str, nographic: int):
+    """QEMU writes !machine->enable_graphics: -nographic (which sets graphics=off) gives 1,
+    -display none and no display option give 0."""
+    with TestMachine(machine) as m:
+        m.create_devices()
+        assert Port(m).item(FW_CFG_NOGRAPHIC, 2) == bytes([nographic, 0])
+
+
 def test_every_machine_has_fw_cfg_fed_from_the_machine():
     with TestMachine(smp=2, mem_size=64 << 20) as m:
         m.create_devices()
@@ -109,7 +118,7 @@ def test_every_machine_has_fw_cfg_fed_from_the_machine():
         assert p.item(FW_CFG_RAM_SIZE, 8) == (64 << 20).to_bytes(8, "little")
         assert p.item(FW_CFG_NB_CPUS, 2) == b"\2\0"
         assert p.item(FW_CFG_MAX_CPUS, 2) == b"\2\0"
-        assert p.item(FW_CFG_NOGRAPHIC, 2) == b"\1\0"
+        assert p.item(FW_CFG_NOGRAPHIC, 2) == b"\0\0"          # QEMU: 0 unless -nographic
         assert p.item(FW_CFG_IRQ0_OVERRIDE, 4) == b"\1\0\0\0"
         files = p.directory()
         assert sorted(files) == ["bios-geometry", "bootorder", "etc/boot-fail-wait", "etc/e820"]
