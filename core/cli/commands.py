@@ -8,8 +8,22 @@ from .main import error, oneline, setup_logging
 from ..log import get_logger
 
 log = get_logger("microvm.cli")
-#: the -d log items microvm knows (QEMU has more, for its TCG)
-LOG_ITEMS = frozenset({"guest_errors"})
+#: the -d log items microvm has, with QEMU's descriptions (``-d help``)
+LOG_ITEMS = {
+    "guest_errors": "log when the guest OS does something invalid (eg accessing a\nnon-existent register)",
+}
+#: QEMU 7.2's other -d items: they trace its TCG emulator or user-mode emulation, which
+#: microvm does not have
+QEMU_LOG_ITEMS = frozenset({"out_asm", "in_asm", "op", "op_opt", "op_ind", "int", "exec", "cpu", "fpu", "mmu",
+                            "pcall", "cpu_reset", "unimp", "page", "nochain", "plugin", "strace", "tid"})
+
+
+def log_items_help() -> str:
+    """``-d help``, in QEMU's layout: the items microvm has."""
+    lines = ["Log items (comma separated):", *(f"{n:<15} {h}" for n, h in LOG_ITEMS.items()),
+             "", "QEMU's other items (" + ", ".join(sorted(QEMU_LOG_ITEMS)) + ") trace its TCG emulator: "
+             "not in microvm."]
+    return "\n".join(lines) + "\n"
 
 
 def run_command(**options: Any) -> int:
@@ -85,9 +99,17 @@ def run_options(o: dict[str, Any], style: str = "run") -> int:
     except OSError as e:
         return rep.usage(f"-D {o['logfile']}: cannot open the log file: {e.strerror}")
     items = {i for text in o["log_items"] for i in text.split(",") if i}
-    unknown = items - LOG_ITEMS
+    if items & {"help", "?"}:
+        say(log_items_help(), sys.stdout)
+        return 1 if style == "qemu" else 0  # QEMU 7.2 exits 1 after -d help (measured)
+    unknown = items - set(LOG_ITEMS)
     if unknown:
-        return rep.usage(f"-d {','.join(sorted(unknown))}: unknown log item (supported: {', '.join(sorted(LOG_ITEMS))})")
+        tcg = unknown & QEMU_LOG_ITEMS
+        if tcg:
+            return rep.usage(f"-d {','.join(sorted(tcg))}: unsupported on microvm (QEMU's TCG tracing; "
+                             f"microvm has {', '.join(LOG_ITEMS)}; -d help lists them)")
+        return rep.usage(f"-d {','.join(sorted(unknown))}: unknown log item (supported: {', '.join(LOG_ITEMS)}; "
+                         "-d help lists them)")
     from ..log import log_every_event
 
     log_every_event("guest_errors" in items or o["verbose"] > 0)
