@@ -94,7 +94,8 @@ class TestMachine(Machine):
     ``"split"``, ``"on"`` or None (no interrupt controller). ``smp`` is a vCPU count or
     QEMU's ``-smp`` text (``"2,maxcpus=4"``). ``kernel``/``initrd``/``append``
     (bytes of a bzImage or PVH ELF) and ``firmware`` (the bytes of a ``--bios`` image) set what
-    ``ctx.boot`` says, for plugins that hand a kernel to a firmware; nothing is loaded."""
+    ``ctx.boot`` says, for plugins that hand a kernel to a firmware; nothing is loaded.
+    ``fw_cfg``: ``--fw-cfg`` texts or (name, bytes) pairs (``ctx.boot.fw_cfg_files``)."""
 
     __test__ = False  # not a pytest test class
 
@@ -115,6 +116,7 @@ class TestMachine(Machine):
         initrd: bytes | None = None,
         append: str = "",
         firmware: bytes | None = None,
+        fw_cfg: Iterable[Any] = (),
     ) -> None:
         topology = None
         if isinstance(smp, str):  # QEMU's -smp text: "2,maxcpus=4", "4,sockets=2"
@@ -126,7 +128,7 @@ class TestMachine(Machine):
             kernel="(none: microvm.testing)", mem_size=mem_size, smp=smp, topology=topology,
             machine=[machine] if machine else [],
             devices=list(devices), drives=list(drives), chardevs=list(chardevs), netdevs=list(netdevs),
-            serial=list(serial), extra_plugins=list(plugins), append=append,
+            serial=list(serial), extra_plugins=list(plugins), append=append, fw_cfg=list(fw_cfg),
         )
         bios = None
         if firmware is not None:  # what ctx.boot says of a --bios boot (nothing is mapped)

@@ -135,6 +135,10 @@ ACCEPTED: dict[str, tuple[list[str], object]] = {
     "-no-user-config": (["-no-user-config"], lambda s: True),
     "-no-acpi, -no-hpet (microvm has neither)": (["-no-acpi", "-no-hpet"], lambda s: True),
     "-metrics (microvm's own)": (["-metrics", "m.json"], lambda s: s.metrics == os.path.abspath("m.json")),
+    "-fw_cfg NAME,string=": (["-fw_cfg", "opt/org.example/x,string=a,,b"],
+                             lambda s: s.fw_cfg_files == [("opt/org.example/x", b"a,b")]),
+    "-fw_cfg name=NAME,string= (twice)": (["-fw_cfg", "name=opt/a,string=1", "-fw_cfg", "opt/b,string=2"],
+                                          lambda s: s.fw_cfg_files == [("opt/a", b"1"), ("opt/b", b"2")]),
 }
 
 
@@ -190,6 +194,21 @@ def test_both_spellings_build_the_same_spec(kernel: str, specs: list, capsys) ->
     assert run_main(run_line, capsys)[0] == 0
     a, b = specs
     assert repr(a) == repr(b)
+
+
+def test_fw_cfg_file_both_spellings_and_the_opt_warning(kernel: str, specs: list, capsys, tmp_path) -> None:
+    """-fw_cfg name=NAME,file=PATH reads the file when the line is parsed (as QEMU does);
+    --fw-cfg is the same row; a name outside opt/ gets QEMU's warning and is still added."""
+    blob = tmp_path / "blob"
+    blob.write_bytes(b"\0\1binary\xff")
+    for argv in (["-kernel", kernel, "-fw_cfg", f"name=opt/b,file={blob}", "-fw_cfg", "etc/mine,string=x"],
+                 ["run", "--kernel", kernel, "--fw-cfg", f"name=opt/b,file={blob}", "--fw-cfg", "etc/mine,string=x"]):
+        rv, out, err = run_main(argv, capsys)
+        assert (rv, out) == (0, "")
+        dash = "-fw_cfg" if argv[0] == "-kernel" else "--fw-cfg"
+        assert err == (f'microvm: warning: {dash} etc/mine,string=x: externally provided fw_cfg item names should be '
+                       f'prefixed with "opt/"\n')
+    assert [s.fw_cfg_files for s in specs] == [[("opt/b", b"\0\1binary\xff"), ("etc/mine", b"x")]] * 2
 
 
 def test_every_qemu_option_maps_or_is_refused(capsys) -> None:
@@ -261,6 +280,22 @@ REFUSED: dict[str, tuple[list[str], str]] = {
     "-M smm=on": (["-M", "microvm,smm=on"], r"machine option smm=on: unsupported on microvm \(microvm has no System Management Mode\)"),
     "-M smm=auto (QEMU's auto is on under KVM)": (["-M", "microvm,smm=auto"], r"machine option smm=auto: unsupported on microvm"),
     "-M acpi=maybe": (["-M", "microvm,acpi=maybe"], r"machine option acpi=maybe: expected on, off or auto"),
+    # -fw_cfg as QEMU 7.2's parse_fw_cfg refuses it (its words)
+    "-fw_cfg without content": (["-fw_cfg", "opt/x"], r"^microvm: -fw_cfg opt/x: name, plus exactly one of file, "
+                                r"string and gen_id, are needed$"),
+    "-fw_cfg without a name": (["-fw_cfg", "string=a"], r"-fw_cfg string=a: name, plus exactly one of"),
+    "-fw_cfg empty name": (["-fw_cfg", "name=,string=a"], r"-fw_cfg name=,string=a: name, plus exactly one of"),
+    "-fw_cfg empty string": (["-fw_cfg", "opt/x,string="], r"-fw_cfg opt/x,string=: name, plus exactly one of"),
+    "-fw_cfg file and string": (["-fw_cfg", "opt/x,file=f,string=s"], r"-fw_cfg opt/x,file=f,string=s: name, plus exactly one of"),
+    "-fw_cfg gen_id": (["-fw_cfg", "name=opt/x,gen_id=g"], r"-fw_cfg name=opt/x,gen_id=g: gen_id is unsupported on microvm"),
+    "-fw_cfg unknown key": (["-fw_cfg", "opt/x,foo=bar"], r"-fw_cfg opt/x,foo=bar: Invalid parameter 'foo'$"),
+    "-fw_cfg name of 56 bytes": (["-fw_cfg", "opt/" + "a" * 52 + ",string=a"], r": name too long \(max. 55 char\)$"),
+    "-fw_cfg missing file": (["-fw_cfg", "opt/x,file=/nonexistent-dir/f"],
+                             r"-fw_cfg opt/x,file=/nonexistent-dir/f: can't load /nonexistent-dir/f: No such file or directory$"),
+    "-fw_cfg a directory": (["-fw_cfg", "opt/x,file=/"], r"-fw_cfg opt/x,file=/: can't load /: Is a directory$"),
+    "-fw_cfg a device": (["-fw_cfg", "opt/x,file=/dev/zero"], r"can't load /dev/zero: not a regular file$"),
+    "-fw_cfg the same name twice": (["-fw_cfg", "opt/x,string=a", "-fw_cfg", "name=opt/x,string=b"],
+                                    r"^microvm: -fw_cfg name=opt/x,string=b: duplicate fw_cfg file name: opt/x$"),
     "-M malformed": (["-M", "microvm,pit"], r"-M microvm,pit: Expected '=' after parameter 'pit'"),
     "-M empty item": (["-M", "microvm,,"], r"-M microvm,,: Invalid parameter ''"),
     "-display gtk": (["-display", "gtk"], r"-display gtk: unsupported on microvm \(microvm has no display"),

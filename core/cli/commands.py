@@ -61,7 +61,8 @@ class Reporter:
         return 1
 
     def warn(self, msg: str) -> None:
-        say(f"microvm: warning: {msg}\n")
+        msg = oneline(msg)
+        say(f"microvm: warning: {qemu_words(msg) if self.style == 'qemu' else msg}\n")
 
 
 def say(text: str, stream: Any = None) -> None:

@@ -221,9 +221,12 @@ def build_spec(o: dict[str, Any], warn: Callable[[str], None]) -> Any:
         devices=list(o["device"]), drives=list(o["drive"]), chardevs=list(o["chardev"]),
         netdevs=list(o["netdev"]), serial=serial, metrics=metrics, name=name,
         qmp=list(o["qmp"]), mon=list(o["mon"]), prelaunch=o["prelaunch"], no_shutdown=o["no_shutdown"],
-        bios=o["bios"],
+        bios=o["bios"], fw_cfg=list(o["fw_cfg"]),
     )
     spec.validate()
+    for text, (name, _) in zip(spec.fw_cfg, spec.fw_cfg_files):
+        if not name.startswith("opt/"):  # QEMU 7.2's warning, word for word
+            warn(f'--fw-cfg {text}: externally provided fw_cfg item names should be prefixed with "opt/"')
     for option, configs in (("-chardev", spec.chardev_configs), ("-netdev", spec.netdev_configs)):
         for cfg in configs.values():  # QEMU 7.2 accepts these with a warning
             for given, key, value in cfg.short_flags:

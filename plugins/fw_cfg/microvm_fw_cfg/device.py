@@ -347,7 +347,7 @@ class FwCfg:
         entry = _Entry(bytearray(data) if not read_only else bytes(data), read_only, on_select, on_write)
         with self._lock:
             if raw in self._files:
-                raise FwCfgError(f"fw_cfg: duplicate file name {raw.decode(errors='replace')}")
+                raise FwCfgError(f"duplicate fw_cfg file name: {raw.decode(errors='replace')}")  # QEMU's words
             count = len(self._files)
             if count >= self.file_slots:
                 raise FwCfgError(f"fw_cfg: no file slot left for {raw.decode(errors='replace')} ({self.file_slots} slots)")
