@@ -211,6 +211,19 @@ def test_fw_cfg_file_both_spellings_and_the_opt_warning(kernel: str, specs: list
     assert [s.fw_cfg_files for s in specs] == [[("opt/b", b"\0\1binary\xff"), ("etc/mine", b"x")]] * 2
 
 
+@pytest.mark.parametrize("spelling, status, prefix", [("qemu", 1, "microvm: "), ("run", 2, "microvm: error: ")])
+def test_an_empty_pidfile_name_is_refused_as_qemu_does(spelling, status, prefix, kernel: str, specs: list, capsys,
+                                                       tmp_path, monkeypatch) -> None:
+    """QEMU 7.2: -pidfile "" is 'cannot create PID file: Could not create '': No such file
+    or directory', status 1; it was ignored here (a truth test on the value)."""
+    monkeypatch.chdir(tmp_path)
+    argv = ["-kernel", kernel, "-pidfile", ""] if spelling == "qemu" else ["run", "--kernel", kernel, "--pidfile", ""]
+    rv, out, err = run_main(argv, capsys)
+    assert (rv, out, specs) == (status, "", [])
+    assert err == f"{prefix}cannot create PID file: Could not create '': No such file or directory\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["vmlinux"]          # nothing created
+
+
 def test_every_qemu_option_maps_or_is_refused(capsys) -> None:
     """Each of QEMU 7.2's options is a run option, an action (-h, -version), a no-op microvm
     has nothing to do for, or refused as unsupported; no QEMU option is 'invalid' here."""

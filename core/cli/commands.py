@@ -152,7 +152,7 @@ def run_options(o: dict[str, Any], style: str = "run") -> int:
         pidfile = None
         saved = daemon.exit_on_termination()  # until the machine takes SIGTERM/SIGHUP over
         try:
-            if o["pidfile"]:
+            if o["pidfile"] is not None:
                 pidfile = daemon.PidFile(o["pidfile"])
             from ..machine import run_spec
 
