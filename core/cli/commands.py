@@ -127,8 +127,9 @@ def run_options(o: dict[str, Any], style: str = "run") -> int:
         from .tospec import build_spec, parse_name
 
         spec = build_spec(o, rep.warn)
+        notice = None
         if spec.kernel is None and spec.bios is None and spec.drives:
-            _firmware_for_disk(spec, say)
+            notice = _firmware_for_disk(spec, rep)
         if spec.kernel is None and spec.bios is None:
             from ..guest import GuestBuildError, GuestNotBuilt, default_guest
 
@@ -157,8 +158,12 @@ def run_options(o: dict[str, Any], style: str = "run") -> int:
             from ..machine import run_spec
 
             ready = None
-            if detached is not None:
-                ready = lambda: detached.ready(keep_stderr=bool(o["logfile"]))  # noqa: E731
+            if detached is not None or notice is not None:
+                def ready() -> None:  # the first machine is built: the line was valid
+                    if notice is not None:
+                        say(notice)
+                    if detached is not None:
+                        detached.ready(keep_stderr=bool(o["logfile"]))
             return run_spec(spec, ready=ready)
         finally:
             if pidfile is not None:
@@ -176,20 +181,22 @@ def run_options(o: dict[str, Any], style: str = "run") -> int:
         return 1
 
 
-def _firmware_for_disk(spec: Any, say: Any) -> None:
+def _firmware_for_disk(spec: Any, rep: Reporter) -> str:
     """No --kernel but a disk: boot the default firmware, as QEMU's microvm does without
-    ACPI (qboot.rom), and say plainly what will happen: neither firmware can boot from a
-    virtio-mmio disk here."""
+    ACPI (qboot.rom); returns the notice that says plainly what will happen (neither firmware
+    can boot from a virtio-mmio disk here), in the options' spelling, for the caller to print
+    once the machine is built (a line that is refused gets its one error line only)."""
     from ..boot.firmware import DEFAULT_FIRMWARE
 
     spec.bios = DEFAULT_FIRMWARE
-    say(
+    text = (
         f"microvm: no --kernel: booting the firmware {DEFAULT_FIRMWARE}, as QEMU's microvm does. It cannot boot "
         "from the disk: qboot boots only a kernel handed over through fw_cfg and otherwise halts silently, and "
-        "SeaBIOS (--bios /usr/share/seabios/bios-microvm.bin) finds virtio-mmio disks only through ACPI, which "
-        "microvm does not have ('No bootable device.'). To boot from the disk, give its kernel: "
-        "--kernel FILE --append 'root=/dev/vda ...'. C-a x quits.\n"
+        "SeaBIOS, with --bios /usr/share/seabios/bios-microvm.bin, finds virtio-mmio disks only through ACPI, "
+        "which microvm does not have ('No bootable device.'). To boot from the disk, give its kernel: "
+        "--kernel FILE --append 'root=/dev/vda ...'." + (" C-a x quits." if "mon:stdio" in spec.serial else "")
     )
+    return (qemu_words(text) if rep.style == "qemu" else text) + "\n"
 
 
 def plugins_command() -> int:
