@@ -26,13 +26,15 @@ kernel items in ``microvm_memory_init`` and fixes the command line up at machine
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING
 
 from .device import FwCfg, FwCfgError
 from .items import bios_geometry, bootorder, e820_table, microvm_e820, rom_devpath, sort_boot_devices
 from .keys import FW_CFG_IRQ0_OVERRIDE, FW_CFG_MAX_CPUS, FW_CFG_NB_CPUS, FW_CFG_RAM_SIZE
 
 if TYPE_CHECKING:
+    from typing import Callable, Sequence
+
     from microvm.api import GuestMemory
 
     from .linux import LinuxBoot
