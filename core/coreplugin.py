@@ -150,7 +150,7 @@ def register_backends(register: Callable[..., None]) -> None:
                          Property("input-path", "str", None, "a file to read input from"), _MUX))
     register("chardev", "pipe", _pipe, "PATH.out and PATH.in (or PATH both ways): FIFOs or files",
              properties=(Property("path", "str", required=True, help="the FIFO (or the stem of PATH.in/PATH.out)"), _MUX))
-    register("chardev", "pty", _pty, "a new pseudo-terminal (its /dev/pts name is printed on stderr)", properties=(_MUX,))
+    register("chardev", "pty", _pty, "a new pseudo-terminal (its /dev/pts name is printed on stdout)", properties=(_MUX,))
     register("chardev", "socket", _socket, "a unix (path=) or TCP (host=,port=) stream socket, server or client",
              properties=(Property("path", "str", None, "unix socket path"),
                          Property("host", "str", None, "TCP host (server: the address to listen on)"),

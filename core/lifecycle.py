@@ -60,13 +60,16 @@ import os
 import threading
 from typing import TYPE_CHECKING, Any
 
-from .log import get_logger
+from .log import WARNING, EventLog, get_logger, say
 
 if TYPE_CHECKING:
     from .machine import Machine
     from .spec import MachineSpec
 
 log = get_logger("microvm.lifecycle")
+#: events a guest can repeat without bound (pvpanic's crash-loaded write): first one logged,
+#: repeats summarised (``-d guest_errors`` logs each), as QEMU logs them only under that flag
+guest_event = EventLog(log)
 
 # QEMU's RunState names (the same strings as microvm.qmp.control, which is not imported here)
 RUNNING = "running"
@@ -187,7 +190,7 @@ class Lifecycle:
             raise
         for mon in self.monitors:
             if mon.server.wait:
-                _say(f"microvm: waiting for connection on: {mon.filename()}\n")  # QEMU's info line
+                say(f"microvm: waiting for connection on: {mon.filename()}\n")  # QEMU's info line
                 mon.server.wait_for_client()
 
     def close_monitors(self) -> None:
@@ -389,7 +392,7 @@ class Lifecycle:
 
     def guest_crashloaded(self, m: "Machine") -> None:
         """QEMU's qemu_system_guest_crashloaded: an event, the guest runs on (any thread)."""
-        log.warning("guest loaded a crash kernel")
+        guest_event("pvpanic crash-loaded", WARNING, "guest loaded a crash kernel")
         self.emit("GUEST_CRASHLOADED", {"action": "run"})
 
     # ------------------------------------------------------------------ MachineControl (QMP threads)
@@ -509,13 +512,3 @@ class Lifecycle:
             out.append(BlockInfo(d.id, d.file, d.readonly, driver=d.format, virtual_size=size, actual_size=allocated,
                                  qdev=qdev, removable=qdev is None, io_status="ok" if qdev is not None else None))
         return out
-
-
-def _say(text: str) -> None:
-    import sys
-
-    try:
-        sys.stderr.write(text)
-        sys.stderr.flush()
-    except (OSError, ValueError, AttributeError):
-        pass

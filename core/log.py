@@ -143,3 +143,14 @@ class EventLog:
         else:
             self.logger.log(level, msg + " (repeats are counted, not logged; -d guest_errors logs each)", *args,
                             stacklevel=3, **kw)
+
+
+def say(text: str, stream: Any = None) -> None:
+    """Write ``text`` to stderr (or ``stream``) for the user, dropping it when the stream is
+    closed or a broken pipe: the VMM's own messages must never end the VMM."""
+    s = sys.stderr if stream is None else stream
+    try:
+        s.write(text)
+        s.flush()
+    except (OSError, ValueError, AttributeError):
+        pass

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from . import layout
 from .bus import Bus
 from .errors import BootError, ConfigError, MicrovmError, PluginError
-from .log import get_logger
+from .log import get_logger, say
 from .memory import GuestMemory
 from .spec import MachineSpec
 
@@ -543,13 +543,28 @@ class Machine:
 
     def _open_chardevs(self) -> None:
         """Make every ``--chardev`` backend now, used or not (as QEMU does), so a socket
-        that cannot be bound is an error before the guest runs. ``--serial`` shorthands are
-        made when their port asks (a default ``stdio`` nobody uses claims nothing). A
-        ``--mon``'s socket is the QMP server's own, not a backend."""
+        that cannot be bound is an error before the guest runs. The first ``--serial``
+        shorthand is made when its port asks (a default ``stdio`` nobody uses claims
+        nothing); the further ones now, as QEMU makes a chardev for every ``-serial``
+        although its microvm has one serial port (``serial1`` of ``-serial null -serial
+        pty`` announces its pty). A ``--mon``'s socket is the QMP server's own, not a backend."""
         monitors = self.spec.monitor_chardevs
         for cfg in self.spec.chardev_configs.values():
             if cfg.id not in monitors:
                 self._make_backend("chardev", cfg)  # once per run: a second boot finds it made
+        for s in self.spec.serial_configs[1:]:
+            if s.chardev is not None:
+                self._make_backend("chardev", s.chardev)
+
+    def _warn_unused_serials(self) -> None:
+        """A ``--serial`` beyond the first that no device took: QEMU's microvm has one serial
+        port (COM1), so QEMU leaves it unconnected without a word; say so once."""
+        for i, s in enumerate(self.spec.serial_configs):
+            if i == 0 or not s.present or ("serial", i) in {key for _, key in self._frontends}:
+                continue
+            label = s.ref if s.ref is not None else f"serial{i}"
+            log.warning("--serial %s: microvm has one serial port (COM1): serial port %d is not created "
+                        "and chardev %s has no device, as in QEMU", s.text, i, label)
 
     # ------------------------------------------------------------------ construction
     def build(self) -> None:
@@ -597,6 +612,7 @@ class Machine:
             for nid in self.spec.netdev_configs:
                 if nid not in self._netdevs:
                     log.warning("netdev %s has no peer", nid)  # QEMU's words
+            self._warn_unused_serials()
         tsc_deadline = bool(self.kvm.check_extension("KVM_CAP_TSC_DEADLINE_TIMER"))
         for i, apic_id in enumerate(self.apic_ids):
             vcpu = self.vm.create_vcpu(apic_id)
@@ -1157,7 +1173,7 @@ def run_spec(spec: MachineSpec, host: Any = None, ready: Callable[[], None] | No
         # next machine): the run ends as on a SIGINT while running, in one line, as QEMU's
         # "terminating on signal 2"
         lifecycle.host_signal(None, signal.SIGINT)
-        _say("microvm: terminating on signal 2\n")
+        say("microvm: terminating on signal 2\n")
         return 0
     finally:
         lifecycle.run_ended()
@@ -1168,14 +1184,3 @@ def run_spec(spec: MachineSpec, host: Any = None, ready: Callable[[], None] | No
                 metrics.write_json(spec.metrics)
             except OSError as e:
                 log.error("cannot write metrics to %s: %s", spec.metrics, e.strerror)
-
-
-def _say(text: str) -> None:
-    """A line on stderr that must not fail (stderr may be closed)."""
-    import sys
-
-    try:
-        sys.stderr.write(text)
-        sys.stderr.flush()
-    except (OSError, ValueError, AttributeError):
-        pass

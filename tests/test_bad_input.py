@@ -14,7 +14,7 @@ from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from kvm_helpers import build_guest, kvm_reason, run_microvm
@@ -89,6 +89,32 @@ def test_append_with_bytes_that_are_not_utf8_reaches_the_guest_unchanged(hello, 
 
 
 # ---- fuzz: random command lines from the option alphabet ------------------------------------
+#: the character devices and the console ports (issue 8), also run as real processes below
+SOCKET_PTY_PIPE_CHARDEVS = [
+    "socket,id=s0,path={tmp}/s.sock,server=on,wait=off", "socket,id=s1,path={tmp}/nobody.sock",
+    "socket,id=s2,path={tmp}/nobody.sock,reconnect=3000000", "socket,id=s2,path={tmp}/nobody.sock,reconnect=-1",
+    "socket,id=s2,path={tmp}/nobody.sock,reconnect=99999999999999999999", "socket,id=s3,host=127.0.0.1,port=0,server=on,wait=off",
+    "socket,id=s4,port=x", "socket,id=s5,path={tmp}/s.sock,server=on,reconnect=1", "socket,id=s6",
+    "socket,id=s7,path={tmp}/s.sock,host=127.0.0.1,port=1", "socket,id=s8,path={tmp}/s.sock,server=on,wait=maybe",
+    "socket,id=s9,path={tmp}/" + "x" * 120 + ",server=on", "socket,id=s0,path={tmp}/s.sock,server=on,wait=off,mux=on",
+    "pty,id=p0", "pty,id=p0,mux=on", "pty,id=p0,path=x", "pipe,id=p1,path={tmp}/nopipe", "pipe,id=p2,path={tmp}/fifo",
+    "pipe,id=p3", "file,id=f0,path={tmp}/fifo", "file,id=f1,path={tmp}/fifo,append=on", "null,id=c0,mux=on",
+    "stdio,id=c1,mux=on,signal=off", "stdio,id=c1,signal=maybe",
+]
+SOCKET_PTY_PIPE_SERIALS = [
+    "pty", "mon:pty", "mon:null", "unix:{tmp}/u.sock,server=on,wait=off", "unix:{tmp}/u.sock", "unix:",
+    "unix:{tmp}/u.sock,server,nowait,reconnect=1", "unix:{tmp}/nobody.sock,reconnect=2", "tcp::0,server,nowait",
+    "tcp:127.0.0.1:1", "tcp:127.0.0.1:1,reconnect=3000000", "tcp:[::1]:0,server=on,wait=off", "pipe:{tmp}/fifo",
+    "pipe:{tmp}/nopipe", "file:{tmp}/fifo", "chardev:s0", "chardev:p0", "unix:{tmp}/w.sock,server=on",
+]
+CONSOLE_DEVICES = [
+    "virtio-serial-device", "virtio-serial-device,max_ports=0", "virtio-serial-device,max_ports=600",
+    "virtio-serial-device,id=vs,emergency-write=off", "virtconsole", "virtconsole,chardev=c0", "virtconsole,chardev=s0",
+    "virtconsole,chardev=p0", "virtconsole,chardev=nope", "virtconsole,bus=vs.0,chardev=p2", "virtconsole,bus=nope.0",
+    "virtconsole,nr=0", "virtconsole,nr=40", "virtserialport,chardev=c0,name=org.x", "virtserialport,nr=0",
+    "virtserialport,chardev=s0,name=org.microvm.test", "virtserialport,chardev=f0,name=a,nr=3",
+    "virtserialport,name=a", "virtserialport,chardev=s3",
+]
 SIZES = st.sampled_from(["128M", "64", "0", "12q", "128MB", "1.5G", "", "0x80", "99999999999999999999T", "-1", "2M", "1k"])
 MACHINE = st.lists(st.sampled_from(["microvm", "", "pit=off", "pic=on", "rtc=maybe", "rtc-base=utc", "rtc-base=x",
                                     "isa-serial=off", "kernel-irqchip=split", "kernel-irqchip=bogus", "bogus=1",
@@ -98,13 +124,15 @@ DEVICES = st.sampled_from(["isa-debug-exit", "isa-debug-exit,iobase=0xf4", "isa-
                            "isa-debug-exit,iosize=9", "isa-debug-exit,bogus=1", "virtio-rng-device",
                            "virtio-rng-device,max-bytes=-1", "virtio-rng-device,period=0", "virtio-blk-device",
                            "virtio-blk-device,drive=d", "virtio-blk-device,drive=nope", "nonesuch", "help",
-                           "virtio-blk-device,help", ",", "virtio-rng-device,id=serial0", "virtio-rng-device,id=a,id=b"])
+                           "virtio-blk-device,help", ",", "virtio-rng-device,id=serial0", "virtio-rng-device,id=a,id=b",
+                           *CONSOLE_DEVICES])
 DRIVES = st.sampled_from(["id=d,file={img}", "id=d,file={img},readonly=on", "file={img}", "id=d", "id=d,file=/nonexistent",
                           "id=d,file={img},format=qcow2", "id=d,file={img},if=virtio", "id=d,file={img},cache=none",
                           "id=d,file=/tmp"])
 CHARDEVS = st.sampled_from(["null,id=c0", "stdio,id=c1", "file,id=c2,path={tmp}/log", "file,id=c3", "bogus,id=c4",
-                            "null", "null,id=c0,colour=red"])
-SERIALS = st.sampled_from(["stdio", "null", "none", "file:{tmp}/s.log", "file:", "chardev:c0", "chardev:nope", "tcp:x"])
+                            "null", "null,id=c0,colour=red", *SOCKET_PTY_PIPE_CHARDEVS])
+SERIALS = st.sampled_from(["stdio", "null", "none", "file:{tmp}/s.log", "file:", "chardev:c0", "chardev:nope", "tcp:x",
+                           *SOCKET_PTY_PIPE_SERIALS])
 OPTIONS = st.one_of(
     st.tuples(st.just("-m"), SIZES),
     st.tuples(st.just("--smp"), st.sampled_from(["1", "2", "0", "300", "x", "-1"])),
@@ -159,6 +187,8 @@ def test_fuzz_run_command_lines(opts, hello, tmp_path, monkeypatch, fuzz_stats) 
     img = tmp_path / "d.img"
     if not img.exists():
         img.write_bytes(bytes(1 << 16))
+    if not (tmp_path / "fifo").exists():
+        os.mkfifo(tmp_path / "fifo")
     argv = ["run", "--kernel", str(hello)]
     for o in opts:
         argv.extend(x.format(img=img, tmp=tmp_path) for x in o)
@@ -179,3 +209,70 @@ def test_fuzz_run_command_lines(opts, hello, tmp_path, monkeypatch, fuzz_stats) 
     if status == 2:
         fuzz_stats["errors"] += 1
         assert text.count("\n") == 1 and text.startswith("microvm: error: "), (argv, text)
+
+
+# ---- the chardevs and console ports as real processes -----------------------------------------
+#: what a real process may be given: the chardev and console alphabet, memory and vCPUs (no
+#: netdevs: a real run would create a tap on the host)
+PROCESS_OPTIONS = st.one_of(
+    st.tuples(st.just("--chardev"), st.sampled_from(SOCKET_PTY_PIPE_CHARDEVS + ["null,id=c0"])),
+    st.tuples(st.just("--serial"), st.sampled_from(SOCKET_PTY_PIPE_SERIALS + ["null", "none", "mon:stdio"])),
+    st.tuples(st.just("--device"), st.sampled_from(CONSOLE_DEVICES)),
+    st.tuples(st.just("-m"), st.sampled_from(["64M", "32"])),
+    st.tuples(st.just("--smp"), st.sampled_from(["1", "2"])),
+    st.tuples(st.sampled_from(["--nodefaults", "-v"])),
+)
+
+
+@pytest.fixture(scope="module")
+def spin(tmp_path_factory) -> Path:
+    return build_guest("spin", tmp_path_factory.mktemp("guest"))
+
+
+@pytest.mark.kvm
+@pytest.mark.skipif(kvm_reason() is not None, reason=f"needs KVM: {kvm_reason()}")
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(opts=st.lists(PROCESS_OPTIONS, min_size=1, max_size=5))
+# what once failed at run time, always among the sample
+@example(opts=[("--chardev", "socket,id=s2,path={tmp}/nobody.sock,reconnect=3000000")])
+@example(opts=[("--serial", "tcp:127.0.0.1:1,reconnect=3000000")])
+@example(opts=[("--serial", "file:{tmp}/fifo")])
+@example(opts=[("--chardev", "pty,id=p0"), ("--device", "virtio-serial-device"), ("--device", "virtconsole,chardev=p0")])
+def test_fuzz_chardev_command_lines_as_real_processes(opts, spin, tmp_path) -> None:
+    """The in-process fuzz above never runs the chardevs' threads; this runs a sample of
+    chardev and console command lines for real, with a guest that prints once and spins,
+    for a moment, then SIGTERM: an error is one line and status 2, a run ends with status 0,
+    and nothing (a chardev thread included) prints a traceback."""
+    import signal
+
+    from kvm_helpers import microvm_cmd
+
+    fifo = tmp_path / "fifo"
+    if not fifo.exists():
+        os.mkfifo(fifo)
+    argv = ["run", "--kernel", str(spin)]
+    for o in opts:
+        argv.extend(x.format(tmp=tmp_path) for x in o)
+    out_path, err_path = tmp_path / "out", tmp_path / "err"
+    with open(out_path, "wb") as out, open(err_path, "wb") as err:
+        p = subprocess.Popen(microvm_cmd(*argv), stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                             start_new_session=True)
+        try:
+            try:
+                status = p.wait(timeout=1.5)  # an error ends it at once; a run goes on
+            except subprocess.TimeoutExpired:
+                p.send_signal(signal.SIGTERM)
+                # generous: tells "ends on SIGTERM" from "hangs"; not a timing assertion
+                status = p.wait(timeout=30)
+        finally:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+    text = err_path.read_text(errors="replace")
+    for sock in tmp_path.glob("*.sock"):
+        pytest.fail(f"{sock.name} left behind by {argv[3:]}")
+    assert "Traceback" not in text and "internal error" not in text and "I/O thread failed" not in text, (argv, text)
+    assert status in (0, 2), (argv, status, text)
+    if status == 2:  # one error line, the last (-v's lines and warnings may come before it)
+        lines = text.splitlines()
+        assert [x for x in lines if x.startswith("microvm: error: ")] == lines[-1:], (argv, text)

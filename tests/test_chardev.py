@@ -126,8 +126,12 @@ def test_escapes_as_in_qemus_mux():
     assert quits == ["QUIT"]
 
 
-def test_other_escaped_keys_pass_through_with_the_escape():
-    assert run_input(b"\x01q", escapes=True)[0] == [b"\x01q"]
+def test_other_keys_after_c_a_are_dropped_with_it_as_in_qemus_mux():
+    """QEMU 7.2's mux_proc_byte knows h ? x s b c t and the escape itself; anything else
+    after C-a (a capital X or B too: commands are lower case) reaches nobody, and neither
+    does the C-a. C-a s (QEMU: commit -snapshot disks) does nothing here."""
+    events, quits = run_input(b"a\x01qb\x01Xc\x01Bd\x01se\x01\x00f", escapes=True)
+    assert events == [b"abcdef"] and quits == []
 
 
 def test_plain_byte_stream_without_escapes():
@@ -152,8 +156,53 @@ def test_c_a_h_prints_qemus_mux_help_and_c_a_x_says_terminated():
     os.close(out_r)
     assert out == MUX_HELP + TERMINATED
     assert MUX_HELP == (b"\n\rC-a h    print this help\n\rC-a x    exit emulator\n\r"
+                        b"C-a s    save disk data back to file (if -snapshot)\n\r"
+                        b"C-a t    toggle console timestamps\n\r"
                         b"C-a b    send break (magic sysrq)\n\rC-a c    switch between frontends\n\r"
                         b"C-a C-a  sends C-a\n\r")
+
+
+def test_c_a_question_mark_prints_the_help_too():
+    b, out_r, in_w = pipe_backend(escapes=True, mux=True)
+    sink = Sink()
+    sink.attach(b.attach("dev"))
+    b.start()
+    os.write(in_w, b"\x01?")
+    assert read_all(out_r, len(MUX_HELP)) == MUX_HELP
+    assert sink.data == b""
+    b.close()
+    os.close(in_w)
+    os.close(out_r)
+
+
+def test_c_a_t_toggles_timestamps_on_the_output_as_qemu():
+    """After C-a t each line's first byte is preceded by [HH:MM:SS.mmm] (time since the
+    first stamp), from the line after the toggle on, as QEMU's mux_chr_write; C-a t again
+    ends it."""
+    import re
+
+    b, out_r, in_w = pipe_backend(escapes=True, mux=True)
+    fe = b.attach("dev")
+    Sink().attach(fe)
+    b.start()
+    os.write(in_w, b"\x01t")
+    until(lambda: b._timestamps, "C-a t")
+    fe.write(b"rest of the line\nsecond\n\nfourth")
+    fe.write(b" line\nfifth\n")
+    got = read_all(out_r, 17 + 4 * 15 + 7 + 1 + 12 + 6)  # the text and four stamps
+    lines = got.split(b"\n")
+    assert lines[0] == b"rest of the line"  # the line under way gets no stamp
+    stamp = rb"\[(\d\d):(\d\d):(\d\d)\.(\d\d\d)\] "
+    assert [re.fullmatch(stamp + rb"(.*)", x).group(5) for x in lines[1:5]] == [b"second", b"", b"fourth line", b"fifth"]
+    assert re.fullmatch(stamp, lines[1][:15]).groups()[:3] == (b"00", b"00", b"00")  # the first is 0 s
+    assert lines[5] == b""
+    os.write(in_w, b"\x01t")
+    until(lambda: not b._timestamps, "C-a t again")
+    fe.write(b"plain\n")
+    assert read_all(out_r, 6) == b"plain\n"
+    b.close()
+    os.close(in_w)
+    os.close(out_r)
 
 
 def test_a_terminal_keeps_isig_only_with_signals():
@@ -195,6 +244,37 @@ def test_mux_shares_output_and_switches_input_focus():
     b.close()
     for fd in (in_w, out_r):
         os.close(fd)
+
+
+def test_escape_commands_behind_stuck_input_count_toward_the_pending_bound():
+    """A frontend that takes nothing, "x" at the head of the input, then C-a b 20,000
+    times: each break waits behind the "x" and counts as pending input, so reading stops
+    at INPUT_PENDING and the rest stays in the pipe (it used to be read without end: 25 MiB
+    of C-a b made 13 million pending items). Once the frontend takes input, all of it
+    arrives, in order."""
+    from microvm.chardev.base import INPUT_PENDING
+
+    b, out_r, in_w = pipe_backend(escapes=True, mux=True)
+    sink = Sink(room=0)
+    fe = b.attach("dev")
+    sink.attach(fe)
+    b.start()
+    n = 20000
+    raw = b"x" + b"\x01b" * n  # 40 KB: fits in the pipe, ten times INPUT_PENDING
+    os.write(in_w, raw)
+    until(lambda: b.counters["bytes_read"] > 0 and b._pending_len >= INPUT_PENDING - 1, "reading up to the bound")
+    time.sleep(0.1)  # let a wrongly unbounded reader go on reading
+    assert b._pending_len <= INPUT_PENDING and len(b._pending) <= INPUT_PENDING
+    assert b.counters["bytes_read"] <= 2 * INPUT_PENDING < len(raw)
+    with sink.lock:
+        sink.room = 1
+    fe.accept_input()
+    until(lambda: sink.events.count("BREAK") == n, "every break once the frontend takes input")
+    assert sink.events[0] == b"x" and sink.events[1:] == ["BREAK"] * n
+    assert b.counters["bytes_read"] == len(raw)
+    b.close()
+    os.close(in_w)
+    os.close(out_r)
 
 
 def test_without_mux_a_second_frontend_is_refused():
@@ -247,6 +327,41 @@ def test_a_stalled_sink_never_blocks_the_writer_and_close_is_bounded():
     assert written + dropped == total
     assert 4096 <= written <= 4096 + OUTPUT_BUFFER
     os.close(out_r)
+
+
+def test_output_stuck_in_a_blocking_write_at_exit_is_counted_as_dropped(tmp_path: Path):
+    """A sink written by blocking writes (a regular file on a hung file system; here a FIFO
+    opened blocking whose reader never reads) holds the I/O thread in the kernel: close()
+    gives up on it at its deadline, and what the thread still held is in bytes_dropped (it
+    was only in the log line), also in the run's --metrics."""
+    from microvm.chardev.fd import BLOCKING
+    from microvm.metrics import Metrics
+
+    fifo = tmp_path / "f"
+    os.mkfifo(fifo)
+    rd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # a reader that never reads
+    wr = os.open(fifo, os.O_WRONLY)  # blocking
+    fcntl.fcntl(wr, fcntl.F_SETPIPE_SZ, 4096)
+    metrics = Metrics()
+    b = FdBackend("c0", wr, None, out_mode=BLOCKING, owned=(wr,), counters=metrics.group("devices", "chardev.c0"))
+    fe = b.attach("dev")
+    b.start()
+    total = 256 << 10
+    for _ in range(total // 4096):
+        fe.write(b"s" * 4096)  # never blocks the writer: the I/O thread does the writing
+    until(lambda: b._thread is not None and b._out and b._stalled is False, "the I/O thread writing")
+    time.sleep(0.2)  # pacing only: the thread is now blocked in write()
+    closer = threading.Thread(target=b.close, args=(time.monotonic() + 0.5,), daemon=True)
+    closer.start()
+    closer.join(WAIT)
+    assert not closer.is_alive(), "close() waited for the stuck write"
+    c = metrics.snapshot()["devices"]["chardev.c0"]
+    assert c.get("bytes_dropped", 0) > 0, c
+    assert c.get("bytes_written", 0) + c["bytes_dropped"] == total, c
+    os.close(rd)  # the stuck write fails with EPIPE: the thread ends; nothing is counted twice
+    until(lambda: not b._thread.is_alive(), "the I/O thread ending")
+    c2 = metrics.snapshot()["devices"]["chardev.c0"]
+    assert c2.get("bytes_written", 0) + c2["bytes_dropped"] == total, c2
 
 
 def test_output_to_a_closed_reader_is_dropped_and_counted():
@@ -335,6 +450,48 @@ def test_file_backend_bad_path_is_a_config_error(tmp_path: Path):
         FileBackend("f0", str(tmp_path / "no/such/dir/log"))
 
 
+def test_file_backend_on_a_fifo_never_blocks_and_keeps_what_fits(tmp_path: Path):
+    """A FIFO nobody reads: the open returns at once (O_WRONLY would wait for a reader),
+    output fills the FIFO, the rest is dropped and counted; a reader that comes later gets
+    what the FIFO held, and then new output."""
+    fifo = tmp_path / "f"
+    os.mkfifo(fifo)
+    opened: list[FileBackend] = []
+    t = threading.Thread(target=lambda: opened.append(FileBackend("f0", str(fifo))), daemon=True)
+    t.start()
+    t.join(WAIT)
+    assert not t.is_alive(), "opening a FIFO without a reader blocked"
+    b = opened[0]
+    assert b.out_mode == NONBLOCK and b.direct_write
+    fe = b.attach("dev")
+    b.start()
+    fe.write(b"early\n")
+    rd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    until(lambda: _try_read(rd) == b"early\n", "the output written before the reader came")
+    for _ in range(40):
+        fe.write(b"z" * 65536)  # 2.5 MiB while the reader reads nothing: never blocks
+    until(lambda: b.counters["bytes_dropped"] > 0, "dropping what the FIFO and the buffer cannot hold")
+    closer = threading.Thread(target=b.close, daemon=True)
+    closer.start()
+    closer.join(WAIT)
+    assert not closer.is_alive()
+    assert b.counters["bytes_written"] + b.counters["bytes_dropped"] == 6 + 40 * 65536
+    os.close(rd)
+
+
+def test_file_backend_on_a_fifo_that_has_a_reader(tmp_path: Path):
+    fifo = tmp_path / "f"
+    os.mkfifo(fifo)
+    rd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    b = FileBackend("f0", str(fifo), append=True)
+    fe = b.attach("dev")
+    b.start()
+    fe.write(b"hello")
+    until(lambda: _try_read(rd) == b"hello", "output through the FIFO")
+    b.close()
+    os.close(rd)
+
+
 # ---------------------------------------------------------------------------------- pipe
 def test_pipe_backend_uses_path_in_and_out_fifos(tmp_path: Path):
     base = tmp_path / "p"
@@ -383,8 +540,8 @@ def test_pipe_backend_missing_path_is_a_config_error(tmp_path: Path):
 # ---------------------------------------------------------------------------------- pty
 def test_pty_announces_itself_and_is_open_only_while_someone_has_it(capfd):
     b = PtyBackend("con0")
-    err = capfd.readouterr().err
-    assert err == f"char device redirected to {b.path} (label con0)\n"
+    out = capfd.readouterr()
+    assert out.out == f"char device redirected to {b.path} (label con0)\n" and out.err == ""  # stdout, as QEMU
     assert b.path.startswith("/dev/pts/") and b.filename() == f"pty:{b.path}"
     sink = Sink()
     fe = b.attach("dev")
@@ -485,6 +642,54 @@ def test_unix_server_path_errors_leave_nothing_behind(tmp_path: Path):
     assert os.listdir(tmp_path) == ["file"]
 
 
+def test_a_live_server_is_found_without_connecting_to_it(tmp_path: Path):
+    """Another process's server on the path (here a plain listening socket): refused, and
+    that server sees no connection (one would end its wait=on and start its guest without
+    its real client)."""
+    path = str(tmp_path / "other.sock")
+    other = socket.socket(socket.AF_UNIX)
+    other.bind(path)
+    other.listen(1)
+    other.setblocking(False)
+    with pytest.raises(ConfigError, match="Address already in use"):
+        SocketBackend("s0", path=path, server=True, wait=False)
+    with pytest.raises(BlockingIOError):
+        other.accept()  # nobody knocked
+    assert stat.S_ISSOCK(os.lstat(path).st_mode), "the other server's file stays"
+    other.close()
+
+
+def test_a_bound_socket_on_a_relative_path_is_found(tmp_path: Path, monkeypatch):
+    """The kernel is asked by the file's inode, so a server that bound a relative path (as
+    /proc/net/unix shows it) is found too."""
+    monkeypatch.chdir(tmp_path)
+    other = socket.socket(socket.AF_UNIX)
+    other.bind("rel.sock")
+    other.listen(1)
+    with pytest.raises(ConfigError, match="Address already in use"):
+        SocketBackend("s0", path=str(tmp_path / "rel.sock"), server=True, wait=False)
+    other.close()
+
+
+def test_without_sock_diag_proc_net_unix_finds_the_listener(tmp_path: Path, monkeypatch):
+    from microvm.chardev import socket as chardev_socket
+
+    monkeypatch.setattr(chardev_socket, "_bound_by_sock_diag", lambda st: None)
+    path = str(tmp_path / "other.sock")
+    other = socket.socket(socket.AF_UNIX)
+    other.bind(path)
+    other.listen(1)
+    other.setblocking(False)
+    assert chardev_socket._listed_in_proc_net_unix(path) is True
+    with pytest.raises(ConfigError, match="Address already in use"):
+        SocketBackend("s0", path=path, server=True, wait=False)
+    with pytest.raises(BlockingIOError):
+        other.accept()
+    other.close()
+    assert chardev_socket._listed_in_proc_net_unix(path) is False  # stale now
+    SocketBackend("s0", path=path, server=True, wait=False).close()
+
+
 def test_unix_server_replaces_a_stale_socket_file(tmp_path: Path):
     path = str(tmp_path / "stale.sock")
     s = socket.socket(socket.AF_UNIX)
@@ -558,6 +763,94 @@ def test_client_without_a_server_is_a_config_error(tmp_path: Path):
     b = SocketBackend("c1", path=str(tmp_path / "nobody.sock"), reconnect=5)
     assert not b.connected
     b.close()
+
+
+def test_a_far_reconnect_deadline_is_waited_for_in_pieces(tmp_path: Path, caplog):
+    """reconnect=3000000 (35 days): the I/O thread's poll takes a C int of milliseconds,
+    3e9 overflowed it (OverflowError in the thread). The wait is capped and repeated; no
+    attempt is made before the deadline."""
+    import logging
+
+    from microvm.chardev import base
+
+    caplog.set_level(logging.DEBUG)
+    b = SocketBackend("c0", path=str(tmp_path / "nobody.sock"), reconnect=3000000)
+    attempts: list[float] = []
+    real = b._on_timeout
+    b._on_timeout = lambda: (attempts.append(time.monotonic()), real())[1]  # type: ignore[method-assign]
+    polls: list[Any] = []
+
+    class Poll:  # the real poll, recording each timeout it is given
+        def __init__(self) -> None:
+            self.p = real_poll()
+
+        def register(self, fd: int, ev: int) -> None:
+            self.p.register(fd, ev)
+
+        def poll(self, ms: Any = None) -> Any:
+            polls.append(ms)
+            return self.p.poll(0 if ms is None else min(ms, 20))  # do not really wait 60 s
+
+    real_poll = base.select.poll
+    base.select.poll = Poll  # type: ignore[assignment]
+    try:
+        b.attach("dev")
+        b.start()
+        until(lambda: len(polls) >= 3, "the I/O thread polling again after a capped wait")
+    finally:
+        base.select.poll = real_poll  # type: ignore[assignment]
+    b.close()
+    assert not [r for r in caplog.records if "I/O thread failed" in r.getMessage()]
+    assert all(ms is not None and 0 <= ms <= base.MAX_POLL_SECONDS * 1000 for ms in polls), polls[:5]
+    assert attempts == [], "a reconnect attempt before the deadline"
+
+
+@pytest.mark.parametrize("value", [-1, (1 << 31), 10 ** 400])
+def test_reconnect_out_of_range_is_a_config_error(tmp_path: Path, value: int):
+    with pytest.raises(ConfigError, match=r"reconnect=.*: expected a number of seconds from 0 to 2147483647"):
+        SocketBackend("c0", path=str(tmp_path / "nobody.sock"), reconnect=value)
+
+
+def test_a_unix_client_never_blocks_on_a_server_that_does_not_accept(tmp_path: Path):
+    """A server whose listen backlog is full: the connect fails at once (EAGAIN) instead of
+    blocking start-up; with reconnect= the backend starts unconnected and retries."""
+    path = str(tmp_path / "busy.sock")
+    srv = socket.socket(socket.AF_UNIX)
+    srv.bind(path)
+    srv.listen(0)
+    fillers = []
+    while True:  # fill the backlog
+        c = socket.socket(socket.AF_UNIX)
+        c.setblocking(False)
+        try:
+            c.connect(path)
+        except BlockingIOError:
+            c.close()
+            break
+        fillers.append(c)
+        assert len(fillers) < 100
+    outcome: list[Any] = []
+
+    def attempt(**kw: Any) -> None:
+        try:
+            outcome.append(SocketBackend("c0", path=path, **kw))
+        except ConfigError as e:
+            outcome.append(e)
+
+    for kw in ({}, {"reconnect": 1}):
+        outcome.clear()
+        t = threading.Thread(target=attempt, kwargs=kw, daemon=True)
+        t.start()
+        t.join(WAIT)
+        assert not t.is_alive(), f"connect blocked ({kw})"
+        if kw:
+            assert isinstance(outcome[0], SocketBackend) and not outcome[0].connected
+            outcome[0].close()
+        else:
+            assert isinstance(outcome[0], ConfigError) and "Failed to connect" in str(outcome[0])
+    for c in fillers:
+        c.close()
+    srv.close()
 
 
 def test_socket_option_conflicts():

@@ -23,6 +23,35 @@ def guest_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("guests-core")
 
 
+def test_an_ioctl_interrupted_by_a_signal_is_retried(monkeypatch):
+    """EINTR from an ioctl other than KVM_RUN is retried (a SIGTERM landing in KVM_CREATE_VM
+    during a reboot loop ended the run with 'Interrupted system call')."""
+    import errno
+
+    import microvm.kvm as kvm_mod
+
+    real = kvm_mod.lib
+    interrupted: list[int] = []
+
+    class Interrupting:
+        def __getattr__(self, name: str):
+            return getattr(real, name)
+
+        def microvm_ioctl_int(self, fd: int, req: int, arg: int) -> int:
+            if req == real.KVM_CREATE_VM and len(interrupted) < 2:
+                interrupted.append(req)
+                kvm_mod.ffi.errno = errno.EINTR
+                return -1
+            return real.microvm_ioctl_int(fd, req, arg)
+
+    monkeypatch.setattr(kvm_mod, "lib", Interrupting())
+    kvm = Kvm()
+    vm = kvm.create_vm()
+    vm.close()
+    kvm.close()
+    assert interrupted == [real.KVM_CREATE_VM] * 2
+
+
 def test_kvm_error_names_the_ioctl_and_errno():
     kvm = Kvm()
     vm = kvm.create_vm()

@@ -24,9 +24,12 @@ small pending buffer, and hands it to the focused frontend no faster than the fr
 side's reads (the kernel's socket/pipe buffer pushes back) instead of growing a buffer.
 
 **Escapes.** A backend with ``escapes`` (``mux=on``, as in QEMU: ``-serial mon:stdio``, the
-default, has it) reads QEMU's ``C-a`` commands from its input: ``C-a x`` quits, ``C-a b``
-sends a break, ``C-a c`` switches the focus between frontends, ``C-a h`` prints the list,
-``C-a C-a`` sends one C-a.
+default, has it) reads QEMU 7.2's ``C-a`` commands from its input, as its ``mux_proc_byte``
+does: ``C-a h`` or ``C-a ?`` prints the list, ``C-a x`` quits, ``C-a s`` (QEMU: commit
+``-snapshot`` disks; microvm has no ``-snapshot``) does nothing, ``C-a t`` toggles
+timestamps on the output, ``C-a b`` sends a break, ``C-a c`` switches the focus between
+frontends, ``C-a C-a`` sends one C-a. Any other key after ``C-a`` (capitals included) is
+dropped with it.
 
 Backends live for the whole process: a guest reset builds a new machine whose devices
 attach new frontends to the same backends, so a socket client stays connected and a pty
@@ -60,12 +63,17 @@ INPUT_PENDING = 4096
 CHUNK = 65536
 #: how long closing a backend keeps handing buffered output to a slow sink
 CLOSE_FLUSH_SECONDS = 0.5
+#: the longest single wait of the I/O thread (a later deadline is waited for in pieces)
+MAX_POLL_SECONDS = 60.0
 
 ESCAPE = 0x01  # C-a
-#: ``C-a h``: QEMU's mux help in its layout, for the commands microvm has
+#: ``C-a h``: QEMU 7.2's mux help, in its layout and order (``C-a c`` switches between the
+#: devices sharing the chardev: microvm has no monitor on a mux)
 MUX_HELP = (b"\n\r"
             b"C-a h    print this help\n\r"
             b"C-a x    exit emulator\n\r"
+            b"C-a s    save disk data back to file (if -snapshot)\n\r"
+            b"C-a t    toggle console timestamps\n\r"
             b"C-a b    send break (magic sysrq)\n\r"
             b"C-a c    switch between frontends\n\r"
             b"C-a C-a  sends C-a\n\r")
@@ -211,7 +219,7 @@ class CharFrontend:
 
     def window_size(self) -> tuple[int, int] | None:
         """(columns, rows) of the terminal behind the chardev, None when it is no terminal
-        (a virtio console tells the guest, as VIRTIO_CONSOLE_RESIZE)."""
+        (for a device that reports a size; the virtio console does not, as in QEMU 7.2)."""
         return self.backend.window_size()
 
     def __repr__(self) -> str:
@@ -264,6 +272,11 @@ class CharBackend:
         self._pending: deque[Any] = deque()  # bytes, _BREAK, _FOCUS
         self._pending_len = 0
         self._escape = False
+        #: ``C-a t``: each output line starts with the time since the first stamp (QEMU's
+        #: ``[HH:MM:SS.mmm] ``); the state is guarded by ``_lock``
+        self._timestamps = False
+        self._ts_start: float | None = None
+        self._linestart = False
         self.frontends: list[CharFrontend] = []
         self._focus = 0
         #: a peer is there to write to (False for a server without a client, a closed pty)
@@ -325,6 +338,9 @@ class CharBackend:
             if not self.connected or self._sink_gone or self.closed or self._error is not None:
                 self._count_dropped(n)
                 return
+            if self._timestamps:
+                data = self._stamp(data)
+                n = len(data)
             if self.direct_write and not self._out:
                 try:
                     k = self._sink_write(data)
@@ -354,6 +370,34 @@ class CharBackend:
             # the sink keeps up but the I/O thread waits for the GIL (a virtio worker pushing a
             # burst): let it run. Yield, never wait: a stalled sink gets no yields at all.
             time.sleep(0)
+
+    def _stamp(self, data: bytes) -> bytes:
+        """``C-a t``'s output (lock held): ``[HH:MM:SS.mmm] `` before each line's first
+        byte, the time counted from the first stamp after the toggle, as QEMU's
+        ``mux_chr_write`` does."""
+        out = bytearray()
+        lines = data.split(b"\n")
+        last = len(lines) - 1
+        for i, line in enumerate(lines):
+            if self._linestart and (line or i < last):
+                now = time.monotonic()
+                if self._ts_start is None:
+                    self._ts_start = now
+                ms = int((now - self._ts_start) * 1000)
+                secs = ms // 1000
+                out += b"[%02d:%02d:%02d.%03d] " % (secs // 3600, secs // 60 % 60, secs % 60, ms % 1000)
+                self._linestart = False
+            out += line
+            if i < last:
+                out += b"\n"
+                self._linestart = True
+        return bytes(out)
+
+    def _toggle_timestamps(self) -> None:
+        with self._lock:
+            self._timestamps = not self._timestamps
+            self._ts_start = None
+            self._linestart = False  # as QEMU: the first stamp comes after the next newline
 
     def _queue(self, data: bytes, n: int) -> bool:
         """Append to the buffer (lock held), dropping what does not fit; True when the
@@ -427,17 +471,22 @@ class CharBackend:
             fds[ifd] = fds.get(ifd, 0) | select.POLLIN
         for fd, ev in self._poll_extra().items():
             fds[fd] = fds.get(fd, 0) | ev
-        timeout = self._timeout()
+        due = self._timeout()  # seconds until _on_timeout is due (None: never)
+        wait = due
         if max_wait is not None:
-            timeout = max_wait if timeout is None else min(timeout, max_wait)
+            wait = max_wait if wait is None else min(wait, max_wait)
+        if wait is not None:
+            # poll takes a C int of milliseconds: a far deadline (reconnect=3000000) is
+            # waited for in pieces, the loop asking _timeout again after each
+            wait = min(max(0.0, wait), MAX_POLL_SECONDS)
         poller = select.poll()
         for fd, ev in fds.items():
             poller.register(fd, ev)
         try:
-            events = poller.poll(None if timeout is None else max(0, int(timeout * 1000)))
+            events = poller.poll(None if wait is None else int(wait * 1000 + 0.999))
         except InterruptedError:
             return
-        if not events and timeout is not None:
+        if not events and due is not None and due <= wait:  # type: ignore[operator]
             self._on_timeout()
             return
         for fd, ev in events:
@@ -483,6 +532,8 @@ class CharBackend:
             if k <= 0:
                 break
             with self._lock:
+                if self.closed:  # close() gave up on this write and counted it as dropped
+                    break
                 del self._out[:k]
             self._count_written(k)
             self._stalled = False
@@ -546,10 +597,15 @@ class CharBackend:
         self._deliver()
 
     def _push(self, item: Any) -> None:
+        """Append to the pending input. A marker (a break, a focus change) counts as one
+        byte: behind input the frontend cannot take yet, ``C-a b`` repeated without end
+        must fill :data:`INPUT_PENDING` and stop the reads like any other input."""
         if isinstance(item, (bytes, bytearray)):
             if not item:
                 return
             self._pending_len += len(item)
+        else:
+            self._pending_len += 1
         self._pending.append(item)
 
     def _feed(self, data: bytes) -> None:
@@ -559,32 +615,31 @@ class CharBackend:
             return
         out = bytearray()
         for b in data:
-            if self._escape:
+            if self._escape:  # QEMU's mux_proc_byte: these keys, lower case only
                 self._escape = False
-                low = b | 0x20
-                if low == ord("x"):
+                if b == ESCAPE:
+                    out.append(b)
+                elif b == 0x78:  # x
                     self._push(bytes(out))
                     out.clear()
                     self.write(TERMINATED)
                     if self.on_quit is not None:
                         self.on_quit()
-                    continue
-                if low == ord("b"):
+                elif b == 0x62:  # b
                     self._push(bytes(out))
                     out.clear()
                     self._push(_BREAK)
-                    continue
-                if low == ord("c") and self.mux:
-                    self._push(bytes(out))
-                    out.clear()
-                    self._push(_FOCUS)
-                    continue
-                if low == ord("h"):
+                elif b == 0x63:  # c
+                    if self.mux:
+                        self._push(bytes(out))
+                        out.clear()
+                        self._push(_FOCUS)
+                elif b in (0x68, 0x3F):  # h, ?
                     self.write(MUX_HELP)
-                    continue
-                if b != ESCAPE:
-                    out.append(ESCAPE)
-                out.append(b)
+                elif b == 0x74:  # t
+                    self._toggle_timestamps()
+                # s (QEMU: commit -snapshot disks; none here) and every other key: nothing,
+                # and neither byte reaches the guest
             elif b == ESCAPE:
                 self._escape = True
             else:
@@ -598,12 +653,14 @@ class CharBackend:
             fe = self._focused()
             if item is _BREAK:
                 self._pending.popleft()
+                self._pending_len -= 1
                 cb = fe.on_break if fe is not None else None
                 if cb is not None:
                     self._call(fe, cb)
                 continue
             if item is _FOCUS:
                 self._pending.popleft()
+                self._pending_len -= 1
                 with self._lock:
                     if self.frontends:
                         self._focus = (self._focus + 1) % len(self.frontends)
@@ -736,8 +793,12 @@ class CharBackend:
             self._final_flush()
         with self._lock:
             self.closed = True
+            left = len(self._out) if stuck else 0
+            if left:  # what the thread still held, the write it is stuck in included
+                self._count_dropped(left)
+                self._out.clear()
         if stuck:  # a sink that blocks in the kernel (a hung file system): leave it be
-            log.warning("chardev %s: output still blocked at exit; %d bytes dropped", self.label, len(self._out))
+            log.warning("chardev %s: output still blocked at exit; %d bytes dropped", self.label, left)
             return
         self._close_resources()
         for fd in (self._wake_r, self._wake_w):

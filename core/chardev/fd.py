@@ -9,6 +9,7 @@ happen on the backend's thread, so a slow disk delays that thread, never a vCPU.
 """
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from typing import Any
@@ -196,31 +197,64 @@ class StdioBackend(FdBackend):
 
 class FileBackend(FdBackend):
     """``file,path=P[,append=on][,input-path=I]``: output to a file (created, truncated
-    unless ``append``), input from ``input-path`` if given (read to its end, once)."""
+    unless ``append``), input from ``input-path`` if given (read to its end, once).
+
+    Opening never blocks the starting thread, whatever ``path`` is: a FIFO is opened
+    read-write and non-blocking, as the ``pipe`` backend opens it, so there is no wait for a
+    reader (QEMU 7.2 opens it write-only and blocks in ``open`` until one comes); what the
+    guest writes before a reader comes waits in the FIFO and the output buffer, the rest is
+    dropped and counted, and a reader that comes later gets what is held and all that
+    follows. A terminal or another character device is opened non-blocking too. A regular
+    file is written on the backend's thread (a write to it cannot be made non-blocking)."""
 
     kind = "file"
 
     def __init__(self, label: str, path: str, append: bool = False, input_path: str | None = None, **kw: Any) -> None:
         if not path:
             raise ConfigError(f"chardev {label}: file needs path=...")
-        mode = os.O_APPEND if append else os.O_TRUNC
-        try:
-            out_fd = os.open(path, os.O_WRONLY | os.O_CREAT | mode | os.O_CLOEXEC, 0o666)
-        except OSError as e:
-            raise ConfigError(f"chardev {label}: Could not open '{path}': {e.strerror}") from None
+        out_fd, out_mode = _open_output(label, path, append)
         in_fd = None
         if input_path:
             try:
-                in_fd = os.open(input_path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+                in_fd = os.open(input_path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
             except OSError as e:
                 os.close(out_fd)
                 raise ConfigError(f"chardev {label}: Could not open '{input_path}': {e.strerror}") from None
         owned = (out_fd,) if in_fd is None else (out_fd, in_fd)
-        super().__init__(label, out_fd, in_fd, out_mode=BLOCKING, owned=owned, **kw)
+        super().__init__(label, out_fd, in_fd, out_mode=out_mode, owned=owned, **kw)
         self.path = path
 
     def filename(self) -> str:
         return "file"  # QEMU 7.2's query-chardev: the backend type for a file
+
+
+def _open_output(label: str, path: str, append: bool) -> tuple[int, str]:
+    """The ``file`` backend's output fd and how to write it, without ever blocking in
+    ``open``: a FIFO with no reader would block ``O_WRONLY`` (and signals with it, the
+    open being restarted after each), so a FIFO is opened ``O_RDWR | O_NONBLOCK``, also
+    when it appears between the ``stat`` and the ``open`` (``ENXIO``)."""
+    base = os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK
+    try:
+        is_fifo = stat.S_ISFIFO(os.stat(path).st_mode)
+    except OSError:
+        is_fifo = False  # missing (created below) or unreadable (open says why)
+    try:
+        if is_fifo:
+            fd = os.open(path, os.O_RDWR | base)
+        else:
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC) | base, 0o666)
+            except OSError as e:
+                if e.errno != errno.ENXIO:  # ENXIO: a FIFO without a reader after all
+                    raise
+                fd = os.open(path, os.O_RDWR | base)
+    except OSError as e:
+        raise ConfigError(f"chardev {label}: Could not open '{path}': {e.strerror}") from None
+    st = os.fstat(fd)
+    if stat.S_ISFIFO(st.st_mode) or stat.S_ISCHR(st.st_mode):
+        return fd, NONBLOCK
+    os.set_blocking(fd, True)  # a regular file (or a block device): written by the I/O thread only
+    return fd, BLOCKING
 
 
 class PipeBackend(FdBackend):

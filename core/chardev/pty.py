@@ -1,6 +1,6 @@
 """``pty``: a pseudo-terminal whose slave side (``/dev/pts/N``) a user opens with ``screen``,
-``minicom`` or ``socat``. As QEMU, it prints ``char device redirected to /dev/pts/N (label
-ID)`` on stderr, keeps the terminal raw, and counts as open only while something has the
+``minicom`` or ``socat``. As QEMU 7.2 (``qemu_printf``), it prints ``char device redirected
+to /dev/pts/N (label ID)`` on standard output, keeps the terminal raw, and counts as open only while something has the
 slave open: before that (and after the last close) output is dropped, and the frontends
 get the open/close events (a virtio serial port tells the guest)."""
 from __future__ import annotations
@@ -11,6 +11,7 @@ import sys
 from typing import Any
 
 from ..errors import ConfigError
+from ..log import say
 from .base import CharBackend
 
 #: how often a pty nobody has open is checked for a new user (QEMU's pty timer: 1 s)
@@ -39,9 +40,8 @@ class PtyBackend(CharBackend):
         self.master = master
         self.connected = False
         self._check_hangup()
-        if announce:
-            sys.stderr.write(f"char device redirected to {self.path} (label {label})\n")
-            sys.stderr.flush()
+        if announce:  # on stdout, as QEMU's qemu_printf (without a monitor)
+            say(f"char device redirected to {self.path} (label {label})\n", sys.stdout)
 
     def _check_hangup(self) -> None:
         """POLLHUP on the master means nobody has the slave open."""

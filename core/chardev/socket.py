@@ -28,6 +28,10 @@ from .base import CharBackend, log
 
 _MSG = socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL
 _UNIX_PATH_MAX = 107  # sizeof(sun_path) - 1
+#: the longest ``reconnect=`` (seconds; 2^31 - 1, about 68 years): QEMU keeps the value in a
+#: 64-bit integer but times the retry in 32-bit milliseconds; a bound keeps every deadline
+#: computable
+MAX_RECONNECT = (1 << 31) - 1
 
 
 class SocketBackend(CharBackend):
@@ -54,8 +58,9 @@ class SocketBackend(CharBackend):
             raise ConfigError(f"chardev {label}: socket needs path=PATH (unix) or port=PORT (tcp)")
         if server and reconnect:
             raise ConfigError(f"chardev {label}: 'reconnect' option is incompatible with socket in server listen mode")
-        if reconnect < 0:
-            raise ConfigError(f"chardev {label}: reconnect={reconnect}: expected a number of seconds >= 0")
+        if not 0 <= reconnect <= MAX_RECONNECT:
+            raise ConfigError(f"chardev {label}: reconnect={reconnect}: expected a number of seconds "
+                              f"from 0 to {MAX_RECONNECT}")
         self.path = path or None
         self.host = host
         self.port = port
@@ -110,7 +115,7 @@ class SocketBackend(CharBackend):
             if st is not None:
                 if not stat.S_ISSOCK(st.st_mode):
                     raise ConfigError(f"chardev {self.label}: Failed to bind socket to {path}: it exists and is not a socket")
-                if _unix_in_use(path):
+                if _unix_in_use(path, st):
                     raise ConfigError(f"chardev {self.label}: Failed to bind socket to {path}: Address already in use")
                 os.unlink(path)  # a stale socket left by a process that died (QEMU unlinks too)
             s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -181,8 +186,14 @@ class SocketBackend(CharBackend):
 
     # ---- client --------------------------------------------------------------------------------
     def _connect(self) -> None:
+        """One attempt. A unix connect is non-blocking: a server whose listen backlog is
+        full (one that does not accept) would hold a blocking connect, and with it the
+        start-up or the I/O thread, without limit; it fails with EAGAIN instead, an error
+        at start-up or, with ``reconnect=``, the next attempt ``reconnect`` seconds later.
+        A TCP connect waits at most 5 s."""
         if self.path:
             s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.setblocking(False)
             try:
                 s.connect(self.path)
             except OSError:
@@ -309,11 +320,103 @@ class SocketBackend(CharBackend):
         return addr if self.conn is not None else f"disconnected:{addr}"
 
 
-def _unix_in_use(path: str) -> bool:
-    """Whether something listens on the unix socket ``path`` (a live server, not a stale file)."""
+def _unix_in_use(path: str, st: os.stat_result) -> bool:
+    """Whether a live socket is bound to the unix socket file ``path`` (``st``: its
+    ``lstat``), as opposed to a stale file left by a process that died; found without
+    connecting to it, since a connection would reach the other process's server as a client
+    (its ``wait=on`` would end and its guest start without its real client).
+
+    Asks the kernel which sockets are bound to that file (``sock_diag``, matching the
+    file's inode and device); where that is unavailable, looks for a listener on the path
+    in ``/proc/net/unix``; only where neither can be read does it try a connection. Both
+    show the sockets of this network namespace: a server in another namespace on the same
+    file is not seen (its file is then replaced, as QEMU always does)."""
+    found = _bound_by_sock_diag(st)
+    if found is None:
+        found = _listed_in_proc_net_unix(path)
+    if found is None:
+        found = _accepts_connection(path)
+    return found
+
+
+def _bound_by_sock_diag(st: os.stat_result) -> bool | None:
+    """``NETLINK_SOCK_DIAG`` for ``AF_UNIX`` with ``UDIAG_SHOW_VFS``: whether a socket is
+    bound to the file of ``st``; None when the kernel does not answer (no ``unix_diag``)."""
+    import struct
+
+    netlink_sock_diag, sock_diag_by_family = 4, 20
+    nlm_f_request, nlm_f_dump, nlmsg_error, nlmsg_done = 0x1, 0x300, 2, 3
+    udiag_show_vfs, unix_diag_vfs = 0x2, 1
+    # struct unix_diag_req: family, protocol, pad, states (all), ino (any), show, cookie
+    req = struct.pack("=BBHIIIII", socket.AF_UNIX, 0, 0, 0xFFFFFFFF, 0, udiag_show_vfs, 0xFFFFFFFF, 0xFFFFFFFF)
+    msg = struct.pack("=IHHII", 16 + len(req), sock_diag_by_family, nlm_f_request | nlm_f_dump, 1, 0) + req
+    want = (st.st_ino, st.st_dev)
+    try:
+        nl = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, netlink_sock_diag)
+    except OSError:
+        return None
+    found = False
+    try:
+        nl.settimeout(2)
+        nl.send(msg)
+        while True:
+            data = nl.recv(1 << 16)
+            if not data:
+                return None
+            off = 0
+            while off + 16 <= len(data):
+                length, kind = struct.unpack_from("=IH", data, off)
+                if kind == nlmsg_done:
+                    return found
+                if kind == nlmsg_error or length < 16:
+                    return None
+                # struct unix_diag_msg (16 bytes), then attributes
+                a, end = off + 32, off + length
+                while a + 4 <= end:
+                    alen, atype = struct.unpack_from("=HH", data, a)
+                    if alen < 4:
+                        break
+                    if atype == unix_diag_vfs and alen >= 12:
+                        ino, kdev = struct.unpack_from("=II", data, a + 4)
+                        # the kernel's dev_t is major << 20 | minor; stat's is encoded
+                        if (ino, os.makedev(kdev >> 20, kdev & 0xFFFFF)) == want:
+                            found = True
+                    a += (alen + 3) & ~3
+                off += (length + 3) & ~3
+    except OSError:
+        return None
+    finally:
+        nl.close()
+
+
+def _listed_in_proc_net_unix(path: str) -> bool | None:
+    """Whether ``/proc/net/unix`` lists a listening socket (``__SO_ACCEPTCON``) on
+    ``path`` (as given or absolute); None when it cannot be read."""
+    try:
+        with open("/proc/net/unix", "rb") as f:
+            lines = f.read().splitlines()[1:]
+    except OSError:
+        return None
+    names = {os.fsencode(path), os.fsencode(os.path.abspath(path))}
+    for line in lines:
+        fields = line.split(None, 7)
+        if len(fields) == 8 and fields[7] in names:
+            try:
+                if int(fields[3], 16) & 0x10000:
+                    return True
+            except ValueError:
+                continue
+    return False
+
+
+def _accepts_connection(path: str) -> bool:
+    """The last resort: something accepts a connection on ``path``."""
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.setblocking(False)
     try:
         s.connect(path)
+    except BlockingIOError:
+        return True  # a listener with a full backlog
     except OSError:
         return False
     finally:

@@ -5,7 +5,7 @@ import sys
 from typing import Any
 
 from .main import error, oneline, setup_logging
-from ..log import get_logger
+from ..log import get_logger, say
 
 log = get_logger("microvm.cli")
 #: the -d log items microvm has, with QEMU's descriptions (``-d help``)
@@ -63,16 +63,6 @@ class Reporter:
     def warn(self, msg: str) -> None:
         msg = oneline(msg)
         say(f"microvm: warning: {qemu_words(msg) if self.style == 'qemu' else msg}\n")
-
-
-def say(text: str, stream: Any = None) -> None:
-    """Write to stderr (or ``stream``), dropping the text if it is closed or a broken pipe."""
-    s = sys.stderr if stream is None else stream
-    try:
-        s.write(text)
-        s.flush()
-    except (OSError, ValueError, AttributeError):
-        pass
 
 
 def qemu_words(msg: str) -> str:

@@ -42,17 +42,28 @@ def kvm_available() -> str | None:
 
 
 def _ioctl_ptr(fd: int, name: str, arg: Any) -> int:
-    ret = lib.microvm_ioctl_ptr(fd, getattr(lib, name), arg)
-    if ret < 0:
-        raise KvmError(name, ffi.errno)
-    return ret
+    """Retried on EINTR as PEP 475 retries the os module's calls (cffi calls are not): a
+    SIGTERM landing in KVM_CREATE_VM while a rebooting guest's machine is rebuilt used to
+    end the run with "KVM_CREATE_VM failed: Interrupted system call". KVM_RUN, where EINTR
+    means something, has its own path (:meth:`Vcpu.run`)."""
+    while True:
+        ret = lib.microvm_ioctl_ptr(fd, getattr(lib, name), arg)
+        if ret >= 0:
+            return ret
+        err = ffi.errno
+        if err != _errno.EINTR:
+            raise KvmError(name, err)
 
 
 def _ioctl_int(fd: int, name: str, arg: int = 0) -> int:
-    ret = lib.microvm_ioctl_int(fd, getattr(lib, name), arg)
-    if ret < 0:
-        raise KvmError(name, ffi.errno)
-    return ret
+    """As :func:`_ioctl_ptr`, for an integer argument."""
+    while True:
+        ret = lib.microvm_ioctl_int(fd, getattr(lib, name), arg)
+        if ret >= 0:
+            return ret
+        err = ffi.errno
+        if err != _errno.EINTR:
+            raise KvmError(name, err)
 
 
 class _Fd:

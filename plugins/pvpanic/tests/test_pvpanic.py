@@ -47,6 +47,23 @@ def test_glue_places_the_port_and_reports_through_the_machine():
             m.create_devices()
 
 
+def test_a_guest_repeating_crash_loaded_gets_one_log_line(caplog):
+    """CRASH_LOADED leaves the guest running, so a guest can write it in a loop: one line
+    (then summaries), as a QEMU user sees it only under -d guest_errors; every event still
+    goes to the QMP clients."""
+    caplog.set_level("WARNING")
+    with TestMachine(devices=["pvpanic"]) as m:
+        m.create_devices()
+        events: list[str] = []
+        m.lifecycle.emit = lambda name, data=None: events.append(name)  # what the monitors would get
+        for _ in range(500):
+            m.pio_bus.write(0x505, b"\x02")
+        assert m.lifecycle.state != "guest-panicked" and not m.stopping
+        assert events == ["GUEST_CRASHLOADED"] * 500
+    lines = [r for r in caplog.records if "crash kernel" in r.getMessage()]
+    assert len(lines) == 1, [r.getMessage() for r in lines][:5]
+
+
 @pytest.mark.kvm
 def test_guest_panic_reaches_a_qmp_client(tmp_path):
     from kvm_helpers import build_guest, kvm_reason

@@ -4,7 +4,7 @@ from __future__ import annotations
 import struct
 
 # feature bits (§5.3.3)
-VIRTIO_CONSOLE_F_SIZE = 0         # cols/rows in the configuration space (and RESIZE)
+VIRTIO_CONSOLE_F_SIZE = 0         # cols/rows in the configuration space, and RESIZE: not offered (QEMU 7.2 neither)
 VIRTIO_CONSOLE_F_MULTIPORT = 1    # several ports and the control queues
 VIRTIO_CONSOLE_F_EMERG_WRITE = 2  # emerg_wr: one byte of output without any queue
 
@@ -34,7 +34,10 @@ EVENT_NAMES = {
 
 #: struct virtio_console_control: le32 id, le16 event, le16 value
 CONTROL = struct.Struct("<IHH")
-#: what RESIZE carries after the header: le16 cols, le16 rows (Linux reads them in that order)
+#: what RESIZE carries after the header, in the spec's order: le16 cols, le16 rows. Older
+#: Linux kernels read rows first and recent ones cols first, so no size reaches every guest
+#: the right way round: microvm never sends RESIZE (no F_SIZE, as QEMU 7.2); the layout is
+#: here for the tests' driver, which decodes what a device might send
 RESIZE = struct.Struct("<HH")
 #: struct virtio_console_config: le16 cols, le16 rows, le32 max_nr_ports, le32 emerg_wr
 CONFIG = struct.Struct("<HHII")

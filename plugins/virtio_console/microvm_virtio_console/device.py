@@ -12,8 +12,8 @@ queues, and the configuration space says how many ports there may be.
 3. for each, the driver fills the port's receiveq and sends PORT_READY(1);
 4. the device answers CONSOLE_PORT(1) for a console port (the driver makes it ``hvcN``),
    PORT_NAME with the name if the port has one (``/sys/class/virtio-ports/*/name``), and
-   PORT_OPEN(1) if the host side is open; for a console whose host side is a terminal also
-   RESIZE with its size;
+   PORT_OPEN(1) if the host side is open (no RESIZE: like QEMU 7.2, the device does not
+   offer VIRTIO_CONSOLE_F_SIZE, so the guest keeps its own idea of the console's size);
 5. the driver sends PORT_OPEN(1/0) when the guest opens or closes the port (an ``hvc``
    console opens at once); the device sends PORT_OPEN(1/0) when the host side opens or
    closes (a socket client connects or goes away, a pty is opened); console ports count as
@@ -34,7 +34,8 @@ not exist or is beyond ``max_ports``, or carries an event the driver may not sen
 and counted (``control_bad``); a broken ring (a descriptor outside RAM, a loop) is a
 :class:`~microvm.api.QueueError`, and the device needs a reset (DEVICE_NEEDS_RESET). Pending
 control messages for the guest are bounded (a host side flapping open/closed replaces its
-own unsent PORT_OPEN), and so is everything else the device holds.
+own unsent PORT_OPEN), and so is everything else the device holds. Nothing a driver does is
+logged per event: the first of each kind is, repeats are counted (:data:`guest_event`).
 
 **Threads.** Queue notifications arrive on the transport's worker; host input, host
 open/close events and "room again" arrive on the chardevs' threads. One lock serialises
@@ -46,7 +47,15 @@ import threading
 from collections import deque
 from typing import TYPE_CHECKING, Any, Callable
 
-from microvm.api import VIRTIO_ID_CONSOLE, ConfigError, GuestMemoryError, QueueError, VirtioBackend, get_logger
+from microvm.api import (
+    VIRTIO_ID_CONSOLE,
+    ConfigError,
+    EventLog,
+    GuestMemoryError,
+    QueueError,
+    VirtioBackend,
+    get_logger,
+)
 
 from .constants import (
     CONFIG,
@@ -58,17 +67,14 @@ from .constants import (
     EVENT_NAMES,
     MAX_PORTS,
     QUEUE_SIZE,
-    RESIZE,
     VIRTIO_CONSOLE_CONSOLE_PORT,
     VIRTIO_CONSOLE_DEVICE_READY,
     VIRTIO_CONSOLE_F_EMERG_WRITE,
     VIRTIO_CONSOLE_F_MULTIPORT,
-    VIRTIO_CONSOLE_F_SIZE,
     VIRTIO_CONSOLE_PORT_ADD,
     VIRTIO_CONSOLE_PORT_NAME,
     VIRTIO_CONSOLE_PORT_OPEN,
     VIRTIO_CONSOLE_PORT_READY,
-    VIRTIO_CONSOLE_RESIZE,
     queue_port,
     rx_queue,
 )
@@ -77,6 +83,11 @@ if TYPE_CHECKING:
     from microvm.api import Chardev, DescriptorChain, GuestMemory, Virtqueue
 
 log = get_logger("microvm.virtio_console")
+#: what a driver makes the device report, as often as the driver likes: the first of each
+#: kind is logged, repeats are counted and summarised (``-d guest_errors`` logs each), as the
+#: core's virtio-mmio transport does, so a guest cannot flood the host's log through it
+guest_event = EventLog(log)
+_WARNING, _ERROR = 30, 40  # logging's levels, without importing logging
 
 #: host input a port holds for a guest that has not taken it yet (the chardev stops reading)
 PORT_INPUT = 4096
@@ -187,14 +198,17 @@ class VirtioSerial(VirtioBackend):
 
     # -- what the device is ------------------------------------------------------------------------
     def device_features(self) -> int:
-        f = (1 << VIRTIO_CONSOLE_F_MULTIPORT) | (1 << VIRTIO_CONSOLE_F_SIZE)
+        """MULTIPORT, and EMERG_WRITE unless turned off; not F_SIZE, as QEMU 7.2: older
+        Linux kernels read RESIZE's fields rows first, recent ones cols first (the spec's
+        order), so a size sent would reach some guests transposed."""
+        f = 1 << VIRTIO_CONSOLE_F_MULTIPORT
         if self.emergency_write:
             f |= 1 << VIRTIO_CONSOLE_F_EMERG_WRITE
         return f
 
     def config_space(self) -> bytes:
-        cols, rows = self._console_size(self.ports.get(0))
-        return CONFIG.pack(cols, rows, self.max_ports, 0)
+        """cols and rows 0 (no F_SIZE), max_nr_ports, emerg_wr (write-only, reads 0)."""
+        return CONFIG.pack(0, 0, self.max_ports, 0)
 
     def config_write(self, offset: int, data: bytes) -> None:
         """``emerg_wr``: one byte of output on port 0 without any queue (§5.3.4)."""
@@ -205,14 +219,6 @@ class VirtioSerial(VirtioBackend):
                 self._count("emerg_wr_bytes", 1)
             return
         super().config_write(offset, data)
-
-    @staticmethod
-    def _console_size(port: Port | None) -> tuple[int, int]:
-        if port is None or not port.console or port.chardev is None:
-            return 0, 0
-        size = getattr(port.chardev, "window_size", None)
-        got = size() if size is not None else None
-        return got if got else (0, 0)
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def activate(self, queues: list["Virtqueue"], interrupt: Callable[[], None], memory: "GuestMemory") -> None:
@@ -285,7 +291,7 @@ class VirtioSerial(VirtioBackend):
         except (QueueError, GuestMemoryError) as e:
             self._broken = str(e)
             self._queues = None
-            log.error("%s: %s; device stopped", self.counters.name, e)
+            guest_event(f"{self.counters.name}: broken ring", _ERROR, "%s: %s; device stopped", self.counters.name, e)
             self.set_needs_reset(str(e))
 
     def _queue(self, index: int) -> "Virtqueue | None":
@@ -316,7 +322,8 @@ class VirtioSerial(VirtioBackend):
         if event == VIRTIO_CONSOLE_DEVICE_READY:
             if not value:
                 self._count("control_failures")
-                log.error("%s: virtio-serial-bus: Guest failure in adding device", self.counters.name)
+                guest_event(f"{self.counters.name}: DEVICE_READY(0)", _ERROR,
+                            "%s: virtio-serial-bus: Guest failure in adding device", self.counters.name)
                 return
             self._device_ready = True
             for p in sorted(self.ports):
@@ -332,15 +339,13 @@ class VirtioSerial(VirtioBackend):
         if event == VIRTIO_CONSOLE_PORT_READY:
             if not value:
                 self._count("control_failures")
-                log.error("%s: virtio-serial-bus: Guest failure in adding port %d", self.counters.name, nr)
+                guest_event(f"{self.counters.name}: PORT_READY(0)", _ERROR,
+                            "%s: virtio-serial-bus: Guest failure in adding port %d", self.counters.name, nr)
                 return
             port.ready = True
             self._count(f"port{nr}.ready")
             if port.console:
                 self._send(nr, VIRTIO_CONSOLE_CONSOLE_PORT, 1)
-                cols, rows = self._console_size(port)
-                if cols and rows:
-                    self._send(nr, VIRTIO_CONSOLE_RESIZE, 0, RESIZE.pack(cols, rows))
             if port.name:
                 self._send(nr, VIRTIO_CONSOLE_PORT_NAME, 1, port.name.encode() + b"\0")
             if port.host_open:
@@ -372,7 +377,9 @@ class VirtioSerial(VirtioBackend):
                     break
         if len(self._control) >= self.control_limit:
             self._count("control_dropped")
-            log.warning("%s: control queue full; %s for port %d dropped", self.counters.name, EVENT_NAMES[event], nr)
+            guest_event(f"{self.counters.name}: control queue full", _WARNING,
+                        "%s: control queue full (the driver does not read it); %s for port %d dropped",
+                        self.counters.name, EVENT_NAMES[event], nr)
             return
         self._control.append((nr, event, value, extra))
         self._flush_control()
@@ -527,15 +534,6 @@ class VirtioSerial(VirtioBackend):
     def _set_fe_open(self, port: Port, is_open: bool) -> None:
         if port.chardev is not None:
             port.chardev.set_open(is_open)
-
-    def resize(self, nr: int, cols: int, rows: int) -> None:
-        """Tell the guest a console's size (RESIZE; the configuration space for port 0)."""
-        with self._lock:
-            port = self.ports.get(nr)
-            if port is not None and port.console and port.ready and self._multiport:
-                self._guarded(self._send, nr, VIRTIO_CONSOLE_RESIZE, 0, RESIZE.pack(cols, rows))
-        if nr == 0:
-            self.config_changed()
 
     # -- counters ----------------------------------------------------------------------------------
     def _count(self, name: str, n: int = 1) -> None:

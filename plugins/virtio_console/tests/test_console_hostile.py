@@ -15,6 +15,8 @@ from microvm_virtio_console.constants import (
     CONTROL,
     CONTROL_RX,
     CONTROL_TX,
+    VIRTIO_CONSOLE_BAD_ID,
+    VIRTIO_CONSOLE_DEVICE_READY,
     VIRTIO_CONSOLE_PORT_ADD,
     VIRTIO_CONSOLE_PORT_OPEN,
     VIRTIO_CONSOLE_PORT_READY,
@@ -202,3 +204,72 @@ def assert_only_changed_except_driver(drv: LinuxConsoleDriver, before: bytes, al
         allowed.append((dq.desc, dq.used_ring_range()[0]))
     allowed.append((0x800000, drv.alloc.next))
     assert_only_changed(drv.mem, before, allowed)
+
+
+# --------------------------------------------------------------------------- the host's log
+@pytest.mark.parametrize("legacy", TRANSPORTS)
+def test_control_messages_a_driver_repeats_cannot_flood_the_log(legacy, caplog, monkeypatch):
+    """Issue 12's rule for guest-triggered events, for the console's control queue: 2000
+    PORT_READY(0), 2000 DEVICE_READY(0) and 2000 DEVICE_READY(1) (each queueing a PORT_ADD
+    per port for a control receiveq nobody reads) give one line per kind, not one per
+    message; the counters have them all."""
+    import logging
+
+    from microvm.api import EventLog
+    from microvm_virtio_console import device as device_module
+
+    # a fresh EventLog: an earlier test in this process may have logged these kinds already
+    monkeypatch.setattr(device_module, "guest_event", EventLog(device_module.log))
+    caplog.set_level(logging.DEBUG)
+    dev, con, ser, drv = setup(legacy)
+    rx_before, tx_before = dev.counters["control_rx"], dev.counters["control_tx"]
+    for _ in range(2000):
+        drv.send_control(1, VIRTIO_CONSOLE_PORT_READY, 0)
+    for _ in range(2000):
+        drv.send_control(VIRTIO_CONSOLE_BAD_ID, VIRTIO_CONSOLE_DEVICE_READY, 0)
+    for _ in range(2000):
+        drv.send_control(VIRTIO_CONSOLE_BAD_ID, VIRTIO_CONSOLE_DEVICE_READY, 1)
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert 3 <= len(lines) < 100, lines[:10]
+    assert sum("Guest failure in adding port 1" in m for m in lines) == 1
+    assert sum("Guest failure in adding device" in m for m in lines) == 1
+    assert sum("control queue full" in m for m in lines) == 1
+    assert all("repeats are counted" in m for m in lines if "more in the last" not in m)
+    assert dev.counters["control_rx"] - rx_before == 6000
+    assert dev.counters["control_failures"] == 4000
+    # 2 ports, so 4000 PORT_ADDs: the few the ring had buffers for went out, control_limit
+    # wait in the bounded queue, the rest was dropped and counted
+    sent = dev.counters["control_tx"] - tx_before
+    assert len(dev._control) == dev.control_limit
+    assert sent + len(dev._control) + dev.counters["control_dropped"] == 4000
+    assert dev.counters["control_dropped"] >= 4000 - dev.control_limit - drv.queue_size
+    drv.run_control()  # the driver reads again: the device still works
+    still_works(drv, con)
+    drv.close()
+
+
+def test_a_driver_breaking_the_ring_after_every_reset_cannot_flood_the_log(caplog, monkeypatch):
+    """A broken receive ring found by host input stops the device ("device stopped") once
+    per reset cycle; a driver that resets and breaks it again, 100 times, gives one line."""
+    import logging
+
+    from microvm.api import EventLog
+    from microvm_virtio_console import device as device_module
+
+    monkeypatch.setattr(device_module, "guest_event", EventLog(device_module.log))
+    caplog.set_level(logging.DEBUG)
+    dev = VirtioSerial(max_ports=2)
+    con = FakeChardev()
+    dev.add_port(None, None, True, con, "virtconsole")
+    for _ in range(100):
+        drv = LinuxConsoleDriver(dev, True)
+        drv.handshake()
+        dq = drv.queues[rx_queue(0)]
+        for i in range(dq.size):
+            dq.write_desc(i, MEM_SIZE + 0x1000, 4096, 2)
+        con.host_types(b"x")
+        assert drv.mmio.needs_reset()
+        drv.mmio.write(0x070, 0)  # the driver resets the device
+        drv.close()
+    stopped = [r for r in caplog.records if "device stopped" in r.getMessage()]
+    assert len(stopped) == 1 and stopped[0].levelno == logging.ERROR
