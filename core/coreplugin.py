@@ -43,7 +43,8 @@ def register_machine_options(register: Callable[[MachineOption], None]) -> None:
     register(MachineOption(
         "graphics", "bool", True,
         "Set on/off to enable/disable graphics emulation: microvm has no display either way; off (what "
-        "-nographic sets) makes fw_cfg's NOGRAPHIC 1, as in QEMU", plugin="core",
+        "-nographic and a line without a display option set) makes fw_cfg's NOGRAPHIC 1, as in QEMU",
+        plugin="core",
     ))
     # QEMU 7.2 microvm's (and its x86 machine's) options for what microvm does not have: the
     # value that describes microvm is accepted and changes nothing, so QEMU users' lines

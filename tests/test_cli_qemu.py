@@ -59,21 +59,32 @@ def topo(spec: MachineSpec) -> tuple[int, int, int, int, int]:
     return tuple(spec.topology)  # type: ignore[return-value]
 
 
+def m(spec: MachineSpec) -> list[str]:
+    """The -M values, without the graphics=off that -nographic (or no display option) adds."""
+    return [x for x in spec.machine if x != "graphics=off"]
+
+
+def machine_value(spec: MachineSpec, name: str):
+    from microvm.plugins import plugin_host
+
+    return plugin_host().options.parse_machine(spec.machine)[name]
+
+
 ACCEPTED: dict[str, tuple[list[str], object]] = {
-    "-M microvm": (["-M", "microvm"], lambda s: s.machine == ["microvm"]),
-    "-machine type=microvm,accel=kvm": (["-machine", "type=microvm,accel=kvm"], lambda s: s.machine == ["type=microvm"]),
+    "-M microvm": (["-M", "microvm"], lambda s: m(s) == ["microvm"]),
+    "-machine type=microvm,accel=kvm": (["-machine", "type=microvm,accel=kvm"], lambda s: m(s) == ["type=microvm"]),
     "-M microvm,x-option-roms=off,pit=off,pic=off,isa-serial=off,rtc=off":
         (["-M", "microvm,x-option-roms=off,pit=off,pic=off,isa-serial=off,rtc=off"],
-         lambda s: s.machine == ["microvm,x-option-roms=off,pit=off,pic=off,isa-serial=off,rtc=off"]),
-    "-M accel=kvm:tcg (kvm first)": (["-M", "microvm,accel=kvm:tcg"], lambda s: s.machine == ["microvm"]),
+         lambda s: m(s) == ["microvm,x-option-roms=off,pit=off,pic=off,isa-serial=off,rtc=off"]),
+    "-M accel=kvm:tcg (kvm first)": (["-M", "microvm,accel=kvm:tcg"], lambda s: m(s) == ["microvm"]),
     "kernel_irqchip (QEMU's old spelling)": (["-M", "microvm,kernel_irqchip=split"],
-                                             lambda s: s.machine == ["microvm,kernel-irqchip=split"]),
-    "-enable-kvm": (["-enable-kvm"], lambda s: s.machine == []),
-    "-accel kvm": (["-accel", "kvm"], lambda s: s.machine == []),
-    "-accel accel=kvm": (["-accel", "accel=kvm"], lambda s: s.machine == []),
+                                             lambda s: m(s) == ["microvm,kernel-irqchip=split"]),
+    "-enable-kvm": (["-enable-kvm"], lambda s: m(s) == []),
+    "-accel kvm": (["-accel", "kvm"], lambda s: m(s) == []),
+    "-accel accel=kvm": (["-accel", "accel=kvm"], lambda s: m(s) == []),
     "-accel kvm,kernel-irqchip=on wins over -M": (["-M", "microvm,kernel-irqchip=split", "-accel", "kvm,kernel-irqchip=on"],
-                                                 lambda s: s.machine == ["microvm,kernel-irqchip=split", "kernel-irqchip=on"]),
-    "-accel kvm -accel tcg (a fallback never used)": (["-accel", "kvm", "-accel", "tcg"], lambda s: s.machine == []),
+                                                 lambda s: m(s) == ["microvm,kernel-irqchip=split", "kernel-irqchip=on"]),
+    "-accel kvm -accel tcg (a fallback never used)": (["-accel", "kvm", "-accel", "tcg"], lambda s: m(s) == []),
     "-cpu host": (["-cpu", "host"], lambda s: s.cpu == "host" and s.cpu_features == {}),
     "-cpu max": (["-cpu", "max"], lambda s: s.cpu_features == {}),
     "-cpu host,-arch-capabilities": (["-cpu", "host,-arch-capabilities"],
@@ -109,9 +120,12 @@ ACCEPTED: dict[str, tuple[list[str], object]] = {
                                          lambda s: s.serial == ["stdio"]),
     "-nographic: serial0 on a stdio mux": (["-nographic"], lambda s: s.serial == ["mon:stdio"]),
     "-nographic sets graphics=off (fw_cfg NOGRAPHIC 1)": (["-M", "microvm", "-nographic"],
-                                                         lambda s: s.machine == ["microvm", "graphics=off"]),
+                                                         lambda s: s.machine == ["graphics=off", "microvm"]),
+    "no display option: as -nographic, graphics=off": (["-M", "microvm"], lambda s: s.machine == ["graphics=off", "microvm"]),
     "-display none leaves graphics on (NOGRAPHIC 0)": (["-M", "microvm", "-display", "none"],
                                                       lambda s: s.machine == ["microvm"]),
+    "-M graphics=on wins over the implied graphics=off": (["-M", "microvm,graphics=on", "-nographic"],
+                                                          lambda s: machine_value(s, "graphics") is True),
     "no display option: as -nographic": ([], lambda s: s.serial == ["mon:stdio"]),
     "-nodefaults: no serial port": (["-nodefaults"], lambda s: s.serial == ["none"]),
     "-nodefaults -nographic: no serial port": (["-nodefaults", "-nographic"], lambda s: s.serial == ["none"]),

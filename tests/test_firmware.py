@@ -192,7 +192,7 @@ def test_pvh_guest_reads_fw_cfg_by_port_and_dma(guest_cache):
     r = run_microvm("run", "--kernel", str(elf), "-m", "128M", "--no-reboot")
     assert r.stdout.decode() == (
         "FWCFG SIG=QEMU ID=3 DMA-SIG=QEMU CFG\n"
-        "CPUS=1 MAX=1 NOGRAPHIC=0\n"
+        "CPUS=1 MAX=1 NOGRAPHIC=1\n"      # no display option: as -nographic
         "FILES=4\n"
         " 0020 0 bios-geometry\n"
         " 0021 0 bootorder\n"
@@ -204,6 +204,9 @@ def test_pvh_guest_reads_fw_cfg_by_port_and_dma(guest_cache):
         "DONE\n"
     )
     assert r.returncode == 0, r.stderr
+    # -display none keeps QEMU's graphics=on: NOGRAPHIC 0, as QEMU 7.2 gives it
+    r = run_microvm("-kernel", str(elf), "-no-reboot", "-display", "none", "-serial", "stdio")
+    assert r.stdout.decode().splitlines()[1] == "CPUS=1 MAX=1 NOGRAPHIC=0", r.stderr
 
 
 @pytest.mark.kvm

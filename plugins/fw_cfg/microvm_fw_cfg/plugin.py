@@ -41,8 +41,8 @@ def create_devices(ctx: Any) -> None:
             ram_regions=[(r.gpa, r.size) for r in ctx.memory.regions],
             cpus=ctx.smp,
             max_cpus=ctx.max_cpus,   # QEMU's machine->smp.max_cpus: -smp 2,maxcpus=4 gives 4
-            # QEMU's !machine->enable_graphics: 1 with -nographic (-M graphics=off), 0 otherwise,
-            # also with -display none
+            # QEMU's !machine->enable_graphics: 1 with -nographic or no display option (both
+            # set -M graphics=off), 0 with -display none
             nographic=not ctx.switch("graphics"),
             # the user's --fw-cfg (QEMU's -fw_cfg) files, after the machine's own as in QEMU
             extra_files=boot.take_fw_cfg_files(NAME),

@@ -98,8 +98,8 @@ def test_max_cpus_is_the_topologys_maxcpus():
 
 @pytest.mark.parametrize("machine, nographic", [("microvm", 0), ("microvm,graphics=on", 0), ("microvm,graphics=off", 1)])
 def test_nographic_follows_the_graphics_machine_option(machine: str, nographic: int):
-    """QEMU writes !machine->enable_graphics: -nographic (which sets graphics=off) gives 1,
-    -display none and no display option give 0."""
+    """QEMU writes !machine->enable_graphics: graphics=off (what -nographic, and in microvm
+    a line without a display option, sets) gives 1; the default, graphics=on, 0."""
     with TestMachine(machine) as m:
         m.create_devices()
         assert Port(m).item(FW_CFG_NOGRAPHIC, 2) == bytes([nographic, 0])
