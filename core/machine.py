@@ -999,7 +999,12 @@ class Machine:
         _current = self
         if threading.current_thread() is not threading.main_thread():
             return
-        for sig in (signal.SIGTERM, signal.SIGHUP):
+        # SIGINT too (a Ctrl-C on a plain -serial stdio terminal, kill -INT): as Python's
+        # KeyboardInterrupt it landed wherever the main thread was (between a Thread's
+        # creation and start, inside a lock), which lost the signal, ended the run with an
+        # internal error, or tore the machine down under a running vCPU (a segfault)
+        self._prev_sigint = signal.getsignal(signal.SIGINT)
+        for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
             if signal.getsignal(sig) is not _on_termination_signal:
                 signal.signal(sig, _on_termination_signal)
 
@@ -1069,15 +1074,33 @@ class Machine:
                 t.start()
             try:
                 self._wait_for_stop()
-            except KeyboardInterrupt:
+            except KeyboardInterrupt:  # run() outside the main thread: the handler is not ours
                 self._terminated(signal.SIGINT)
-            for t in self.threads:
-                t.join(timeout=5)
-                if t.is_alive():
-                    log.warning("vCPU thread %s did not stop", t.name)
         finally:
+            self._stop_vcpu_threads()
             self.close()
+            self._restore_sigint()
         return self.exit_status
+
+    def _restore_sigint(self) -> None:
+        """SIGINT goes back to what it was (Python's KeyboardInterrupt for a program or a test
+        run embedding microvm): the machine only needs it while it runs."""
+        prev = getattr(self, "_prev_sigint", None)
+        if prev is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, prev)
+
+    def _stop_vcpu_threads(self) -> None:
+        """Whatever ends :meth:`run` (an exception included), the vCPU threads leave KVM_RUN
+        before the machine is torn down, which unmaps their kvm_run pages."""
+        live = [t for t in self.threads if t.is_alive()]
+        if not live:
+            return
+        if not self.stopping:
+            self.request_stop(1, "the run ended unexpectedly", "host-error")
+        for t in live:
+            t.join(timeout=5)
+            if t.is_alive():
+                log.warning("vCPU thread %s did not stop", t.name)
 
     def close(self) -> None:
         self.lifecycle.machine_closing(self)  # QMP commands go to no torn-down machine
@@ -1112,8 +1135,8 @@ class Machine:
             self.torn_down = True
         self._closed = True  # and request_stop kicks no vCPU (their pages go away)
         for fn in reversed(self._cleanups):
-            if alive and fn in (getattr(self.memory, "close", None),):
-                continue  # a stuck vCPU may still touch guest RAM: leave the mapping
+            if alive and (fn == getattr(self.memory, "close", None) or getattr(fn, "__self__", None) in self.vcpus):
+                continue  # a stuck vCPU may still touch guest RAM and its kvm_run page: leave them
             try:
                 fn()
             except Exception:
@@ -1140,6 +1163,8 @@ def run_spec(spec: MachineSpec, host: Any = None, ready: Callable[[], None] | No
 
     from .backends import HostBackends
 
+    global _terminating
+    _terminating = None  # a signal that ended an earlier run in this process is not this run's
     images = None
     metrics = Metrics()
     lifecycle = Lifecycle(spec)
@@ -1176,6 +1201,8 @@ def run_spec(spec: MachineSpec, host: Any = None, ready: Callable[[], None] | No
         say("microvm: terminating on signal 2\n")
         return 0
     finally:
+        if _terminating == signal.SIGINT:
+            say("microvm: terminating on signal 2\n")  # QEMU's line for a Ctrl-C / kill -INT
         lifecycle.run_ended()
         lifecycle.close_monitors()
         backends.close()
