@@ -568,14 +568,17 @@ class BootConfig:
     gets (the user's words, then the ``kernel_cmdline`` hooks'), None until the kernel is
     loaded, i.e. final from ``machine_start`` on. ``pvh``: ``(entry, lowest, highest
     loaded address)`` of an ELF kernel, which the core loads into RAM itself for a firmware
-    boot too (QEMU does the same). ``below_4g``: RAM bytes below 4 GiB.
+    boot too (QEMU does the same). ``below_4g``: RAM bytes below 4 GiB. ``fw_cfg_files``:
+    the user's ``--fw-cfg`` files (QEMU's ``-fw_cfg``), (name, bytes) in order, for the
+    plugin that provides the fw_cfg device to take (:meth:`take_fw_cfg_files`).
     """
 
-    __slots__ = ("firmware", "kernel", "initrd", "kernel_kind", "append", "cmdline", "pvh", "below_4g", "_handler")
+    __slots__ = ("firmware", "kernel", "initrd", "kernel_kind", "append", "cmdline", "pvh", "below_4g", "_handler",
+                 "fw_cfg_files", "_fw_cfg_taker")
 
     def __init__(self, firmware: str | None = None, kernel: bytes | None = None, initrd: bytes | None = None,
                  kernel_kind: str | None = None, append: str = "", pvh: tuple[int, int, int] | None = None,
-                 below_4g: int = 0) -> None:
+                 below_4g: int = 0, fw_cfg_files: "list[tuple[str, bytes]] | None" = None) -> None:
         self.firmware = firmware
         self.kernel = kernel
         self.initrd = initrd
@@ -585,6 +588,8 @@ class BootConfig:
         self.pvh = pvh
         self.below_4g = below_4g
         self._handler: str | None = None
+        self.fw_cfg_files = list(fw_cfg_files or [])
+        self._fw_cfg_taker: str | None = None
 
     @property
     def handled_by(self) -> str | None:
@@ -596,6 +601,18 @@ class BootConfig:
         (fw_cfg does). A firmware boot with ``--kernel`` and nobody to do this is refused:
         the firmware could not find the kernel."""
         self._handler = plugin
+
+    def take_fw_cfg_files(self, plugin: str) -> "list[tuple[str, bytes]]":
+        """The user's ``--fw-cfg`` files, for the plugin whose fw_cfg device publishes them
+        (fw_cfg does). Files that no plugin takes are refused, as QEMU refuses ``-fw_cfg``
+        without a fw_cfg device."""
+        self._fw_cfg_taker = plugin
+        return list(self.fw_cfg_files)
+
+    @property
+    def fw_cfg_files_taken_by(self) -> str | None:
+        """The plugin that took the ``--fw-cfg`` files (:meth:`take_fw_cfg_files`), or None."""
+        return self._fw_cfg_taker
 
     def __repr__(self) -> str:
         return (f"BootConfig(firmware={self.firmware!r}, kernel_kind={self.kernel_kind!r}, "

@@ -140,6 +140,13 @@ class MachineContext:
         return self._m.smp
 
     @property
+    def max_cpus(self) -> int:
+        """The most vCPUs the machine's topology has room for (``-smp ...,maxcpus=N``; equal
+        to :attr:`smp` without it): what a firmware is told (fw_cfg's MAX_CPUS). microvm
+        has no CPU hotplug, so only :attr:`smp` of them exist."""
+        return self._m.spec.topology.maxcpus
+
+    @property
     def apic_ids(self) -> list[int]:
         """The vCPUs' APIC IDs by vCPU index (the first is the boot CPU). ``0 .. smp-1``
         unless ``-smp`` gives a topology whose counts are not powers of two, which leaves

@@ -40,6 +40,47 @@ def register_machine_options(register: Callable[[MachineOption], None]) -> None:
         "add 'noxsave clearcpuid=151,308' to the guest command line",
         plugin="core",
     ))
+    register(MachineOption(
+        "graphics", "bool", True,
+        "Set on/off to enable/disable graphics emulation: microvm has no display either way; off (what "
+        "-nographic and a line without a display option set) makes fw_cfg's NOGRAPHIC 1, as in QEMU",
+        plugin="core",
+    ))
+    # QEMU 7.2 microvm's (and its x86 machine's) options for what microvm does not have: the
+    # value that describes microvm is accepted and changes nothing, so QEMU users' lines
+    # (`-M microvm,acpi=off` above all) run unchanged; a value asking for the thing is refused
+    for name, kind, default, why, help_, auto_means in _ABSENT:
+        register(MachineOption(name, kind, default, help_, auto_means=auto_means,
+                               auto_value=False if auto_means else None, check=_only_absent(name, why, bool(auto_means)),
+                               plugin="core"))
+
+
+#: (name, kind, default, what microvm lacks, help, what auto means when it is accepted)
+_ABSENT = (
+    ("acpi", "OnOffAuto", "off", "microvm has no ACPI",
+     "Enable ACPI: off only (microvm has no ACPI; QEMU's default auto means on)", ""),
+    ("pcie", "OnOffAuto", "auto", "microvm has no PCIe",
+     "Enable PCIe: off or auto (QEMU adds PCIe only with ACPI and pcie=on)", "off (no PCIe without ACPI)"),
+    ("ioapic2", "OnOffAuto", "auto", "microvm has one IOAPIC",
+     "Enable second IO-APIC: off or auto (QEMU adds it only with ACPI)", "off (one IOAPIC without ACPI)"),
+    ("smm", "OnOffAuto", "off", "microvm has no System Management Mode",
+     "Enable SMM: off only (microvm has no SMM; QEMU's default auto means on under KVM)", ""),
+    ("usb", "bool", False, "microvm has no USB", "Set on/off to enable/disable usb: off only (microvm has no USB)", ""),
+)
+
+
+def _only_absent(name: str, why: str, auto_ok: bool) -> Callable[[Any], None]:
+    """The ``check`` of an option for something microvm lacks: ``off`` (and ``auto`` where
+    QEMU's auto means off on microvm) passes; ``on`` is one line naming what is missing."""
+
+    def check(value: Any) -> None:
+        if value is True or value == "on" or (value == "auto" and not auto_ok):
+            from .errors import ConfigError
+
+            text = "on" if value is True else value
+            raise ConfigError(f"machine option {name}={text}: unsupported on microvm ({why})")
+
+    return check
 
 
 def _common(ctx: "MachineContext", ident: str, props: "Properties") -> dict[str, Any]:

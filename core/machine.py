@@ -254,6 +254,7 @@ class Machine:
             firmware=img.bios.path if img.bios is not None else None,
             kernel=img.kernel if kind else None, initrd=img.initrd, kernel_kind=kind,
             append=self.spec.append, pvh=pvh, below_4g=min(self.spec.mem_size, BELOW_4G_MAX),
+            fw_cfg_files=self.spec.fw_cfg_files,
         )
 
     def _check_device_types(self) -> None:
@@ -601,6 +602,9 @@ class Machine:
         if self.boot.firmware is not None and self.boot.kernel is not None and self.boot.handled_by is None:
             raise ConfigError("--bios with --kernel: no installed plugin hands the kernel to the firmware "
                               "(install microvm-fw-cfg, or boot the kernel directly without --bios)")
+        if self.boot.fw_cfg_files and self.boot.fw_cfg_files_taken_by is None:  # QEMU's words
+            raise ConfigError(f"--fw-cfg {self.boot.fw_cfg_files[0][0]}: fw_cfg device not available "
+                              "(install microvm-fw-cfg)")
         if self.boot.firmware is not None and self.smp > 1 and self.irqchip is None:
             raise ConfigError(f"--smp {self.smp} with --bios: the other vCPUs must wait for INIT/SIPI in an "
                               "in-kernel LAPIC, and no irqchip plugin is installed")

@@ -55,6 +55,7 @@ class MachineSpec:
         name: str | None = None,             # --name (QEMU's -name), for query-name
         topology: Any = None,                # -smp's sockets/cores/threads (microvm.topology)
         cpu: str = "host",                   # -cpu host[,+feature,-feature]
+        fw_cfg: list[Any] | None = None,     # --fw-cfg [name=]NAME,file=P|string=S, or (name, bytes)
     ) -> None:
         self.kernel = kernel
         self.initrd = initrd
@@ -73,6 +74,11 @@ class MachineSpec:
         #: ``-bios``: a firmware image (path, or a bare name searched in the firmware
         #: directories); None for a direct kernel boot
         self.bios = bios
+        #: ``--fw-cfg`` (QEMU's ``-fw_cfg``): the command line's texts, or (name, bytes)
+        self.fw_cfg = list(fw_cfg or [])
+        #: the files they give, (name, bytes) in order: read once, by :meth:`validate`
+        self.fw_cfg_files: list[tuple[str, bytes]] = []
+        self._fw_cfg_read: tuple[Any, ...] | None = None
         self.qmp = list(qmp or [])
         self.mon = list(mon or [])
         self.prelaunch = prelaunch
@@ -91,7 +97,7 @@ class MachineSpec:
         self.serial_configs: list[SerialConfig] = []
 
     def __repr__(self) -> str:
-        skip = ("cpu_features",)
+        skip = ("cpu_features", "fw_cfg_files", "_fw_cfg_read")
         return f"MachineSpec({', '.join(f'{k}={v!r}' for k, v in vars(self).items() if not k.endswith('_configs') and k not in skip)})"
 
     def validate(self) -> None:
@@ -114,6 +120,9 @@ class MachineSpec:
             from .boot.cpufeatures import parse_cpu
 
             _, self.cpu_features = parse_cpu(self.cpu)
+        if tuple(self.fw_cfg) != self._fw_cfg_read:  # a guest reset validates again: read once
+            self.fw_cfg_files = _fw_cfg_files(self.fw_cfg)
+            self._fw_cfg_read = tuple(self.fw_cfg)
         self.drive_configs = _by_id("--drive", self.drives, DriveConfig)
         self.chardev_configs = _by_id("--chardev", self.chardevs, ChardevConfig)
         self.netdev_configs = _by_id("--netdev", self.netdevs, NetdevConfig)
@@ -141,6 +150,27 @@ class MachineSpec:
     def mon_addresses(self) -> dict[str, str]:
         """The QMP address of each ``--mon`` (by chardev id), once validated."""
         return dict(self.monitor_chardevs)
+
+
+def _fw_cfg_files(items: list[Any]) -> list[tuple[str, bytes]]:
+    """``--fw-cfg`` texts (or (name, bytes) pairs) → (name, bytes), a name given twice
+    refused as QEMU's fw_cfg_add_file refuses it."""
+    files: list[tuple[str, bytes]] = []
+    seen: set[str] = set()
+    for item in items:
+        if isinstance(item, str):
+            from .boot.firmware import parse_fw_cfg_option
+
+            name, data = parse_fw_cfg_option(item)
+            where = f"--fw-cfg {item}"
+        else:
+            name, data = item
+            where = f"--fw-cfg {name}"
+        if name in seen:
+            raise ConfigError(f"{where}: duplicate fw_cfg file name: {name}")
+        seen.add(name)
+        files.append((name, bytes(data)))
+    return files
 
 
 #: the socket chardev keys a QMP monitor understands (QEMU's -chardev socket)

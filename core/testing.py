@@ -91,9 +91,11 @@ class TestMachine(Machine):
     """A :class:`~microvm.machine.Machine` whose plugin side is real and whose KVM side
     does not exist. ``machine`` is the ``-M`` string; ``devices``, ``drives``, ``chardevs``,
     ``netdevs`` and ``serial`` take the command line's strings. ``irqchip`` is
-    ``"split"``, ``"on"`` or None (no interrupt controller). ``kernel``/``initrd``/``append``
+    ``"split"``, ``"on"`` or None (no interrupt controller). ``smp`` is a vCPU count or
+    QEMU's ``-smp`` text (``"2,maxcpus=4"``). ``kernel``/``initrd``/``append``
     (bytes of a bzImage or PVH ELF) and ``firmware`` (the bytes of a ``--bios`` image) set what
-    ``ctx.boot`` says, for plugins that hand a kernel to a firmware; nothing is loaded."""
+    ``ctx.boot`` says, for plugins that hand a kernel to a firmware; nothing is loaded.
+    ``fw_cfg``: ``--fw-cfg`` texts or (name, bytes) pairs (``ctx.boot.fw_cfg_files``)."""
 
     __test__ = False  # not a pytest test class
 
@@ -106,7 +108,7 @@ class TestMachine(Machine):
         netdevs: Iterable[str] = (),
         serial: Iterable[str] = ("null",),
         irqchip: str | None = "split",
-        smp: int = 1,
+        smp: int | str = 1,
         mem_size: int = 64 << 20,
         plugins: Iterable[Any] = (),
         host: Any = None,
@@ -114,11 +116,19 @@ class TestMachine(Machine):
         initrd: bytes | None = None,
         append: str = "",
         firmware: bytes | None = None,
+        fw_cfg: Iterable[Any] = (),
     ) -> None:
+        topology = None
+        if isinstance(smp, str):  # QEMU's -smp text: "2,maxcpus=4", "4,sockets=2"
+            from .topology import parse_smp
+
+            topology = parse_smp(smp)
+            smp = topology.cpus
         spec = MachineSpec(
-            kernel="(none: microvm.testing)", mem_size=mem_size, smp=smp, machine=[machine] if machine else [],
+            kernel="(none: microvm.testing)", mem_size=mem_size, smp=smp, topology=topology,
+            machine=[machine] if machine else [],
             devices=list(devices), drives=list(drives), chardevs=list(chardevs), netdevs=list(netdevs),
-            serial=list(serial), extra_plugins=list(plugins), append=append,
+            serial=list(serial), extra_plugins=list(plugins), append=append, fw_cfg=list(fw_cfg),
         )
         bios = None
         if firmware is not None:  # what ctx.boot says of a --bios boot (nothing is mapped)

@@ -71,12 +71,15 @@ def run_microvm(*args: str, input: bytes | None = None, timeout: float = 60, env
     return subprocess.run(microvm_cmd(*args), input=input, stdin=stdin, capture_output=True, timeout=timeout, env=e)
 
 
-def read_until(proc: subprocess.Popen, out: bytearray, done, deadline: float) -> bool:
-    """Append ``proc``'s stdout to ``out`` until ``done(out)`` holds, EOF, or the deadline."""
+def read_until(proc: subprocess.Popen, out: bytearray, done, deadline: float, stream=None) -> bool:
+    """Append ``proc``'s stdout (or ``stream``, e.g. ``proc.stderr``) to ``out`` until
+    ``done(out)`` holds, EOF, or the deadline: it never blocks in a read, so the deadline is
+    looked at at least every half second."""
+    stream = proc.stdout if stream is None else stream
     while not done(out) and time.monotonic() < deadline:
-        r, _, _ = select.select([proc.stdout], [], [], 0.5)
+        r, _, _ = select.select([stream], [], [], 0.5)
         if r:
-            chunk = os.read(proc.stdout.fileno(), 4096)
+            chunk = os.read(stream.fileno(), 4096)
             if not chunk:
                 break
             out += chunk

@@ -153,3 +153,14 @@ def test_dash_D_sends_the_log_to_a_file_and_errors_stay_on_stderr(guests, tmp_pa
                        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
     assert (r.returncode, r.stderr) == (1, f"microvm: -D {tmp_path / 'no/dir/log'}: cannot open the log file: "
                                            "No such file or directory\n")
+
+
+@requires_kvm
+def test_qemus_microvm_line_with_acpi_off_runs_unchanged(guests) -> None:
+    """The line QEMU 7.2 users run microvm with (`-M microvm,acpi=off`, also the other
+    options for what microvm lacks at their off value), only the program name changed."""
+    r = subprocess.run([*MICROVM, "-M", "microvm,acpi=off,pcie=off,ioapic2=off,usb=off,smm=off,x-option-roms=off",
+                        "-enable-kvm", "-m", "128m", "-kernel", str(guests["hello-pvh"]), "-nodefaults",
+                        "-no-user-config", "-nographic", "-serial", "stdio", "-no-reboot"],
+                       stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
+    assert (r.returncode, r.stdout) == (0, b"HELLO\n"), r.stderr

@@ -59,21 +59,32 @@ def topo(spec: MachineSpec) -> tuple[int, int, int, int, int]:
     return tuple(spec.topology)  # type: ignore[return-value]
 
 
+def m(spec: MachineSpec) -> list[str]:
+    """The -M values, without the graphics=off that -nographic (or no display option) adds."""
+    return [x for x in spec.machine if x != "graphics=off"]
+
+
+def machine_value(spec: MachineSpec, name: str):
+    from microvm.plugins import plugin_host
+
+    return plugin_host().options.parse_machine(spec.machine)[name]
+
+
 ACCEPTED: dict[str, tuple[list[str], object]] = {
-    "-M microvm": (["-M", "microvm"], lambda s: s.machine == ["microvm"]),
-    "-machine type=microvm,accel=kvm": (["-machine", "type=microvm,accel=kvm"], lambda s: s.machine == ["type=microvm"]),
+    "-M microvm": (["-M", "microvm"], lambda s: m(s) == ["microvm"]),
+    "-machine type=microvm,accel=kvm": (["-machine", "type=microvm,accel=kvm"], lambda s: m(s) == ["type=microvm"]),
     "-M microvm,x-option-roms=off,pit=off,pic=off,isa-serial=off,rtc=off":
         (["-M", "microvm,x-option-roms=off,pit=off,pic=off,isa-serial=off,rtc=off"],
-         lambda s: s.machine == ["microvm,x-option-roms=off,pit=off,pic=off,isa-serial=off,rtc=off"]),
-    "-M accel=kvm:tcg (kvm first)": (["-M", "microvm,accel=kvm:tcg"], lambda s: s.machine == ["microvm"]),
+         lambda s: m(s) == ["microvm,x-option-roms=off,pit=off,pic=off,isa-serial=off,rtc=off"]),
+    "-M accel=kvm:tcg (kvm first)": (["-M", "microvm,accel=kvm:tcg"], lambda s: m(s) == ["microvm"]),
     "kernel_irqchip (QEMU's old spelling)": (["-M", "microvm,kernel_irqchip=split"],
-                                             lambda s: s.machine == ["microvm,kernel-irqchip=split"]),
-    "-enable-kvm": (["-enable-kvm"], lambda s: s.machine == []),
-    "-accel kvm": (["-accel", "kvm"], lambda s: s.machine == []),
-    "-accel accel=kvm": (["-accel", "accel=kvm"], lambda s: s.machine == []),
+                                             lambda s: m(s) == ["microvm,kernel-irqchip=split"]),
+    "-enable-kvm": (["-enable-kvm"], lambda s: m(s) == []),
+    "-accel kvm": (["-accel", "kvm"], lambda s: m(s) == []),
+    "-accel accel=kvm": (["-accel", "accel=kvm"], lambda s: m(s) == []),
     "-accel kvm,kernel-irqchip=on wins over -M": (["-M", "microvm,kernel-irqchip=split", "-accel", "kvm,kernel-irqchip=on"],
-                                                 lambda s: s.machine == ["microvm,kernel-irqchip=split", "kernel-irqchip=on"]),
-    "-accel kvm -accel tcg (a fallback never used)": (["-accel", "kvm", "-accel", "tcg"], lambda s: s.machine == []),
+                                                 lambda s: m(s) == ["microvm,kernel-irqchip=split", "kernel-irqchip=on"]),
+    "-accel kvm -accel tcg (a fallback never used)": (["-accel", "kvm", "-accel", "tcg"], lambda s: m(s) == []),
     "-cpu host": (["-cpu", "host"], lambda s: s.cpu == "host" and s.cpu_features == {}),
     "-cpu max": (["-cpu", "max"], lambda s: s.cpu_features == {}),
     "-cpu host,-arch-capabilities": (["-cpu", "host,-arch-capabilities"],
@@ -108,6 +119,13 @@ ACCEPTED: dict[str, tuple[list[str], object]] = {
     "-qmp takes the monitor off stdio": (["-nographic", "-qmp", "tcp:127.0.0.1:0,server=on,wait=off"],
                                          lambda s: s.serial == ["stdio"]),
     "-nographic: serial0 on a stdio mux": (["-nographic"], lambda s: s.serial == ["mon:stdio"]),
+    "-nographic sets graphics=off (fw_cfg NOGRAPHIC 1)": (["-M", "microvm", "-nographic"],
+                                                         lambda s: s.machine == ["graphics=off", "microvm"]),
+    "no display option: as -nographic, graphics=off": (["-M", "microvm"], lambda s: s.machine == ["graphics=off", "microvm"]),
+    "-display none leaves graphics on (NOGRAPHIC 0)": (["-M", "microvm", "-display", "none"],
+                                                      lambda s: s.machine == ["microvm"]),
+    "-M graphics=on wins over the implied graphics=off": (["-M", "microvm,graphics=on", "-nographic"],
+                                                          lambda s: machine_value(s, "graphics") is True),
     "no display option: as -nographic": ([], lambda s: s.serial == ["mon:stdio"]),
     "-nodefaults: no serial port": (["-nodefaults"], lambda s: s.serial == ["none"]),
     "-nodefaults -nographic: no serial port": (["-nodefaults", "-nographic"], lambda s: s.serial == ["none"]),
@@ -131,6 +149,10 @@ ACCEPTED: dict[str, tuple[list[str], object]] = {
     "-no-user-config": (["-no-user-config"], lambda s: True),
     "-no-acpi, -no-hpet (microvm has neither)": (["-no-acpi", "-no-hpet"], lambda s: True),
     "-metrics (microvm's own)": (["-metrics", "m.json"], lambda s: s.metrics == os.path.abspath("m.json")),
+    "-fw_cfg NAME,string=": (["-fw_cfg", "opt/org.example/x,string=a,,b"],
+                             lambda s: s.fw_cfg_files == [("opt/org.example/x", b"a,b")]),
+    "-fw_cfg name=NAME,string= (twice)": (["-fw_cfg", "name=opt/a,string=1", "-fw_cfg", "opt/b,string=2"],
+                                          lambda s: s.fw_cfg_files == [("opt/a", b"1"), ("opt/b", b"2")]),
 }
 
 
@@ -186,6 +208,34 @@ def test_both_spellings_build_the_same_spec(kernel: str, specs: list, capsys) ->
     assert run_main(run_line, capsys)[0] == 0
     a, b = specs
     assert repr(a) == repr(b)
+
+
+def test_fw_cfg_file_both_spellings_and_the_opt_warning(kernel: str, specs: list, capsys, tmp_path) -> None:
+    """-fw_cfg name=NAME,file=PATH reads the file when the line is parsed (as QEMU does);
+    --fw-cfg is the same row; a name outside opt/ gets QEMU's warning and is still added."""
+    blob = tmp_path / "blob"
+    blob.write_bytes(b"\0\1binary\xff")
+    for argv in (["-kernel", kernel, "-fw_cfg", f"name=opt/b,file={blob}", "-fw_cfg", "etc/mine,string=x"],
+                 ["run", "--kernel", kernel, "--fw-cfg", f"name=opt/b,file={blob}", "--fw-cfg", "etc/mine,string=x"]):
+        rv, out, err = run_main(argv, capsys)
+        assert (rv, out) == (0, "")
+        dash = "-fw_cfg" if argv[0] == "-kernel" else "--fw-cfg"
+        assert err == (f'microvm: warning: {dash} etc/mine,string=x: externally provided fw_cfg item names should be '
+                       f'prefixed with "opt/"\n')
+    assert [s.fw_cfg_files for s in specs] == [[("opt/b", b"\0\1binary\xff"), ("etc/mine", b"x")]] * 2
+
+
+@pytest.mark.parametrize("spelling, status, prefix", [("qemu", 1, "microvm: "), ("run", 2, "microvm: error: ")])
+def test_an_empty_pidfile_name_is_refused_as_qemu_does(spelling, status, prefix, kernel: str, specs: list, capsys,
+                                                       tmp_path, monkeypatch) -> None:
+    """QEMU 7.2: -pidfile "" is 'cannot create PID file: Could not create '': No such file
+    or directory', status 1; it was ignored here (a truth test on the value)."""
+    monkeypatch.chdir(tmp_path)
+    argv = ["-kernel", kernel, "-pidfile", ""] if spelling == "qemu" else ["run", "--kernel", kernel, "--pidfile", ""]
+    rv, out, err = run_main(argv, capsys)
+    assert (rv, out, specs) == (status, "", [])
+    assert err == f"{prefix}cannot create PID file: Could not create '': No such file or directory\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["vmlinux"]          # nothing created
 
 
 def test_every_qemu_option_maps_or_is_refused(capsys) -> None:
@@ -248,6 +298,31 @@ REFUSED: dict[str, tuple[list[str], str]] = {
     "-M other machine": (["-M", "pc"], r"unsupported machine type 'pc': only 'microvm' is provided"),
     "-M unknown key": (["-M", "microvm,bogus=on"], r"unknown machine option 'bogus'; known: .*isa-serial"),
     "-M bad value": (["-M", "microvm,pit=maybe"], r"machine option pit=maybe: expected on, off or auto"),
+    # QEMU 7.2 microvm's options for what microvm lacks: asking for the thing is refused
+    "-M acpi=on": (["-M", "microvm,acpi=on"], r"^microvm: machine option acpi=on: unsupported on microvm \(microvm has no ACPI\)$"),
+    "-M acpi=auto (QEMU's auto is on)": (["-M", "microvm,acpi=auto"], r"machine option acpi=auto: unsupported on microvm"),
+    "-M pcie=on": (["-M", "microvm,acpi=off,pcie=on"], r"machine option pcie=on: unsupported on microvm \(microvm has no PCIe\)"),
+    "-M ioapic2=on": (["-M", "microvm,ioapic2=on"], r"machine option ioapic2=on: unsupported on microvm \(microvm has one IOAPIC\)"),
+    "-M usb=on": (["-M", "microvm,usb=on"], r"machine option usb=on: unsupported on microvm \(microvm has no USB\)"),
+    "-M smm=on": (["-M", "microvm,smm=on"], r"machine option smm=on: unsupported on microvm \(microvm has no System Management Mode\)"),
+    "-M smm=auto (QEMU's auto is on under KVM)": (["-M", "microvm,smm=auto"], r"machine option smm=auto: unsupported on microvm"),
+    "-M acpi=maybe": (["-M", "microvm,acpi=maybe"], r"machine option acpi=maybe: expected on, off or auto"),
+    # -fw_cfg as QEMU 7.2's parse_fw_cfg refuses it (its words)
+    "-fw_cfg without content": (["-fw_cfg", "opt/x"], r"^microvm: -fw_cfg opt/x: name, plus exactly one of file, "
+                                r"string and gen_id, are needed$"),
+    "-fw_cfg without a name": (["-fw_cfg", "string=a"], r"-fw_cfg string=a: name, plus exactly one of"),
+    "-fw_cfg empty name": (["-fw_cfg", "name=,string=a"], r"-fw_cfg name=,string=a: name, plus exactly one of"),
+    "-fw_cfg empty string": (["-fw_cfg", "opt/x,string="], r"-fw_cfg opt/x,string=: name, plus exactly one of"),
+    "-fw_cfg file and string": (["-fw_cfg", "opt/x,file=f,string=s"], r"-fw_cfg opt/x,file=f,string=s: name, plus exactly one of"),
+    "-fw_cfg gen_id": (["-fw_cfg", "name=opt/x,gen_id=g"], r"-fw_cfg name=opt/x,gen_id=g: gen_id is unsupported on microvm"),
+    "-fw_cfg unknown key": (["-fw_cfg", "opt/x,foo=bar"], r"-fw_cfg opt/x,foo=bar: Invalid parameter 'foo'$"),
+    "-fw_cfg name of 56 bytes": (["-fw_cfg", "opt/" + "a" * 52 + ",string=a"], r": name too long \(max. 55 char\)$"),
+    "-fw_cfg missing file": (["-fw_cfg", "opt/x,file=/nonexistent-dir/f"],
+                             r"-fw_cfg opt/x,file=/nonexistent-dir/f: can't load /nonexistent-dir/f: No such file or directory$"),
+    "-fw_cfg a directory": (["-fw_cfg", "opt/x,file=/"], r"-fw_cfg opt/x,file=/: can't load /: Is a directory$"),
+    "-fw_cfg a device": (["-fw_cfg", "opt/x,file=/dev/zero"], r"can't load /dev/zero: not a regular file$"),
+    "-fw_cfg the same name twice": (["-fw_cfg", "opt/x,string=a", "-fw_cfg", "name=opt/x,string=b"],
+                                    r"^microvm: -fw_cfg name=opt/x,string=b: duplicate fw_cfg file name: opt/x$"),
     "-M malformed": (["-M", "microvm,pit"], r"-M microvm,pit: Expected '=' after parameter 'pit'"),
     "-M empty item": (["-M", "microvm,,"], r"-M microvm,,: Invalid parameter ''"),
     "-display gtk": (["-display", "gtk"], r"-display gtk: unsupported on microvm \(microvm has no display"),
@@ -365,6 +440,38 @@ def test_machine_help_and_machine_options(capsys) -> None:
     assert '  pic=<OnOffAuto>        - Enable i8259 PIC (default: "auto"; auto means on)' in out.splitlines()
     assert re.search(r"  kernel-irqchip=<str>   - .* \(auto means split when the ioapic plugin is installed, else on\)", out)
     assert "  isa-serial=<bool>      - Set off to disable the instantiation an ISA serial port (default: true)" in out
+
+
+@pytest.mark.parametrize("text, values", [
+    ("microvm,acpi=off", {"acpi": "off"}),
+    ("microvm,acpi=off,pcie=off,ioapic2=off,usb=off,smm=off",
+     {"acpi": "off", "pcie": "off", "ioapic2": "off", "usb": False, "smm": "off"}),
+    ("microvm,pcie=auto,ioapic2=auto", {"pcie": "auto", "ioapic2": "auto"}),       # QEMU's auto: off without ACPI
+    ("microvm,usb=no", {"usb": False}),
+    ("microvm", {"acpi": "off", "pcie": "auto", "ioapic2": "auto", "usb": False, "smm": "off"}),
+])
+def test_qemus_options_for_what_microvm_lacks_take_their_off_value(text: str, values: dict) -> None:
+    """QEMU users run microvm as `-M microvm,acpi=off` (QEMU 7.2 turns ACPI on by default):
+    the value that describes microvm is accepted and changes nothing; the devices stay the
+    same."""
+    from microvm.plugins import plugin_host
+
+    opts = plugin_host().options
+    parsed = opts.parse_machine([text])
+    assert {k: parsed[k] for k in values} == values
+    assert opts.legacy_devices(parsed) == opts.legacy_devices(opts.parse_machine(["microvm"]))
+
+
+def test_machine_help_lists_qemus_options_for_what_microvm_lacks(capsys) -> None:
+    rv, out, _ = run_main(["-M", "microvm,help"], capsys)
+    assert rv == 0
+    lines = out.splitlines()
+    assert any(ln.startswith("  acpi=<OnOffAuto>       - Enable ACPI: off only") for ln in lines), out
+    assert any(ln.startswith("  pcie=<OnOffAuto>") and "auto means off" in ln for ln in lines), out
+    for name in ("ioapic2=<OnOffAuto>", "smm=<OnOffAuto>", "usb=<bool>"):
+        assert any(ln.startswith(f"  {name}") for ln in lines), name
+    rv, out, _ = run_main(["machine"], capsys)
+    assert rv == 0 and "  acpi=OnOffAuto (default off) [core]" in out and "  usb=bool (default off) [core]" in out
 
 
 def test_backend_cpu_accel_display_help(capsys) -> None:

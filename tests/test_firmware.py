@@ -192,6 +192,7 @@ def test_pvh_guest_reads_fw_cfg_by_port_and_dma(guest_cache):
     r = run_microvm("run", "--kernel", str(elf), "-m", "128M", "--no-reboot")
     assert r.stdout.decode() == (
         "FWCFG SIG=QEMU ID=3 DMA-SIG=QEMU CFG\n"
+        "CPUS=1 MAX=1 NOGRAPHIC=1\n"      # no display option: as -nographic
         "FILES=4\n"
         " 0020 0 bios-geometry\n"
         " 0021 0 bootorder\n"
@@ -203,6 +204,42 @@ def test_pvh_guest_reads_fw_cfg_by_port_and_dma(guest_cache):
         "DONE\n"
     )
     assert r.returncode == 0, r.stderr
+    # -display none keeps QEMU's graphics=on: NOGRAPHIC 0, as QEMU 7.2 gives it
+    r = run_microvm("-kernel", str(elf), "-no-reboot", "-display", "none", "-serial", "stdio")
+    assert r.stdout.decode().splitlines()[1] == "CPUS=1 MAX=1 NOGRAPHIC=0", r.stderr
+
+
+@pytest.mark.kvm
+@requires_kvm
+def test_fw_cfg_option_files_cpu_counts_and_nographic_reach_the_guest(guest_cache, tmp_path):
+    """QEMU's spelling with -fw_cfg (a string and a file), -smp 2,maxcpus=4 and -nographic:
+    the guest finds the files in the directory, sorted among the machine's, reads the first
+    one's bytes by port, and sees MAX_CPUS 4 and NOGRAPHIC 1. QEMU 7.2 prints the same for
+    this line (-M microvm,acpi=off,x-option-roms=off), plus its etc/fdt."""
+    elf = build_guest("fwcfg-pvh", guest_cache)
+    blob = tmp_path / "blob.txt"
+    blob.write_bytes(b"bytes from a host file")
+    r = run_microvm("-M", "microvm,acpi=off,x-option-roms=off", "-kernel", str(elf), "-m", "128M", "-no-reboot",
+                    "-smp", "2,maxcpus=4", "-nographic",
+                    "-fw_cfg", "opt/org.example/greeting,string=hello from the host",
+                    "-fw_cfg", f"name=opt/a.blob,file={blob}")
+    assert r.stdout.decode() == (
+        "FWCFG SIG=QEMU ID=3 DMA-SIG=QEMU CFG\n"
+        "CPUS=2 MAX=4 NOGRAPHIC=1\n"
+        "FILES=6\n"
+        " 0020 0 bios-geometry\n"
+        " 0021 0 bootorder\n"
+        " 0022 4 etc/boot-fail-wait\n"
+        " 0023 40 etc/e820\n"
+        " 0024 22 opt/a.blob\n"
+        " 0025 19 opt/org.example/greeting\n"
+        "DMA etc/e820 CTL=0\n"
+        "E820 00000000feffc000 0000000000004000 2\n"
+        "E820 0000000000000000 0000000008000000 1\n"
+        "OPT opt/a.blob=bytes from a host file\n"
+        "DONE\n"
+    ), r.stderr
+    assert (r.returncode, r.stderr) == (0, b"")
 
 
 @pytest.mark.kvm
@@ -248,3 +285,14 @@ def test_bios_with_kernel_needs_fw_cfg(guest_cache):
     r = run_microvm("run", "--bios", str(rom), "--kernel", str(elf), env={"MICROVM_PLUGINS_DENY": "fw_cfg"})
     assert r.returncode == 2
     assert b"no installed plugin hands the kernel to the firmware" in r.stderr
+
+
+@pytest.mark.kvm
+@requires_kvm
+def test_fw_cfg_option_without_the_fw_cfg_plugin_is_refused(guest_cache):
+    """QEMU refuses -fw_cfg when the machine has no fw_cfg device ("fw_cfg device not
+    available"); without the microvm-fw-cfg plugin nothing would publish the file."""
+    elf = build_guest("hello-pvh", guest_cache)
+    r = run_microvm("-kernel", str(elf), "-no-reboot", "-fw_cfg", "opt/x,string=1", env={"MICROVM_PLUGINS_DENY": "fw_cfg"})
+    assert (r.returncode, r.stdout) == (1, b"")
+    assert r.stderr == b"microvm: -fw_cfg opt/x: fw_cfg device not available (install microvm-fw-cfg)\n"

@@ -145,6 +145,80 @@ def load_firmware_file(name: str, max_size: int = 1 << 20) -> bytes:
     return read_bounded(path, max_size, f"firmware file '{name}' ({path})")
 
 
+#: QEMU's FW_CFG_MAX_FILE_PATH (56): a fw_cfg file name is at most 55 bytes
+FW_CFG_MAX_FILE_PATH = 56
+#: a fw_cfg file's size is a be32 in the directory
+FW_CFG_FILE_MAX = 0xFFFFFFFF
+_FW_CFG_KEYS = ("name", "file", "string", "gen_id")
+
+
+def parse_fw_cfg_option(text: str) -> tuple[str, bytes]:
+    """QEMU 7.2's ``-fw_cfg [name=]NAME,file=PATH`` or ``-fw_cfg [name=]NAME,string=STR``
+    (``parse_fw_cfg`` in ``softmmu/vl.c``): (the file's name, its bytes).
+
+    As QEMU: the name is required and exactly one of ``file``/``string``/``gen_id`` is
+    given (an empty value counts as not given), the name is at most 55 bytes, a ``string``
+    goes in without its NUL, a key given twice keeps the last value, ``,,`` is a comma.
+    ``gen_id`` (content from an ``-object``) is refused: microvm has no ``-object``. The file
+    is read now, as QEMU reads it when it creates the devices; it must be a regular file
+    (a FIFO or a device could block or never end). Whether the name starts with ``opt/``
+    (QEMU warns otherwise) is the caller's to say; duplicates are the device's to refuse.
+    """
+    from ..config import split_props
+    from ..errors import ConfigError
+
+    where = f"--fw-cfg {text}"
+    props: dict[str, str] = {}
+    for n, item in enumerate(split_props(text)):
+        if item == "":
+            continue
+        key, eq, value = item.partition("=")
+        if not eq:
+            if n != 0:
+                raise ConfigError(f"{where}: '{item}' needs a value (name=NAME, file=PATH or string=STR)")
+            key, value = "name", item
+        if key not in _FW_CFG_KEYS:
+            raise ConfigError(f"{where}: Invalid parameter '{key}'")
+        props[key] = value
+    name = props.get("name", "")
+    given = [k for k in ("file", "string", "gen_id") if props.get(k)]
+    if not name or len(given) != 1:
+        raise ConfigError(f"{where}: name, plus exactly one of file, string and gen_id, are needed")
+    if len(name.encode()) > FW_CFG_MAX_FILE_PATH - 1:
+        raise ConfigError(f"{where}: name too long (max. {FW_CFG_MAX_FILE_PATH - 1} char)")
+    if given[0] == "gen_id":
+        raise ConfigError(f"{where}: gen_id is unsupported on microvm (it names an -object, which microvm does not have)")
+    if given[0] == "string":
+        return name, props["string"].encode()
+    path = props["file"]
+    what = f"{where}: can't load {path}"
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as e:
+        raise ConfigError(f"{what}: {e.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise ConfigError(f"{what}: Is a directory")
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError(f"{what}: not a regular file")
+        if st.st_size > FW_CFG_FILE_MAX:
+            raise ConfigError(f"{what}: {st.st_size} bytes, more than a fw_cfg file holds (4 GiB - 1)")
+        data = bytearray()
+        while len(data) < st.st_size:
+            chunk = os.read(fd, st.st_size - len(data))
+            if not chunk:
+                break
+            data += chunk
+        if len(data) != st.st_size:
+            raise ConfigError(f"{what}: the file changed while it was read")
+        return name, bytes(data)
+    except OSError as e:
+        raise ConfigError(f"{what}: {e.strerror}") from None
+    finally:
+        os.close(fd)
+
+
 def map_firmware(memory: Any, fw: Firmware) -> mmap.mmap:
     """Put the image in an anonymous mapping and make it guest-visible through ``memory``
     (its overlays): at ``fw.base`` up to 4 GiB, and its last ``fw.isa_size`` bytes below

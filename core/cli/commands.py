@@ -8,8 +8,22 @@ from .main import error, oneline, setup_logging
 from ..log import get_logger, say
 
 log = get_logger("microvm.cli")
-#: the -d log items microvm knows (QEMU has more, for its TCG)
-LOG_ITEMS = frozenset({"guest_errors"})
+#: the -d log items microvm has, with QEMU's descriptions (``-d help``)
+LOG_ITEMS = {
+    "guest_errors": "log when the guest OS does something invalid (eg accessing a\nnon-existent register)",
+}
+#: QEMU 7.2's other -d items: they trace its TCG emulator or user-mode emulation, which
+#: microvm does not have
+QEMU_LOG_ITEMS = frozenset({"out_asm", "in_asm", "op", "op_opt", "op_ind", "int", "exec", "cpu", "fpu", "mmu",
+                            "pcall", "cpu_reset", "unimp", "page", "nochain", "plugin", "strace", "tid"})
+
+
+def log_items_help() -> str:
+    """``-d help``, in QEMU's layout: the items microvm has."""
+    lines = ["Log items (comma separated):", *(f"{n:<15} {h}" for n, h in LOG_ITEMS.items()),
+             "", "QEMU's other items (" + ", ".join(sorted(QEMU_LOG_ITEMS)) + ") trace its TCG emulator: "
+             "not in microvm."]
+    return "\n".join(lines) + "\n"
 
 
 def run_command(**options: Any) -> int:
@@ -47,7 +61,8 @@ class Reporter:
         return 1
 
     def warn(self, msg: str) -> None:
-        say(f"microvm: warning: {msg}\n")
+        msg = oneline(msg)
+        say(f"microvm: warning: {qemu_words(msg) if self.style == 'qemu' else msg}\n")
 
 
 def qemu_words(msg: str) -> str:
@@ -75,9 +90,17 @@ def run_options(o: dict[str, Any], style: str = "run") -> int:
     except OSError as e:
         return rep.usage(f"-D {o['logfile']}: cannot open the log file: {e.strerror}")
     items = {i for text in o["log_items"] for i in text.split(",") if i}
-    unknown = items - LOG_ITEMS
+    if items & {"help", "?"}:
+        say(log_items_help(), sys.stdout)
+        return 1 if style == "qemu" else 0  # QEMU 7.2 exits 1 after -d help (measured)
+    unknown = items - set(LOG_ITEMS)
     if unknown:
-        return rep.usage(f"-d {','.join(sorted(unknown))}: unknown log item (supported: {', '.join(sorted(LOG_ITEMS))})")
+        tcg = unknown & QEMU_LOG_ITEMS
+        if tcg:
+            return rep.usage(f"-d {','.join(sorted(tcg))}: unsupported on microvm (QEMU's TCG tracing; "
+                             f"microvm has {', '.join(LOG_ITEMS)}; -d help lists them)")
+        return rep.usage(f"-d {','.join(sorted(unknown))}: unknown log item (supported: {', '.join(LOG_ITEMS)}; "
+                         "-d help lists them)")
     from ..log import log_every_event
 
     log_every_event("guest_errors" in items or o["verbose"] > 0)
@@ -94,8 +117,9 @@ def run_options(o: dict[str, Any], style: str = "run") -> int:
         from .tospec import build_spec, parse_name
 
         spec = build_spec(o, rep.warn)
+        notice = None
         if spec.kernel is None and spec.bios is None and spec.drives:
-            _firmware_for_disk(spec, say)
+            notice = _firmware_for_disk(spec, rep)
         if spec.kernel is None and spec.bios is None:
             from ..guest import GuestBuildError, GuestNotBuilt, default_guest
 
@@ -119,13 +143,17 @@ def run_options(o: dict[str, Any], style: str = "run") -> int:
         pidfile = None
         saved = daemon.exit_on_termination()  # until the machine takes SIGTERM/SIGHUP over
         try:
-            if o["pidfile"]:
+            if o["pidfile"] is not None:
                 pidfile = daemon.PidFile(o["pidfile"])
             from ..machine import run_spec
 
             ready = None
-            if detached is not None:
-                ready = lambda: detached.ready(keep_stderr=bool(o["logfile"]))  # noqa: E731
+            if detached is not None or notice is not None:
+                def ready() -> None:  # the first machine is built: the line was valid
+                    if notice is not None:
+                        say(notice)
+                    if detached is not None:
+                        detached.ready(keep_stderr=bool(o["logfile"]))
             return run_spec(spec, ready=ready)
         finally:
             if pidfile is not None:
@@ -143,20 +171,22 @@ def run_options(o: dict[str, Any], style: str = "run") -> int:
         return 1
 
 
-def _firmware_for_disk(spec: Any, say: Any) -> None:
+def _firmware_for_disk(spec: Any, rep: Reporter) -> str:
     """No --kernel but a disk: boot the default firmware, as QEMU's microvm does without
-    ACPI (qboot.rom), and say plainly what will happen: neither firmware can boot from a
-    virtio-mmio disk here."""
+    ACPI (qboot.rom); returns the notice that says plainly what will happen (neither firmware
+    can boot from a virtio-mmio disk here), in the options' spelling, for the caller to print
+    once the machine is built (a line that is refused gets its one error line only)."""
     from ..boot.firmware import DEFAULT_FIRMWARE
 
     spec.bios = DEFAULT_FIRMWARE
-    say(
+    text = (
         f"microvm: no --kernel: booting the firmware {DEFAULT_FIRMWARE}, as QEMU's microvm does. It cannot boot "
         "from the disk: qboot boots only a kernel handed over through fw_cfg and otherwise halts silently, and "
-        "SeaBIOS (--bios /usr/share/seabios/bios-microvm.bin) finds virtio-mmio disks only through ACPI, which "
-        "microvm does not have ('No bootable device.'). To boot from the disk, give its kernel: "
-        "--kernel FILE --append 'root=/dev/vda ...'. C-a x quits.\n"
+        "SeaBIOS, with --bios /usr/share/seabios/bios-microvm.bin, finds virtio-mmio disks only through ACPI, "
+        "which microvm does not have ('No bootable device.'). To boot from the disk, give its kernel: "
+        "--kernel FILE --append 'root=/dev/vda ...'." + (" C-a x quits." if "mon:stdio" in spec.serial else "")
     )
+    return (qemu_words(text) if rep.style == "qemu" else text) + "\n"
 
 
 def plugins_command() -> int:

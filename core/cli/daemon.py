@@ -74,7 +74,9 @@ class PidFile:
     def __init__(self, path: str) -> None:
         import fcntl
 
-        self.path = os.path.abspath(path)  # -daemonize changes to / before the removal
+        # absolute: -daemonize changes to / before the removal; "" stays "" (abspath would
+        # make it the working directory), which fails as QEMU's does: No such file or directory
+        self.path = os.path.abspath(path) if path else path
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as e:

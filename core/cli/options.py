@@ -81,6 +81,9 @@ RUN_OPTIONS: tuple[RunOption, ...] = (
               "Firmware image (qboot.rom, /usr/share/seabios/bios-microvm.bin, ...): boot through it instead of "
               "loading the kernel directly; a bare name is searched in /usr/share/qemu, /usr/share/seabios.",
               "FILE", ("bios",)),
+    RunOption(("--fw-cfg",), "fw_cfg", "list", (),
+              "[name=]NAME,file=PATH or [name=]NAME,string=STR: a file in fw_cfg for the firmware or the guest "
+              "(names should start with opt/; repeatable).", "ITEM", ("fw_cfg",)),
     RunOption(("--nodefaults",), "nodefaults", "flag", False,
               "No default devices: no serial port unless --serial/--chardev ask for one.", "", ("nodefaults",)),
     RunOption(("--no-user-config",), "no_user_config", "flag", False,

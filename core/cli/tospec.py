@@ -150,6 +150,13 @@ def uses_stdio(serial: list[str], chardevs: list[str]) -> str | None:
     return None
 
 
+def no_display(o: dict[str, Any]) -> bool:
+    """The line asks for no display: ``-nographic``, or no display option at all (microvm
+    has no graphical display, so it then behaves as ``-nographic``; with ``-daemonize`` as
+    ``-display none``, where stdio is not there). ``-display none`` keeps QEMU's graphics=on."""
+    return bool(o["nographic"] or (o["display"] is None and not o["daemonize"]))
+
+
 def default_serial(o: dict[str, Any]) -> list[str]:
     """The serial ports, as QEMU 7.2's ``qemu_create_default_devices`` makes them.
 
@@ -165,8 +172,7 @@ def default_serial(o: dict[str, Any]) -> list[str]:
         return list(o["serial"])
     if o["nodefaults"]:
         return ["none"]
-    on_stdio = o["nographic"] or (o["display"] is None and not o["daemonize"])
-    if not on_stdio:
+    if not no_display(o):
         return ["null"]
     monitor_taken = bool(o["monitor"] or o["qmp"] or o["mon"])
     return ["stdio"] if monitor_taken else ["mon:stdio"]
@@ -200,6 +206,11 @@ def build_spec(o: dict[str, Any], warn: Callable[[str], None]) -> Any:
     irqchip = accel_irqchip(o["accel"], machine_accels)
     if irqchip is not None:  # -accel's value wins over -M kernel-irqchip=, as in QEMU
         machine.append(f"kernel-irqchip={irqchip}")
+    if no_display(o):
+        # QEMU 7.2's -nographic puts graphics=off into the machine options (fw_cfg's
+        # NOGRAPHIC 1: SeaBIOS then writes its console to the serial port, which is on stdio);
+        # first, so that a -M graphics=on the user wrote wins
+        machine.insert(0, "graphics=off")
     if o["cpu"] != "host":
         from ..boot.cpufeatures import parse_cpu
 
@@ -219,9 +230,12 @@ def build_spec(o: dict[str, Any], warn: Callable[[str], None]) -> Any:
         devices=list(o["device"]), drives=list(o["drive"]), chardevs=list(o["chardev"]),
         netdevs=list(o["netdev"]), serial=serial, metrics=metrics, name=name,
         qmp=list(o["qmp"]), mon=list(o["mon"]), prelaunch=o["prelaunch"], no_shutdown=o["no_shutdown"],
-        bios=o["bios"],
+        bios=o["bios"], fw_cfg=list(o["fw_cfg"]),
     )
     spec.validate()
+    for text, (name, _) in zip(spec.fw_cfg, spec.fw_cfg_files):
+        if not name.startswith("opt/"):  # QEMU 7.2's warning, word for word
+            warn(f'--fw-cfg {text}: externally provided fw_cfg item names should be prefixed with "opt/"')
     for option, configs in (("-chardev", spec.chardev_configs), ("-netdev", spec.netdev_configs)):
         for cfg in configs.values():  # QEMU 7.2 accepts these with a warning
             for given, key, value in cfg.short_flags:

@@ -1,9 +1,11 @@
 /* fw_cfg from the guest's side, as a firmware uses it: the signature, the ID and the file
  * directory by port I/O (selector 0x510, data 0x511), the DMA register's "QEMU CFG", then
  * etc/e820 by DMA (an FWCfgDmaAccess with SELECT|READ, its address written big-endian to
- * 0x514/0x518). Prints on COM1, e.g.
+ * 0x514/0x518), NB_CPUS/MAX_CPUS/NOGRAPHIC, and the first 64 bytes of the first opt/ file
+ * (-fw_cfg opt/...). Prints on COM1, e.g.
  *
  *   FWCFG SIG=QEMU ID=3 DMA-SIG=QEMU CFG
+ *   CPUS=1 MAX=1 NOGRAPHIC=0
  *   FILES=4
  *    0020 0 bios-geometry
  *    ...
@@ -11,6 +13,7 @@
  *   DMA etc/e820 CTL=0
  *   E820 00000000feffc000 0000000000004000 2
  *   E820 0000000000000000 0000000008000000 1
+ *   OPT opt/org.example/greeting=hello      (only with an opt/ file)
  *   DONE
  *
  * then triple-faults. fwcfg-bios.S reads it the same way from real mode, as a -bios image. */
@@ -21,6 +24,10 @@
         .set FW_CFG_DMA_HI, 0x514
         .set FW_CFG_DMA_LO, 0x518
         .set FW_CFG_ID, 0x01
+        .set FW_CFG_NOGRAPHIC, 0x04
+        .set FW_CFG_NB_CPUS, 0x05
+        .set FW_CFG_MAX_CPUS, 0x0f
+        .set OPT_MAX, 64                /* bytes of the opt/ file printed */
         .set FW_CFG_FILE_DIR, 0x19
         .set DMA_SELECT_READ, 0x0a      /* FW_CFG_DMA_CTL_SELECT | FW_CFG_DMA_CTL_READ */
         .set BUF_SIZE, 480              /* 24 e820 entries */
@@ -67,6 +74,18 @@ _start:
         call puts
         call newline
 
+        /* the CPU counts and NOGRAPHIC: le16 each */
+        mov $m_cpus, %esi
+        mov $FW_CFG_NB_CPUS, %eax
+        call put_le16_key
+        mov $m_max, %esi
+        mov $FW_CFG_MAX_CPUS, %eax
+        call put_le16_key
+        mov $m_nogr, %esi
+        mov $FW_CFG_NOGRAPHIC, %eax
+        call put_le16_key
+        call newline
+
         /* the file directory: be32 count, then {be32 size, be16 select, u16, name[56]} */
         mov $FW_CFG_FILE_DIR, %eax
         call fw_select
@@ -104,6 +123,19 @@ dir_next:
         mov $fname, %esi
         call puts
         call newline
+        cmpl $0, optsel                 /* remember the first opt/ file */
+        jne 3f
+        cmpl $0x2f74706f, fname         /* "opt/" */
+        jne 3f
+        mov fsel, %eax
+        mov %eax, optsel
+        mov fsize, %eax
+        mov %eax, optsize
+        mov $fname, %esi
+        mov $optname, %edi
+        mov $56, %ecx
+        rep movsb
+3:
         mov $fname, %esi
         mov $n_e820, %edi
         call streq
@@ -181,6 +213,28 @@ no_e820:
         mov $m_none, %esi
         call puts
 done:
+        /* the first opt/ file, by port: at most OPT_MAX bytes, as a string */
+        mov optsel, %eax
+        test %eax, %eax
+        jz 4f
+        call fw_select
+        mov optsize, %ecx
+        cmp $OPT_MAX, %ecx
+        jbe 5f
+        mov $OPT_MAX, %ecx
+5:      mov $optbuf, %edi
+        call fw_read
+        movb $0, (%edi)
+        mov $m_opt, %esi
+        call puts
+        mov $optname, %esi
+        call puts
+        mov $'=', %al
+        call putc
+        mov $optbuf, %esi
+        call puts
+        call newline
+4:
         mov $m_done, %esi
         call puts
         SHUTDOWN
@@ -191,6 +245,23 @@ fw_select:
         mov $FW_CFG_SEL, %dx
         out %ax, %dx
         pop %edx
+        ret
+/* put_le16_key: the label at %esi, then key %eax's le16 value in decimal */
+put_le16_key:
+        push %ecx
+        push %edx
+        call puts
+        call fw_select
+        mov $FW_CFG_DATA, %dx
+        in %dx, %al
+        movzbl %al, %ecx
+        in %dx, %al
+        movzbl %al, %eax
+        shl $8, %eax
+        or %ecx, %eax
+        call putdec
+        pop %edx
+        pop %ecx
         ret
 /* fw_read: %ecx data bytes to (%edi) */
 fw_read:
@@ -273,6 +344,10 @@ m_dma:  .asciz "DMA etc/e820 CTL="
 m_e820: .asciz "E820 "
 m_none: .asciz "NO etc/e820\n"
 m_done: .asciz "DONE\n"
+m_cpus: .asciz "CPUS="
+m_max:  .asciz " MAX="
+m_nogr: .asciz " NOGRAPHIC="
+m_opt:  .asciz "OPT "
 n_e820: .asciz "etc/e820"
 hexdigits: .ascii "0123456789abcdef"
 
@@ -289,3 +364,7 @@ fsize:  .space 4
 fsel:   .space 4
 e820sel: .space 4
 e820size: .space 4
+optsel: .space 4
+optsize: .space 4
+optname: .space 60
+optbuf: .space OPT_MAX + 4

@@ -26,13 +26,15 @@ kernel items in ``microvm_memory_init`` and fixes the command line up at machine
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING
 
-from .device import FwCfg
+from .device import FwCfg, FwCfgError
 from .items import bios_geometry, bootorder, e820_table, microvm_e820, rom_devpath, sort_boot_devices
 from .keys import FW_CFG_IRQ0_OVERRIDE, FW_CFG_MAX_CPUS, FW_CFG_NB_CPUS, FW_CFG_RAM_SIZE
 
 if TYPE_CHECKING:
+    from typing import Callable, Sequence
+
     from microvm.api import GuestMemory
 
     from .linux import LinuxBoot
@@ -111,8 +113,16 @@ def microvm_fw_cfg(memory: GuestMemory | None, cfg: MicrovmFwCfgConfig) -> FwCfg
     fw.add_i32(FW_CFG_IRQ0_OVERRIDE, 1)
     fw.add_file("etc/e820", e820_table(microvm_e820(cfg.ram_regions, kvm=cfg.kvm)))
 
+    # after the machine's own, as QEMU adds -fw_cfg's; bootorder and bios-geometry come at
+    # the first reset in QEMU (replacing a file of that name), so their slots stay free
+    later = {"bootorder", "bios-geometry"} - {name for name, _ in cfg.extra_files}
     for name, data in cfg.extra_files:
-        fw.add_file(name, data)
+        try:
+            if len(fw.files()) + len(later) >= fw.file_slots:
+                raise FwCfgError(f"fw_cfg: no file slot left for {name} ({fw.file_slots} slots)")
+            fw.add_file(name, data)
+        except FwCfgError as e:
+            raise FwCfgError(f"{name}: {e}") from None
     fw.modify_file("bootorder", bootorder(sort_boot_devices(cfg.boot_devices), strict=cfg.boot_strict))
     fw.modify_file("bios-geometry", bios_geometry(cfg.lchs))
     if cfg.linux is not None:

@@ -31,17 +31,29 @@ OPTION_ROM_MAX = 1 << 20
 
 @hookimpl(tryfirst=True)
 def create_devices(ctx: Any) -> None:
+    from .device import FwCfgError
     from .machine import MicrovmFwCfgConfig, microvm_fw_cfg
 
-    fw = microvm_fw_cfg(ctx.memory, MicrovmFwCfgConfig(
-        ram_size=ctx.ram_size,
-        ram_regions=[(r.gpa, r.size) for r in ctx.memory.regions],
-        cpus=ctx.smp,
-    ))
+    boot = ctx.boot
+    try:
+        fw = microvm_fw_cfg(ctx.memory, MicrovmFwCfgConfig(
+            ram_size=ctx.ram_size,
+            ram_regions=[(r.gpa, r.size) for r in ctx.memory.regions],
+            cpus=ctx.smp,
+            max_cpus=ctx.max_cpus,   # QEMU's machine->smp.max_cpus: -smp 2,maxcpus=4 gives 4
+            # QEMU's !machine->enable_graphics: 1 with -nographic or no display option (both
+            # set -M graphics=off), 0 with -display none
+            nographic=not ctx.switch("graphics"),
+            # the user's --fw-cfg (QEMU's -fw_cfg) files, after the machine's own as in QEMU
+            extra_files=boot.take_fw_cfg_files(NAME),
+        ))
+    except FwCfgError as e:  # a name the machine uses (etc/e820), or no slot left
+        from microvm.api import ConfigError
+
+        raise ConfigError(f"--fw-cfg {e}") from None
     for base, length, dev, name in fw.port_ranges():
         ctx.add_pio_device(dev, base, length, name)
     ctx.devices[NAME] = fw
-    boot = ctx.boot
     if boot.firmware is not None and boot.kernel is not None:
         boot.hand_over(NAME)
 
@@ -66,5 +78,10 @@ def machine_start(ctx: Any) -> None:
             linux = load_linux(boot.kernel, cmdline, boot.initrd, below_4g_mem_size=boot.below_4g)
     except LinuxBootError as e:
         raise BootError(f"firmware boot: {e}") from None
-    add_linux(ctx.devices[NAME], linux, option_roms=ctx.switch("x-option-roms"),
-              rom_loader=lambda name: load_firmware_file(name, OPTION_ROM_MAX))
+    from .device import FwCfgError
+
+    try:
+        add_linux(ctx.devices[NAME], linux, option_roms=ctx.switch("x-option-roms"),
+                  rom_loader=lambda name: load_firmware_file(name, OPTION_ROM_MAX))
+    except FwCfgError as e:  # --fw-cfg genroms/linuxboot_dma.bin took the option ROM's name
+        raise BootError(f"firmware boot: --fw-cfg: {e}") from None

@@ -85,6 +85,26 @@ def fake_roms(monkeypatch, seen: list[str] | None = None) -> None:
     monkeypatch.setattr(api, "load_firmware_file", load, raising=False)
 
 
+def test_max_cpus_is_the_topologys_maxcpus():
+    """QEMU 7.2 microvm publishes machine->smp.max_cpus: -smp 2,maxcpus=4 gives 4 (key 0x0f)
+    while NB_CPUS stays 2."""
+    with TestMachine(smp="2,maxcpus=4") as m:
+        m.create_devices()
+        assert (m.ctx.smp, m.ctx.max_cpus) == (2, 4)
+        p = Port(m)
+        assert p.item(FW_CFG_NB_CPUS, 2) == b"\2\0"
+        assert p.item(FW_CFG_MAX_CPUS, 2) == b"\4\0"
+
+
+@pytest.mark.parametrize("machine, nographic", [("microvm", 0), ("microvm,graphics=on", 0), ("microvm,graphics=off", 1)])
+def test_nographic_follows_the_graphics_machine_option(machine: str, nographic: int):
+    """QEMU writes !machine->enable_graphics: graphics=off (what -nographic, and in microvm
+    a line without a display option, sets) gives 1; the default, graphics=on, 0."""
+    with TestMachine(machine) as m:
+        m.create_devices()
+        assert Port(m).item(FW_CFG_NOGRAPHIC, 2) == bytes([nographic, 0])
+
+
 def test_every_machine_has_fw_cfg_fed_from_the_machine():
     with TestMachine(smp=2, mem_size=64 << 20) as m:
         m.create_devices()
@@ -98,7 +118,7 @@ def test_every_machine_has_fw_cfg_fed_from_the_machine():
         assert p.item(FW_CFG_RAM_SIZE, 8) == (64 << 20).to_bytes(8, "little")
         assert p.item(FW_CFG_NB_CPUS, 2) == b"\2\0"
         assert p.item(FW_CFG_MAX_CPUS, 2) == b"\2\0"
-        assert p.item(FW_CFG_NOGRAPHIC, 2) == b"\1\0"
+        assert p.item(FW_CFG_NOGRAPHIC, 2) == b"\0\0"          # QEMU: 0 unless -nographic
         assert p.item(FW_CFG_IRQ0_OVERRIDE, 4) == b"\1\0\0\0"
         files = p.directory()
         assert sorted(files) == ["bios-geometry", "bootorder", "etc/boot-fail-wait", "etc/e820"]
@@ -242,6 +262,48 @@ def test_duplicate_file_is_refused():
         m.create_devices()
         with pytest.raises(FwCfgError):
             m.ctx.devices["fw_cfg"].add_file("etc/e820", b"")
+
+
+def test_fw_cfg_option_files_are_in_the_directory(tmp_path):
+    """--fw-cfg (QEMU's -fw_cfg) files: taken by the plugin, sorted into the directory among
+    the machine's; a string goes in without its NUL, a file byte for byte."""
+    blob = tmp_path / "blob"
+    blob.write_bytes(bytes(range(256)) * 3)
+    with TestMachine(fw_cfg=["opt/org.example/greeting,string=hi", f"name=opt/a,file={blob}", ("opt/z", b"z")]) as m:
+        m.create_devices()
+        m.start()
+        assert m.ctx.boot.fw_cfg_files_taken_by == "fw_cfg"
+        p = Port(m)
+        assert list(p.directory()) == ["bios-geometry", "bootorder", "etc/boot-fail-wait", "etc/e820", "opt/a",
+                                       "opt/org.example/greeting", "opt/z"]
+        assert p.file("opt/org.example/greeting") == b"hi"
+        assert p.file("opt/a") == blob.read_bytes()
+        assert p.file("opt/z") == b"z"
+
+
+@pytest.mark.parametrize("items, message", [
+    (["etc/e820,string=x"], "--fw-cfg etc/e820: duplicate fw_cfg file name: etc/e820"),
+    (["etc/boot-fail-wait,string=x"], "--fw-cfg etc/boot-fail-wait: duplicate fw_cfg file name: etc/boot-fail-wait"),
+    ([f"opt/f{i:02},string=x" for i in range(29)], "--fw-cfg opt/f28: fw_cfg: no file slot left for opt/f28 (32 slots)"),
+])
+def test_fw_cfg_option_files_the_device_cannot_take_are_one_line(items, message):
+    """A name the machine uses is a duplicate, as QEMU's fw_cfg_add_file refuses it (QEMU
+    adds the machine's files first too); more files than the 32 slots is refused (QEMU
+    asserts)."""
+    from microvm.api import ConfigError
+
+    with TestMachine(fw_cfg=items) as m:
+        with pytest.raises(ConfigError) as e:
+            m.create_devices()
+    assert str(e.value) == message
+
+
+def test_a_bootorder_from_fw_cfg_option_is_replaced_as_in_qemu():
+    """QEMU accepts -fw_cfg bootorder,... (bootorder is added at the first reset) and then
+    replaces it with the machine's; so does microvm."""
+    with TestMachine(fw_cfg=["bootorder,string=/mine"]) as m:
+        m.create_devices()
+        assert Port(m).file("bootorder") == b""
 
 
 def pvh_elf(*, entry: int, paddr: int, size: int) -> bytes:
