@@ -102,15 +102,10 @@ def read_bounded(path: str, max_size: int, what: str) -> bytes:
         if st.st_size > max_size:
             limit = f"{max_size >> 20} MiB" if not max_size & 0xFFFFF else f"{max_size >> 10} KiB"
             raise BootError(f"{what}: {st.st_size} bytes, larger than {limit}")
-        data = bytearray()
-        while len(data) < st.st_size:
-            chunk = os.read(fd, st.st_size - len(data))
-            if not chunk:
-                break
-            data += chunk
-        if len(data) != st.st_size:
+        data = _read_exactly(fd, st.st_size)
+        if data is None:
             raise BootError(f"{what}: the file changed while it was read")
-        return bytes(data)
+        return data
     except OSError as e:
         raise BootError(f"{what}: {e.strerror}") from None
     finally:
@@ -204,15 +199,10 @@ def parse_fw_cfg_option(text: str) -> tuple[str, bytes]:
             raise ConfigError(f"{what}: not a regular file")
         if st.st_size > FW_CFG_FILE_MAX:
             raise ConfigError(f"{what}: {st.st_size} bytes, more than a fw_cfg file holds (4 GiB - 1)")
-        data = bytearray()
-        while len(data) < st.st_size:
-            chunk = os.read(fd, st.st_size - len(data))
-            if not chunk:
-                break
-            data += chunk
-        if len(data) != st.st_size:
+        data = _read_exactly(fd, st.st_size)
+        if data is None:
             raise ConfigError(f"{what}: the file changed while it was read")
-        return name, bytes(data)
+        return name, data
     except OSError as e:
         raise ConfigError(f"{what}: {e.strerror}") from None
     finally:
@@ -282,3 +272,15 @@ def setup_reset_regs(regs: Any) -> None:
         setattr(regs, name, 0)
     regs.rflags = RESET_RFLAGS
     regs.rip = RESET_IP
+
+
+def _read_exactly(fd: int, size: int) -> bytes | None:
+    """The ``size`` bytes fstat promised, or None when the file is shorter by now (it changed
+    while it was read): a firmware image or an fw_cfg file is taken whole or not at all."""
+    data = bytearray()
+    while len(data) < size:
+        chunk = os.read(fd, size - len(data))
+        if not chunk:
+            return None
+        data += chunk
+    return bytes(data)
