@@ -14,6 +14,7 @@ Used by ``tests/test_linux_blk.py``, ``tests/test_linux_net.py``, ``bench/blk.py
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -21,7 +22,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 #: ``C-a b`` on the stdio chardev (microvm and QEMU's -nographic mux): a BREAK on the
 #: 16550; with ``sysrq_always_enabled`` the next key is a Magic SysRq command.
@@ -355,6 +356,22 @@ class NetNamespace:
         out = self.ip("neigh", "show", address, "dev", ifname, check=False).stdout.split()
         return out[out.index("lladdr") + 1] if "lladdr" in out else None
 
+    @contextlib.contextmanager
+    def entered(self) -> Iterator[None]:
+        """This thread in the namespace (taps and sockets belong to the namespace of the
+        thread that makes them: an in-process Machine's tap), and back."""
+        home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+        target = os.open(f"/run/netns/{self.name}", os.O_RDONLY)
+        try:
+            _setns(target)
+            try:
+                yield
+            finally:
+                _setns(home)
+        finally:
+            os.close(home)
+            os.close(target)
+
     def pids(self) -> list[int]:
         """The processes inside the namespace (``ip netns pids``)."""
         return netns_pids(self.name)
@@ -372,6 +389,15 @@ class NetNamespace:
 
     def __exit__(self, *exc: object) -> None:
         self.delete()
+
+
+def _setns(fd: int) -> None:
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.setns(fd, 0x40000000) != 0:  # CLONE_NEWNET
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
 
 
 def netns_pids(name: str) -> list[int]:

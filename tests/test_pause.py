@@ -150,17 +150,8 @@ def test_stop_freezes_guest_ram_while_the_disk_was_busy_and_cont_resumes(busy_ma
     assert ram_hash(m) != paused_hash
 
 
-def _setns(fd: int) -> None:
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.setns(fd, 0x40000000) != 0:  # CLONE_NEWNET
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-
-
 @contextlib.contextmanager
-def network_namespace() -> Iterator[str]:
+def network_namespace() -> Iterator[Any]:
     """A network namespace of the test's own (linux_images.NetNamespace: deleted after,
     whatever happened): the tap lives there."""
     import shutil
@@ -170,24 +161,7 @@ def network_namespace() -> Iterator[str]:
     if os.geteuid() != 0 or not os.path.exists("/dev/net/tun") or shutil.which("ip") is None:
         pytest.skip("needs root, /dev/net/tun and ip(8) for a tap in a network namespace")
     with NetNamespace("microvm-pausetest") as ns:
-        yield ns.name
-
-
-@contextlib.contextmanager
-def entered(name: str) -> Iterator[None]:
-    """This thread in namespace ``name`` (taps and sockets belong to the namespace of the
-    thread that makes them), and back."""
-    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    target = os.open(f"/run/netns/{name}", os.O_RDONLY)
-    try:
-        _setns(target)
-        try:
-            yield
-        finally:
-            _setns(home)
-    finally:
-        os.close(home)
-        os.close(target)
+        yield ns
 
 
 RXDONE, TXDONE = 0x206000, 0x206010
@@ -210,10 +184,10 @@ def test_stop_freezes_guest_ram_while_virtio_net_has_frames_queued(guest_cache, 
     with network_namespace() as ns:
         lc = Lifecycle(spec)
         m = Machine(spec, lifecycle=lc)
-        with entered(ns):
+        with ns.entered():
             m.build()  # the tap appears in the namespace
             tx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
-        subprocess.run(["ip", "-n", ns, "link", "set", "mvpause0", "up"], check=True)
+        ns.ip("link", "set", "mvpause0", "up")
         tx.bind(("mvpause0", 0))
         frame = b"\xff" * 6 + bytes.fromhex("02000000aa01") + b"\x88\xb5" + bytes(46)
         lc.start_monitors()
