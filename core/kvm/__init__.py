@@ -41,29 +41,28 @@ def kvm_available() -> str | None:
     return None
 
 
-def _ioctl_ptr(fd: int, name: str, arg: Any) -> int:
-    """Retried on EINTR as PEP 475 retries the os module's calls (cffi calls are not): a
-    SIGTERM landing in KVM_CREATE_VM while a rebooting guest's machine is rebuilt used to
-    end the run with "KVM_CREATE_VM failed: Interrupted system call". KVM_RUN, where EINTR
-    means something, has its own path (:meth:`Vcpu.run`)."""
+def _ioctl(call: Any, fd: int, name: str, arg: Any) -> int:
+    """``call(fd, request, arg)`` (the cffi ioctl stub), retried on EINTR as PEP 475 retries
+    the os module's calls (cffi calls are not): a SIGTERM landing in KVM_CREATE_VM while a
+    rebooting guest's machine is rebuilt used to end the run with "KVM_CREATE_VM failed:
+    Interrupted system call". KVM_RUN, where EINTR means something, has its own path
+    (:meth:`Vcpu.run`)."""
+    request = getattr(lib, name)
     while True:
-        ret = lib.microvm_ioctl_ptr(fd, getattr(lib, name), arg)
+        ret = call(fd, request, arg)
         if ret >= 0:
             return ret
         err = ffi.errno
         if err != _errno.EINTR:
             raise KvmError(name, err)
+
+
+def _ioctl_ptr(fd: int, name: str, arg: Any) -> int:
+    return _ioctl(lib.microvm_ioctl_ptr, fd, name, arg)
 
 
 def _ioctl_int(fd: int, name: str, arg: int = 0) -> int:
-    """As :func:`_ioctl_ptr`, for an integer argument."""
-    while True:
-        ret = lib.microvm_ioctl_int(fd, getattr(lib, name), arg)
-        if ret >= 0:
-            return ret
-        err = ffi.errno
-        if err != _errno.EINTR:
-            raise KvmError(name, err)
+    return _ioctl(lib.microvm_ioctl_int, fd, name, arg)
 
 
 class _Fd:
