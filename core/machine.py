@@ -1194,11 +1194,10 @@ def run_spec(spec: MachineSpec, host: Any = None, ready: Callable[[], None] | No
                 return status
             log.info("rebooting")
     except KeyboardInterrupt:
-        # Ctrl-C outside a machine's main loop (waiting for a wait=on client, building the
-        # next machine): the run ends as on a SIGINT while running, in one line, as QEMU's
-        # "terminating on signal 2"
+        # Ctrl-C outside a machine's run (waiting for a wait=on QMP client, before the
+        # handler is ours): the run ends as on a SIGINT while running
+        _terminating = signal.SIGINT
         lifecycle.host_signal(None, signal.SIGINT)
-        say("microvm: terminating on signal 2\n")
         return 0
     finally:
         if _terminating == signal.SIGINT:
