@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .device import FwCfg, FwCfgError
+from .device import FwCfg, FwCfgError, log
 from .items import bios_geometry, bootorder, e820_table, microvm_e820, rom_devpath, sort_boot_devices
 from .keys import FW_CFG_IRQ0_OVERRIDE, FW_CFG_MAX_CPUS, FW_CFG_NB_CPUS, FW_CFG_RAM_SIZE
 
@@ -156,15 +156,14 @@ def add_linux(
 
 
 def _log_first_select(name: str) -> Callable[[], None]:
-    """An ``on_select`` that says once (with ``-v``) that the firmware took the file: the one
-    sign on the host side that the firmware runs the option ROM, since SeaBIOS's serial
-    console can lose its own "Booting from ROM..." when the ROM clears the screen early."""
+    """An ``on_select`` that says once (with ``-v``) that the firmware took the file: the
+    host-side sign that the firmware runs the option ROM (SeaBIOS's own "Booting from ROM..."
+    was missing from its console once here while the kernel booted; cause not pinned down)."""
     said = False
 
     def on_select() -> None:
         nonlocal said
         if not said:
             said = True
-            from microvm.api import get_logger
-            get_logger("microvm.fw_cfg").info("fw_cfg: the firmware selected %s", name)
+            log.info("fw_cfg: the firmware selected %s", name)
     return on_select
