@@ -23,6 +23,20 @@ def wait_until(cond: Callable[[], bool], what: str, timeout: float = 60.0,
         time.sleep(0.02)
 
 
+async def disconnect_after_quit(qmp: Any) -> None:
+    """Close a ``qemu.qmp`` client whose ``quit`` was answered.
+
+    The VMM closes the socket as it exits; when the client's reader sees that end-of-file
+    before ``disconnect()`` runs, ``disconnect()`` re-raises it. QEMU's own test harness
+    (``QEMUMachine._close_qmp_connection``) treats that EOF as expected once ``quit`` was
+    issued, and so do we; any other error still fails the test.
+    """
+    try:
+        await qmp.disconnect()
+    except EOFError:
+        pass
+
+
 class Vm:
     """``microvm run ARGS --qmp unix:SOCK,server=on,wait=off``; stdout collected by a thread,
     stderr in a file (the log). Always killed at the end of the ``with`` block."""

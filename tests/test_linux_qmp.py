@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from kvm_helpers import requires_kvm
-from qmp_vm import Line, Vm, wait_until
+from qmp_vm import Line, Vm, disconnect_after_quit, wait_until
 
 pytestmark = [pytest.mark.kvm, pytest.mark.linux, requires_kvm]
 
@@ -68,7 +68,7 @@ def test_linux_guest_stop_cont_guest_reset_and_system_reset(default_guest, tmp_p
                 assert await qmp.execute("quit") == {}
                 ev = await event("SHUTDOWN")
                 assert ev["data"] == {"guest": False, "reason": "host-qmp-quit"}
-            await qmp.disconnect()
+            await disconnect_after_quit(qmp)
 
         asyncio.run(asyncio.wait_for(session(), 2400))
         assert vm.wait(60) == 0

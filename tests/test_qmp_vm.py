@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from kvm_helpers import build_guest, requires_kvm, run_microvm
-from qmp_vm import Line, Vm, wait_until
+from qmp_vm import Line, Vm, disconnect_after_quit, wait_until
 
 pytestmark = [pytest.mark.kvm, requires_kvm]
 
@@ -86,7 +86,7 @@ def test_qemu_qmp_client_runs_every_command_on_a_running_vm(guest_cache, tmp_pat
                 assert await qmp.execute("quit") == {}
                 ev = await listener.get()
                 assert ev["event"] == "SHUTDOWN" and ev["data"] == {"guest": False, "reason": "host-qmp-quit"}
-            await qmp.disconnect()
+            await disconnect_after_quit(qmp)
 
         asyncio.run(asyncio.wait_for(session(), 120))
         assert vm.wait() == 0
