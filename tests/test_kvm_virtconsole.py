@@ -78,3 +78,28 @@ def test_a_stdout_nobody_reads_does_not_hold_the_guest(guest, tmp_path):
     assert p.returncode == 0, p.stderr
     c = counters(m)["chardev.c0"]
     assert c["bytes_written"] + c["bytes_dropped"] == TOTAL and c["bytes_dropped"] > 0
+
+
+def test_a_serial_port_on_a_one_port_device_is_refused_as_qemu_refuses_it(guest):
+    """max_ports=1: no MULTIPORT, only port 0, which is a console's; QEMU 7.2 says
+    "virtio-serial-bus: Out-of-range port id specified, max. allowed: 0" and exits with 1
+    (QEMU's command line, the program name changed; ``microvm run`` exits with 2)."""
+    qemu_line = ("-M", "microvm", "-nodefaults", "-display", "none", "-kernel", str(guest), "-chardev", "null,id=c0",
+                 "-device", "virtio-serial-device,max_ports=1", "-device", "virtserialport,chardev=c0")
+    r = run_microvm(*qemu_line)
+    assert r.returncode == 1, r.stderr
+    lines = r.stderr.decode().strip().splitlines()
+    assert len(lines) == 1 and lines[0].endswith(
+        "-device virtserialport: virtio-serial-bus: Out-of-range port id specified, max. allowed: 0"), r.stderr
+
+
+def test_a_one_port_device_carries_the_console_without_multiport(guest, tmp_path):
+    """max_ports=1 with the tiny guest (which negotiates no MULTIPORT either): the console
+    on port 0 carries every byte."""
+    m = tmp_path / "m.json"
+    r = run_microvm("run", "--kernel", str(guest), "--no-reboot", "-M", MACHINE, *NO_SERIAL, "--chardev", "stdio,id=c0",
+                    "--device", "virtio-serial-device,max_ports=1", "--device", "virtconsole,chardev=c0",
+                    "--metrics", str(m))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == LINE * (TOTAL // len(LINE))
+    assert counters(m)["virtio-serial-device"]["port0.bytes_out"] == TOTAL
