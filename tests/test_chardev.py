@@ -853,6 +853,94 @@ def test_a_unix_client_never_blocks_on_a_server_that_does_not_accept(tmp_path: P
     srv.close()
 
 
+def _closed_tcp_port() -> int:
+    """A loopback port nothing listens on (connects are refused at once)."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def _stack_names(ident: int | None) -> set[str]:
+    import sys
+
+    frame = sys._current_frames().get(ident) if ident is not None else None
+    names = set()
+    while frame is not None:
+        names.add(frame.f_code.co_name)
+        frame = frame.f_back
+    return names
+
+
+def test_a_tcp_client_reconnects_to_a_listener_that_accepts_late():
+    """reconnect=1 to a loopback port closed at first: output meanwhile is dropped and
+    counted; once a listener is there the reconnect (made off the I/O thread) hands its
+    socket over, and a listener that accepts only later gets what is written from then on."""
+    port = _closed_tcp_port()
+    b = SocketBackend("c0", host="127.0.0.1", port=str(port), reconnect=1)
+    assert not b.connected
+    fe = b.attach("dev")
+    sink = Sink()
+    sink.attach(fe)
+    b.start()
+    fe.write(b"lost")
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("127.0.0.1", port))
+    srv.listen(1)
+    until(lambda: fe.is_open, "the reconnect")  # in the backlog, not accepted yet
+    fe.write(b"hello")
+    srv.settimeout(WAIT)
+    conn, _ = srv.accept()
+    assert _recv(conn, 5) == b"hello"
+    assert b.counters["bytes_dropped"] == 4 and b.counters["bytes_written"] == 5
+    assert sink.events == ["OPEN"] and b.filename() == f"tcp:127.0.0.1:{port}"
+    conn.close()
+    until(lambda: not fe.is_open, "noticing the lost connection")
+    srv.close()
+    b.close()
+
+
+def test_a_tcp_reconnect_to_a_server_that_never_answers_holds_nothing_up(caplog):
+    """A loopback listener whose accept queue is full drops the SYNs: a connect to it hangs
+    (up to its 5 s). That wait happens on the attempt's own thread: the I/O thread keeps
+    polling, output is dropped and counted meanwhile, and closing the backend ends its I/O
+    thread at once instead of giving up on it as stuck (the attempt's socket is closed by
+    its thread when it ends)."""
+    import logging
+
+    caplog.set_level(logging.INFO)
+    port = _closed_tcp_port()
+    b = SocketBackend("c0", host="127.0.0.1", port=str(port), reconnect=1)
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("127.0.0.1", port))
+    srv.listen(0)
+    filler = socket.create_connection(("127.0.0.1", port), timeout=WAIT)  # the accept queue is full now
+    fe = b.attach("dev")
+    b.start()
+    io = b._thread
+    assert io is not None
+
+    def connecting() -> bool:
+        import sys
+
+        return any(_stack_names(t) & {"_open_client", "_connect"} for t in sys._current_frames())
+
+    until(connecting, "a reconnect attempt under way")
+    assert not _stack_names(io.ident) & {"_open_client", "_connect"}, "the I/O thread connects"
+    fe.write(b"x" * 100)
+    assert b.counters["bytes_dropped"] == 100 and not fe.is_open
+    b.close()
+    assert not io.is_alive(), "closing gave up on an I/O thread stuck in connect"
+    assert not [r for r in caplog.records if "still blocked" in r.getMessage()]
+    until(lambda: not [t for t in threading.enumerate() if t.name == "chardev-c0-connect"],
+          "the attempt's thread ending")
+    filler.close()
+    srv.close()
+
+
 def test_socket_option_conflicts():
     with pytest.raises(ConfigError, match="'reconnect' option is incompatible"):
         SocketBackend("s0", path="/tmp/x.sock", server=True, reconnect=1)
