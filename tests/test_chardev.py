@@ -205,6 +205,79 @@ def test_c_a_t_toggles_timestamps_on_the_output_as_qemu():
     os.close(out_r)
 
 
+STAMP = rb"\[\d\d:\d\d:\d\d\.\d\d\d\] "
+
+
+def test_timestamps_and_the_mux_messages_are_not_counted_as_device_output():
+    """bytes_written counts what the devices wrote: C-a t's stamps and C-a h's help reach
+    the sink but are not device bytes (bytes_written + bytes_dropped = what was written)."""
+    import re
+
+    b, out_r, in_w = pipe_backend(escapes=True, mux=True)
+    fe = b.attach("dev")
+    Sink().attach(fe)
+    b.start()
+    os.write(in_w, b"\x01t\x01h")
+    until(lambda: b._timestamps, "C-a t")
+    assert read_all(out_r, len(MUX_HELP)) == MUX_HELP
+    text = b"first\nsecond\nthird\n"
+    fe.write(text)
+    got = read_all(out_r, len(text) + 2 * 15)
+    assert len(re.findall(STAMP, got)) == 2 and re.sub(STAMP, b"", got) == text
+    b.close()
+    assert b.counters["bytes_written"] == len(text) and b.counters["bytes_dropped"] == 0
+    os.close(in_w)
+    os.close(out_r)
+
+
+def test_timestamps_take_only_the_room_the_device_left():
+    """A throttled frontend (a virtio serial port) writes no more than write_room(): the
+    stamps must not push its bytes out of a full buffer. They go in while there is room
+    beyond the device's bytes; the lines beyond that go unstamped, and nothing is dropped."""
+    import re
+
+    b, out_r, in_w = pipe_backend(escapes=True, mux=True, buffer_size=4096)
+    fcntl.fcntl(out_r, fcntl.F_SETPIPE_SZ, 4096)
+    prefill = 0
+    while True:  # the sink is full: what is written waits in the backend's buffer
+        try:
+            prefill += os.write(b.out_fd, b"p" * 4096)
+        except BlockingIOError:
+            break
+    fe = b.attach("dev")
+    Sink().attach(fe)
+    b.start()
+    os.write(in_w, b"\x01t")
+    until(lambda: b._timestamps, "C-a t")
+    head = b"head\n"
+    fe.write(head)
+    room = fe.write_room()
+    assert room == 4096 - len(head)
+    line = b"x" * 9 + b"\n"
+    data = line * ((room - 100) // len(line))  # leaves room for 6 stamps of 15 bytes
+    fe.write(data)
+    assert b.counters["bytes_dropped"] == 0
+    rest = fe.write_room()
+    assert rest == room - len(data) - 6 * 15  # the stamps took their room
+    tail = b"y" * (rest - 1) + b"\n"  # fills the buffer exactly: no room for a stamp
+    fe.write(tail)
+    assert b.counters["bytes_dropped"] == 0 and fe.write_room() == 0
+    total = len(head) + len(data) + len(tail)
+    got = bytearray(read_all(out_r, prefill))
+    end = time.monotonic() + WAIT
+    while len(re.sub(STAMP, b"", bytes(got[prefill:]))) < total and time.monotonic() < end:
+        got += os.read(out_r, 65536)
+    assert bytes(got[:prefill]) == b"p" * prefill
+    out = bytes(got[prefill:])
+    assert re.sub(STAMP, b"", out) == head + data + tail
+    # head's line was under way at the toggle; the first 6 lines of data are stamped
+    assert [m.start() for m in re.finditer(STAMP, out)] == [len(head) + i * (15 + len(line)) for i in range(6)]
+    b.close()
+    assert b.counters["bytes_written"] == total and b.counters["bytes_dropped"] == 0
+    os.close(in_w)
+    os.close(out_r)
+
+
 def test_a_terminal_keeps_isig_only_with_signals():
     """QEMU's stdio signal=on (the default) leaves Ctrl-C to the terminal's line discipline,
     which signals the VMM; signal=off (the mux of -nographic) passes it to the guest. The
