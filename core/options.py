@@ -12,7 +12,7 @@ from typing import Any, Iterable
 from .config import ON_OFF_AUTO, LEGACY_OPTIONS, LegacyDevices, MachineOption, Property
 from .errors import ConfigError, PluginError
 
-__all__ = ["ON_OFF_AUTO", "MachineOption", "OptionRegistry"]
+__all__ = ["ON_OFF_AUTO", "MachineOption", "OptionRegistry", "qemu_opts"]
 
 
 class OptionRegistry:
@@ -110,3 +110,65 @@ def split_machine_opts(text: str) -> list[tuple[str, str]]:
         out.append((key, "".join(value)))
         i = j + 1  # past the separating comma (or beyond the end)
     return out
+
+
+def qemu_opts(text: str, implied: str | None = None, keys: Iterable[str] | None = None,
+              flags: list[tuple[str, str, str]] | None = None, id_ok: bool = False) -> dict[str, str]:
+    """``text`` as QEMU 7.2's QemuOpts parses it (``opts_do_parse`` in ``util/qemu-option.c``),
+    for the options that use it (``-fw_cfg``, ``-m``, ``-name``, ``-accel``): ``{key: value}``.
+
+    Items are separated by ``,``, and ``,,`` in a value is a comma (everywhere: a ``-name``,
+    a ``-fw_cfg string=``). The first item may omit its key (it is ``implied``). Any other
+    item without ``=`` is QEMU's deprecated short-form boolean: ``foo`` is ``foo=on`` and
+    ``nofoo`` is ``foo=off``; each is appended to ``flags`` as (as given, key, value) for the
+    caller to warn about (:func:`short_flag_warning`). A key given twice keeps the last value.
+    With ``keys`` (QEMU's option description), any other key is ``Invalid parameter 'KEY'``,
+    in QEMU's words; with ``id_ok``, ``id=`` is accepted and dropped (QemuOpts' own id).
+    """
+    out: dict[str, str] = {}
+    allowed = None if keys is None else frozenset(keys)
+    i, n, first = 0, len(text), True
+    while i < n:
+        j = i
+        while j < n and text[j] not in "=,":
+            j += 1
+        if j < n and text[j] == "=":
+            key = text[i:j]
+            value, i = _opt_value(text, j + 1)
+        elif first and implied:
+            key = implied
+            value, i = _opt_value(text, i)
+        else:
+            given, i = text[i:j], j
+            key, value = (given[2:], "off") if given.startswith("no") else (given, "on")
+            if flags is not None:
+                flags.append((given, key, value))
+        i += 1  # past the separating comma (or beyond the end)
+        first = False
+        if key == "id" and id_ok:
+            continue
+        if allowed is not None and key not in allowed:
+            raise ConfigError(f"Invalid parameter '{key}'")
+        out[key] = value
+    return out
+
+
+def _opt_value(text: str, i: int) -> tuple[str, int]:
+    """QEMU's ``get_opt_value``: the value from ``i`` to the first single ``,`` (``,,`` is a
+    comma), and where it stopped."""
+    n = len(text)
+    value: list[str] = []
+    while i < n:
+        if text[i] == ",":
+            if text[i + 1:i + 2] != ",":
+                break
+            i += 1
+        value.append(text[i])
+        i += 1
+    return "".join(value), i
+
+
+def short_flag_warning(option: str, text: str, flag: tuple[str, str, str]) -> str:
+    """QEMU 7.2's warning for a short-form boolean (``warn_report`` and its hint, one line)."""
+    given, key, value = flag
+    return f"{option} {text}: short-form boolean option '{given}' deprecated; please use {key}={value} instead"

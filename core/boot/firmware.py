@@ -123,35 +123,30 @@ FW_CFG_FILE_MAX = 0xFFFFFFFF
 _FW_CFG_KEYS = ("name", "file", "string", "gen_id")
 
 
-def parse_fw_cfg_option(text: str) -> tuple[str, bytes]:
+def parse_fw_cfg_option(text: str, flags: list[tuple[str, str, str]] | None = None) -> tuple[str, bytes]:
     """QEMU 7.2's ``-fw_cfg [name=]NAME,file=PATH`` or ``-fw_cfg [name=]NAME,string=STR``
     (``parse_fw_cfg`` in ``softmmu/vl.c``): (the file's name, its bytes).
 
-    As QEMU: the name is required and exactly one of ``file``/``string``/``gen_id`` is
-    given (an empty value counts as not given), the name is at most 55 bytes, a ``string``
-    goes in without its NUL, a key given twice keeps the last value, ``,,`` is a comma.
-    ``gen_id`` (content from an ``-object``) is refused: microvm has no ``-object``. The file
-    is read now, as QEMU reads it when it creates the devices, by
-    :func:`microvm.boot.files.read_regular_file` (a regular file only: a FIFO or a device
-    could block or never end). Whether the name starts with ``opt/``
-    (QEMU warns otherwise) is the caller's to say; duplicates are the device's to refuse.
+    The text is split as QEMU's QemuOpts splits it (:func:`microvm.options.qemu_opts`:
+    ``,,`` is a comma, a key given twice keeps the last value, a bare later item is a
+    short-form boolean, appended to ``flags``). As QEMU: the name is required and exactly
+    one of ``file``/``string``/``gen_id`` is given (an empty value counts as not given), the
+    name is at most 55 bytes, a ``string`` goes in without its NUL. ``gen_id`` (content from
+    an ``-object``) is refused: microvm has no ``-object``. The file is read now, as QEMU
+    reads it when it creates the devices, by :func:`microvm.boot.files.read_regular_file`
+    (a regular file only: a FIFO or a device could block or never end). Whether the name
+    starts with ``opt/`` (QEMU warns otherwise) is the caller's to say; duplicates are the
+    device's to refuse.
     """
-    from ..config import split_props
     from ..errors import ConfigError
+    from ..options import qemu_opts
+    from .files import read_regular_file
 
     where = f"--fw-cfg {text}"
-    props: dict[str, str] = {}
-    for n, item in enumerate(split_props(text)):
-        if item == "":
-            continue
-        key, eq, value = item.partition("=")
-        if not eq:
-            if n != 0:
-                raise ConfigError(f"{where}: '{item}' needs a value (name=NAME, file=PATH or string=STR)")
-            key, value = "name", item
-        if key not in _FW_CFG_KEYS:
-            raise ConfigError(f"{where}: Invalid parameter '{key}'")
-        props[key] = value
+    try:
+        props = qemu_opts(text, "name", _FW_CFG_KEYS, flags, id_ok=True)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
     name = props.get("name", "")
     given = [k for k in ("file", "string", "gen_id") if props.get(k)]
     if not name or len(given) != 1:
@@ -163,8 +158,6 @@ def parse_fw_cfg_option(text: str) -> tuple[str, bytes]:
     if given[0] == "string":
         return name, props["string"].encode()
     path = props["file"]
-    from .files import read_regular_file
-
     data = read_regular_file(path, f"{where}: can't load {path}", FW_CFG_FILE_MAX, empty_ok=True,
                              limit="a fw_cfg file holds (4 GiB - 1)", error=ConfigError)
     return name, data
