@@ -53,6 +53,10 @@ def register_machine_options(register: Callable[[MachineOption], None]) -> None:
         register(MachineOption(name, kind, default, help_, auto_means=auto_means,
                                auto_value=False if auto_means else None, check=_only_absent(name, why, bool(auto_means)),
                                plugin="core"))
+    from .options import GENERIC_MACHINE_OPTIONS
+
+    for option in GENERIC_MACHINE_OPTIONS:  # QEMU's generic machine properties
+        register(option)
 
 
 #: (name, kind, default, what microvm lacks, help, what auto means when it is accepted)

@@ -7,12 +7,19 @@ listing the known ones, as QEMU does.
 """
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from .config import ON_OFF_AUTO, LEGACY_OPTIONS, LegacyDevices, MachineOption, Property
 from .errors import ConfigError, PluginError
 
-__all__ = ["ON_OFF_AUTO", "MachineOption", "OptionRegistry", "qemu_opts"]
+__all__ = ["ON_OFF_AUTO", "MachineOption", "OptionRegistry", "GENERIC_MACHINE_OPTIONS", "qemu_opts",
+           "split_boot_opts"]
+
+#: QEMU's generic machine properties that name what ``-kernel``, ``-initrd``, ``-append`` and
+#: ``-bios`` set: in QEMU 7.2 those options *are* these properties (``softmmu/vl.c`` puts
+#: them into the machine's option dict, where a later ``-M kernel=`` replaces an earlier
+#: ``-kernel`` and the other way round). Property → run option (``dest``).
+BOOT_KEYS: dict[str, str] = {"kernel": "kernel", "initrd": "initrd", "append": "append", "firmware": "bios"}
 
 
 class OptionRegistry:
@@ -112,6 +119,31 @@ def split_machine_opts(text: str) -> list[tuple[str, str]]:
     return out
 
 
+def join_machine_opts(pairs: list[tuple[str, str]], like: str = "") -> str | None:
+    """The inverse of :func:`split_machine_opts`: ``,`` in a value written ``,,``; the type
+    bare unless ``like`` (the text split) spelled it ``type=``; None when nothing is left."""
+    bare = not like.startswith("type=")
+    items = [v if k == "type" and bare else f"{k}={v.replace(',', ',,')}" for k, v in pairs]
+    return ",".join(items) if items else None
+
+
+def split_boot_opts(text: str) -> tuple[str | None, dict[str, str]]:
+    """One ``-M`` text → (it without ``kernel=``, ``initrd=``, ``append=``, ``firmware=``;
+    those values by run option: ``kernel``, ``initrd``, ``append``, ``bios``). A text that
+    does not parse is returned as it is (the machine's parse reports it); None when only
+    boot keys were in it (``-M kernel=FILE``)."""
+    if not any(f"{k}=" in text for k in BOOT_KEYS):
+        return text, {}
+    try:
+        pairs = split_machine_opts(text)
+    except ConfigError:
+        return text, {}
+    boot = {BOOT_KEYS[k]: v for k, v in pairs if k in BOOT_KEYS}
+    if not boot:
+        return text, {}
+    return join_machine_opts([(k, v) for k, v in pairs if k not in BOOT_KEYS], text), boot
+
+
 def qemu_opts(text: str, implied: str | None = None, keys: Iterable[str] | None = None,
               flags: list[tuple[str, str, str]] | None = None, id_ok: bool = False) -> dict[str, str]:
     """``text`` as QEMU 7.2's QemuOpts parses it (``opts_do_parse`` in ``util/qemu-option.c``),
@@ -172,3 +204,41 @@ def short_flag_warning(option: str, text: str, flag: tuple[str, str, str]) -> st
     """QEMU 7.2's warning for a short-form boolean (``warn_report`` and its hint, one line)."""
     given, key, value = flag
     return f"{option} {text}: short-form boolean option '{given}' deprecated; please use {key}={value} instead"
+
+
+def _refuse_dtb(value: Any) -> None:
+    if value:
+        raise ConfigError(f"machine option dtb={value}: unsupported on microvm (x86 Linux gets a device tree "
+                          "only as bzImage setup_data, which microvm does not build; microvm describes its "
+                          "devices on the kernel command line and in the MP table)")
+
+
+def _refuse_memory_backend(value: Any) -> None:
+    if value:  # QEMU 7.2's qemu_resolve_machine_memdev, word for word
+        raise ConfigError(f"Memory backend '{value}' not found (microvm has no -object memory-backend-*)")
+
+
+def _generic(name: str, kind: str, default: Any, help_: str, check: Callable[[Any], None] | None = None) -> MachineOption:
+    return MachineOption(name, kind, default, help_, check=check, plugin="core")
+
+
+#: QEMU 7.2's generic machine properties (``machine_class_init`` in ``hw/core/machine.c``)
+#: that microvm did not have: the boot files (the same as the options, see
+#: :data:`BOOT_KEYS`), the RAM advice, and the ones microvm refuses in QEMU's words.
+#: ``graphics`` and ``usb`` are declared with microvm's own options.
+GENERIC_MACHINE_OPTIONS: tuple[MachineOption, ...] = (
+    _generic("kernel", "str", None, "Linux kernel image file (the same as -kernel; the later one wins)"),
+    _generic("initrd", "str", None, "Linux initial ramdisk file (the same as -initrd; the later one wins)"),
+    _generic("append", "str", None, "Linux kernel command line (the same as -append; the later one wins)"),
+    _generic("firmware", "str", None, "Firmware image (the same as -bios; the later one wins)"),
+    _generic("dtb", "str", None, "Linux kernel device tree file: unsupported on microvm (no device tree)",
+             _refuse_dtb),
+    _generic("dumpdtb", "str", None, "Dump current dtb to a file and quit: accepted and ignored, as QEMU 7.2 "
+             "ignores it on x86 (there is no device tree to dump)"),
+    _generic("mem-merge", "bool", True, "Enable/disable memory merge support: on marks guest RAM "
+             "MADV_MERGEABLE, so the host's KSM (if it runs) may merge identical pages"),
+    _generic("dump-guest-core", "bool", True, "Include guest memory in a core dump: off marks guest RAM "
+             "MADV_DONTDUMP"),
+    _generic("memory-backend", "str", None, "Set RAM backend: unsupported on microvm (it names an -object, "
+             "which microvm does not have)", _refuse_memory_backend),
+)

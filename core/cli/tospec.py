@@ -34,19 +34,38 @@ def last_wins(text: str, positional: str, keys: tuple[str, ...] | None = None,
 def machine_strings(machine: list[str]) -> tuple[list[str], list[str]]:
     """The ``-M`` values without ``accel=`` (returned apart: QEMU's machine-level accelerator
     list), with QEMU's legacy ``kernel_irqchip`` spelled ``kernel-irqchip``."""
+    from ..options import join_machine_opts, split_machine_opts
+
     kept, accels = [], []
     for text in machine:
-        items = []
-        for item in text.split(","):
-            key, eq, value = item.partition("=")
-            if eq and key == "accel":
-                accels.append(value)
-                continue
-            if eq and key == "kernel_irqchip":
-                item = f"kernel-irqchip={value}"
-            items.append(item)
-        kept.append(",".join(items))
+        try:
+            pairs = split_machine_opts(text)
+        except ConfigError:
+            kept.append(text)  # reported when the machine's options are parsed
+            continue
+        if not any(k in ("accel", "kernel_irqchip") for k, _ in pairs):
+            kept.append(text)
+            continue
+        accels += [v for k, v in pairs if k == "accel"]
+        rest = join_machine_opts([("kernel-irqchip" if k == "kernel_irqchip" else k, v) for k, v in pairs if k != "accel"], text)
+        if rest is not None:
+            kept.append(rest)
     return kept, accels
+
+
+def apply_boot_opts(o: dict[str, Any]) -> None:
+    """Move ``-M kernel=/initrd=/append=/firmware=`` into ``o``'s kernel/initrd/append/bios.
+    Both parsers did it already, in command line order (:func:`microvm.cli.options.store`);
+    this is for a caller that built ``o`` itself (typer): there ``-M`` wins."""
+    from ..options import split_boot_opts
+
+    machine = []
+    for text in o["machine"]:
+        kept, boot = split_boot_opts(text)
+        o.update(boot)
+        if kept is not None:
+            machine.append(kept)
+    o["machine"] = machine
 
 
 def accel_irqchip(accel: list[str], machine_accels: list[str]) -> str | None:
@@ -189,6 +208,7 @@ def build_spec(o: dict[str, Any], warn: Callable[[str], None]) -> Any:
             raise ConfigError(f"-monitor {mon}: unsupported on microvm (microvm has no human monitor; use -qmp)")
     if o["daemonize"] and o["nographic"]:
         raise ConfigError("-nographic cannot be used with -daemonize")
+    apply_boot_opts(o)
     serial = default_serial(o)
     if o["daemonize"]:
         where = uses_stdio(serial, o["chardev"])
