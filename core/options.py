@@ -20,6 +20,10 @@ __all__ = ["ON_OFF_AUTO", "MachineOption", "OptionRegistry", "GENERIC_MACHINE_OP
 #: them into the machine's option dict, where a later ``-M kernel=`` replaces an earlier
 #: ``-kernel`` and the other way round). Property → run option (``dest``).
 BOOT_KEYS: dict[str, str] = {"kernel": "kernel", "initrd": "initrd", "append": "append", "firmware": "bios"}
+#: microvm's machine options that QEMU's microvm honours only with ACPI
+#: (``hw/i386/microvm.c``: ``microvm_ioapics``, the PCIe host and XHCI are created only when
+#: ``x86_machine_is_acpi_enabled``): with ``acpi=off`` QEMU accepts ``on`` and says nothing.
+ACPI_ONLY: dict[str, str] = {"pcie": "PCIe", "ioapic2": "a second IOAPIC", "usb": "USB"}
 
 
 class OptionRegistry:
@@ -48,8 +52,10 @@ class OptionRegistry:
         """Parse ``-M`` values (``microvm,key=value,...``; several ``-M`` merge left to right,
         a key given twice keeps the last value, as QEMU's)."""
         values = self.defaults()
+        given: set[str] = set()
         for spec in specs:
             for key, value in split_machine_opts(spec):
+                given.add(key)
                 if key == "type":
                     if value != "microvm":
                         raise ConfigError(f"unsupported machine type {value!r}: only 'microvm' is provided")
@@ -61,6 +67,7 @@ class OptionRegistry:
                     known = ", ".join(sorted(self.options)) or "(none: no plugin declares machine options)"
                     raise ConfigError(f"unknown machine option {key!r}{hint('machine', key)}; known: {known}")
                 values[key] = opt.parse(value)
+        _check_acpi_only(values, given)
         return values
 
     def switch(self, values: dict[str, Any], name: str) -> bool:
@@ -117,6 +124,19 @@ def split_machine_opts(text: str) -> list[tuple[str, str]]:
         out.append((key, "".join(value)))
         i = j + 1  # past the separating comma (or beyond the end)
     return out
+
+
+def _check_acpi_only(values: dict[str, Any], given: set[str]) -> None:
+    """``pcie=on``, ``ioapic2=on``, ``usb=on``: QEMU's microvm builds them only with ACPI.
+    With ``acpi=off`` (or ``-no-acpi``) given, QEMU accepts ``on`` and ignores it, and so does
+    microvm. Without it QEMU's default ``acpi=auto`` means ACPI and the device would exist
+    there: microvm, which has no ACPI, says so instead of silently building another machine."""
+    if "acpi" in given:  # acpi accepts only off here
+        return
+    for name, what in ACPI_ONLY.items():
+        if name in given and values.get(name) in (True, "on"):
+            raise ConfigError(f"machine option {name}=on: unsupported on microvm (QEMU's microvm adds {what} only "
+                              "with ACPI, which microvm does not have; with acpi=off QEMU ignores it, as microvm does)")
 
 
 def join_machine_opts(pairs: list[tuple[str, str]], like: str = "") -> str | None:

@@ -5,7 +5,8 @@ and QEMU's QemuOpts splitting, in both spellings.
 ``kernel``, ``initrd``, ``append`` and ``firmware`` (``softmmu/vl.c`` puts them into the
 machine's option dict): ``-M microvm,kernel=FILE`` is ``-kernel FILE`` and the later of the
 two wins. ``mem-merge``/``dump-guest-core`` are advice on guest RAM (``MADV_MERGEABLE``,
-``MADV_DONTDUMP``), checked in the VMM's own mappings (``/proc/self/smaps``).
+``MADV_DONTDUMP``), checked in the VMM's own mappings (``/proc/self/smaps``). ``pcie=on``,
+``ioapic2=on``, ``usb=on`` are what QEMU's microvm ignores with ``acpi=off``.
 
 The lines run through the real ``main()`` with ``run_spec`` replaced by a recorder (the spec
 is built and validated for real); refusals the machine finds run the real ``run_spec``, which
@@ -119,6 +120,7 @@ def test_properties_microvm_cannot_honour(argv: list, pattern: str, files: dict,
 @pytest.mark.parametrize("text", [
     "microvm,mem-merge=off,dump-guest-core=off",
     "microvm,mem-merge=on,dump-guest-core=on,dumpdtb=/tmp/x.dtb",
+    "microvm,acpi=off,pcie=on,ioapic2=on,usb=on",         # QEMU's microvm ignores them without ACPI
 ])
 def test_accepted_machine_properties(text: str) -> None:
     from microvm.plugins import plugin_host
@@ -126,6 +128,14 @@ def test_accepted_machine_properties(text: str) -> None:
     opts = plugin_host().options
     parsed = opts.parse_machine([text])
     assert opts.legacy_devices(parsed) == opts.legacy_devices(opts.parse_machine(["microvm"]))
+
+
+def test_no_acpi_is_acpi_off(files: dict, specs: list, capsys) -> None:
+    """QEMU 7.2's -no-acpi sets the machine's acpi=off: pcie=on is then ignored, as there."""
+    from microvm.plugins import plugin_host
+
+    spec = one_spec(["-no-acpi", "-M", "microvm,pcie=on", "-kernel", files["vmlinux"], "-nodefaults"], specs, capsys)
+    assert plugin_host().options.parse_machine(spec.machine)["pcie"] == "on"
 
 
 def test_machine_help_lists_the_generic_properties(capsys) -> None:
