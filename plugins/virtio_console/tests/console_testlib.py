@@ -34,6 +34,7 @@ MEM_SIZE = 16 << 20
 BUF_AREA = 0x800000  # where the driver's buffers come from (the rings live below)
 #: the transport bits Linux's virtio core accepts, and what virtio_console's table lists
 LINUX_TRANSPORT = (1 << 32) | (1 << 29) | (1 << 28)  # VERSION_1, EVENT_IDX, INDIRECT_DESC
+VIRTQ_DESC_F_WRITE = 2  # virtio 1.2 §2.7.5: the buffer is device-writable
 LINUX_FEATURES = (1 << VIRTIO_CONSOLE_F_SIZE) | (1 << VIRTIO_CONSOLE_F_MULTIPORT)
 
 
@@ -160,7 +161,16 @@ class LinuxConsoleDriver:
         self.alloc = Alloc()
         self.ports: dict[int, dict[str, Any]] = {}
         self.received: list[tuple[int, int, int, bytes]] = []  # control messages, in order
-        self.inbufs: dict[int, dict[int, int]] = {}  # queue -> {head: buffer address}
+        #: queue -> {head: buffer address}: the receive buffers the driver has posted and not
+        #: got back (Linux's ``desc_state[head].data``)
+        self.inbufs: dict[int, dict[int, int]] = {}
+        #: queue -> the descriptors the driver may write (Linux's free list: ``free_head``,
+        #: taken from the front, a detached buffer's descriptor put back at the front)
+        self.free: dict[int, list[int]] = {}
+        #: receive queues on which the device returned a head the driver had not posted:
+        #: Linux's ``BAD_RING(vq, "id %u is not a head!")``, after which ``virtqueue_get_buf``
+        #: returns nothing (``vq->broken``) and the driver leaves the queue alone
+        self.broken: set[int] = set()
         self.max_nr_ports = 0
         self.multiport = False
 
@@ -190,6 +200,7 @@ class LinuxConsoleDriver:
         self.max_nr_ports = self.dev.max_ports if self.multiport else 1
         nq = (self.max_nr_ports + 1) * 2 if self.multiport else 2  # init_vqs
         # vm_probe .. virtio_device_ready: MmioDriver's handshake with this many queues
+        self.inbufs, self.free, self.broken = {}, {}, set()  # new rings: nothing posted yet
         self.queues = driver.probe(features=accepted, queues=nq, size=self.queue_size)
         assert self.queues, "FEATURES_OK refused"
         if self.multiport:
@@ -202,13 +213,25 @@ class LinuxConsoleDriver:
     # -- queues -----------------------------------------------------------------------------------
     def fill(self, q: int, count: int | None = None) -> None:
         """``fill_queue``: page-sized device-writable buffers until the ring is full."""
-        dq = self.queues[q]
         bufs = self.inbufs.setdefault(q, {})
         for _ in range(self.queue_size - len(bufs) if count is None else count):
-            addr = self.alloc(PAGE)
-            head = dq.add([(addr, PAGE, True)])
-            bufs[head] = addr
+            self.add_inbuf(q, self.alloc(PAGE))
             self.mmio.notify(q)
+
+    def add_inbuf(self, q: int, addr: int) -> int | None:
+        """``add_inbuf``: one page-sized device-writable buffer in a descriptor the driver
+        owns (never one still with the device: ``virtqueue_add_split`` takes ``free_head``),
+        published in the available ring; its head, or None if no descriptor is free
+        (``-ENOSPC``)."""
+        dq = self.queues[q]
+        free = self.free.setdefault(q, list(range(dq.size)))
+        if not free:
+            return None
+        head = free.pop(0)
+        dq.write_desc(head, addr, PAGE, VIRTQ_DESC_F_WRITE)
+        dq.publish(head)
+        self.inbufs.setdefault(q, {})[head] = addr
+        return head
 
     def send_control(self, nr: int, event: int, value: int, raw: bytes | None = None) -> None:
         """``__send_control_msg``: one 8-byte buffer on the control transmitq; the driver
@@ -221,32 +244,50 @@ class LinuxConsoleDriver:
         self.mmio.notify(CONTROL_TX)
         self.wait_used(CONTROL_TX, head)
 
-    def take(self, q: int) -> list[bytes]:
-        """``virtqueue_get_buf`` on a receiveq: the data of each used buffer, and the
-        buffer back in the ring (``add_inbuf``)."""
+    def take_bufs(self, q: int) -> list[tuple[int, int]]:
+        """``virtqueue_get_buf`` on a receiveq, for each used buffer: its address and
+        ``buf->len = min(len, buf->size)`` (a device may report any length, shorter than what
+        the driver expects too); the buffer goes back in the ring at once (``add_inbuf``),
+        as ``control_work_handler`` and ``get_inbuf``/``reclaim`` do it. A head the driver
+        had not posted breaks the queue, as Linux's ``BAD_RING``."""
+        if q in self.broken:
+            return []
         dq = self.queues[q]
         out = []
         for head, n in dq.get_used():
-            addr = self.inbufs[q].pop(head)
-            out.append(self.mem.read(addr, min(n, PAGE)))
-            new = dq.add([(addr, PAGE, True)])
-            self.inbufs[q][new] = addr
+            addr = self.inbufs.get(q, {}).pop(head, None)
+            if addr is None:  # "id %u is not a head!" (or out of range)
+                self.broken.add(q)
+                break
+            self.free[q].insert(0, head)  # detach_buf_split: back at the front of the free list
+            out.append((addr, min(n, PAGE)))
+            self.add_inbuf(q, addr)
         if out:
             self.mmio.notify(q)
         return out
 
+    def take(self, q: int) -> list[bytes]:
+        """The data of each used buffer (its first ``buf->len`` bytes), buffers back in the
+        ring: what ``port_fops_read`` gets."""
+        return [self.mem.read(addr, n) for addr, n in self.take_bufs(q)]
+
     # -- control ----------------------------------------------------------------------------------
     def run_control(self, rounds: int = 10) -> None:
+        """``control_work_handler``: each used control buffer through
+        ``handle_control_message``, which reads the 8-byte header from the buffer whatever
+        ``buf->len`` says (a short used length leaves the rest of the header as it was in
+        the buffer); the bytes after the header up to ``buf->len`` are the message's data."""
         for _ in range(rounds):
-            msgs = self.take(CONTROL_RX)
-            if not msgs:
+            bufs = self.take_bufs(CONTROL_RX)
+            if not bufs:
                 return
-            for m in msgs:
-                nr, event, value = CONTROL.unpack(m[: CONTROL.size])
-                self.received.append((nr, event, value, m[CONTROL.size:]))
-                self.handle(nr, event, value, m[CONTROL.size:])
+            for addr, n in bufs:
+                nr, event, value = CONTROL.unpack(self.mem.read(addr, CONTROL.size))
+                extra = self.mem.read(addr + CONTROL.size, n - CONTROL.size) if n > CONTROL.size else b""
+                self.received.append((nr, event, value, extra))
+                self.handle(nr, event, value, extra, addr)
 
-    def handle(self, nr: int, event: int, value: int, extra: bytes) -> None:
+    def handle(self, nr: int, event: int, value: int, extra: bytes, addr: int | None = None) -> None:
         port = self.ports.get(nr)
         if event == VIRTIO_CONSOLE_PORT_ADD:
             if port is not None:
@@ -263,9 +304,12 @@ class LinuxConsoleDriver:
         elif event == VIRTIO_CONSOLE_PORT_OPEN:
             port["host_connected"] = bool(value)
         elif event == VIRTIO_CONSOLE_PORT_NAME:
-            port["name"] = extra.split(b"\0")[0].decode()
+            if port["name"] is None:  # "if (port->name) break;": a port is named once
+                port["name"] = extra.split(b"\0")[0].decode(errors="replace")
         elif event == VIRTIO_CONSOLE_RESIZE:
-            port["size"] = RESIZE.unpack(extra[: RESIZE.size])
+            # the size is read from the buffer after the header, whatever buf->len says
+            raw = extra if addr is None else self.mem.read(addr + CONTROL.size, RESIZE.size)
+            port["size"] = RESIZE.unpack(raw[: RESIZE.size].ljust(RESIZE.size, b"\0"))
 
     def add_port(self, nr: int) -> None:
         self.ports[nr] = {"console": not self.multiport, "guest_connected": not self.multiport,
