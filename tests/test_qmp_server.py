@@ -158,7 +158,7 @@ def test_events_from_many_threads(server):
 
     def emit() -> None:
         for _ in range(per_thread):
-            server.emit_resume()
+            server.emit_event("RESUME")
 
     threads = [threading.Thread(target=emit) for _ in range(n_threads)]
     for t in threads:
@@ -429,7 +429,7 @@ def test_a_client_that_never_reads_is_dropped_and_others_keep_their_events(serve
     before = rss_bytes()
     for b in range(batches):
         for _ in range(per_batch):
-            server.emit_reset(True, "guest-reset")
+            server.emit_event("RESET", {"guest": True, "reason": "guest-reset"})
         wait_until(lambda: len(received) >= (b + 1) * per_batch or failed, "the reader to keep up")
     t.join(60)
     assert not failed and not t.is_alive()

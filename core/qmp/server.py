@@ -242,24 +242,6 @@ class QmpServer:
             self._pending.append(line)
             self._wake()  # under the lock: the thread closes the pipe under it too
 
-    def emit_stop(self) -> None:
-        self.emit_event("STOP")
-
-    def emit_resume(self) -> None:
-        self.emit_event("RESUME")
-
-    def emit_reset(self, guest: bool, reason: str) -> None:
-        self.emit_event("RESET", {"guest": guest, "reason": reason})
-
-    def emit_shutdown(self, guest: bool, reason: str) -> None:
-        self.emit_event("SHUTDOWN", {"guest": guest, "reason": reason})
-
-    def emit_guest_panicked(self, action: str, info: dict[str, Any] | None = None) -> None:
-        data: dict[str, Any] = {"action": action}
-        if info is not None:
-            data["info"] = info
-        self.emit_event("GUEST_PANICKED", data)
-
     @property
     def client_count(self) -> int:
         return len(self._clients)
