@@ -184,7 +184,10 @@ class Lifecycle:
                 # listed before it starts: a client may connect and command at once, and the
                 # events its commands cause must reach it
                 self.monitors.append(mon)
-                mon.server.start()
+                # connections are accepted (wait=on is satisfied) but neither greeted nor
+                # answered until the first machine and its vCPU threads exist
+                # (machine_started), as QEMU serves its monitors from the main loop
+                mon.server.start(serve=False)
         except BaseException:
             self.close_monitors()
             raise
@@ -283,6 +286,14 @@ class Lifecycle:
             else:
                 m.mark_running()
             return paused
+
+    def machine_started(self, m: "Machine") -> None:
+        """``m``'s vCPU threads are started (parked for ``-S``): the monitors begin serving
+        now, so their first answer already sees the machine (QEMU's main loop, which serves
+        the monitors, runs only after the machine is created). Later machines of the run
+        (resets) find them serving."""
+        for mon in self.monitors:
+            mon.server.serve()
 
     def machine_closing(self, m: "Machine") -> None:
         """``m`` is being torn down: forget it (keeping what ``query-cpus-fast`` showed, for

@@ -555,3 +555,32 @@ def test_importing_microvm_does_not_import_qmp():
             "print(bad); sys.exit(1 if bad else 0)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_a_held_server_accepts_but_neither_greets_nor_answers_until_serve(tmp_path, machine):
+    """start(serve=False) is the state before the first machine exists: a client connected
+    then (wait=on is satisfied by it) gets nothing, its early command included, until
+    serve(); then the greeting and the answer come, in order."""
+    srv = QmpServer(f"unix:{tmp_path}/h.sock,server=on,wait=on", machine)
+    machine.emit = srv.emit_event
+    srv.start(serve=False)
+    try:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(srv.path)
+        assert srv.wait_for_client(20)  # accepted: a wait=on machine may go on building
+        sock.sendall(b'{"execute": "qmp_capabilities"}{"execute": "query-cpus-fast"}')
+        srv.emit_event("RESUME")  # nobody negotiated: nobody gets it
+        sock.settimeout(0.5)
+        with pytest.raises(socket.timeout):  # nothing is sent before serve()
+            sock.recv(65536)
+        srv.serve()
+        srv.serve()  # idempotent
+        sock.settimeout(20)
+        c = Client.__new__(Client)
+        c.sock, c.buf = sock, b""
+        assert c.line().startswith(GREETING_PREFIX)
+        assert c.msg() == {"return": {}}
+        assert len(c.msg()["return"]) == machine.smp
+        c.close()
+    finally:
+        srv.close()

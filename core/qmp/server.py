@@ -9,7 +9,11 @@ a locked list and a wake-up pipe, so a vCPU thread never blocks on a client.
 Semantics are QEMU's ``-qmp unix:PATH,server=on,wait=off`` / ``tcp:HOST:PORT,...``: the VM
 does not wait for a client (unless ``wait=on`` and the machine side calls
 :meth:`QmpServer.wait_for_client`), each client gets its own greeting and negotiation state,
-and events go to every client that has completed negotiation. Unlike QEMU's socket chardev,
+and events go to every client that has completed negotiation. A server started with
+``serve=False`` accepts connections (so ``wait=on`` is satisfied) but neither greets nor
+reads them until :meth:`QmpServer.serve`: QEMU serves its monitors from the main loop, which
+runs only once the machine and its vCPU threads exist, so no client can see a machine
+without vCPUs (``query-cpus-fast`` answering ``[]``). Unlike QEMU's socket chardev,
 which serves one client at a time (the next waits in the backlog until it leaves, however
 idle it is), up to ``max_clients`` are served at once; when all are taken and another
 connects, the client silent the longest (none negotiated first) makes room for it once it
@@ -161,6 +165,9 @@ class QmpServer:
         self._closed = False
         self._unix_id: tuple[int, int] | None = None
         self._connected = threading.Event()
+        #: serve() was called (set under _lock) / the server thread has acted on it
+        self._serve_requested = False
+        self._serving = False
         #: the listener is off until then (time.monotonic()): accept back-off, or a full
         #: server waiting for a client to become evictable; None: no such wait
         self._listen_at: float | None = None
@@ -188,7 +195,9 @@ class QmpServer:
         starting the vCPUs."""
         return self.address.wait
 
-    def start(self) -> None:
+    def start(self, serve: bool = True) -> None:
+        """Bind and start the thread. With ``serve=False`` connections are accepted but
+        not greeted nor read until :meth:`serve` (the machine does not exist yet)."""
         if self._thread is not None:
             raise RuntimeError("QMP server already started")
         self._listener = self._bind()
@@ -197,9 +206,20 @@ class QmpServer:
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._sel.register(self._wake_r, selectors.EVENT_READ, _WAKE)
         self._listen(True)
+        self._serve_requested = serve
         self._thread = threading.Thread(target=self._run, name="qmp", daemon=True)
         self._thread.start()
         log.info("QMP monitor listening on %s", self.address.text)
+
+    def serve(self) -> None:
+        """Start greeting and answering clients (those connected already first, in the
+        order they connected). Any thread; idempotent."""
+        with self._lock:
+            if self._serve_requested or self._closed:
+                return
+            self._serve_requested = True
+            if self._thread is not None:
+                self._wake()
 
     def wait_for_client(self, timeout: float | None = None) -> bool:
         """Block until a first client has connected (``wait=on`` semantics)."""
@@ -331,6 +351,11 @@ class QmpServer:
         assert sel is not None
         try:
             while not self._is_stopping():
+                if not self._serving:
+                    with self._lock:
+                        start_serving = self._serve_requested
+                    if start_serving:
+                        self._begin_serving()
                 timeout = None
                 if self._listen_at is not None:
                     timeout = self._listen_at - time.monotonic()
@@ -400,11 +425,26 @@ class QmpServer:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             client = _Client(sock, QmpSession(self.control, self.max_message), str(peer) or "unix client", now)
             self._clients[sock.fileno()] = client
-            self._sel.register(sock, selectors.EVENT_READ, client)
-            client.mask = selectors.EVENT_READ
             self.stats["accepted"] += 1
             self._connected.set()
-            self._queue(client, client.session.greeting_line())
+            if self._serving:
+                self._greet(client)
+
+    def _greet(self, client: _Client) -> None:
+        """Serve ``client`` from now on: its greeting, then its requests."""
+        assert self._sel is not None
+        self._sel.register(client.sock, selectors.EVENT_READ, client)
+        client.mask = selectors.EVENT_READ
+        self._queue(client, client.session.greeting_line())
+
+    def _begin_serving(self) -> None:
+        """serve() was called: greet the clients that connected before, oldest first (a
+        held client is in no selector set: until now nothing was read nor sent)."""
+        self._serving = True
+        for client in list(self._clients.values()):
+            if client.sock.fileno() in self._clients:
+                client.last_input = time.monotonic()  # its wait does not count as silence
+                self._greet(client)
 
     def _evict(self, now: float) -> bool:
         """Every slot is taken and a connection waits: drop the client that never negotiated
