@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import shutil
 import socket
@@ -584,3 +585,21 @@ def test_a_held_server_accepts_but_neither_greets_nor_answers_until_serve(tmp_pa
         c.close()
     finally:
         srv.close()
+
+
+def test_garbage_over_many_connections_is_not_one_warning_each(server, caplog):
+    """A client reconnecting to send a message over the limits (here nesting past QEMU's
+    1024) is refused and dropped every time, but the log gets the first of them and counted
+    repeats (microvm.log.EventLog, as for guest errors), not one warning per connection."""
+    caplog.set_level(logging.INFO, logger="microvm.qmp")
+    n = 50
+    for _ in range(n):
+        c = Client(server)
+        c.sock.sendall(b"[" * 1100)
+        assert b"nesting depth limit" in c.line()
+        with pytest.raises(EOFError):
+            c.line()
+        c.close()
+    wait_until(lambda: server.stats["dropped_limit"] == n, "every connection dropped")
+    lines = [r for r in caplog.records if r.name == "microvm.qmp" and "over the limits" in r.getMessage()]
+    assert len(lines) <= 2, [r.getMessage() for r in lines]  # the first (unless logged earlier) and a summary

@@ -43,13 +43,18 @@ from collections import deque
 from typing import Any
 
 from ..errors import ConfigError
-from ..log import get_logger
+from ..log import WARNING, EventLog, get_logger
 from .control import MachineControl
 from .events import check_event, event_message
 from .protocol import QmpSession
 from .qjson import DEFAULT_MAX_MESSAGE, to_line
 
 log = get_logger("microvm.qmp")
+#: what clients can repeat without bound (a message over the limits, not reading, taking a
+#: slot idle, a failing accept): the first of each kind is logged, repeats are counted and
+#: summarised (microvm.log.EventLog, as for guest errors), so a client reconnecting to send
+#: garbage cannot fill the host's log one warning per connection
+client_event = EventLog(log)
 
 DEFAULT_MAX_CLIENTS = 16
 #: seconds a client must have sent nothing before a new connection may take its place
@@ -405,7 +410,7 @@ class QmpServer:
             except OSError as e:
                 self.stats["accept_errors"] += 1
                 if e.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    log.warning("QMP: accept failed: %s", e.strerror)
+                    client_event("QMP: accept failed", WARNING, "QMP: accept failed: %s", e.strerror)
                     return
                 # the connection stays queued and the listener readable: polling it now would
                 # spin, so the listener is off for a while (and on again when a client leaves)
@@ -462,10 +467,9 @@ class QmpServer:
             self._listen(False)
             self._listen_at = victim.last_input + self.evict_idle
             return False
-        # a warning the first time, then info: reconnecting clients must not fill the log
-        log.log(30 if not self.stats["evicted"] else 20,
-                "QMP: all %d client slots taken; dropping %s (silent for %.0f s) for a new client",
-                self.max_clients, victim.name, now - victim.last_input)
+        client_event("QMP: idle clients evicted", WARNING,
+                     "QMP: all %d client slots taken; dropping %s (silent for %.0f s) for a new client",
+                     self.max_clients, victim.name, now - victim.last_input)
         self.stats["evicted"] += 1
         self._drop(victim)
         return True
@@ -497,7 +501,8 @@ class QmpServer:
         if client.sock.fileno() not in self._clients:
             return
         if client.session.fatal:
-            log.warning("QMP client %s: message over the limits, closing", client.name)
+            client_event("QMP: clients over the message limits", WARNING,
+                         "QMP client %s: message over the limits, closing", client.name)
             self.stats["dropped_limit"] += 1
             self._flush(client)
             self._drop(client)
@@ -507,7 +512,8 @@ class QmpServer:
         client.out.append(line)
         client.out_bytes += len(line)
         if client.out_bytes > self.max_output:
-            log.warning("QMP client %s is not reading (%d bytes queued): dropping it", client.name, client.out_bytes)
+            client_event("QMP: clients not reading", WARNING, "QMP client %s is not reading (%d bytes queued): dropping it",
+                         client.name, client.out_bytes)
             self.stats["dropped_slow"] += 1
             self._drop(client)
             return False
