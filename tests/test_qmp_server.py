@@ -603,3 +603,39 @@ def test_garbage_over_many_connections_is_not_one_warning_each(server, caplog):
     wait_until(lambda: server.stats["dropped_limit"] == n, "every connection dropped")
     lines = [r for r in caplog.records if r.name == "microvm.qmp" and "over the limits" in r.getMessage()]
     assert len(lines) <= 2, [r.getMessage() for r in lines]  # the first (unless logged earlier) and a summary
+
+
+def test_a_flooding_client_gets_a_few_requests_per_turn_not_the_whole_server(tmp_path, machine):
+    """Both clients' input is waiting when the server starts serving: 2000 query-status from
+    one, a query-name from the other. The server takes at most 8 requests of a client per
+    turn (QEMU suspends a monitor whose queue holds 8: QMP_REQ_QUEUE_LEN_MAX), so the
+    query-name is answered after a few of the flood's, not after all 2000; and the flood is
+    still answered in full and in order."""
+    calls: list[str] = []
+    real_state, real_name = machine.run_state, machine.name
+    machine.run_state = lambda: (calls.append("status"), real_state())[1]
+    machine.name = lambda: (calls.append("name"), real_name())[1]
+    srv = QmpServer(f"unix:{tmp_path}/f.sock", machine)
+    machine.emit = srv.emit_event
+    srv.start(serve=False)
+    try:
+        flood, other = (socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(2))
+        flood.connect(srv.path)
+        flood.sendall(b'{"execute": "qmp_capabilities"}' + b'{"execute": "query-status"}' * 2000)
+        other.connect(srv.path)
+        other.sendall(b'{"execute": "qmp_capabilities"}{"execute": "query-name"}')
+        wait_until(lambda: srv.stats["accepted"] == 2, "both clients accepted")
+        srv.serve()
+        f = flood.makefile("rb")
+        o = other.makefile("rb")
+        assert o.readline().startswith(GREETING_PREFIX) and o.readline() == b'{"return": {}}\r\n'
+        assert json.loads(o.readline()) == {"return": {"name": "vm0"}}
+        assert f.readline().startswith(GREETING_PREFIX) and f.readline() == b'{"return": {}}\r\n'
+        for _ in range(2000):
+            assert json.loads(f.readline())["return"]["status"] == "running"
+        assert calls.count("status") == 2000
+        assert calls.index("name") <= 16, calls.index("name")  # a turn or two of the flood first, at most
+        flood.close()
+        other.close()
+    finally:
+        srv.close()

@@ -24,6 +24,9 @@ Hostile clients (limits are per client, see docs/qmp.md):
 * malformed JSON gets QEMU's error reply and the connection keeps being served;
 * one message larger than ``max_message`` bytes (default 1 MiB; QEMU allows 64 MiB) or
   nested deeper than 1024 gets QEMU's limit error and the connection is closed;
+* a client's requests are handled at most ``QMP_REQ_QUEUE_LEN_MAX`` (8) per turn, the rest
+  of its input waiting unparsed and unread-from until then, so one that floods requests
+  gets its share of the thread, not all of it;
 * a client whose unsent output exceeds ``max_output`` (default 1 MiB: it stopped reading)
   is dropped, so neither the server nor the VM ever waits for it;
 * ``accept`` failing for lack of descriptors or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM)
@@ -68,6 +71,11 @@ DEFAULT_MAX_OUTPUT = 1 << 20
 #: (with a warning) rather than letting memory grow
 MAX_PENDING_EVENTS = 1 << 16
 _RECV_SIZE = 65536
+#: requests of one client handled per turn of the server loop (QEMU's QMP_REQ_QUEUE_LEN_MAX:
+#: it suspends a monitor whose queue holds 8). The rest of what the client sent stays
+#: unparsed and nothing more is read from it until it is handled, a turn at a time, between
+#: the other clients and the events: a flooding client gets its share, not the whole thread
+QMP_REQ_QUEUE_LEN_MAX = 8
 _LISTEN, _WAKE = "listen", "wake"
 #: how long close() keeps trying to deliver queued replies and events (quit's reply and
 #: the SHUTDOWN event)
@@ -118,7 +126,7 @@ class Address:
 
 
 class _Client:
-    __slots__ = ("sock", "session", "out", "out_bytes", "mask", "name", "last_input")
+    __slots__ = ("sock", "session", "out", "out_bytes", "mask", "name", "last_input", "backlog")
 
     def __init__(self, sock: socket.socket, session: QmpSession, name: str, now: float) -> None:
         self.sock = sock
@@ -129,6 +137,9 @@ class _Client:
         self.name = name
         #: time.monotonic() of the connection or of the last bytes received
         self.last_input = now
+        #: input received but not handled yet (QMP_REQ_QUEUE_LEN_MAX per turn): the client
+        #: is not read from (QEMU's suspended monitor) until it is handled
+        self.backlog = False
 
 
 class QmpServer:
@@ -362,7 +373,10 @@ class QmpServer:
                     if start_serving:
                         self._begin_serving()
                 timeout = None
-                if self._listen_at is not None:
+                behind = [c for c in self._clients.values() if c.backlog]
+                if behind:
+                    timeout = 0.0  # a turn for the others, then on with the backlog
+                elif self._listen_at is not None:
                     timeout = self._listen_at - time.monotonic()
                     if timeout <= 0:  # the back-off or the wait for an evictable client is over
                         self._listen_at = None
@@ -382,6 +396,11 @@ class QmpServer:
                             self._read(client)
                         if mask & selectors.EVENT_WRITE and client.sock.fileno() in self._clients:
                             self._flush(client)
+                for client in behind:
+                    if client.sock.fileno() in self._clients and client.backlog:
+                        self._handle_input(client, b"")
+                if behind:
+                    os.sched_yield()  # a flood must not keep the GIL from the vCPU threads
                 self._take_pending()
         except Exception:
             log.exception("QMP server thread failed")
@@ -485,13 +504,18 @@ class QmpServer:
             self._drop(client)
             return
         client.last_input = time.monotonic()
+        self._handle_input(client, data)
+
+    def _handle_input(self, client: _Client, data: bytes) -> None:
+        """Handle ``data`` (and what is left from before) up to QMP_REQ_QUEUE_LEN_MAX
+        requests; the rest waits for the next turn, the client unread meanwhile."""
         # events other threads emitted before a reply was made go out before it: those from
         # before this input arrived, and those a command caused on another thread (the
         # RESET of a system_reset comes from the main thread, which rebuilds the machine)
         self._take_pending()
         if client.sock.fileno() not in self._clients:
             return
-        for line in client.session.receive(data):
+        for line in client.session.receive(data, QMP_REQ_QUEUE_LEN_MAX):
             self._take_pending()
             if client.sock.fileno() not in self._clients:
                 return  # dropped while delivering them (it stopped reading)
@@ -500,6 +524,9 @@ class QmpServer:
         self._take_pending()
         if client.sock.fileno() not in self._clients:
             return
+        if client.session.pending_input != client.backlog:
+            client.backlog = not client.backlog
+            self._update_mask(client)
         if client.session.fatal:
             client_event("QMP: clients over the message limits", WARNING,
                          "QMP client %s: message over the limits, closing", client.name)
@@ -536,13 +563,24 @@ class QmpServer:
             else:
                 out[0] = chunk[sent:]
                 break
-        want = selectors.EVENT_READ | (selectors.EVENT_WRITE if out else 0)
+        self._update_mask(client)
+        return True
+
+    def _update_mask(self, client: _Client) -> None:
+        """Select on what ``client`` needs: reading unless it has a backlog (or the server
+        is closing), writing while output is queued; neither: out of the selector."""
+        want = (0 if client.backlog else selectors.EVENT_READ) | (selectors.EVENT_WRITE if client.out else 0)
         if self._is_stopping():
             want = selectors.EVENT_WRITE  # closing: only delivering what is queued
-        if want != client.mask and self._sel is not None:
+        if want == client.mask or self._sel is None:
+            return
+        if not want:
+            self._sel.unregister(client.sock)
+        elif not client.mask:
+            self._sel.register(client.sock, want, client)
+        else:
             self._sel.modify(client.sock, want, client)
-            client.mask = want
-        return True
+        client.mask = want
 
     def _drop(self, client: _Client) -> None:
         fd = client.sock.fileno()
