@@ -15,6 +15,7 @@ import importlib
 import marshal
 import os
 import sys
+import time
 import zlib
 from typing import Any, Callable, Iterable, NamedTuple
 
@@ -28,6 +29,8 @@ from .log import get_logger
 log = get_logger("microvm.plugins")
 GROUP = "microvm"
 INDEX_VERSION = 2
+#: an index that does not say which environment wrote it is deleted at this age (seconds)
+STALE_UNNAMED_S = 30 * 86400
 #: what register_backends may register
 BACKEND_KINDS = ("chardev", "netdev")
 #: keys the core handles for every device or backend (QEMU's -device/-chardev/-netdev id=)
@@ -91,6 +94,33 @@ def _scan_entry_points() -> list[EntryPointInfo]:
     return found
 
 
+def _prune(cache: str, prefix: str, keep: str) -> None:
+    """Delete the indexes no run will read again: this environment's older ones (one index per
+    environment) and those of environments that no longer exist (a removed virtualenv or
+    worktree would otherwise leave its index behind for ever). An index that does not name
+    its environment (written before indexes did, or unreadable) goes once it is a month old.
+    Runs only after an index was written, never on the cached start-up path."""
+    for name in os.listdir(cache):
+        if not (name.startswith("plugin-index-") and name.endswith(".marshal")) or name == keep:
+            continue  # another process's temporary file is its own business
+        full = os.path.join(cache, name)
+        if not name.startswith(f"plugin-index-{prefix}-"):
+            try:
+                with open(full, "rb") as f:
+                    env = marshal.load(f).get("prefix")
+                old = os.stat(full).st_mtime < time.time() - STALE_UNNAMED_S
+            except (OSError, ValueError, EOFError, TypeError, AttributeError):
+                env, old = None, True
+            if isinstance(env, str) and os.path.isdir(env):
+                continue
+            if not isinstance(env, str) and not old:
+                continue
+        try:
+            os.unlink(full)
+        except OSError:
+            pass
+
+
 def discover() -> list[EntryPointInfo]:
     """The installed plugins' entry points, from the cache when sys.path is unchanged.
 
@@ -115,14 +145,9 @@ def discover() -> list[EntryPointInfo]:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = f"{path}.{os.getpid()}.tmp"
         with open(tmp, "wb") as f:
-            marshal.dump({"version": INDEX_VERSION, "fingerprint": fp, "entry_points": [tuple(e) for e in eps]}, f)
+            marshal.dump({"version": INDEX_VERSION, "prefix": sys.prefix, "fingerprint": fp, "entry_points": [tuple(e) for e in eps]}, f)
         os.replace(tmp, path)
-        for name in os.listdir(os.path.dirname(path)):  # one index per environment
-            if name.startswith(f"plugin-index-{prefix}-") and name != os.path.basename(path):
-                try:
-                    os.unlink(os.path.join(os.path.dirname(path), name))
-                except OSError:
-                    pass
+        _prune(os.path.dirname(path), prefix, os.path.basename(path))
     except OSError as e:  # a read-only home is no reason to fail
         log.debug("plugin index not cached: %s", e)
     return eps

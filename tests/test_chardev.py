@@ -205,6 +205,79 @@ def test_c_a_t_toggles_timestamps_on_the_output_as_qemu():
     os.close(out_r)
 
 
+STAMP = rb"\[\d\d:\d\d:\d\d\.\d\d\d\] "
+
+
+def test_timestamps_and_the_mux_messages_are_not_counted_as_device_output():
+    """bytes_written counts what the devices wrote: C-a t's stamps and C-a h's help reach
+    the sink but are not device bytes (bytes_written + bytes_dropped = what was written)."""
+    import re
+
+    b, out_r, in_w = pipe_backend(escapes=True, mux=True)
+    fe = b.attach("dev")
+    Sink().attach(fe)
+    b.start()
+    os.write(in_w, b"\x01t\x01h")
+    until(lambda: b._timestamps, "C-a t")
+    assert read_all(out_r, len(MUX_HELP)) == MUX_HELP
+    text = b"first\nsecond\nthird\n"
+    fe.write(text)
+    got = read_all(out_r, len(text) + 2 * 15)
+    assert len(re.findall(STAMP, got)) == 2 and re.sub(STAMP, b"", got) == text
+    b.close()
+    assert b.counters["bytes_written"] == len(text) and b.counters["bytes_dropped"] == 0
+    os.close(in_w)
+    os.close(out_r)
+
+
+def test_timestamps_take_only_the_room_the_device_left():
+    """A throttled frontend (a virtio serial port) writes no more than write_room(): the
+    stamps must not push its bytes out of a full buffer. They go in while there is room
+    beyond the device's bytes; the lines beyond that go unstamped, and nothing is dropped."""
+    import re
+
+    b, out_r, in_w = pipe_backend(escapes=True, mux=True, buffer_size=4096)
+    fcntl.fcntl(out_r, fcntl.F_SETPIPE_SZ, 4096)
+    prefill = 0
+    while True:  # the sink is full: what is written waits in the backend's buffer
+        try:
+            prefill += os.write(b.out_fd, b"p" * 4096)
+        except BlockingIOError:
+            break
+    fe = b.attach("dev")
+    Sink().attach(fe)
+    b.start()
+    os.write(in_w, b"\x01t")
+    until(lambda: b._timestamps, "C-a t")
+    head = b"head\n"
+    fe.write(head)
+    room = fe.write_room()
+    assert room == 4096 - len(head)
+    line = b"x" * 9 + b"\n"
+    data = line * ((room - 100) // len(line))  # leaves room for 6 stamps of 15 bytes
+    fe.write(data)
+    assert b.counters["bytes_dropped"] == 0
+    rest = fe.write_room()
+    assert rest == room - len(data) - 6 * 15  # the stamps took their room
+    tail = b"y" * (rest - 1) + b"\n"  # fills the buffer exactly: no room for a stamp
+    fe.write(tail)
+    assert b.counters["bytes_dropped"] == 0 and fe.write_room() == 0
+    total = len(head) + len(data) + len(tail)
+    got = bytearray(read_all(out_r, prefill))
+    end = time.monotonic() + WAIT
+    while len(re.sub(STAMP, b"", bytes(got[prefill:]))) < total and time.monotonic() < end:
+        got += os.read(out_r, 65536)
+    assert bytes(got[:prefill]) == b"p" * prefill
+    out = bytes(got[prefill:])
+    assert re.sub(STAMP, b"", out) == head + data + tail
+    # head's line was under way at the toggle; the first 6 lines of data are stamped
+    assert [m.start() for m in re.finditer(STAMP, out)] == [len(head) + i * (15 + len(line)) for i in range(6)]
+    b.close()
+    assert b.counters["bytes_written"] == total and b.counters["bytes_dropped"] == 0
+    os.close(in_w)
+    os.close(out_r)
+
+
 def test_a_terminal_keeps_isig_only_with_signals():
     """QEMU's stdio signal=on (the default) leaves Ctrl-C to the terminal's line discipline,
     which signals the VMM; signal=off (the mux of -nographic) passes it to the guest. The
@@ -850,6 +923,94 @@ def test_a_unix_client_never_blocks_on_a_server_that_does_not_accept(tmp_path: P
             assert isinstance(outcome[0], ConfigError) and "Failed to connect" in str(outcome[0])
     for c in fillers:
         c.close()
+    srv.close()
+
+
+def _closed_tcp_port() -> int:
+    """A loopback port nothing listens on (connects are refused at once)."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def _stack_names(ident: int | None) -> set[str]:
+    import sys
+
+    frame = sys._current_frames().get(ident) if ident is not None else None
+    names = set()
+    while frame is not None:
+        names.add(frame.f_code.co_name)
+        frame = frame.f_back
+    return names
+
+
+def test_a_tcp_client_reconnects_to_a_listener_that_accepts_late():
+    """reconnect=1 to a loopback port closed at first: output meanwhile is dropped and
+    counted; once a listener is there the reconnect (made off the I/O thread) hands its
+    socket over, and a listener that accepts only later gets what is written from then on."""
+    port = _closed_tcp_port()
+    b = SocketBackend("c0", host="127.0.0.1", port=str(port), reconnect=1)
+    assert not b.connected
+    fe = b.attach("dev")
+    sink = Sink()
+    sink.attach(fe)
+    b.start()
+    fe.write(b"lost")
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("127.0.0.1", port))
+    srv.listen(1)
+    until(lambda: fe.is_open, "the reconnect")  # in the backlog, not accepted yet
+    fe.write(b"hello")
+    srv.settimeout(WAIT)
+    conn, _ = srv.accept()
+    assert _recv(conn, 5) == b"hello"
+    assert b.counters["bytes_dropped"] == 4 and b.counters["bytes_written"] == 5
+    assert sink.events == ["OPEN"] and b.filename() == f"tcp:127.0.0.1:{port}"
+    conn.close()
+    until(lambda: not fe.is_open, "noticing the lost connection")
+    srv.close()
+    b.close()
+
+
+def test_a_tcp_reconnect_to_a_server_that_never_answers_holds_nothing_up(caplog):
+    """A loopback listener whose accept queue is full drops the SYNs: a connect to it hangs
+    (up to its 5 s). That wait happens on the attempt's own thread: the I/O thread keeps
+    polling, output is dropped and counted meanwhile, and closing the backend ends its I/O
+    thread at once instead of giving up on it as stuck (the attempt's socket is closed by
+    its thread when it ends)."""
+    import logging
+
+    caplog.set_level(logging.INFO)
+    port = _closed_tcp_port()
+    b = SocketBackend("c0", host="127.0.0.1", port=str(port), reconnect=1)
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("127.0.0.1", port))
+    srv.listen(0)
+    filler = socket.create_connection(("127.0.0.1", port), timeout=WAIT)  # the accept queue is full now
+    fe = b.attach("dev")
+    b.start()
+    io = b._thread
+    assert io is not None
+
+    def connecting() -> bool:
+        import sys
+
+        return any(_stack_names(t) & {"_open_client", "_connect"} for t in sys._current_frames())
+
+    until(connecting, "a reconnect attempt under way")
+    assert not _stack_names(io.ident) & {"_open_client", "_connect"}, "the I/O thread connects"
+    fe.write(b"x" * 100)
+    assert b.counters["bytes_dropped"] == 100 and not fe.is_open
+    b.close()
+    assert not io.is_alive(), "closing gave up on an I/O thread stuck in connect"
+    assert not [r for r in caplog.records if "still blocked" in r.getMessage()]
+    until(lambda: not [t for t in threading.enumerate() if t.name == "chardev-c0-connect"],
+          "the attempt's thread ending")
+    filler.close()
     srv.close()
 
 

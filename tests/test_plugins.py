@@ -5,7 +5,9 @@ from __future__ import annotations
 import marshal
 import os
 import sys
+import time
 import types
+from pathlib import Path
 from typing import Any
 
 import pluggy
@@ -382,6 +384,39 @@ def test_a_corrupt_index_is_rebuilt(plugin_cache, scan_count) -> None:
     assert plugins_mod.discover() == FAKE_EPS
     assert scan_count == [2]
     assert marshal.loads(index.read_bytes())["version"] == plugins_mod.INDEX_VERSION
+
+
+def test_indexes_of_removed_environments_are_pruned(plugin_cache, scan_count, tmp_path) -> None:
+    """A removed virtualenv's index goes when an index is next written; a living one's stays,
+    and so does a recent index that does not name its environment (an older format)."""
+    gone_env, live_env = tmp_path / "gone-venv", tmp_path / "live-venv"
+    live_env.mkdir()
+    plugin_cache.mkdir(parents=True)
+
+    def index(name: str, **data: object) -> Path:
+        f = plugin_cache / f"plugin-index-{name}.marshal"
+        f.write_bytes(marshal.dumps({"version": plugins_mod.INDEX_VERSION, "fingerprint": "x", "entry_points": [], **data}))
+        return f
+
+    gone = index("00000001-00000000", prefix=str(gone_env))
+    live = index("00000002-00000000", prefix=str(live_env))
+    unnamed_new = index("00000003-00000000")
+    unnamed_old = index("00000004-00000000")
+    month = plugins_mod.STALE_UNNAMED_S
+    os.utime(unnamed_old, (time.time() - month - 60, time.time() - month - 60))
+    garbage = plugin_cache / "plugin-index-00000005-00000000.marshal"
+    garbage.write_bytes(b"{not marshal")
+    os.utime(garbage, (time.time() - month - 60, time.time() - month - 60))
+    in_flight = plugin_cache / "plugin-index-00000006-00000000.marshal.4242.tmp"
+    in_flight.write_bytes(b"")
+
+    plugins_mod.discover()
+    assert scan_count == [1]
+    left = {f.name for f in plugin_cache.iterdir()}
+    assert not gone.exists() and not unnamed_old.exists() and not garbage.exists()
+    assert {live.name, unnamed_new.name, in_flight.name} <= left
+    (mine,) = left - {live.name, unnamed_new.name, in_flight.name}
+    assert marshal.loads((plugin_cache / mine).read_bytes())["prefix"] == sys.prefix
 
 
 def test_no_plugin_cache_switch(plugin_cache, scan_count, monkeypatch) -> None:

@@ -245,6 +245,9 @@ class CharBackend:
 
     Counters (the group ``chardev.ID``): ``bytes_written``, ``bytes_dropped`` (output that
     never reached the sink), ``bytes_read`` and ``input_dropped`` (input no frontend took).
+    The output counters count the frontends' bytes only: ``C-a t``'s stamps and the mux's
+    own messages reach the sink too but are neither (so ``bytes_written + bytes_dropped``
+    is what the devices wrote).
     """
 
     #: the backend type as the user writes it (``stdio``, ``socket``...)
@@ -268,6 +271,13 @@ class CharBackend:
         self.on_quit = on_quit
         self._lock = threading.Lock()
         self._out = bytearray()
+        #: the position of ``_out[0]`` in all that ever went through ``_out`` (what
+        #: :meth:`_take_front` took before it), the origin of ``_own``
+        self._out_start = 0
+        #: the backend's own bytes in ``_out`` (``C-a t`` stamps, the mux's help and
+        #: "Terminated"), as (start, end) stream positions in order: they reach the sink like
+        #: the rest but are not the devices' output, so the counters leave them out
+        self._own: deque[tuple[int, int]] = deque()
         self._limit = max(1, buffer_size)
         self._pending: deque[Any] = deque()  # bytes, _BREAK, _FOCUS
         self._pending_len = 0
@@ -331,15 +341,24 @@ class CharBackend:
     def write(self, data: bytes) -> None:
         """Queue ``data`` for the sink; never blocks. Dropped (and counted) when the host side
         is closed or the buffer is full."""
+        self._write(data, own=False)
+
+    def _write(self, data: bytes, own: bool) -> None:
+        """:meth:`write`, or with ``own`` the backend's own message (the mux's help,
+        "Terminated"), which goes the same way but is not counted as a frontend's output."""
         n = len(data)
         if not n:
             return
+        guest = 0 if own else n
         with self._lock:
             if not self.connected or self._sink_gone or self.closed or self._error is not None:
-                self._count_dropped(n)
+                self._count_dropped(guest)
                 return
-            if self._timestamps:
-                data = self._stamp(data)
+            marks: list[tuple[int, int]] = [(0, n)] if own else []
+            if self._timestamps and not own:
+                # the stamps take only room the device's bytes leave free: a frontend that
+                # checked write_room() (a throttled virtio port) loses none of its bytes
+                data, marks = self._stamp(data, self._limit - len(self._out) - n)
                 n = len(data)
             if self.direct_write and not self._out:
                 try:
@@ -348,22 +367,22 @@ class CharBackend:
                     k = 0
                 except OSError as e:  # the sink failed: the I/O thread decides what that means
                     self._error = e
-                    self._count_dropped(n)
+                    self._count_dropped(guest)
                     k = -1
                 if k < 0:
                     wake = True
                 elif k >= n:
-                    self._count_written(k)
+                    self._count_written(guest)
                     return
                 else:  # the sink is full for now: the rest waits for the I/O thread
                     self._stalled = True
                     if k:
-                        self._count_written(k)
+                        self._count_written(k - _overlap(marks, 0, k))
                         data = data[k:]
-                        n -= k
-                    wake = self._queue(data, n)
+                        marks = _shift(marks, k)
+                    wake = self._queue(data, marks)
             else:
-                wake = self._queue(data, n)
+                wake = self._queue(data, marks)
         if wake:
             self.wake()
         elif len(self._out) > self._limit // 2 and not self._stalled:
@@ -371,11 +390,14 @@ class CharBackend:
             # burst): let it run. Yield, never wait: a stalled sink gets no yields at all.
             time.sleep(0)
 
-    def _stamp(self, data: bytes) -> bytes:
+    def _stamp(self, data: bytes, spare: int) -> tuple[bytes, list[tuple[int, int]]]:
         """``C-a t``'s output (lock held): ``[HH:MM:SS.mmm] `` before each line's first
         byte, the time counted from the first stamp after the toggle, as QEMU's
-        ``mux_chr_write`` does."""
+        ``mux_chr_write`` does; and where the stamps lie in the result. A stamp is put in
+        only while it fits in ``spare`` bytes (the buffer's room beyond ``data``): where it
+        does not, that line goes without one rather than push the device's bytes out."""
         out = bytearray()
+        marks: list[tuple[int, int]] = []
         lines = data.split(b"\n")
         last = len(lines) - 1
         for i, line in enumerate(lines):
@@ -385,13 +407,17 @@ class CharBackend:
                     self._ts_start = now
                 ms = int((now - self._ts_start) * 1000)
                 secs = ms // 1000
-                out += b"[%02d:%02d:%02d.%03d] " % (secs // 3600, secs // 60 % 60, secs % 60, ms % 1000)
+                stamp = b"[%02d:%02d:%02d.%03d] " % (secs // 3600, secs // 60 % 60, secs % 60, ms % 1000)
+                if len(stamp) <= spare:
+                    marks.append((len(out), len(out) + len(stamp)))
+                    out += stamp
+                    spare -= len(stamp)
                 self._linestart = False
             out += line
             if i < last:
                 out += b"\n"
                 self._linestart = True
-        return bytes(out)
+        return bytes(out), marks
 
     def _toggle_timestamps(self) -> None:
         with self._lock:
@@ -399,18 +425,52 @@ class CharBackend:
             self._ts_start = None
             self._linestart = False  # as QEMU: the first stamp comes after the next newline
 
-    def _queue(self, data: bytes, n: int) -> bool:
-        """Append to the buffer (lock held), dropping what does not fit; True when the
-        buffer was empty before (the I/O thread must be woken)."""
+    def _queue(self, data: bytes, marks: list[tuple[int, int]]) -> bool:
+        """Append to the buffer (lock held), dropping what does not fit; ``marks`` are the
+        backend's own bytes in ``data`` (not counted). True when the buffer was empty
+        before (the I/O thread must be woken)."""
+        n = len(data)
         room = self._limit - len(self._out)
         if room < n:
-            self._count_dropped(n - max(room, 0))
-            if room <= 0:
+            keep = max(room, 0)
+            self._count_dropped(n - keep - _overlap(marks, keep, n))
+            if keep <= 0:
                 return False
-            data = data[:room]
+            data = data[:keep]
+            marks = [(a, min(b, keep)) for a, b in marks if a < keep]
         was_empty = not self._out
+        end = self._out_start + len(self._out)
+        self._own.extend((end + a, end + b) for a, b in marks)
         self._out += data
         return was_empty
+
+    def _take_front(self, k: int) -> int:
+        """The first ``k`` bytes of ``_out`` leave it (lock held; the caller deletes them):
+        how many of them are frontends' bytes."""
+        start = self._out_start
+        end = start + k
+        own = 0
+        while self._own:
+            a, b = self._own[0]
+            if a >= end:
+                break
+            own += min(b, end) - max(a, start)
+            if b <= end:
+                self._own.popleft()
+            else:
+                self._own[0] = (end, b)
+                break
+        self._out_start = end
+        return k - own
+
+    def _drop_out(self) -> int:
+        """Drop everything buffered (lock held), counting the frontends' part; how many
+        bytes the buffer held."""
+        left = len(self._out)
+        if left:
+            self._count_dropped(self._take_front(left))
+            self._out.clear()
+        return left
 
     def write_room(self) -> int:
         """Bytes :meth:`write` would take now without dropping (the whole buffer while the
@@ -445,8 +505,7 @@ class CharBackend:
             log.exception("chardev %s: I/O thread failed", self.label)
             with self._lock:
                 self._sink_gone = True
-                self._count_dropped(len(self._out))
-                self._out.clear()
+                self._drop_out()
             return
         self._final_flush()
 
@@ -534,8 +593,9 @@ class CharBackend:
             with self._lock:
                 if self.closed:  # close() gave up on this write and counted it as dropped
                     break
+                written = self._take_front(k)
                 del self._out[:k]
-            self._count_written(k)
+            self._count_written(written)
             self._stalled = False
             freed = True
         if freed:
@@ -573,9 +633,7 @@ class CharBackend:
                 if len(self._out) == before and ofd is None:
                     break  # no progress on a sink we cannot wait for
         with self._lock:
-            if self._out:
-                self._count_dropped(len(self._out))
-                self._out.clear()
+            self._drop_out()
 
     # ---- input -------------------------------------------------------------------------------
     def _read_ready(self) -> None:
@@ -622,7 +680,7 @@ class CharBackend:
                 elif b == 0x78:  # x
                     self._push(bytes(out))
                     out.clear()
-                    self.write(TERMINATED)
+                    self._write(TERMINATED, own=True)
                     if self.on_quit is not None:
                         self.on_quit()
                 elif b == 0x62:  # b
@@ -635,7 +693,7 @@ class CharBackend:
                         out.clear()
                         self._push(_FOCUS)
                 elif b in (0x68, 0x3F):  # h, ?
-                    self.write(MUX_HELP)
+                    self._write(MUX_HELP, own=True)
                 elif b == 0x74:  # t
                     self._toggle_timestamps()
                 # s (QEMU: commit -snapshot disks; none here) and every other key: nothing,
@@ -704,9 +762,8 @@ class CharBackend:
             if connected == self.connected:
                 return
             self.connected = connected
-            if not connected and self._out:
-                self._count_dropped(len(self._out))
-                self._out.clear()
+            if not connected:
+                self._drop_out()
             fes = list(self.frontends)
         log.info("chardev %s: %s", self.label, "connected" if connected else "disconnected")
         for fe in fes:
@@ -751,8 +808,7 @@ class CharBackend:
         log.info("chardev %s: output failed (%s); further output is dropped", self.label, e.strerror or e)
         with self._lock:
             self._sink_gone = True
-            self._count_dropped(len(self._out))
-            self._out.clear()
+            self._drop_out()
 
     def _close_resources(self) -> None:
         """Release fds and sockets (after the thread stopped, or gave up on it)."""
@@ -793,10 +849,8 @@ class CharBackend:
             self._final_flush()
         with self._lock:
             self.closed = True
-            left = len(self._out) if stuck else 0
-            if left:  # what the thread still held, the write it is stuck in included
-                self._count_dropped(left)
-                self._out.clear()
+            # what the thread still held, the write it is stuck in included
+            left = self._drop_out() if stuck else 0
         if stuck:  # a sink that blocks in the kernel (a hung file system): leave it be
             log.warning("chardev %s: output still blocked at exit; %d bytes dropped", self.label, left)
             return
@@ -825,3 +879,13 @@ class NullBackend(CharBackend):
 
     def start(self) -> None:
         pass
+
+
+def _overlap(marks: list[tuple[int, int]], start: int, end: int) -> int:
+    """How many bytes of the ranges ``marks`` lie in [start, end)."""
+    return sum(max(0, min(b, end) - max(a, start)) for a, b in marks)
+
+
+def _shift(marks: list[tuple[int, int]], k: int) -> list[tuple[int, int]]:
+    """``marks`` after the first ``k`` bytes are gone."""
+    return [(max(a - k, 0), b - k) for a, b in marks if b > k]

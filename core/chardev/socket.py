@@ -20,6 +20,7 @@ import os
 import socket
 import stat
 import sys
+import threading
 import time
 from typing import Any, Callable
 
@@ -73,6 +74,8 @@ class SocketBackend(CharBackend):
         self._peer = ""
         self._created_path: tuple[int, int] | None = None  # (st_dev, st_ino) of the socket file we made
         self._next_connect = 0.0
+        #: a reconnect under way on its own thread (:meth:`_start_attempt`)
+        self._attempt: _Attempt | None = None
         self.connected = False
         if server:
             self._listen()
@@ -186,11 +189,18 @@ class SocketBackend(CharBackend):
 
     # ---- client --------------------------------------------------------------------------------
     def _connect(self) -> None:
-        """One attempt. A unix connect is non-blocking: a server whose listen backlog is
-        full (one that does not accept) would hold a blocking connect, and with it the
-        start-up or the I/O thread, without limit; it fails with EAGAIN instead, an error
-        at start-up or, with ``reconnect=``, the next attempt ``reconnect`` seconds later.
-        A TCP connect waits at most 5 s."""
+        """One attempt at start-up, on the caller's thread (see :meth:`_open_client`)."""
+        self._peer = ""
+        self._attach_conn(self._open_client())
+
+    def _open_client(self) -> socket.socket:
+        """Resolve and connect once; the connected socket. A unix connect is non-blocking:
+        a server whose listen backlog is full (one that does not accept) would hold a
+        blocking connect without limit; it fails with EAGAIN instead, an error at start-up
+        or, with ``reconnect=``, the next attempt ``reconnect`` seconds later. A TCP
+        connect (and the name resolution before it) may take up to 5 s: at start-up that
+        holds the start, as QEMU's synchronous connect does; a reconnect runs it on a
+        short-lived thread of its own (:meth:`_start_attempt`), never on the I/O thread."""
         if self.path:
             s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             s.setblocking(False)
@@ -214,8 +224,70 @@ class SocketBackend(CharBackend):
                     s = None
             if s is None:
                 raise err or OSError("no usable address")
-        self._peer = ""
-        self._attach_conn(s)
+        return s
+
+    def _start_attempt(self) -> None:
+        """A reconnect: resolve and connect on a short-lived thread that hands the socket
+        (or the error) back through a pipe the I/O thread polls with the rest, so that
+        while a server does not answer, the I/O thread goes on (closing included) and
+        output is dropped and counted as while disconnected."""
+        r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        attempt = _Attempt(r, w)
+        self._attempt = attempt
+        threading.Thread(target=self._run_attempt, args=(attempt,), name=f"chardev-{self.label}-connect",
+                         daemon=True).start()
+
+    def _run_attempt(self, attempt: "_Attempt") -> None:
+        try:
+            result: socket.socket | OSError = self._open_client()
+        except OSError as e:
+            result = e
+        except ConfigError as e:  # a name that no longer resolves
+            result = OSError(str(e))
+        with attempt.lock:
+            if attempt.abandoned:  # the backend closed meanwhile: nobody takes the socket
+                if isinstance(result, socket.socket):
+                    result.close()
+                os.close(attempt.w)
+                return
+            attempt.result = result
+            try:
+                os.write(attempt.w, b"\0")
+            except OSError:
+                pass
+
+    def _finish_attempt(self) -> None:
+        """The attempt's thread is done (I/O thread): take its socket, or plan the next."""
+        attempt, self._attempt = self._attempt, None
+        if attempt is None:
+            return
+        with attempt.lock:
+            result = attempt.result
+            attempt.abandoned = True
+            for fd in (attempt.r, attempt.w):
+                os.close(fd)
+        if isinstance(result, socket.socket):
+            if self._closing or self.conn is not None:
+                result.close()
+                return
+            self._peer = ""
+            self._attach_conn(result)
+            return
+        log.debug("chardev %s: reconnect to %s failed: %s", self.label, self._where(), result)
+        self._next_connect = time.monotonic() + self.reconnect
+
+    def _abandon_attempt(self) -> None:
+        """Closing with an attempt under way: its thread closes what it gets."""
+        attempt, self._attempt = self._attempt, None
+        if attempt is None:
+            return
+        with attempt.lock:
+            attempt.abandoned = True
+            os.close(attempt.r)
+            if attempt.result is not None:  # finished, not yet taken
+                if isinstance(attempt.result, socket.socket):
+                    attempt.result.close()
+                os.close(attempt.w)
 
     # ---- the connection ------------------------------------------------------------------------
     def _attach_conn(self, conn: socket.socket) -> None:
@@ -277,27 +349,28 @@ class SocketBackend(CharBackend):
 
         if self.listener is not None and self.conn is None:
             return {self.listener.fileno(): select.POLLIN}
+        if self._attempt is not None:
+            return {self._attempt.r: select.POLLIN}
         return {}
 
     def _on_extra(self, fd: int, events: int) -> None:
         if self.listener is not None and fd == self.listener.fileno():
             self._accept()
+        elif self._attempt is not None and fd == self._attempt.r:
+            self._finish_attempt()
 
     def _timeout(self) -> float | None:
-        if self.server or not self.reconnect or self.conn is not None:
+        if self.server or not self.reconnect or self.conn is not None or self._attempt is not None:
             return None
         return max(0.0, self._next_connect - time.monotonic())
 
     def _on_timeout(self) -> None:
-        if self.server or self.conn is not None or not self.reconnect:
+        if self.server or self.conn is not None or not self.reconnect or self._attempt is not None:
             return
-        try:
-            self._connect()
-        except OSError as e:
-            log.debug("chardev %s: reconnect to %s failed: %s", self.label, self._where(), e)
-            self._next_connect = time.monotonic() + self.reconnect
+        self._start_attempt()
 
     def _close_resources(self) -> None:
+        self._abandon_attempt()
         for s in (self.conn, self.listener):
             if s is not None:
                 try:
@@ -318,6 +391,19 @@ class SocketBackend(CharBackend):
             if self.conn is not None and self._peer:
                 addr += f" <-> {self._peer}"
         return addr if self.conn is not None else f"disconnected:{addr}"
+
+
+class _Attempt:
+    """One reconnect handed between its thread and the I/O thread: ``r``/``w`` a pipe the
+    I/O thread polls, ``result`` the connected socket or the error, ``abandoned`` set once
+    the I/O thread no longer waits for it (taken, or the backend closed)."""
+
+    def __init__(self, r: int, w: int) -> None:
+        self.r = r
+        self.w = w
+        self.lock = threading.Lock()
+        self.result: socket.socket | OSError | None = None
+        self.abandoned = False
 
 
 def _unix_in_use(path: str, st: os.stat_result) -> bool:

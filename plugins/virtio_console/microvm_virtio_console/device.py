@@ -3,7 +3,10 @@
 
 **Queues** (Linux ``init_vqs``): port 0's receiveq/transmitq are 0/1, the control
 receiveq/transmitq 2/3, port N's 2N+2/2N+3; ``max_ports`` ports give 2 * (max_ports + 1)
-queues, and the configuration space says how many ports there may be.
+queues, and the configuration space says how many ports there may be. As in QEMU,
+MULTIPORT is offered only when ``max_ports`` > 1: with ``max_ports=1`` the guest drives
+port 0 alone on queues 0/1 and never sets up the control queues (the transport still
+has them, 4 queues, as QEMU's ``virtio_serial_device_realize`` adds them regardless).
 
 **The control handshake**, as Linux's ``virtio_console`` driver runs it and QEMU answers:
 
@@ -173,10 +176,9 @@ class VirtioSerial(VirtioBackend):
                 if console and 0 not in self.ports:
                     nr = 0
                 else:
-                    free = [i for i in range(1, self.max_ports) if i not in self.ports]
-                    if not free:
+                    nr = self._free_port_id()
+                    if nr is None:
                         raise ConfigError(f"{owner}: virtio-serial-bus: Maximum port limit for this device reached")
-                    nr = free[0]
             if not 0 <= nr < self.max_ports:
                 raise ConfigError(f"{owner}: virtio-serial-bus: Out-of-range port id specified, "
                                   f"max. allowed: {self.max_ports - 1}")
@@ -196,12 +198,25 @@ class VirtioSerial(VirtioBackend):
             chardev.set_open(False)
         return port
 
+    def _free_port_id(self) -> int | None:
+        """The lowest unused id from 1, searched as QEMU's ``find_free_port_id`` does: in
+        whole 32-bit words of its port map, so the id found may lie beyond ``max_ports``
+        (the caller's range check then refuses it: ``max_ports=1`` and a
+        ``virtserialport`` give "Out-of-range port id specified, max. allowed: 0", as
+        QEMU 7.2 says); None only when every id of those words is taken."""
+        for i in range(1, (self.max_ports + 31) // 32 * 32):
+            if i not in self.ports:
+                return i
+        return None
+
     # -- what the device is ------------------------------------------------------------------------
     def device_features(self) -> int:
-        """MULTIPORT, and EMERG_WRITE unless turned off; not F_SIZE, as QEMU 7.2: older
-        Linux kernels read RESIZE's fields rows first, recent ones cols first (the spec's
-        order), so a size sent would reach some guests transposed."""
-        f = 1 << VIRTIO_CONSOLE_F_MULTIPORT
+        """MULTIPORT when the device may have more than one port (QEMU's ``get_features``:
+        with ``max_ports=1`` the driver uses port 0 on queues 0/1 and no control queues),
+        and EMERG_WRITE unless turned off; not F_SIZE, as QEMU 7.2: older Linux kernels
+        read RESIZE's fields rows first, recent ones cols first (the spec's order), so a
+        size sent would reach some guests transposed."""
+        f = 1 << VIRTIO_CONSOLE_F_MULTIPORT if self.max_ports > 1 else 0
         if self.emergency_write:
             f |= 1 << VIRTIO_CONSOLE_F_EMERG_WRITE
         return f

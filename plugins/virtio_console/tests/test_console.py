@@ -194,12 +194,53 @@ def test_emergency_write_and_config_space(legacy):
     drv.close()
 
 
+@pytest.mark.parametrize("legacy", TRANSPORTS)
+def test_max_ports_1_offers_no_multiport_and_keeps_qemus_four_queues(legacy):
+    """QEMU's get_features adds MULTIPORT only for max_nr_ports > 1; its realize adds the
+    control queues regardless, so the transport has 4 queues (QueueNumMax > 0 for 0..3)."""
+    dev = VirtioSerial(max_ports=1)
+    con = FakeChardev()
+    dev.add_port(None, None, True, con, "virtconsole")
+    with pytest.raises(ConfigError, match="Out-of-range port id specified, max. allowed: 0"):
+        dev.add_port(None, None, False, None, "virtserialport")
+    drv = LinuxConsoleDriver(dev, legacy)
+    features = drv.mmio.device_features()
+    assert not features & (1 << VIRTIO_CONSOLE_F_MULTIPORT) and features & (1 << VIRTIO_CONSOLE_F_EMERG_WRITE)
+    num_max = []
+    for q in range(6):
+        drv.mmio.write(0x030, q)  # QueueSel
+        num_max.append(drv.mmio.read(0x034))  # QueueNumMax
+    assert [n > 0 for n in num_max] == [True] * 4 + [False] * 2
+    drv.probe()  # Linux's features: it asks for MULTIPORT and does not get it
+    assert not drv.multiport and len(drv.queues) == 2
+    assert CONFIG.unpack(bytes(drv.mmio.read_config(o, 1) for o in range(CONFIG.size)))[2] == 1
+    drv.write_port(0, b"one port")
+    assert con.out == b"one port"
+    assert con.host_types(b"in") == 2 and drv.read_port(0) == b"in"
+    drv.close()
+
+
+def test_free_port_numbers_are_searched_as_qemu_does():
+    """QEMU's find_free_port_id scans whole 32-bit words of its map: a full device smaller
+    than 32 ports yields an id beyond max_ports (out of range), one of 32 ports none at all."""
+    dev = VirtioSerial(max_ports=2)
+    assert dev.add_port(None, None, False, None, "sp").id == 1
+    with pytest.raises(ConfigError, match="Out-of-range port id specified, max. allowed: 1"):
+        dev.add_port(None, None, False, None, "sp")
+    dev = VirtioSerial(max_ports=32)
+    dev.add_port(None, None, True, None, "vc")
+    for i in range(1, 32):
+        assert dev.add_port(None, None, False, None, "sp").id == i
+    with pytest.raises(ConfigError, match="Maximum port limit for this device reached"):
+        dev.add_port(None, None, False, None, "sp")
+
+
 def test_port_numbers_and_names_follow_qemu():
     dev = VirtioSerial(max_ports=3)
     assert dev.add_port(None, None, False, None, "sp").id == 1  # 0 stays for a console
     assert dev.add_port(None, None, True, None, "vc").id == 0  # the first console is port 0
     assert dev.add_port(None, None, True, None, "vc2").id == 2  # a second console: the next free
-    with pytest.raises(ConfigError, match="Maximum port limit for this device reached"):
+    with pytest.raises(ConfigError, match="Out-of-range port id specified, max. allowed: 2"):
         dev.add_port(None, None, False, None, "sp")
     dev = VirtioSerial(max_ports=3)
     with pytest.raises(ConfigError, match="Port number 0 on virtio-serial devices reserved for virtconsole"):

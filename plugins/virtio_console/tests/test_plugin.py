@@ -66,6 +66,8 @@ def test_ports_attach_to_the_serial_device_before_them(tmp_path: Path):
      "--device virtserialport: chardev 'c0' is already in use by --device virtconsole"),
     (["virtio-serial-device", "virtserialport,chardev=c0,nr=0"], ["null,id=c0"], "Port number 0 .* reserved"),
     (["virtio-serial-device,max_ports=600"], [], "maximum ports supported: 511"),
+    (["virtio-serial-device,max_ports=1", "virtserialport,chardev=c0"], ["null,id=c0"],
+     r"--device virtserialport: virtio-serial-bus: Out-of-range port id specified, max. allowed: 0"),
 ])
 def test_command_line_errors(devices, chardevs, msg):
     with TestMachine(devices=devices, chardevs=chardevs) as m:
