@@ -26,7 +26,8 @@ Hostile clients (limits are per client, see docs/qmp.md):
   nested deeper than 1024 gets QEMU's limit error and the connection is closed;
 * a client's requests are handled at most ``QMP_REQ_QUEUE_LEN_MAX`` (8) per turn, the rest
   of its input waiting unparsed and unread-from until then, so one that floods requests
-  gets its share of the thread, not all of it;
+  gets its share of the thread, not all of it, and the thread rests between two turns of
+  a backlog as long as the turn took (the GIL free for the vCPU threads);
 * a client whose unsent output exceeds ``max_output`` (default 1 MiB: it stopped reading)
   is dropped, so neither the server nor the VM ever waits for it;
 * ``accept`` failing for lack of descriptors or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM)
@@ -76,6 +77,9 @@ _RECV_SIZE = 65536
 #: unparsed and nothing more is read from it until it is handled, a turn at a time, between
 #: the other clients and the events: a flooding client gets its share, not the whole thread
 QMP_REQ_QUEUE_LEN_MAX = 8
+#: longest rest between two turns of a client's backlog (seconds; each rest is as long as
+#: the turn before it took)
+BACKLOG_REST = 0.01
 _LISTEN, _WAKE = "listen", "wake"
 #: how long close() keeps trying to deliver queued replies and events (quit's reply and
 #: the SHUTDOWN event)
@@ -365,6 +369,7 @@ class QmpServer:
         self._thread_ident = threading.get_ident()
         sel = self._sel
         assert sel is not None
+        rest = 0.0
         try:
             while not self._is_stopping():
                 if not self._serving:
@@ -373,15 +378,18 @@ class QmpServer:
                     if start_serving:
                         self._begin_serving()
                 timeout = None
-                behind = [c for c in self._clients.values() if c.backlog]
-                if behind:
-                    timeout = 0.0  # a turn for the others, then on with the backlog
-                elif self._listen_at is not None:
+                if self._listen_at is not None:
                     timeout = self._listen_at - time.monotonic()
                     if timeout <= 0:  # the back-off or the wait for an evictable client is over
                         self._listen_at = None
                         self._listen(True)
                         timeout = None
+                behind = [c for c in self._clients.values() if c.backlog]
+                if behind:
+                    # a backlog is handled a turn at a time with the GIL free in between for
+                    # as long as the last turn held it (at most BACKLOG_REST): a client
+                    # flooding requests gets half the thread at most, the vCPUs the rest
+                    timeout = rest if timeout is None else min(timeout, rest)
                 for key, mask in sel.select(timeout):
                     if key.data is _LISTEN:
                         self._accept()
@@ -396,11 +404,11 @@ class QmpServer:
                             self._read(client)
                         if mask & selectors.EVENT_WRITE and client.sock.fileno() in self._clients:
                             self._flush(client)
+                began = time.monotonic()
                 for client in behind:
                     if client.sock.fileno() in self._clients and client.backlog:
                         self._handle_input(client, b"")
-                if behind:
-                    os.sched_yield()  # a flood must not keep the GIL from the vCPU threads
+                rest = min(time.monotonic() - began, BACKLOG_REST)
                 self._take_pending()
         except Exception:
             log.exception("QMP server thread failed")
