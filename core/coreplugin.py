@@ -53,19 +53,32 @@ def register_machine_options(register: Callable[[MachineOption], None]) -> None:
         register(MachineOption(name, kind, default, help_, auto_means=auto_means,
                                auto_value=False if auto_means else None, check=_only_absent(name, why, bool(auto_means)),
                                plugin="core"))
+    for name, kind, default, help_, auto_means in _ACPI_ONLY:
+        register(MachineOption(name, kind, default, help_, auto_means=auto_means,
+                               auto_value=False if auto_means else None, plugin="core"))
+    from .options import GENERIC_MACHINE_OPTIONS
+
+    for option in GENERIC_MACHINE_OPTIONS:  # QEMU's generic machine properties
+        register(option)
 
 
 #: (name, kind, default, what microvm lacks, help, what auto means when it is accepted)
 _ABSENT = (
     ("acpi", "OnOffAuto", "off", "microvm has no ACPI",
      "Enable ACPI: off only (microvm has no ACPI; QEMU's default auto means on)", ""),
-    ("pcie", "OnOffAuto", "auto", "microvm has no PCIe",
-     "Enable PCIe: off or auto (QEMU adds PCIe only with ACPI and pcie=on)", "off (no PCIe without ACPI)"),
-    ("ioapic2", "OnOffAuto", "auto", "microvm has one IOAPIC",
-     "Enable second IO-APIC: off or auto (QEMU adds it only with ACPI)", "off (one IOAPIC without ACPI)"),
     ("smm", "OnOffAuto", "off", "microvm has no System Management Mode",
      "Enable SMM: off only (microvm has no SMM; QEMU's default auto means on under KVM)", ""),
-    ("usb", "bool", False, "microvm has no USB", "Set on/off to enable/disable usb: off only (microvm has no USB)", ""),
+)
+#: QEMU's microvm options for what it builds only with ACPI: every value is accepted and,
+#: as in QEMU with acpi=off, changes nothing (microvm.options refuses on without acpi=off,
+#: where QEMU would build the thing): (name, kind, default, help, what auto means)
+_ACPI_ONLY = (
+    ("pcie", "OnOffAuto", "auto", "Enable PCIe: QEMU adds it only with ACPI; microvm has none, so on is "
+     "ignored with acpi=off, as in QEMU", "off (no PCIe without ACPI)"),
+    ("ioapic2", "OnOffAuto", "auto", "Enable second IO-APIC: QEMU adds it only with ACPI; microvm has none, so "
+     "on is ignored with acpi=off, as in QEMU", "off (one IOAPIC without ACPI)"),
+    ("usb", "bool", False, "Set on/off to enable/disable usb: QEMU's microvm adds USB only with ACPI; on is "
+     "ignored with acpi=off, as in QEMU", ""),
 )
 
 

@@ -577,7 +577,8 @@ class Machine:
         self.add_cleanup(self.kvm.close)
         self.add_cleanup(self.vm.close)
         try:
-            self.memory = GuestMemory(self.ram_size)
+            self.memory = GuestMemory(self.ram_size, merge=bool(self.options.get("mem-merge", True)),
+                                      dump=bool(self.options.get("dump-guest-core", True)))
         except (OSError, MemoryError) as e:  # -m larger than the host can map
             why = getattr(e, "strerror", None) or "Cannot allocate memory"
             raise ConfigError(f"cannot set up {self.ram_size >> 20} MiB of guest memory: {why}") from None

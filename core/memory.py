@@ -79,15 +79,24 @@ class GuestMemory:
     would read at the same address.
     """
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, merge: bool = True, dump: bool = True) -> None:
+        """``merge`` and ``dump`` are QEMU's ``-M mem-merge`` and ``-M dump-guest-core``
+        (both on by default there too): RAM is advised ``MADV_MERGEABLE`` (the host's KSM,
+        when it runs, may share identical pages; QEMU's ``memory_try_enable_merging``), and
+        without ``dump`` ``MADV_DONTDUMP`` (a core dump of the VMM leaves the guest's memory
+        out; QEMU's ``qemu_ram_setup_dump``)."""
         self.size = size
         self.regions: list[Region] = []
         for gpa, length in ram_layout(size):
             mm = mmap.mmap(-1, length, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, mmap.PROT_READ | mmap.PROT_WRITE)
-            try:  # transparent huge pages shorten the KVM page walk; harmless where unsupported
-                mm.madvise(mmap.MADV_HUGEPAGE)
-            except (AttributeError, OSError):
-                pass
+            # transparent huge pages shorten the KVM page walk; KSM needs CONFIG_KSM (EINVAL
+            # without, as QEMU ignores it); all three are advice, harmless where unsupported
+            for advice, wanted in (("MADV_HUGEPAGE", True), ("MADV_MERGEABLE", merge), ("MADV_DONTDUMP", not dump)):
+                if wanted:
+                    try:
+                        mm.madvise(getattr(mmap, advice))
+                    except (AttributeError, OSError):
+                        pass
             self.regions.append(Region(gpa, length, mm))
         self._views = [memoryview(r.mm) for r in self.regions]
         self.overlays: list[Overlay] = []

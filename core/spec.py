@@ -116,6 +116,7 @@ class MachineSpec:
             self.topology = CpuTopology.flat(self.smp)
         elif self.topology.cpus != self.smp:
             raise ConfigError(f"--smp: the topology has {self.topology.cpus} vCPUs, the machine {self.smp}")
+        self._machine_boot_opts()
         if self.cpu != "host":
             from .boot.cpufeatures import parse_cpu
 
@@ -146,6 +147,21 @@ class MachineSpec:
             if s.chardev is not None and s.chardev.id in self.chardev_configs:
                 raise ConfigError(f"--serial {s.text}: id {s.chardev.id} is taken by a --chardev")
 
+
+    def _machine_boot_opts(self) -> None:
+        """``-M kernel=/initrd=/append=/firmware=`` are ``kernel``, ``initrd``, ``append``
+        and ``bios`` (QEMU's machine properties behind -kernel, -initrd, -append, -bios): the
+        command line moved them already; a spec made by a program gets the same meaning."""
+        from .options import split_boot_opts
+
+        machine = []
+        for text in self.machine:
+            kept, boot = split_boot_opts(text)
+            for key, value in boot.items():
+                setattr(self, key, value)
+            if kept is not None:
+                machine.append(kept)
+        self.machine = machine
 
     def mon_addresses(self) -> dict[str, str]:
         """The QMP address of each ``--mon`` (by chardev id), once validated."""

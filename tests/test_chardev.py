@@ -812,18 +812,19 @@ def test_client_connects_and_reconnects(tmp_path: Path):
     sink = Sink()
     sink.attach(fe)
     b.start()
-    conn, _ = srv.accept()
-    assert fe.is_open and b.filename() == f"unix:{path}"
+    srv.settimeout(WAIT)
+    conn, _ = srv.accept()  # reconnect=: the first connect too is made once the I/O thread runs
+    until(lambda: fe.is_open, "the first connect")
+    assert b.filename() == f"unix:{path}"
     fe.write(b"first")
     assert _recv(conn, 5) == b"first"
     conn.close()  # the server drops us: reconnect=1 connects again a second later
     until(lambda: not fe.is_open, "noticing the lost connection")
-    srv.settimeout(WAIT)
     conn, _ = srv.accept()
     until(lambda: fe.is_open, "reconnecting")
     fe.write(b"second")
     assert _recv(conn, 6) == b"second"
-    assert merged(sink.events) == ["CLOSED", "OPEN"]
+    assert merged(sink.events) == ["OPEN", "CLOSED", "OPEN"]
     conn.close()
     srv.close()
     b.close()
@@ -838,10 +839,255 @@ def test_client_without_a_server_is_a_config_error(tmp_path: Path):
     b.close()
 
 
+class _Stderr:
+    """What the backend wrote to fd 2 so far (pytest's capfd, read in pieces)."""
+
+    def __init__(self, capfd: Any) -> None:
+        self.capfd = capfd
+        self.text = ""
+
+    def __call__(self) -> str:
+        self.text += self.capfd.readouterr().err
+        return self.text
+
+    def reports(self) -> list[str]:
+        return [x for x in self().splitlines() if "Unable to connect character device" in x]
+
+
+def test_with_reconnect_even_the_first_connect_waits_for_the_io_thread(tmp_path: Path):
+    """QEMU's qmp_chardev_open_socket_client with reconnect>0 connects asynchronously: the
+    constructor makes no connection (start-up is never held by it); starting the I/O
+    thread makes the first attempt."""
+    path = str(tmp_path / "srv.sock")
+    srv = socket.socket(socket.AF_UNIX)
+    srv.bind(path)
+    srv.listen(1)
+    srv.setblocking(False)
+    b = SocketBackend("c0", path=path, reconnect=1)
+    fe = b.attach("dev")
+    sink = Sink()
+    sink.attach(fe)
+    with pytest.raises(BlockingIOError):
+        srv.accept()  # nothing connected while the backend was made
+    assert not b.connected
+    b.start()
+    srv.settimeout(WAIT)
+    conn, _ = srv.accept()
+    until(lambda: fe.is_open, "the first connect")
+    assert sink.events == ["OPEN"]
+    conn.close()
+    srv.close()
+    b.close()
+
+
+LONG_LABEL = "a" * 64  # one DNS label over 63 characters: Python's idna codec refuses it
+
+
+def test_a_host_that_does_not_resolve_is_one_line_without_reconnect():
+    """Without reconnect= the connect is synchronous and its failure a start-up error, QEMU's
+    wording; a label too long for IDNA is a resolution failure like any other (it was a
+    UnicodeError out of Python's idna codec: 'internal error')."""
+    for host in ("nonexistent.invalid", LONG_LABEL):
+        with pytest.raises(ConfigError, match=rf"^chardev c0: address resolution failed for {host}:1: \S"):
+            SocketBackend("c0", host=host, port="1")
+
+
+def test_a_host_that_does_not_resolve_with_reconnect_runs_and_is_reported_once(capfd):
+    """With reconnect= an unresolvable host is no start-up error: the chardev runs, output is
+    dropped and counted, and the failure is one line on stderr, QEMU's "Unable to connect
+    character device ID: REASON", not repeated at each retry."""
+    err = _Stderr(capfd)
+    for host in ("nonexistent.invalid", LONG_LABEL):
+        b = SocketBackend("c0", host=host, port="1", reconnect=1)
+        attempts: list[int] = []
+        real = b._start_attempt
+        b._start_attempt = lambda: (attempts.append(1), real())[1]  # type: ignore[method-assign]
+        fe = b.attach("dev")
+        b.start()
+        until(lambda: len(attempts) >= 2 and b._attempt is None, "a retry failing")
+        fe.write(b"lost")
+        assert b.counters["bytes_dropped"] == 4
+        reports = err.reports()
+        assert len(reports) == 1, err()
+        assert reports[0].startswith(f"microvm: Unable to connect character device c0: "
+                                     f"address resolution failed for {host}:1: "), reports
+        assert b._thread is not None and b._thread.is_alive()
+        b.close()
+        err.text = ""
+
+
+def test_a_connect_failure_is_reported_again_after_a_connection(tmp_path: Path, capfd):
+    """QEMU resets its "reported" flag when a connect succeeds: each run of failures since
+    the last connection gets its one line."""
+    err = _Stderr(capfd)
+    path = str(tmp_path / "srv.sock")
+    b = SocketBackend("c0", path=path, reconnect=1)
+    fe = b.attach("dev")
+    b.start()
+    until(lambda: len(err.reports()) == 1, "the first failure's report")
+    assert err.reports() == [f"microvm: Unable to connect character device c0: Failed to connect to '{path}': "
+                             "No such file or directory"]
+    srv = socket.socket(socket.AF_UNIX)
+    srv.bind(path)
+    srv.listen(1)
+    srv.settimeout(WAIT)
+    conn, _ = srv.accept()
+    until(lambda: fe.is_open, "the connect")
+    assert len(err.reports()) == 1
+    srv.close()
+    os.unlink(path)
+    conn.close()  # lost; the next attempts fail again
+    until(lambda: len(err.reports()) == 2, "the report after the connection")
+    b.close()
+
+
+_EMFILE_SCRIPT = r"""
+import os, resource, socket, sys, time
+from microvm.chardev.socket import SocketBackend
+path = sys.argv[1]
+srv = socket.socket(socket.AF_UNIX)
+srv.bind(path)  # bound, not listening: connects are refused until listen()
+b = SocketBackend("c0", path=path, reconnect=1)
+attempts = []
+real = b._start_attempt
+b._start_attempt = lambda: (attempts.append(1), real())[1]
+fe = b.attach("dev")
+hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))
+hog = []
+try:
+    while True:
+        hog.append(os.open("/dev/null", os.O_RDONLY))
+except OSError:
+    pass
+b.start()  # the first attempt falls due while no fd is free
+end = time.monotonic() + 10
+while not attempts and time.monotonic() < end:
+    time.sleep(0.01)
+time.sleep(0.2)
+for fd in hog:
+    os.close(fd)
+srv.listen(1)
+srv.settimeout(10)
+try:
+    conn, _ = srv.accept()
+except OSError as e:
+    print("no connection:", e)
+end = time.monotonic() + 10
+while not b.connected and time.monotonic() < end:
+    time.sleep(0.01)
+print("alive", b._thread.is_alive(), "connected", b.connected, "attempt", b._attempt is not None, flush=True)
+b.close()
+"""
+
+
+def test_a_reconnect_without_a_free_fd_fails_like_a_connect_and_is_retried(tmp_path: Path):
+    """EMFILE when the attempt's pipe is made (fd exhaustion): it was an exception out of the
+    I/O thread, which died (no reconnect ever, every later byte dropped). It is a failed
+    attempt like any other: reported once, retried ``reconnect`` seconds later."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", _EMFILE_SCRIPT, str(tmp_path / "s.sock")], capture_output=True,
+                       text=True, timeout=60)
+    assert r.stdout.strip() == "alive True connected True attempt False", (r.stdout, r.stderr)
+    assert "I/O thread failed" not in r.stderr, r.stderr
+    assert "microvm: Unable to connect character device c0: Failed to connect to " in r.stderr, r.stderr
+    assert "Too many open files" in r.stderr, r.stderr
+
+
+def _is_pipe(fd: int) -> bool:
+    try:
+        return stat.S_ISFIFO(os.fstat(fd).st_mode)
+    except OSError:
+        return False
+
+
+def test_an_attempt_whose_thread_cannot_start_leaks_nothing_and_is_retried(tmp_path: Path, monkeypatch, capfd):
+    """Thread.start failing (no thread to be had): the pipe made for the attempt is closed,
+    no attempt is left pending, and the next one comes ``reconnect`` seconds later."""
+    import types
+
+    from microvm.chardev import socket as sockmod
+
+    err = _Stderr(capfd)
+    path = str(tmp_path / "srv.sock")
+    srv = socket.socket(socket.AF_UNIX)
+    srv.bind(path)
+    srv.listen(1)
+    pipes: list[tuple[int, int]] = []
+    real_pipe2 = os.pipe2
+
+    def pipe2(flags: int) -> tuple[int, int]:
+        fds = real_pipe2(flags)
+        pipes.append(fds)
+        return fds
+
+    class Thread(threading.Thread):
+        fails = [RuntimeError("can't start new thread")]
+
+        def start(self) -> None:
+            if Thread.fails:
+                raise Thread.fails.pop()
+            super().start()
+
+    monkeypatch.setattr(sockmod, "threading", types.SimpleNamespace(Thread=Thread, Lock=threading.Lock))
+    monkeypatch.setattr(sockmod, "os", types.SimpleNamespace(**{**vars(os), "pipe2": pipe2}))
+    b = SocketBackend("c0", path=path, reconnect=1)
+    fe = b.attach("dev")
+    b.start()
+    until(lambda: err.reports(), "the failed attempt's report")
+    assert err.reports() == [f"microvm: Unable to connect character device c0: Failed to connect to '{path}': "
+                             "can't start new thread"]
+    assert b._attempt is None
+    assert len(pipes) == 1 and not [fd for fd in pipes[0] if _is_pipe(fd)], "the pipe leaked"
+    srv.settimeout(WAIT)
+    conn, _ = srv.accept()  # the retry
+    until(lambda: fe.is_open, "the retry's connect")
+    conn.close()
+    srv.close()
+    b.close()
+
+
+def test_an_attempt_that_fails_with_any_exception_is_a_failed_connect_and_retried(tmp_path: Path, capfd):
+    """Anything the attempt's thread raises (a bug, a codec error) is handed back as a failed
+    connect: before, the thread ended without a word, the I/O thread waited for it forever
+    (no retry) and the pipe's write end leaked."""
+    err = _Stderr(capfd)
+    path = str(tmp_path / "srv.sock")
+    srv = socket.socket(socket.AF_UNIX)
+    srv.bind(path)
+    srv.listen(1)
+    b = SocketBackend("c0", path=path, reconnect=1)
+    real = b._open_client
+    calls: list[int] = []
+
+    def open_client() -> socket.socket:
+        calls.append(1)
+        if len(calls) == 1:
+            raise UnicodeError("label too long")
+        return real()
+
+    b._open_client = open_client  # type: ignore[method-assign]
+    fe = b.attach("dev")
+    b.start()
+    until(lambda: err.reports(), "the failed attempt's report")
+    assert err.reports() == [f"microvm: Unable to connect character device c0: Failed to connect to '{path}': "
+                             "UnicodeError: label too long"]
+    srv.settimeout(WAIT)
+    conn, _ = srv.accept()
+    until(lambda: fe.is_open, "the retry's connect")
+    assert len(calls) == 2
+    conn.close()
+    srv.close()
+    b.close()
+
+
 def test_a_far_reconnect_deadline_is_waited_for_in_pieces(tmp_path: Path, caplog):
     """reconnect=3000000 (35 days): the I/O thread's poll takes a C int of milliseconds,
-    3e9 overflowed it (OverflowError in the thread). The wait is capped and repeated; no
-    attempt is made before the deadline."""
+    3e9 overflowed it (OverflowError in the thread). The wait is capped and repeated; after
+    the first attempt (made when the I/O thread starts) no attempt is made before the
+    deadline."""
     import logging
 
     from microvm.chardev import base
@@ -861,7 +1107,7 @@ def test_a_far_reconnect_deadline_is_waited_for_in_pieces(tmp_path: Path, caplog
             self.p.register(fd, ev)
 
         def poll(self, ms: Any = None) -> Any:
-            polls.append(ms)
+            polls.append((ms, b._attempt is not None))
             return self.p.poll(0 if ms is None else min(ms, 20))  # do not really wait 60 s
 
     real_poll = base.select.poll
@@ -869,13 +1115,16 @@ def test_a_far_reconnect_deadline_is_waited_for_in_pieces(tmp_path: Path, caplog
     try:
         b.attach("dev")
         b.start()
-        until(lambda: len(polls) >= 3, "the I/O thread polling again after a capped wait")
+        until(lambda: len([ms for ms, _ in polls if ms]) >= 3, "the I/O thread polling again after a capped wait")
     finally:
         base.select.poll = real_poll  # type: ignore[assignment]
     b.close()
     assert not [r for r in caplog.records if "I/O thread failed" in r.getMessage()]
-    assert all(ms is not None and 0 <= ms <= base.MAX_POLL_SECONDS * 1000 for ms in polls), polls[:5]
-    assert attempts == [], "a reconnect attempt before the deadline"
+    # while the first attempt is under way the thread waits for it (no deadline); after it,
+    # every wait is bounded
+    waits = [ms for ms, connecting in polls if not connecting]
+    assert all(ms is not None and 0 <= ms <= base.MAX_POLL_SECONDS * 1000 for ms in waits), polls[:5]
+    assert len(attempts) == 1, "a reconnect attempt before the deadline"
 
 
 @pytest.mark.parametrize("value", [-1, (1 << 31), 10 ** 400])
@@ -1101,3 +1350,17 @@ def test_chardev_backend_is_a_public_base():
     from microvm import api
 
     assert api.CharBackend is CharBackend
+
+
+def test_a_host_label_too_long_is_one_line_and_status_2_on_the_command_line(tmp_path: Path):
+    """``--chardev socket,host=<64 characters>,port=1``: was "microvm: internal error:
+    UnicodeError" and status 1; QEMU says "address resolution failed for ...: Name or service
+    not known". One line, status 2 (refused before any KVM is opened)."""
+    from kvm_helpers import build_guest, run_microvm
+
+    hello = build_guest("hello-pvh", tmp_path)
+    r = run_microvm("run", "--kernel", str(hello), "--chardev", f"socket,id=c0,host={LONG_LABEL},port=1",
+                    "--serial", "chardev:c0", timeout=60)
+    err = r.stderr.decode()
+    assert r.returncode == 2 and err.count("\n") == 1, (r.returncode, err)
+    assert err.startswith(f"microvm: error: chardev c0: address resolution failed for {LONG_LABEL}:1: "), err

@@ -76,6 +76,52 @@ def test_not_a_regular_file_is_never_read(tmp_path):
         firmware.load_firmware("nothing-here.rom")
 
 
+def _kernel_error(path: str) -> str:
+    from microvm.boot.loader import read_images
+
+    with pytest.raises(BootError) as e:
+        read_images(path, None, 128 * MiB)
+    return str(e.value)
+
+
+def _bios_error(path: str) -> str:
+    with pytest.raises(BootError) as e:
+        firmware.load_firmware(path)
+    return str(e.value)
+
+
+def _fw_cfg_error(path: str) -> str:
+    with pytest.raises(ConfigError) as e:
+        firmware.parse_fw_cfg_option(f"opt/x,file={path}")
+    return str(e.value)
+
+
+@pytest.mark.parametrize("kind, why", [
+    ("missing", "no such file"),
+    ("directory", "is a directory"),
+    ("fifo", "not a regular file (a FIFO)"),
+    ("device", "not a regular file (a character device)"),
+])
+def test_the_three_file_readers_say_the_same(tmp_path, kind, why):
+    """A kernel, a -bios image and a -fw_cfg file are read by one helper
+    (microvm.boot.files): the same bad file is the same words after each one's prefix."""
+    path = {"missing": str(tmp_path / "none"), "directory": str(tmp_path), "device": "/dev/zero"}.get(kind)
+    if kind == "fifo":
+        path = str(tmp_path / "fifo")
+        os.mkfifo(path)
+    assert _kernel_error(path) == f"kernel {path}: {why}"
+    assert _bios_error(path) == f"could not load PC BIOS '{path}': {why}"
+    assert _fw_cfg_error(path) == f"--fw-cfg opt/x,file={path}: can't load {path}: {why}"
+
+
+def test_a_fw_cfg_file_may_be_empty_a_kernel_may_not(tmp_path):
+    empty = tmp_path / "empty"
+    empty.write_bytes(b"")
+    assert firmware.parse_fw_cfg_option(f"opt/x,file={empty}") == ("opt/x", b"")   # as QEMU's g_file_get_contents
+    assert _kernel_error(str(empty)) == f"kernel {empty}: file is empty"
+    assert _bios_error(str(empty)) == f"could not load PC BIOS '{empty}': file is empty"
+
+
 def test_option_rom_files_are_bounded(tmp_path, monkeypatch):
     monkeypatch.setattr(firmware, "FIRMWARE_DIRS", (str(tmp_path),))
     write(tmp_path / "big.bin", 2 * MiB)

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import mmap
 import os
-import stat
 from typing import Any, NamedTuple
 
 from ..errors import BootError
@@ -82,34 +81,11 @@ def find_firmware(name: str, dirs: tuple[str, ...] | None = None) -> str | None:
 
 
 def read_bounded(path: str, max_size: int, what: str) -> bytes:
-    """Read a regular file of at most ``max_size`` bytes, checked with fstat before a byte
-    is read (a FIFO, a device or a huge file is refused, never read). ``what`` starts the
-    error message."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-    except FileNotFoundError:
-        raise BootError(f"{what}: no such file") from None
-    except OSError as e:
-        raise BootError(f"{what}: {e.strerror}") from None
-    try:
-        st = os.fstat(fd)
-        if stat.S_ISDIR(st.st_mode):
-            raise BootError(f"{what}: is a directory")
-        if not stat.S_ISREG(st.st_mode):
-            raise BootError(f"{what}: not a regular file")
-        if st.st_size == 0:
-            raise BootError(f"{what}: file is empty")
-        if st.st_size > max_size:
-            limit = f"{max_size >> 20} MiB" if not max_size & 0xFFFFF else f"{max_size >> 10} KiB"
-            raise BootError(f"{what}: {st.st_size} bytes, larger than {limit}")
-        data = _read_exactly(fd, st.st_size)
-        if data is None:
-            raise BootError(f"{what}: the file changed while it was read")
-        return data
-    except OSError as e:
-        raise BootError(f"{what}: {e.strerror}") from None
-    finally:
-        os.close(fd)
+    """Read a regular file of at most ``max_size`` bytes (:func:`microvm.boot.files.
+    read_regular_file`); ``what`` starts the error message."""
+    from .files import read_regular_file
+
+    return read_regular_file(path, what, max_size)
 
 
 def load_firmware(name: str) -> Firmware:
@@ -147,34 +123,30 @@ FW_CFG_FILE_MAX = 0xFFFFFFFF
 _FW_CFG_KEYS = ("name", "file", "string", "gen_id")
 
 
-def parse_fw_cfg_option(text: str) -> tuple[str, bytes]:
+def parse_fw_cfg_option(text: str, flags: list[tuple[str, str, str]] | None = None) -> tuple[str, bytes]:
     """QEMU 7.2's ``-fw_cfg [name=]NAME,file=PATH`` or ``-fw_cfg [name=]NAME,string=STR``
     (``parse_fw_cfg`` in ``softmmu/vl.c``): (the file's name, its bytes).
 
-    As QEMU: the name is required and exactly one of ``file``/``string``/``gen_id`` is
-    given (an empty value counts as not given), the name is at most 55 bytes, a ``string``
-    goes in without its NUL, a key given twice keeps the last value, ``,,`` is a comma.
-    ``gen_id`` (content from an ``-object``) is refused: microvm has no ``-object``. The file
-    is read now, as QEMU reads it when it creates the devices; it must be a regular file
-    (a FIFO or a device could block or never end). Whether the name starts with ``opt/``
-    (QEMU warns otherwise) is the caller's to say; duplicates are the device's to refuse.
+    The text is split as QEMU's QemuOpts splits it (:func:`microvm.options.qemu_opts`:
+    ``,,`` is a comma, a key given twice keeps the last value, a bare later item is a
+    short-form boolean, appended to ``flags``). As QEMU: the name is required and exactly
+    one of ``file``/``string``/``gen_id`` is given (an empty value counts as not given), the
+    name is at most 55 bytes, a ``string`` goes in without its NUL. ``gen_id`` (content from
+    an ``-object``) is refused: microvm has no ``-object``. The file is read now, as QEMU
+    reads it when it creates the devices, by :func:`microvm.boot.files.read_regular_file`
+    (a regular file only: a FIFO or a device could block or never end). Whether the name
+    starts with ``opt/`` (QEMU warns otherwise) is the caller's to say; duplicates are the
+    device's to refuse.
     """
-    from ..config import split_props
     from ..errors import ConfigError
+    from ..options import qemu_opts
+    from .files import read_regular_file
 
     where = f"--fw-cfg {text}"
-    props: dict[str, str] = {}
-    for n, item in enumerate(split_props(text)):
-        if item == "":
-            continue
-        key, eq, value = item.partition("=")
-        if not eq:
-            if n != 0:
-                raise ConfigError(f"{where}: '{item}' needs a value (name=NAME, file=PATH or string=STR)")
-            key, value = "name", item
-        if key not in _FW_CFG_KEYS:
-            raise ConfigError(f"{where}: Invalid parameter '{key}'")
-        props[key] = value
+    try:
+        props = qemu_opts(text, "name", _FW_CFG_KEYS, flags, id_ok=True)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
     name = props.get("name", "")
     given = [k for k in ("file", "string", "gen_id") if props.get(k)]
     if not name or len(given) != 1:
@@ -186,27 +158,9 @@ def parse_fw_cfg_option(text: str) -> tuple[str, bytes]:
     if given[0] == "string":
         return name, props["string"].encode()
     path = props["file"]
-    what = f"{where}: can't load {path}"
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-    except OSError as e:
-        raise ConfigError(f"{what}: {e.strerror}") from None
-    try:
-        st = os.fstat(fd)
-        if stat.S_ISDIR(st.st_mode):
-            raise ConfigError(f"{what}: Is a directory")
-        if not stat.S_ISREG(st.st_mode):
-            raise ConfigError(f"{what}: not a regular file")
-        if st.st_size > FW_CFG_FILE_MAX:
-            raise ConfigError(f"{what}: {st.st_size} bytes, more than a fw_cfg file holds (4 GiB - 1)")
-        data = _read_exactly(fd, st.st_size)
-        if data is None:
-            raise ConfigError(f"{what}: the file changed while it was read")
-        return name, data
-    except OSError as e:
-        raise ConfigError(f"{what}: {e.strerror}") from None
-    finally:
-        os.close(fd)
+    data = read_regular_file(path, f"{where}: can't load {path}", FW_CFG_FILE_MAX, empty_ok=True,
+                             limit="a fw_cfg file holds (4 GiB - 1)", error=ConfigError)
+    return name, data
 
 
 def map_firmware(memory: Any, fw: Firmware) -> mmap.mmap:
@@ -272,15 +226,3 @@ def setup_reset_regs(regs: Any) -> None:
         setattr(regs, name, 0)
     regs.rflags = RESET_RFLAGS
     regs.rip = RESET_IP
-
-
-def _read_exactly(fd: int, size: int) -> bytes | None:
-    """The ``size`` bytes fstat promised, or None when the file is shorter by now (it changed
-    while it was read): a firmware image or an fw_cfg file is taken whole or not at all."""
-    data = bytearray()
-    while len(data) < size:
-        chunk = os.read(fd, size - len(data))
-        if not chunk:
-            return None
-        data += chunk
-    return bytes(data)

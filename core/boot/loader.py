@@ -9,7 +9,6 @@ Everything read from the image is checked, so a broken or hostile kernel file is
 from __future__ import annotations
 
 import os
-import stat
 import struct
 from typing import TYPE_CHECKING, Callable, NamedTuple
 
@@ -48,62 +47,17 @@ class EntryPoint(NamedTuple):
     kernel_end: int
 
 
-_FILE_KINDS = (
-    (stat.S_ISCHR, "a character device"),
-    (stat.S_ISBLK, "a block device"),
-    (stat.S_ISFIFO, "a FIFO"),
-    (stat.S_ISSOCK, "a socket"),
-)
-
-
 def _mib(size: int) -> str:
     return f"{size >> 20} MiB" if size >= 1 << 20 else f"{size} bytes"
 
 
 def _read_file(path: str | os.PathLike[str], what: str, max_size: int | None = None) -> bytes:
-    """The whole of a regular file of at most ``max_size`` bytes.
+    """The whole of a regular file of at most ``max_size`` bytes (the guest's RAM), read as
+    :func:`microvm.boot.files.read_regular_file` reads every file the user names."""
+    from .files import read_regular_file
 
-    What the file is and how big it is come from ``fstat`` on the opened descriptor (not from
-    the path, which can be swapped in between), before a byte is read: ``/dev/zero`` or
-    ``/dev/urandom`` would otherwise be read until memory runs out. The open is non-blocking
-    so a FIFO cannot hang it waiting for a writer, and never makes a terminal the controlling
-    one. At most the size fstat gave is read, so a file that grows meanwhile stays bounded."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
-    except FileNotFoundError:
-        raise BootError(f"{what} {path}: no such file") from None
-    except OSError as e:
-        raise BootError(f"{what} {path}: {e.strerror}") from None
-    try:
-        st = os.fstat(fd)
-        if stat.S_ISDIR(st.st_mode):
-            raise BootError(f"{what} {path}: is a directory")
-        if not stat.S_ISREG(st.st_mode):
-            kind = next((name for test, name in _FILE_KINDS if test(st.st_mode)), "a special file")
-            raise BootError(f"{what} {path}: not a regular file ({kind})")
-        if max_size is not None and st.st_size > max_size:
-            raise BootError(
-                f"{what} {path}: {st.st_size} bytes, larger than guest RAM ({_mib(max_size)}); "
-                "give the guest more memory with -m"
-            )
-        # one read() returns a regular file whole up to 2 GiB; os.read makes the bytes object
-        # in place, so there is no second copy
-        chunks: list[bytes] = []
-        left = st.st_size
-        while left > 0:
-            chunk = os.read(fd, left)
-            if not chunk:
-                break  # the file shrank since fstat
-            chunks.append(chunk)
-            left -= len(chunk)
-    except OSError as e:
-        raise BootError(f"{what} {path}: {e.strerror}") from None
-    finally:
-        os.close(fd)
-    data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-    if not data:
-        raise BootError(f"{what} {path}: file is empty")
-    return data
+    limit = f"guest RAM ({_mib(max_size)}); give the guest more memory with -m" if max_size is not None else ""
+    return read_regular_file(path, f"{what} {path}", max_size, limit=limit)
 
 
 def _put(memory: GuestMemory, gpa: int, data: bytes, what: str) -> None:

@@ -13,6 +13,12 @@ port forwards it to the guest as PORT_OPEN).
 Binding happens when the backend is made, so a path that cannot be bound or a TCP port in
 use is a configuration error before the VM starts; the socket file a unix server created is
 removed when the backend closes (a stale socket file from an earlier run is replaced).
+
+A client without ``reconnect=`` connects when the backend is made, and a failure is a
+configuration error (QEMU's synchronous connect). With ``reconnect=`` no connect is made
+then: the first attempt starts with the I/O thread, in the background, and the VM runs
+meanwhile; the first failure since the last connection is reported once on stderr as QEMU
+reports it (``Unable to connect character device ID: ...``).
 """
 from __future__ import annotations
 
@@ -25,6 +31,7 @@ import time
 from typing import Any, Callable
 
 from ..errors import ConfigError
+from ..log import say
 from .base import CharBackend, log
 
 _MSG = socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL
@@ -73,20 +80,24 @@ class SocketBackend(CharBackend):
         self.conn: socket.socket | None = None
         self._peer = ""
         self._created_path: tuple[int, int] | None = None  # (st_dev, st_ino) of the socket file we made
+        #: when the next attempt is due; 0: as soon as the I/O thread starts (the first one)
         self._next_connect = 0.0
-        #: a reconnect under way on its own thread (:meth:`_start_attempt`)
+        #: a connect under way on its own thread (:meth:`_start_attempt`)
         self._attempt: _Attempt | None = None
+        #: a failed attempt was reported since the last connection (QEMU reports one)
+        self._connect_err_reported = False
         self.connected = False
         if server:
             self._listen()
-        else:
+        elif not reconnect:
+            # without reconnect= the connect is made here, before the VM runs, and its
+            # failure is a start-up error (QEMU's synchronous connect); with reconnect= even
+            # the first one is made in the background once the I/O thread starts, as QEMU's
+            # qmp_chardev_open_socket_client does (tcp_chr_connect_client_async)
             try:
                 self._connect()
-            except OSError as e:
-                if not reconnect:
-                    raise ConfigError(f"chardev {label}: Failed to connect to '{self._where()}': {e.strerror or e}") from None
-                log.info("chardev %s: connecting to %s failed (%s); retrying every %d s", label, self._where(), e, reconnect)
-                self._next_connect = time.monotonic() + reconnect
+            except _ConnectFailed as e:
+                raise ConfigError(f"chardev {label}: {e}") from None
 
     # ---- addresses -----------------------------------------------------------------------------
     def _where(self) -> str:
@@ -96,12 +107,26 @@ class SocketBackend(CharBackend):
         return f"{host}:{self.port}"
 
     def _addrinfo(self) -> list[Any]:
+        try:
+            return self._resolve()
+        except _ConnectFailed as e:
+            raise ConfigError(f"chardev {self.label}: {e}") from None
+
+    def _resolve(self) -> list[Any]:
+        """getaddrinfo for ``host``/``port``; a failure is :class:`_ConnectFailed` with
+        QEMU's wording. The host goes to the C library as the bytes the user gave, as QEMU
+        passes it: a str would be IDNA-encoded by Python first, which refuses a label over
+        63 characters with a UnicodeError where QEMU (and the resolver) say "Name or
+        service not known"."""
         host = self.host or (None if self.server else "localhost")
         try:
-            return socket.getaddrinfo(host, self.port, type=socket.SOCK_STREAM,
+            hostb = None if host is None else host.encode("utf-8", "surrogateescape")
+            return socket.getaddrinfo(hostb, self.port, type=socket.SOCK_STREAM,
                                       flags=socket.AI_PASSIVE if self.server else 0)
         except socket.gaierror as e:
-            raise ConfigError(f"chardev {self.label}: address resolution failed for {self._where()}: {e.strerror}") from None
+            raise _ConnectFailed(f"address resolution failed for {self._where()}: {e.strerror}") from None
+        except (UnicodeError, ValueError) as e:  # a lone surrogate, a NUL: no name to look up
+            raise _ConnectFailed(f"address resolution failed for {self._where()}: invalid name ({e})") from None
 
     # ---- server --------------------------------------------------------------------------------
     def _listen(self) -> None:
@@ -189,61 +214,76 @@ class SocketBackend(CharBackend):
 
     # ---- client --------------------------------------------------------------------------------
     def _connect(self) -> None:
-        """One attempt at start-up, on the caller's thread (see :meth:`_open_client`)."""
+        """The connect at start-up without ``reconnect=``, on the caller's thread."""
         self._peer = ""
         self._attach_conn(self._open_client())
 
     def _open_client(self) -> socket.socket:
-        """Resolve and connect once; the connected socket. A unix connect is non-blocking:
-        a server whose listen backlog is full (one that does not accept) would hold a
-        blocking connect without limit; it fails with EAGAIN instead, an error at start-up
-        or, with ``reconnect=``, the next attempt ``reconnect`` seconds later. A TCP
-        connect (and the name resolution before it) may take up to 5 s: at start-up that
-        holds the start, as QEMU's synchronous connect does; a reconnect runs it on a
-        short-lived thread of its own (:meth:`_start_attempt`), never on the I/O thread."""
+        """Resolve and connect once: the connected socket, or :class:`_ConnectFailed` with
+        QEMU's wording. A unix connect is non-blocking: a server whose listen backlog is
+        full (one that does not accept) would hold a blocking connect without limit; it
+        fails with EAGAIN instead. A TCP connect waits up to 5 s for each address the name
+        resolves to, after a name resolution that has no bound of ours. Without
+        ``reconnect=`` that is the one connect at start-up and holds the start (QEMU's is
+        synchronous too); with ``reconnect=`` every attempt, the first included, runs on a
+        short-lived thread of its own (:meth:`_start_attempt`), never on the I/O thread
+        and never holding the start."""
         if self.path:
             s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             s.setblocking(False)
             try:
                 s.connect(self.path)
-            except OSError:
+            except OSError as e:
                 s.close()
-                raise
-        else:
-            s = None
-            err: OSError | None = None
-            for family, type_, proto, _, addr in self._addrinfo():
-                s = socket.socket(family, type_, proto)
-                s.settimeout(5)
-                try:
-                    s.connect(addr)
-                    break
-                except OSError as e:
-                    err = e
-                    s.close()
-                    s = None
-            if s is None:
-                raise err or OSError("no usable address")
-        return s
+                raise _ConnectFailed(f"Failed to connect to '{self.path}': {e.strerror or e}") from None
+            return s
+        err: OSError | None = None
+        for family, type_, proto, _, addr in self._resolve():
+            s = socket.socket(family, type_, proto)
+            s.settimeout(5)
+            try:
+                s.connect(addr)
+                return s
+            except OSError as e:
+                err = e
+                s.close()
+        why = (err.strerror or str(err)) if err is not None else "no usable address"
+        raise _ConnectFailed(f"Failed to connect to '{self._where()}': {why}")
 
     def _start_attempt(self) -> None:
-        """A reconnect: resolve and connect on a short-lived thread that hands the socket
-        (or the error) back through a pipe the I/O thread polls with the rest, so that
-        while a server does not answer, the I/O thread goes on (closing included) and
-        output is dropped and counted as while disconnected."""
-        r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        """A connect with ``reconnect=``: resolve and connect on a short-lived thread that
+        hands the socket (or the failure) back through a pipe the I/O thread polls with the
+        rest, so that while a server does not answer, the I/O thread goes on (closing
+        included) and output is dropped and counted as while disconnected. When the pipe
+        or the thread cannot be had (no fd left: EMFILE; no thread), the attempt fails like
+        a connect would and the next is due ``reconnect`` seconds later."""
+        try:
+            r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as e:
+            self._attempt_failed(f"Failed to connect to '{self._where()}': {e.strerror or e}")
+            return
         attempt = _Attempt(r, w)
+        try:
+            threading.Thread(target=self._run_attempt, args=(attempt,), name=f"chardev-{self.label}-connect",
+                             daemon=True).start()
+        except Exception as e:  # RuntimeError: can't start new thread
+            os.close(r)
+            os.close(w)
+            self._attempt_failed(f"Failed to connect to '{self._where()}': {e}")
+            return
         self._attempt = attempt
-        threading.Thread(target=self._run_attempt, args=(attempt,), name=f"chardev-{self.label}-connect",
-                         daemon=True).start()
 
     def _run_attempt(self, attempt: "_Attempt") -> None:
+        """The attempt's thread. Whatever goes wrong ends as a failed attempt handed back
+        through the pipe (a bug included): a thread that ended without writing would leave
+        the I/O thread waiting for it, with no retry ever."""
         try:
-            result: socket.socket | OSError = self._open_client()
-        except OSError as e:
-            result = e
-        except ConfigError as e:  # a name that no longer resolves
-            result = OSError(str(e))
+            result: socket.socket | str = self._open_client()
+        except _ConnectFailed as e:
+            result = str(e)
+        except Exception as e:
+            log.debug("chardev %s: connect attempt failed", self.label, exc_info=True)
+            result = f"Failed to connect to '{self._where()}': {type(e).__name__}: {e}"
         with attempt.lock:
             if attempt.abandoned:  # the backend closed meanwhile: nobody takes the socket
                 if isinstance(result, socket.socket):
@@ -270,10 +310,22 @@ class SocketBackend(CharBackend):
             if self._closing or self.conn is not None:
                 result.close()
                 return
+            self._connect_err_reported = False
             self._peer = ""
             self._attach_conn(result)
             return
-        log.debug("chardev %s: reconnect to %s failed: %s", self.label, self._where(), result)
+        self._attempt_failed(str(result))
+
+    def _attempt_failed(self, reason: str) -> None:
+        """A connect with ``reconnect=`` failed: the first failure since the last connection
+        is one line on stderr, QEMU's ``Unable to connect character device ID: REASON``
+        (check_report_connect_error); the rest are logged at debug level. The next attempt
+        is due ``reconnect`` seconds later."""
+        if self._connect_err_reported:
+            log.debug("chardev %s: %s", self.label, reason)
+        else:
+            self._connect_err_reported = True
+            say(_oneline(f"microvm: Unable to connect character device {self.label}: {reason}") + "\n")
         self._next_connect = time.monotonic() + self.reconnect
 
     def _abandon_attempt(self) -> None:
@@ -393,17 +445,29 @@ class SocketBackend(CharBackend):
         return addr if self.conn is not None else f"disconnected:{addr}"
 
 
+class _ConnectFailed(Exception):
+    """A client's connect (or its name resolution) failed; the message is QEMU's wording."""
+
+
 class _Attempt:
-    """One reconnect handed between its thread and the I/O thread: ``r``/``w`` a pipe the
-    I/O thread polls, ``result`` the connected socket or the error, ``abandoned`` set once
-    the I/O thread no longer waits for it (taken, or the backend closed)."""
+    """One connect handed between its thread and the I/O thread: ``r``/``w`` a pipe the
+    I/O thread polls, ``result`` the connected socket or why it failed, ``abandoned`` set
+    once the I/O thread no longer waits for it (taken, or the backend closed)."""
 
     def __init__(self, r: int, w: int) -> None:
         self.r = r
         self.w = w
         self.lock = threading.Lock()
-        self.result: socket.socket | OSError | None = None
+        self.result: socket.socket | str | None = None
         self.abandoned = False
+
+
+def _oneline(msg: str) -> str:
+    """``msg`` with unprintable characters escaped (a host name from the command line may
+    hold a newline): the report stays one line."""
+    if msg.isprintable():
+        return msg
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in msg)
 
 
 def _unix_in_use(path: str, st: os.stat_result) -> bool:

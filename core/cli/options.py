@@ -138,6 +138,17 @@ def store(out: dict[str, Any], opt: RunOption, value: str | None) -> None:
     elif kind == "count":
         out[key] += 1
     elif kind == "list":
+        if key == "machine":
+            # QEMU 7.2: -M kernel=/initrd=/append=/firmware= and -kernel/-initrd/-append/-bios
+            # set the same machine properties, the later on the line winning
+            from ..options import split_boot_opts
+
+            assert value is not None
+            kept, boot = split_boot_opts(value)
+            out.update(boot)
+            if kept is None:
+                return
+            value = kept
         out[key].append(value)
     elif kind == "int":
         assert value is not None

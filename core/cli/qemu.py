@@ -110,6 +110,8 @@ def parse_qemu(argv: list[str]) -> tuple[dict[str, Any], str | None]:
                 raise QemuUsageError(f"{word} {value}: expects an integer") from None
         elif name in ACTIONS:
             return out, ACTIONS[name]
+        elif name == "no-acpi":  # QEMU 7.2 sets the machine property: -M acpi=off
+            out["machine"].append("acpi=off")
         elif name not in NOOPS:
             hint = HINTS.get(name)
             raise QemuUsageError(f"{where}: unsupported on microvm" + (f" ({hint})" if hint else ""))

@@ -21,38 +21,51 @@ KVM_ACCEL_PROPS = ("kvm-shadow-mem", "dirty-ring-size", "notify-vmexit", "notify
 QEMU_DISPLAYS = ("none", "gtk", "sdl", "curses", "vnc", "egl-headless", "dbus", "spice-app", "cocoa")
 
 
-def last_wins(text: str, positional: str) -> dict[str, str]:
-    """QEMU's QemuOpts view of ``a,k=v``: the first item may omit its key, a key given twice
-    keeps the last value. A second key-less item is ``Invalid parameter``."""
-    out: dict[str, str] = {}
-    for n, item in enumerate(text.split(",")):
-        if item == "":
-            continue
-        key, eq, value = item.partition("=")
-        if not eq:
-            if n != 0:
-                raise ConfigError(f"Invalid parameter '{item}'")
-            key, value = positional, item
-        out[key] = value
-    return out
+def last_wins(text: str, positional: str, keys: tuple[str, ...] | None = None,
+              flags: list[tuple[str, str, str]] | None = None) -> dict[str, str]:
+    """QEMU's QemuOpts view of ``a,k=v`` (:func:`microvm.options.qemu_opts`: ``,,`` is a
+    comma, the first item may omit its key, a key given twice keeps the last value, a later
+    item without ``=`` is a short-form boolean)."""
+    from ..options import qemu_opts
+
+    return qemu_opts(text, positional, keys, flags)
 
 
 def machine_strings(machine: list[str]) -> tuple[list[str], list[str]]:
     """The ``-M`` values without ``accel=`` (returned apart: QEMU's machine-level accelerator
     list), with QEMU's legacy ``kernel_irqchip`` spelled ``kernel-irqchip``."""
+    from ..options import join_machine_opts, split_machine_opts
+
     kept, accels = [], []
     for text in machine:
-        items = []
-        for item in text.split(","):
-            key, eq, value = item.partition("=")
-            if eq and key == "accel":
-                accels.append(value)
-                continue
-            if eq and key == "kernel_irqchip":
-                item = f"kernel-irqchip={value}"
-            items.append(item)
-        kept.append(",".join(items))
+        try:
+            pairs = split_machine_opts(text)
+        except ConfigError:
+            kept.append(text)  # reported when the machine's options are parsed
+            continue
+        if not any(k in ("accel", "kernel_irqchip") for k, _ in pairs):
+            kept.append(text)
+            continue
+        accels += [v for k, v in pairs if k == "accel"]
+        rest = join_machine_opts([("kernel-irqchip" if k == "kernel_irqchip" else k, v) for k, v in pairs if k != "accel"], text)
+        if rest is not None:
+            kept.append(rest)
     return kept, accels
+
+
+def apply_boot_opts(o: dict[str, Any]) -> None:
+    """Move ``-M kernel=/initrd=/append=/firmware=`` into ``o``'s kernel/initrd/append/bios.
+    Both parsers did it already, in command line order (:func:`microvm.cli.options.store`);
+    this is for a caller that built ``o`` itself (typer): there ``-M`` wins."""
+    from ..options import split_boot_opts
+
+    machine = []
+    for text in o["machine"]:
+        kept, boot = split_boot_opts(text)
+        o.update(boot)
+        if kept is not None:
+            machine.append(kept)
+    o["machine"] = machine
 
 
 def accel_irqchip(accel: list[str], machine_accels: list[str]) -> str | None:
@@ -195,6 +208,7 @@ def build_spec(o: dict[str, Any], warn: Callable[[str], None]) -> Any:
             raise ConfigError(f"-monitor {mon}: unsupported on microvm (microvm has no human monitor; use -qmp)")
     if o["daemonize"] and o["nographic"]:
         raise ConfigError("-nographic cannot be used with -daemonize")
+    apply_boot_opts(o)
     serial = default_serial(o)
     if o["daemonize"]:
         where = uses_stdio(serial, o["chardev"])
@@ -234,8 +248,16 @@ def build_spec(o: dict[str, Any], warn: Callable[[str], None]) -> Any:
     )
     spec.validate()
     for text, (name, _) in zip(spec.fw_cfg, spec.fw_cfg_files):
+        if isinstance(text, str):
+            from ..options import qemu_opts, short_flag_warning
+
+            flags: list[tuple[str, str, str]] = []
+            qemu_opts(text, "name", flags=flags)  # parsed once already: only its short forms
+            for flag in flags:
+                warn(short_flag_warning("--fw-cfg", text, flag))
         if not name.startswith("opt/"):  # QEMU 7.2's warning, word for word
             warn(f'--fw-cfg {text}: externally provided fw_cfg item names should be prefixed with "opt/"')
+    _warn_short_flags(o, warn)
     for option, configs in (("-chardev", spec.chardev_configs), ("-netdev", spec.netdev_configs)):
         for cfg in configs.values():  # QEMU 7.2 accepts these with a warning
             for given, key, value in cfg.short_flags:
@@ -245,3 +267,19 @@ def build_spec(o: dict[str, Any], warn: Callable[[str], None]) -> Any:
         # QEMU just waits; microvm has no human monitor on the console to say cont with
         warn("-S without -qmp or -mon: nothing can continue the VM, it stays paused until it is ended")
     return spec
+
+
+def _warn_short_flags(o: dict[str, Any], warn: Callable[[str], None]) -> None:
+    """QEMU 7.2's warning for each short-form boolean (``-name vm,debug-threads``) in the
+    QemuOpts options that were parsed before (-fw_cfg's are warned with its other warning)."""
+    from ..options import qemu_opts, short_flag_warning
+
+    texts = [("-m", o["memory"], "size"), ("--name", o["name"], "guest")]
+    texts += [("--accel", text, "accel") for text in o["accel"]]
+    for option, text, implied in texts:
+        if text is None:
+            continue
+        flags: list[tuple[str, str, str]] = []
+        qemu_opts(str(text), implied, flags=flags)
+        for flag in flags:
+            warn(short_flag_warning(option, str(text), flag))

@@ -1,0 +1,103 @@
+"""QEMU 7.2's QemuOpts splitting (``opts_do_parse`` in ``util/qemu-option.c``), one splitter
+(``microvm.options.qemu_opts``) for every option that uses it: ``-fw_cfg``, ``-m``, ``-name``,
+``-accel``. ``,,`` is a comma everywhere, a key given twice keeps the last value, a bare later
+item is a short-form boolean with QEMU's deprecation warning, other keys are QEMU's
+``Invalid parameter 'KEY'``.
+
+The lines run through the real ``main()`` with ``run_spec`` replaced by a recorder (the spec
+is built and validated for real).
+"""
+from __future__ import annotations
+
+import pytest
+
+import microvm.cli.main as climain
+import microvm.machine
+from microvm.boot.firmware import parse_fw_cfg_option
+from microvm.cli.tospec import parse_name
+from microvm.errors import ConfigError
+from microvm.spec import MachineSpec
+
+MiB = 1 << 20
+
+
+@pytest.fixture
+def files(tmp_path) -> dict[str, str]:
+    """Files the spec accepts as paths (the recorder never loads them)."""
+    out = {}
+    for name in ("vmlinux",):
+        (tmp_path / name).write_bytes(b"\x7fELF not really")
+        out[name] = str(tmp_path / name)
+    return out
+
+
+@pytest.fixture
+def specs(monkeypatch) -> list[MachineSpec]:
+    got: list[MachineSpec] = []
+
+    def fake_run_spec(spec, host=None, ready=None):
+        got.append(spec)
+        return 0
+
+    monkeypatch.setattr(microvm.machine, "run_spec", fake_run_spec)
+    return got
+
+
+def run_main(argv: list[str], capsys) -> tuple[int, str, str]:
+    rv = climain.main(list(argv))
+    out, err = capsys.readouterr()
+    return rv, out, err
+
+
+def one_spec(argv: list[str], specs: list, capsys) -> MachineSpec:
+    rv, _, err = run_main(argv, capsys)
+    assert (rv, err) == (0, ""), err
+    (spec,) = specs
+    return spec
+
+
+def test_qemu_opts_split() -> None:
+    from microvm.options import qemu_opts
+
+    assert qemu_opts("opt/a,,b,string=x,,y,,", "name") == {"name": "opt/a,b", "string": "x,y,"}
+    assert qemu_opts("a,k=1,k=2", "name") == {"name": "a", "k": "2"}        # the last wins
+    flags: list = []
+    assert qemu_opts("a,debug-threads,noplain", "guest", flags=flags) == {"guest": "a", "debug-threads": "on",
+                                                                          "plain": "off"}
+    assert flags == [("debug-threads", "debug-threads", "on"), ("noplain", "plain", "off")]
+    with pytest.raises(ConfigError, match=r"^Invalid parameter 'bogus'$"):
+        qemu_opts("a,bogus=1", "name", ("name", "file"))
+
+
+def test_fw_cfg_string_with_commas() -> None:
+    assert parse_fw_cfg_option("name=opt/a,,b,string=x,,y") == ("opt/a,b", b"x,y")
+    assert parse_fw_cfg_option("opt/c,string=1,,2,,3,id=item0") == ("opt/c", b"1,2,3")
+
+
+def test_fw_cfg_bare_item_is_qemus_short_form_boolean() -> None:
+    """QemuOpts: a later item without '=' is KEY=on; one fw_cfg does not have is QEMU's
+    'Invalid parameter' (not a message of its own)."""
+    with pytest.raises(ConfigError, match=r"^--fw-cfg opt/x,string=a,bogus: Invalid parameter 'bogus'$"):
+        parse_fw_cfg_option("opt/x,string=a,bogus")
+
+
+def test_name_with_commas(files: dict, specs: list, capsys) -> None:
+    assert parse_name("my,,guest,process=p,,q") == ("my,guest", "p,q")
+    spec = one_spec(["-name", "guest=a,,b", "-kernel", files["vmlinux"], "-nodefaults"], specs, capsys)
+    assert spec.name == "a,b"
+
+
+def test_fw_cfg_short_form_is_warned_as_qemu_does(files: dict, specs: list, capsys) -> None:
+    rv, _, err = run_main(["-fw_cfg", "opt/x,string=a,,b,noid", "-kernel", files["vmlinux"], "-nodefaults"], capsys)
+    assert rv == 0
+    assert err == ("microvm: warning: -fw_cfg opt/x,string=a,,b,noid: short-form boolean option 'noid' deprecated; "
+                   "please use id=off instead\n")
+    assert specs[0].fw_cfg_files == [("opt/x", b"a,b")]
+
+
+
+def test_short_form_booleans_are_warned_in_every_qemu_opts_option(files: dict, specs: list, capsys) -> None:
+    rv, _, err = run_main(["-name", "vm,debug-threads", "-kernel", files["vmlinux"], "-nodefaults"], capsys)
+    assert rv == 0 and specs[0].name == "vm"
+    assert err == ("microvm: warning: -name vm,debug-threads: short-form boolean option 'debug-threads' deprecated; "
+                   "please use debug-threads=on instead\n")
