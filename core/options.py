@@ -140,10 +140,13 @@ def _check_acpi_only(values: dict[str, Any], given: set[str]) -> None:
 
 
 def join_machine_opts(pairs: list[tuple[str, str]], like: str = "") -> str | None:
-    """The inverse of :func:`split_machine_opts`: ``,`` in a value written ``,,``; the type
-    bare unless ``like`` (the text split) spelled it ``type=``; None when nothing is left."""
-    bare = not like.startswith("type=")
-    items = [v if k == "type" and bare else f"{k}={v.replace(',', ',,')}" for k, v in pairs]
+    """The inverse of :func:`split_machine_opts`: ``,`` in a value written ``,,``; None when
+    nothing is left. Only the first item may be bare (QEMU's implied ``type``), and only when
+    ``like`` (the text split) wrote it bare: a later ``type=microvm`` stays ``type=microvm``
+    (written bare it would read as a key without ``=``), and a bare type keeps its spelling
+    (its ``,`` is a separator there, never part of the value)."""
+    bare = bool(pairs) and pairs[0][0] == "type" and not like.startswith("type=") and "=" not in like.split(",")[0]
+    items = [v if n == 0 and bare else f"{k}={v.replace(',', ',,')}" for n, (k, v) in enumerate(pairs)]
     return ",".join(items) if items else None
 
 

@@ -210,3 +210,24 @@ def test_the_running_vmm_advises_its_guest_ram(tmp_path, props: str, want: set, 
     finally:
         proc.kill()
         proc.wait()
+
+
+# ---- a -M text microvm rewrites (boot keys, accel=) still means what the user wrote -----------
+@pytest.mark.parametrize("extra", ["kernel={vmlinux}", "accel=kvm", "kernel_irqchip=on", "append=a,,b"])
+@pytest.mark.parametrize("run_spelling", [False, True])
+def test_a_later_type_in_a_rewritten_machine_text(extra: str, run_spelling: bool, files: dict, specs: list,
+                                                  capsys) -> None:
+    """QEMU runs ``-M microvm,kernel=FILE,type=microvm``: only the first item may be bare, and
+    the text left after kernel=/accel= are taken out must not turn the later ``type=`` bare."""
+    text = f"microvm,{extra.format(**files)},type=microvm"
+    argv = (["run", "--kernel", files["vmlinux"], "--nodefaults", "--machine", text] if run_spelling
+            else ["-kernel", files["vmlinux"], "-nodefaults", "-M", text])
+    from microvm.errors import ConfigError
+    from microvm.plugins import plugin_host
+
+    opts = plugin_host().options
+    opts.parse_machine(one_spec(argv, specs, capsys).machine)   # before: "Expected '=' after parameter 'microvm'"
+    specs.clear()
+    machine = one_spec(argv[:-1] + [text.replace("type=microvm", "type=pc")], specs, capsys).machine
+    with pytest.raises(ConfigError, match="unsupported machine type 'pc'"):
+        opts.parse_machine(machine)
