@@ -168,7 +168,8 @@ def split_boot_opts(text: str) -> tuple[str | None, dict[str, str]]:
 
 
 def qemu_opts(text: str, implied: str | None = None, keys: Iterable[str] | None = None,
-              flags: list[tuple[str, str, str]] | None = None, id_ok: bool = False) -> dict[str, str]:
+              flags: list[tuple[str, str, str]] | None = None, id_ok: bool = False,
+              each: Callable[[str, str], None] | None = None) -> dict[str, str]:
     """``text`` as QEMU 7.2's QemuOpts parses it (``opts_do_parse`` in ``util/qemu-option.c``),
     for the options that use it (``-fw_cfg``, ``-m``, ``-name``, ``-accel``): ``{key: value}``.
 
@@ -179,6 +180,8 @@ def qemu_opts(text: str, implied: str | None = None, keys: Iterable[str] | None 
     caller to warn about (:func:`short_flag_warning`). A key given twice keeps the last value.
     With ``keys`` (QEMU's option description), any other key is ``Invalid parameter 'KEY'``,
     in QEMU's words; with ``id_ok``, ``id=`` is accepted and dropped (QemuOpts' own id).
+    ``each(key, value)`` sees every item in order, before a later one replaces it: QEMU
+    checks each value as it is parsed (``-m ,size=64`` fails on the empty first size).
     """
     out: dict[str, str] = {}
     allowed = None if keys is None else frozenset(keys)
@@ -204,6 +207,8 @@ def qemu_opts(text: str, implied: str | None = None, keys: Iterable[str] | None 
             continue
         if allowed is not None and key not in allowed:
             raise ConfigError(f"Invalid parameter '{key}'")
+        if each is not None:
+            each(key, value)
         out[key] = value
     return out
 

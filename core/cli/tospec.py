@@ -114,21 +114,27 @@ def parse_memory(text: str) -> int:
     parse_memory_size` reads them, QEMU 7.2's rules); no memory hotplug."""
     from ..sizes import parse_memory_size
 
+    from ..options import qemu_opts
+
     text = str(text)
+
+    def check(key: str, value: str) -> None:  # in order, as QEMU checks each item
+        if key in ("slots", "maxmem"):
+            raise ConfigError("memory hotplug (slots=, maxmem=) is unsupported on microvm")
+        if key != "size":
+            raise ConfigError(f"Invalid parameter '{key}'")
+        if value == "":  # QEMU's qemu_opt_parse of an empty size: "" alone is the default
+            raise ConfigError("Parameter 'size' expects a non-negative number below 2^64")
+
+    if text == "":
+        return DEFAULT_RAM
     try:
-        props = last_wins(text, "size")
+        props = qemu_opts(text, "size", each=check)
     except ConfigError as e:
         raise ConfigError(f"-m {text}: {e}") from None
-    for key in props:
-        if key in ("slots", "maxmem"):
-            raise ConfigError(f"-m {text}: memory hotplug (slots=, maxmem=) is unsupported on microvm")
-        if key != "size":
-            raise ConfigError(f"-m {text}: Invalid parameter '{key}'")
     size = props.get("size")
     if size is None:
         return DEFAULT_RAM
-    if size == "" and "size=" in text:
-        raise ConfigError(f"-m {text}: Parameter 'size' expects a non-negative number below 2^64")
     try:
         return parse_memory_size(size) or DEFAULT_RAM
     except ConfigError as e:  # worded "-m SIZE: ...": name the whole argument
