@@ -242,7 +242,7 @@ def _refuse_dtb(value: Any) -> None:
 
 
 def _refuse_memory_backend(value: Any) -> None:
-    if value:  # QEMU 7.2's qemu_resolve_machine_memdev, word for word
+    if value is not None:  # QEMU 7.2's qemu_resolve_machine_memdev, word for word (also for '')
         raise ConfigError(f"Memory backend '{value}' not found (microvm has no -object memory-backend-*)")
 
 

@@ -107,6 +107,7 @@ def test_a_program_s_spec_gets_the_same_meaning(files: dict) -> None:
 
 @pytest.mark.parametrize("argv, pattern", [
     (["-M", "microvm,memory-backend=mem0"], r"^microvm: Memory backend 'mem0' not found \(microvm has no -object"),
+    (["-M", "microvm,memory-backend="], r"^microvm: Memory backend '' not found \(microvm has no -object"),
     (["-M", "microvm,dtb=board.dtb"], r"^microvm: machine option dtb=board.dtb: unsupported on microvm"),
 ])
 def test_properties_microvm_cannot_honour(argv: list, pattern: str, files: dict, capsys) -> None:
