@@ -50,7 +50,9 @@ class OptionRegistry:
 
     def parse_machine(self, specs: Iterable[str]) -> dict[str, Any]:
         """Parse ``-M`` values (``microvm,key=value,...``; several ``-M`` merge left to right,
-        a key given twice keeps the last value, as QEMU's)."""
+        a key given twice keeps the last value, as QEMU's). Each value is converted as it
+        comes (a malformed one is an error), and the declarations' checks see the merged
+        values only: an earlier value a later one replaced is never refused."""
         values = self.defaults()
         given: set[str] = set()
         for spec in specs:
@@ -66,7 +68,11 @@ class OptionRegistry:
 
                     known = ", ".join(sorted(self.options)) or "(none: no plugin declares machine options)"
                     raise ConfigError(f"unknown machine option {key!r}{hint('machine', key)}; known: {known}")
-                values[key] = opt.parse(value)
+                values[key] = opt._convert(value, "")
+        for key in given:  # the merged values, as QEMU sets them: -M acpi=on -no-acpi is acpi=off
+            opt = self.options.get(key)
+            if opt is not None and opt.check is not None:
+                opt.check(values[key])
         _check_acpi_only(values, given)
         return values
 

@@ -232,3 +232,22 @@ def test_a_later_type_in_a_rewritten_machine_text(extra: str, run_spelling: bool
     machine = one_spec(argv[:-1] + [text.replace("type=microvm", "type=pc")], specs, capsys).machine
     with pytest.raises(ConfigError, match="unsupported machine type 'pc'"):
         opts.parse_machine(machine)
+
+
+def test_the_merged_machine_values_are_checked(files: dict, specs: list, capsys) -> None:
+    """QEMU 7.2 merges -M, -no-acpi and the rest into one dict and sets the properties from
+    it: -M acpi=on followed by -no-acpi is acpi=off there, and runs."""
+    from microvm.errors import ConfigError
+    from microvm.plugins import plugin_host
+
+    opts = plugin_host().options
+    spec = one_spec(["-M", "microvm,acpi=on,pcie=on", "-no-acpi", "-kernel", files["vmlinux"], "-nodefaults"],
+                    specs, capsys)
+    assert opts.parse_machine(spec.machine)["acpi"] == "off"
+    assert opts.parse_machine(["microvm,smm=on", "smm=off"])["smm"] == "off"
+    specs.clear()
+    spec = one_spec(["-no-acpi", "-M", "microvm,acpi=on", "-kernel", files["vmlinux"], "-nodefaults"], specs, capsys)
+    with pytest.raises(ConfigError, match=r"^machine option acpi=on: unsupported on microvm"):
+        opts.parse_machine(spec.machine)
+    with pytest.raises(ConfigError, match=r"expected on, off or auto"):  # malformed: refused even if replaced
+        opts.parse_machine(["microvm,acpi=maybe", "acpi=off"])
