@@ -175,7 +175,7 @@ def split_boot_opts(text: str) -> tuple[str | None, dict[str, str]]:
 
 def qemu_opts(text: str, implied: str | None = None, keys: Iterable[str] | None = None,
               flags: list[tuple[str, str, str]] | None = None, id_ok: bool = False,
-              each: Callable[[str, str], None] | None = None) -> dict[str, str]:
+              each: Callable[[str, str], None] | None = None, ids: list[str] | None = None) -> dict[str, str]:
     """``text`` as QEMU 7.2's QemuOpts parses it (``opts_do_parse`` in ``util/qemu-option.c``),
     for the options that use it (``-fw_cfg``, ``-m``, ``-name``, ``-accel``): ``{key: value}``.
 
@@ -185,7 +185,9 @@ def qemu_opts(text: str, implied: str | None = None, keys: Iterable[str] | None 
     ``nofoo`` is ``foo=off``; each is appended to ``flags`` as (as given, key, value) for the
     caller to warn about (:func:`short_flag_warning`). A key given twice keeps the last value.
     With ``keys`` (QEMU's option description), any other key is ``Invalid parameter 'KEY'``,
-    in QEMU's words; with ``id_ok``, ``id=`` is accepted and dropped (QemuOpts' own id).
+    in QEMU's words; with ``id_ok``, ``id=`` is QemuOpts' own id: checked as QEMU checks it
+    (``Parameter 'id' expects an identifier``), appended to ``ids`` and left out of the result
+    (the caller refuses duplicates: :func:`duplicate_id`).
     ``each(key, value)`` sees every item in order, before a later one replaces it: QEMU
     checks each value as it is parsed (``-m ,size=64`` fails on the empty first size).
     """
@@ -210,6 +212,11 @@ def qemu_opts(text: str, implied: str | None = None, keys: Iterable[str] | None 
         i += 1  # past the separating comma (or beyond the end)
         first = False
         if key == "id" and id_ok:
+            if not is_identifier(value):
+                raise ConfigError("Parameter 'id' expects an identifier (letters, digits, '-', '.', '_', "
+                                  "starting with a letter)")
+            if ids is not None:
+                ids.append(value)
             continue
         if allowed is not None and key not in allowed:
             raise ConfigError(f"Invalid parameter '{key}'")
@@ -217,6 +224,29 @@ def qemu_opts(text: str, implied: str | None = None, keys: Iterable[str] | None 
             each(key, value)
         out[key] = value
     return out
+
+
+def is_identifier(text: str) -> bool:
+    """QEMU's ``id_wellformed``: letters, digits, ``-``, ``.``, ``_``, starting with a letter."""
+    return (text[:1].isascii() and text[:1].isalpha()
+            and all(c.isascii() and (c.isalnum() or c in "-._") for c in text))
+
+
+def duplicate_id(option: str, texts: Iterable[str], implied: str) -> None:
+    """QEMU's QemuOpts list without ``merge_lists`` (``-fw_cfg``, ``-accel``) refuses an
+    ``id=`` given twice, on the later option: ``Duplicate ID 'X' for fw_cfg``. ``option`` is
+    how messages name it (``--fw-cfg``), the list's name its last word."""
+    seen: set[str] = set()
+    for text in texts:
+        ids: list[str] = []
+        try:
+            qemu_opts(text, implied, id_ok=True, ids=ids)
+        except ConfigError as e:
+            raise ConfigError(f"{option} {text}: {e}") from None
+        for ident in ids[-1:]:  # a key given twice keeps the last value
+            if ident in seen:
+                raise ConfigError(f"{option} {text}: Duplicate ID '{ident}' for {option.lstrip('-').replace('-', '_')}")
+            seen.add(ident)
 
 
 def _opt_value(text: str, i: int) -> tuple[str, int]:

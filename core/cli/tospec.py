@@ -79,10 +79,13 @@ def accel_irqchip(accel: list[str], machine_accels: list[str]) -> str | None:
             raise ConfigError(f"-machine accel={text}: invalid accelerator {first}")
         if first != "kvm":
             raise ConfigError(f"-machine accel={text}: unsupported on microvm (microvm runs on KVM only)")
+    from ..options import duplicate_id, qemu_opts
+
+    duplicate_id("-accel", accel, "accel")
     irqchip = None
     for n, text in enumerate(accel):
         try:
-            props = last_wins(text, "accel")
+            props = qemu_opts(text, "accel", id_ok=True)
         except ConfigError as e:
             raise ConfigError(f"-accel {text}: {e}") from None
         name = props.pop("accel", "")
@@ -215,6 +218,9 @@ def build_spec(o: dict[str, Any], warn: Callable[[str], None]) -> Any:
     if o["daemonize"] and o["nographic"]:
         raise ConfigError("-nographic cannot be used with -daemonize")
     apply_boot_opts(o)
+    from ..options import duplicate_id
+
+    duplicate_id("--fw-cfg", [t for t in o["fw_cfg"] if isinstance(t, str)], "name")
     serial = default_serial(o)
     if o["daemonize"]:
         where = uses_stdio(serial, o["chardev"])
