@@ -15,7 +15,8 @@ when the guest printed BUSY, every reply was the expected one (``running`` befor
 ``paused`` after it), the guest's disk writes went on after the last ``cont`` and ``quit``
 ended the VMM with status 0; a failed round is never timed, but counted, retried up to
 --tries times in all, and reported per VMM. QEMU is Debian's qemu-system-x86, with the -cpu
-model probed in _common, ``-M microvm,acpi=off`` and modern virtio-mmio.
+model probed in _common; both VMMs get ``-M microvm,acpi=off,x-option-roms=off,rtc=off`` and
+modern virtio-mmio.
 
 Usage: .venv/bin/python bench/qmp.py [--rounds 5] [-n 2000] [-m 50]
 """
@@ -36,6 +37,9 @@ from _common import REPO, Tally, assemble, attempt, ensure_qemu, failure, qemu_c
 
 START_TIMEOUT = 30.0
 REPLY_TIMEOUT = 30.0
+#: the same machine for both VMMs (microvm's defaults would add an RTC and option ROMs
+#: QEMU's line turns off, and the comparison would not be of like with like)
+MACHINE = "microvm,acpi=off,x-option-roms=off,rtc=off"
 
 
 class Conn:
@@ -153,10 +157,10 @@ def main() -> None:
         disk = Path(d) / "disk.img"
         sock = os.path.join(d, "qmp.sock")
         cmds = {
-            "microvm": [microvm, "run", "--kernel", str(elf), "-m", "128M", "--serial", "stdio",
+            "microvm": [microvm, "run", "-M", MACHINE, "--kernel", str(elf), "-m", "128M", "--serial", "stdio",
                         "--drive", f"id=d0,file={disk}", "--device", "virtio-blk-device,drive=d0,force-legacy=off",
                         "--qmp", f"unix:{sock},server=on,wait=off"],
-            "qemu": [qemu, "-M", "microvm,acpi=off,x-option-roms=off,rtc=off", "-enable-kvm", *cpu.args,
+            "qemu": [qemu, "-M", MACHINE, "-enable-kvm", *cpu.args,
                      "-m", "128m", "-kernel", str(elf), "-nodefaults", "-no-user-config", "-nographic",
                      "-serial", "stdio", "-drive", f"id=d0,file={disk},format=raw,if=none",
                      "-device", "virtio-blk-device,drive=d0", "-global", "virtio-mmio.force-legacy=false",

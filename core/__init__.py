@@ -5,7 +5,7 @@ imported where they are used. Plugins import what they need from :mod:`microvm.a
 """
 from __future__ import annotations
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 
 def __getattr__(name: str):  # lazy: ``microvm.hookimpl`` without importing pluggy up front

@@ -24,6 +24,11 @@ the state only through :meth:`Lifecycle._set_state`, which allows QEMU 7.2's tra
   half of it (QEMU 7.2 answers the same: RESET before the reply, the next command sees the
   state after the reset; checked).
 
+No log line or message is written while ``_lock`` is held: a section holds its thread's
+lines (:func:`microvm.log.hold_logs`, the machine's and devices' included) and writes them
+once the lock is released, so stderr that stalls (``-v`` into a pipe nobody reads) can hold
+up the thread that logs but never a run-state transition, a SIGTERM or another monitor.
+
 Lock order (never the other way round): ``Lifecycle._lock`` -> ``Machine._run_lock`` (pause,
 resume, close) -> ``Machine.pause_cond`` (the vCPU flags) -> ``Machine.kick_lock``.
 ``Lifecycle._requests_lock`` is taken alone or before ``Machine.pause_cond``; a QMP server's
@@ -60,7 +65,7 @@ import os
 import threading
 from typing import TYPE_CHECKING, Any
 
-from .log import WARNING, EventLog, get_logger, say
+from .log import WARNING, EventLog, get_logger, hold_logs, release_logs, say
 
 if TYPE_CHECKING:
     from .machine import Machine
@@ -131,6 +136,26 @@ def monitors_of(spec: "MachineSpec") -> list[Monitor]:
     return out
 
 
+class _Locked:
+    """``with lifecycle._locked():`` is ``with lifecycle._lock:`` whose log lines are written
+    after the release (the outermost section of a thread releases them)."""
+
+    __slots__ = ("lock", "held")
+
+    def __init__(self, lock: Any) -> None:
+        self.lock = lock
+        self.held = False
+
+    def __enter__(self) -> None:
+        self.held = hold_logs()
+        self.lock.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.lock.release()
+        if self.held:
+            release_logs()
+
+
 class Lifecycle:
     """Run state and monitors of one ``run_spec`` (see the module docstring).
 
@@ -165,6 +190,10 @@ class Lifecycle:
         self._vcpus: list[Any] = []
         self._previous: "Machine | None" = None
 
+    def _locked(self) -> _Locked:
+        """The run-state lock, log lines written after it is released (module docstring)."""
+        return _Locked(self._lock)
+
     # ------------------------------------------------------------------ monitors
     @property
     def monitored(self) -> bool:
@@ -184,7 +213,10 @@ class Lifecycle:
                 # listed before it starts: a client may connect and command at once, and the
                 # events its commands cause must reach it
                 self.monitors.append(mon)
-                mon.server.start()
+                # connections are accepted (wait=on is satisfied) but neither greeted nor
+                # answered until the first machine and its vCPU threads exist
+                # (machine_started), as QEMU serves its monitors from the main loop
+                mon.server.start(serve=False)
         except BaseException:
             self.close_monitors()
             raise
@@ -265,7 +297,7 @@ class Lifecycle:
         """A machine is built and about to start its vCPUs: pause it first when it must not
         run (``-S``, or a reset of a VM that was not running: ``prelaunch``); True then.
         A reset in progress ends here (RESET, then the commands waiting for it go on)."""
-        with self._lock:
+        with self._locked():
             self.machine = m
             self._vcpus = []
             if self._resetting is not None:
@@ -284,11 +316,19 @@ class Lifecycle:
                 m.mark_running()
             return paused
 
+    def machine_started(self, m: "Machine") -> None:
+        """``m``'s vCPU threads are started (parked for ``-S``): the monitors begin serving
+        now, so their first answer already sees the machine (QEMU's main loop, which serves
+        the monitors, runs only after the machine is created). Later machines of the run
+        (resets) find them serving."""
+        for mon in self.monitors:
+            mon.server.serve()
+
     def machine_closing(self, m: "Machine") -> None:
         """``m`` is being torn down: forget it (keeping what ``query-cpus-fast`` showed, for
         while a reset rebuilds the machine); commands from now on change the state only.
         Waits for a transition in progress, which therefore never sees a torn-down machine."""
-        with self._lock:
+        with self._locked():
             if self.machine is m:
                 self._vcpus = self._vcpu_info(m) if self.monitors else []
                 self._previous = m  # its chardevs (the run's) are listed while the next is built
@@ -298,7 +338,7 @@ class Lifecycle:
         """``m.run()`` returned: True if the run goes on with a new machine (a reset), else
         the run ends (``final``: whatever ``m`` asked for) and its SHUTDOWN goes out, with the
         stop's cause, if nothing reported the end yet."""
-        with self._lock:
+        with self._locked():
             self.machine_closing(m)
             if m.reset_requested and not self._ending and not final:
                 return True
@@ -311,13 +351,13 @@ class Lifecycle:
 
     def run_ended(self) -> None:
         """``run_spec`` is returning (or failing): wake every waiter."""
-        with self._lock:
+        with self._locked():
             self._end()
 
     def host_signal(self, m: "Machine | None", signum: int) -> None:
         """SIGTERM, SIGHUP, SIGINT: the run ends (QEMU's qemu_system_killed), also when
         paused and with -no-shutdown. Main thread."""
-        with self._lock:
+        with self._locked():
             if not self._end_reported:
                 self._end_reported = True
                 self.emit("SHUTDOWN", {"guest": False, "reason": "host-signal"})
@@ -332,7 +372,7 @@ class Lifecycle:
         the vCPUs park at their next exit and the machine's main loop handles it. A machine
         without a running main loop (not started, ``microvm.testing``) handles it here."""
         if not m.loop_running:
-            with self._lock:
+            with self._locked():
                 self._handle(m, kind, args)
             return
         with self._requests_lock:
@@ -347,7 +387,7 @@ class Lifecycle:
                 return
             mine = [(kind, args) for machine, kind, args in self._requests if machine is m]
             self._requests = []  # another machine's are stale: it is gone
-        with self._lock:
+        with self._locked():
             for kind, args in mine:
                 self._handle(m, kind, args)
         with self._requests_lock:  # (a request posted meanwhile keeps them held)
@@ -400,14 +440,14 @@ class Lifecycle:
         return self.state
 
     def stop(self) -> None:
-        with self._lock:
+        with self._locked():
             self._idle()
             if self._ending:  # the run is ending (SHUTDOWN sent): nothing follows it
                 return
             self._enter(self.machine, PAUSED)
 
     def cont(self) -> None:
-        with self._lock:
+        with self._locked():
             self._idle()
             if self._ending:  # as QEMU, whose main loop has left: no RESUME after SHUTDOWN
                 return
@@ -428,7 +468,7 @@ class Lifecycle:
         next command sees the state after it. A VM that was not running comes back in
         ``prelaunch`` (its vCPUs do not run until ``cont``)."""
         cause = "host-qmp-system-reset"
-        with self._lock:
+        with self._locked():
             self._idle()
             if self._ending:
                 return
@@ -445,7 +485,7 @@ class Lifecycle:
                 self._idle()
 
     def quit(self) -> None:
-        with self._lock:
+        with self._locked():
             self._idle()
             self.quit_requested = True
             if not self._end_reported:
@@ -459,7 +499,7 @@ class Lifecycle:
         return getattr(self.spec, "name", None)
 
     def vcpus(self) -> list[Any]:
-        with self._lock:
+        with self._locked():
             m = self.machine
             return self._vcpu_info(m) if m is not None else list(self._vcpus)
 
@@ -485,7 +525,7 @@ class Lifecycle:
         from .qmp.ghash import qom_children_order
 
         found: dict[str, Any] = {}
-        with self._lock:
+        with self._locked():
             m = self.machine or self._previous
             if m is not None:
                 for label, filename, used in m.chardev_list():
@@ -500,7 +540,7 @@ class Lifecycle:
     def blocks(self) -> list[Any]:
         from .qmp.control import BlockInfo
 
-        with self._lock:
+        with self._locked():
             m = self.machine
             qdevs = dict(m.drive_qdevs) if m is not None else {}
         out = []

@@ -9,6 +9,7 @@ it only for a message at or above the CLI's threshold (WARNING unless ``-v``).
 from __future__ import annotations
 
 import sys
+import threading
 from typing import Any, Callable
 
 DEBUG, INFO, WARNING, ERROR = 10, 20, 30, 40
@@ -52,6 +53,10 @@ class Logger:
     def log(self, level: int, msg: str, *args: Any, **kw: Any) -> None:
         lg = self._logger(level)
         if lg is not None:
+            held = getattr(_held, "lines", None)
+            if held is not None:
+                _hold(held, lg, level, msg, args, kw)
+                return
             kw.setdefault("stacklevel", 2)
             lg.log(level, msg, *args, **kw)
 
@@ -79,6 +84,55 @@ class Logger:
 
 def get_logger(name: str) -> Logger:
     return Logger(name)
+
+
+# ---- lines held while a thread holds a lock no write may block -------------------------------
+#: per thread: the log lines and say() texts held back (a list), or None
+_held = threading.local()
+#: lines held per thread at most (a section logging without bound keeps a count instead)
+MAX_HELD = 256
+
+
+def hold_logs() -> bool:
+    """From now on this thread's log lines and :func:`say` texts are kept, not written, until
+    :func:`release_logs`: for a critical section (the run-state lock) that must never wait
+    on stderr (a ``-v`` log into a pipe nobody reads). True if this call began holding
+    (the caller then releases); False if an enclosing section already holds."""
+    if getattr(_held, "lines", None) is not None:
+        return False
+    _held.lines = []
+    _held.dropped = 0
+    return True
+
+
+def release_logs() -> None:
+    """Write what :func:`hold_logs` kept, in order (call after leaving the critical section)."""
+    lines = getattr(_held, "lines", None)
+    dropped = getattr(_held, "dropped", 0)
+    _held.lines = None
+    if not lines:
+        return
+    for fn, args, kw in lines:
+        try:
+            fn(*args, **kw)
+        except Exception:  # a log line must not end the caller
+            pass
+    if dropped:
+        fn, args, _ = lines[-1]
+        if fn is not say:
+            fn(args[0], "%d more log lines from one critical section were dropped", dropped)
+
+
+def _hold(held: list[Any], lg: Any, level: int, msg: str, args: tuple[Any, ...], kw: dict[str, Any]) -> None:
+    if not lg.isEnabledFor(level):
+        return
+    if len(held) >= MAX_HELD:
+        _held.dropped += 1
+        return
+    if kw.get("exc_info") is True:  # the exception is the current one now, not at release
+        kw["exc_info"] = sys.exc_info()
+    kw.pop("stacklevel", None)
+    held.append((lg.log, (level, msg, *args), kw))
 
 
 # ---- events a guest can repeat without bound ----------------------------------------------
@@ -148,6 +202,11 @@ class EventLog:
 def say(text: str, stream: Any = None) -> None:
     """Write ``text`` to stderr (or ``stream``) for the user, dropping it when the stream is
     closed or a broken pipe: the VMM's own messages must never end the VMM."""
+    held = getattr(_held, "lines", None)
+    if held is not None:
+        if len(held) < MAX_HELD:
+            held.append((say, (text, stream), {}))
+        return
     s = sys.stderr if stream is None else stream
     try:
         s.write(text)

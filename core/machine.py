@@ -1073,6 +1073,7 @@ class Machine:
             for t in self.threads:
                 self.metrics.add_source("vcpus", t.name, t.exit_counts)
                 t.start()
+            self.lifecycle.machine_started(self)  # QMP monitors answer from here on
             try:
                 self._wait_for_stop()
             except KeyboardInterrupt:  # run() outside the main thread: the handler is not ours

@@ -105,6 +105,57 @@ def test_random_splits_of_a_stream_parse_to_the_same_objects(objs, data):
         assert same(g, o, loose=style == 0), (g, o)
 
 
+def limited(stream: JsonStream, limit: int, *chunks: bytes) -> list:
+    """Feed as the server does: at most ``limit`` items per call, the rest kept for later."""
+    out = []
+    for c in chunks or (b"",):
+        got = stream.feed(c, limit)
+        assert len(got) <= limit
+        out += got
+        while stream.pending:  # (input left unscanned; it may hold no whole item)
+            got = stream.feed(b"", limit)
+            assert len(got) <= limit
+            out += got
+    return out
+
+
+# QMP-shaped and hostile fragments: strings with escaped quotes and braces, numbers the
+# lexer must split (0e5) or refuse (1.x), stray bytes, resynchronisation, deep and
+# mismatched brackets; random concatenations cut at random points
+FRAGMENTS = [b"{", b"}", b"[", b"]", b",", b":", b" ", b"\n", b'"a"', b"'b'", b'"x\\"}{y"', b'"\\u00e9"', b'"\xc3\xa9"',
+             b"0", b"12", b"-1", b"1.5", b"0.5e3", b"1e5", b"0e5", b"1.", b"1.x", b"-", b"true", b"nul", b"xyz", b"@",
+             b"\xff", b"\x00", b'"open', b"\\", b'"\\q"', b"'", b'{"execute": "query-status", "id": [1, {"a": null}]}',
+             b"[[[[1]]]]", b"{[}]", b"]]", b"}"]
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.sampled_from(FRAGMENTS), max_size=40), st.data())
+def test_a_per_call_limit_changes_nothing_but_the_pace(parts, data):
+    """The server takes a client's requests 8 per turn (QEMU's QMP_REQ_QUEUE_LEN_MAX): the
+    items, errors and limits are those of the unlimited stream fed the same reads. (Items
+    and errors do not depend on the cuts either; the size limit is checked when a read has
+    been scanned, so where it strikes does, as before.)"""
+    blob = b"".join(parts)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(blob)), max_size=6)))
+    pieces = [blob[a:b] for a, b in zip([0, *cuts], [*cuts, len(blob)])]
+    limit = data.draw(st.integers(1, 3))
+    whole = descs(values(JsonStream(), blob))
+    assert descs(values(JsonStream(), *pieces)) == whole
+    assert descs(limited(JsonStream(), limit, *pieces)) == whole
+    small = descs(values(JsonStream(64), *pieces))  # with the size limit in play
+    assert descs(limited(JsonStream(64), limit, *pieces)) == small
+
+
+def test_a_flood_in_one_read_is_taken_a_few_requests_at_a_time():
+    s = JsonStream()
+    flood = b'{"execute": "query-status"}' * 1000 + b" " * 5000 + b"[" * 1025
+    got = s.feed(flood, 8)
+    assert got == [{"execute": "query-status"}] * 8 and s.pending and not s.dead
+    got += limited(s, 8)
+    assert got[:1000] == [{"execute": "query-status"}] * 1000
+    assert descs(got[1000:]) == ["JSON nesting depth limit exceeded"] and s.dead and not s.pending
+
+
 @given(st.binary(max_size=2000), st.lists(st.integers(1, 64), max_size=10))
 def test_random_bytes_never_raise_and_0xff_resynchronises(garbage, sizes):
     s = JsonStream()

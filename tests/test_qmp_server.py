@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import shutil
 import socket
@@ -158,7 +159,7 @@ def test_events_from_many_threads(server):
 
     def emit() -> None:
         for _ in range(per_thread):
-            server.emit_resume()
+            server.emit_event("RESUME")
 
     threads = [threading.Thread(target=emit) for _ in range(n_threads)]
     for t in threads:
@@ -429,7 +430,7 @@ def test_a_client_that_never_reads_is_dropped_and_others_keep_their_events(serve
     before = rss_bytes()
     for b in range(batches):
         for _ in range(per_batch):
-            server.emit_reset(True, "guest-reset")
+            server.emit_event("RESET", {"guest": True, "reason": "guest-reset"})
         wait_until(lambda: len(received) >= (b + 1) * per_batch or failed, "the reader to keep up")
     t.join(60)
     assert not failed and not t.is_alive()
@@ -555,3 +556,86 @@ def test_importing_microvm_does_not_import_qmp():
             "print(bad); sys.exit(1 if bad else 0)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_a_held_server_accepts_but_neither_greets_nor_answers_until_serve(tmp_path, machine):
+    """start(serve=False) is the state before the first machine exists: a client connected
+    then (wait=on is satisfied by it) gets nothing, its early command included, until
+    serve(); then the greeting and the answer come, in order."""
+    srv = QmpServer(f"unix:{tmp_path}/h.sock,server=on,wait=on", machine)
+    machine.emit = srv.emit_event
+    srv.start(serve=False)
+    try:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(srv.path)
+        assert srv.wait_for_client(20)  # accepted: a wait=on machine may go on building
+        sock.sendall(b'{"execute": "qmp_capabilities"}{"execute": "query-cpus-fast"}')
+        srv.emit_event("RESUME")  # nobody negotiated: nobody gets it
+        sock.settimeout(0.5)
+        with pytest.raises(socket.timeout):  # nothing is sent before serve()
+            sock.recv(65536)
+        srv.serve()
+        srv.serve()  # idempotent
+        sock.settimeout(20)
+        c = Client.__new__(Client)
+        c.sock, c.buf = sock, b""
+        assert c.line().startswith(GREETING_PREFIX)
+        assert c.msg() == {"return": {}}
+        assert len(c.msg()["return"]) == machine.smp
+        c.close()
+    finally:
+        srv.close()
+
+
+def test_garbage_over_many_connections_is_not_one_warning_each(server, caplog):
+    """A client reconnecting to send a message over the limits (here nesting past QEMU's
+    1024) is refused and dropped every time, but the log gets the first of them and counted
+    repeats (microvm.log.EventLog, as for guest errors), not one warning per connection."""
+    caplog.set_level(logging.INFO, logger="microvm.qmp")
+    n = 50
+    for _ in range(n):
+        c = Client(server)
+        c.sock.sendall(b"[" * 1100)
+        assert b"nesting depth limit" in c.line()
+        with pytest.raises(EOFError):
+            c.line()
+        c.close()
+    wait_until(lambda: server.stats["dropped_limit"] == n, "every connection dropped")
+    lines = [r for r in caplog.records if r.name == "microvm.qmp" and "over the limits" in r.getMessage()]
+    assert len(lines) <= 2, [r.getMessage() for r in lines]  # the first (unless logged earlier) and a summary
+
+
+def test_a_flooding_client_gets_a_few_requests_per_turn_not_the_whole_server(tmp_path, machine):
+    """Both clients' input is waiting when the server starts serving: 2000 query-status from
+    one, a query-name from the other. The server takes at most 8 requests of a client per
+    turn (QEMU suspends a monitor whose queue holds 8: QMP_REQ_QUEUE_LEN_MAX), so the
+    query-name is answered after a few of the flood's, not after all 2000; and the flood is
+    still answered in full and in order."""
+    calls: list[str] = []
+    real_state, real_name = machine.run_state, machine.name
+    machine.run_state = lambda: (calls.append("status"), real_state())[1]
+    machine.name = lambda: (calls.append("name"), real_name())[1]
+    srv = QmpServer(f"unix:{tmp_path}/f.sock", machine)
+    machine.emit = srv.emit_event
+    srv.start(serve=False)
+    try:
+        flood, other = (socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(2))
+        flood.connect(srv.path)
+        flood.sendall(b'{"execute": "qmp_capabilities"}' + b'{"execute": "query-status"}' * 2000)
+        other.connect(srv.path)
+        other.sendall(b'{"execute": "qmp_capabilities"}{"execute": "query-name"}')
+        wait_until(lambda: srv.stats["accepted"] == 2, "both clients accepted")
+        srv.serve()
+        f = flood.makefile("rb")
+        o = other.makefile("rb")
+        assert o.readline().startswith(GREETING_PREFIX) and o.readline() == b'{"return": {}}\r\n'
+        assert json.loads(o.readline()) == {"return": {"name": "vm0"}}
+        assert f.readline().startswith(GREETING_PREFIX) and f.readline() == b'{"return": {}}\r\n'
+        for _ in range(2000):
+            assert json.loads(f.readline())["return"]["status"] == "running"
+        assert calls.count("status") == 2000
+        assert calls.index("name") <= 16, calls.index("name")  # a turn or two of the flood first, at most
+        flood.close()
+        other.close()
+    finally:
+        srv.close()

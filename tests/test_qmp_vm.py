@@ -470,3 +470,43 @@ def test_isa_debug_exit_reports_a_guest_shutdown(guest_cache, tmp_path):
         assert q.event("SHUTDOWN")["data"] == {"guest": True, "reason": "guest-shutdown"}
         assert q.f.readline() == b""  # then the end
         assert vm.wait() % 2 == 1
+
+
+@pytest.mark.parametrize("prelaunch", [False, True], ids=["running", "prelaunch"])
+def test_a_client_connecting_at_once_is_answered_only_once_the_vcpu_threads_exist(guest_cache, tmp_path, prelaunch):
+    """QEMU serves its monitors from the main loop, which runs after the machine (and its
+    vCPU threads) is created: a client that connects at once (Kata reads vCPU thread ids
+    with query-cpus-fast) never sees ``[]``. The machine is held before its vCPU threads
+    start by a wait=on serial socket nobody has connected to yet: the QMP client's greeting
+    and answers come only once that client connects and the vCPUs exist (also with -S,
+    whose vCPU threads exist but are parked)."""
+    elf = build_guest("spin", guest_cache)
+    ser = tmp_path / "ser.sock"
+    with Vm(str(tmp_path), "--kernel", str(elf), "--smp", "2", "--chardev",
+            f"socket,id=s0,path={ser},server=on,wait=on", "--serial", "chardev:s0",
+            *(["-S"] if prelaunch else [])) as vm:
+        q = socket.socket(socket.AF_UNIX)
+        wait_until(lambda: q.connect_ex(vm.sock) == 0, "the QMP socket accepting")
+        q.sendall(b'{"execute": "qmp_capabilities"}{"execute": "query-cpus-fast"}')
+        q.settimeout(1.0)
+        with pytest.raises(socket.timeout):  # the machine waits for its serial client: no main loop yet
+            q.recv(65536)
+        serial = socket.socket(socket.AF_UNIX)
+        wait_until(lambda: serial.connect_ex(str(ser)) == 0, "the serial socket")
+        q.settimeout(60)
+        f = q.makefile("rb")
+        assert f.readline().startswith(b'{"QMP": {"version"')
+        assert f.readline() == b'{"return": {}}\r\n'
+        import json
+
+        cpus = json.loads(f.readline())["return"]
+        assert [c["cpu-index"] for c in cpus] == [0, 1], cpus
+        for c in cpus:  # real threads of the microvm process, not placeholders
+            assert c["thread-id"] and os.path.isdir(f"/proc/{vm.proc.pid}/task/{c['thread-id']}"), cpus
+        q.sendall(b'{"execute": "query-status"}')
+        assert json.loads(f.readline())["return"]["status"] == ("prelaunch" if prelaunch else "running")
+        q.sendall(b'{"execute": "quit"}')
+        assert b'"SHUTDOWN"' in f.readline() and f.readline() == b'{"return": {}}\r\n'  # QEMU's order
+        assert vm.wait() == 0
+        serial.close()
+        q.close()

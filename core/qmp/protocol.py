@@ -68,14 +68,21 @@ class QmpSession:
     def greeting_line(self) -> bytes:
         return to_line(greeting())
 
-    def receive(self, data: bytes) -> Iterator[bytes]:
-        """Feed bytes from the client; yields the reply lines, in order.
+    @property
+    def pending_input(self) -> bool:
+        """Input kept for later by a ``limit`` (see :meth:`receive`)."""
+        return self.stream.pending
+
+    def receive(self, data: bytes, limit: int | None = None) -> Iterator[bytes]:
+        """Feed bytes from the client; yields the reply lines, in order. With ``limit``, at
+        most that many requests (or errors) are handled; the rest of the input waits for the
+        next call (``receive(b"", limit)``) while :attr:`pending_input` is true.
 
         Lazy on purpose: each request is executed only when the previous reply has been
         taken, so an event a command emits lands between its predecessor's reply and its
         own, as on QEMU's wire.
         """
-        for item in self.stream.feed(data):
+        for item in self.stream.feed(data, limit):
             if isinstance(item, JsonError):
                 yield to_line(error_response(item.desc))
                 if item.fatal:

@@ -80,6 +80,47 @@ _KEYWORD = re.compile(rb"[a-z]*")
 _DIGITS = re.compile(rb"[0-9]*")
 #: where error recovery stops (and the byte is lexed again from the start state)
 _RECOVERY_STOP = re.compile(rb"[\x00-\x08\x0a-\x1f\xfe\xff\[\]{}:,]")
+#: the splitter's C-speed strides (the loop in :meth:`JsonStream.feed` runs once per stride,
+#: not once per byte): whitespace; a run of opening brackets (depth only grows in it, so it
+#: cannot end a message); and, inside a container, a run of tokens that change no depth and
+#: end no message: separators, whitespace, complete valid strings, and numbers and keywords
+#: whose end the lexer has already seen (a delimiter follows; the number forms are exactly
+#: those json-lexer.c accepts, so a ``0e5`` or ``1.x`` or a token cut by the end of the buffer
+#: stops the stride and goes through the byte-exact automaton below)
+_WS_RUN = re.compile(rb"[ \t\r\n]+")
+_OPEN_RUN = re.compile(rb"[\[{]+")
+_CLOSE_RUN = re.compile(rb"\]+|\}+")
+_INNER_RUN = re.compile(
+    rb"""(?:[ \t\r\n,:]+
+    |"(?:[^"\\\x00-\x1f\xfe\xff]|\\[\x20-\xfd])*"
+    |'(?:[^'\\\x00-\x1f\xfe\xff]|\\[\x20-\xfd])*'
+    |(?:-?(?:0(?:\.[0-9]+(?:[eE][-+]?[0-9]+)?)?|[1-9][0-9]*(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?)|[a-z]+)
+     (?=[ \t\r\n,:\]}])
+    )+""",
+    re.X,
+)
+
+
+def _message_pattern(depth: int) -> "re.Pattern[bytes]":
+    """A whole message up to ``depth`` levels deep, matched in one C call: properly nested
+    ``{}``/``[]`` around the tokens of _INNER_RUN (so the streamer's count would end the
+    message exactly at its last byte). Atomic groups and possessive repeats: no
+    backtracking, whatever a client sends. Anything else (deeper, mismatched, a token the
+    stride does not take) takes the per-stride path, which gives the same result."""
+    tok = (rb"""(?>[ \t\r\n,:]++"""
+           rb'|"(?:[^"\\\x00-\x1f\xfe\xff]|\\[\x20-\xfd])*+"'
+           rb"""|'(?:[^'\\\x00-\x1f\xfe\xff]|\\[\x20-\xfd])*+'"""
+           rb"""|(?:-?(?:0(?:\.[0-9]+(?:[eE][-+]?[0-9]+)?)?|[1-9][0-9]*(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?)|[a-z]+)"""
+           rb"""(?=[ \t\r\n,:\]}]))""")
+    inner = tok
+    for _ in range(depth):
+        level = rb"(?:\{(?:" + inner + rb")*+\}|\[(?:" + inner + rb")*+\])"
+        inner = tok + rb"|" + level
+    return re.compile(level)
+
+
+#: a typical QMP request (``arguments`` holding objects of lists of objects) in one match
+_MESSAGE = _message_pattern(4)
 
 # token kinds
 _T_STRING, _T_NUMBER, _T_KEYWORD = 1, 2, 3
@@ -150,7 +191,10 @@ class JsonStream:
 
     ``feed(data)`` returns, in order, each complete message's value or a :class:`JsonError`
     (returned, not raised: QEMU answers a bad message and keeps reading). It never raises.
-    After a fatal error the stream ignores further input.
+    After a fatal error the stream ignores further input. ``feed(data, limit)`` stops after
+    ``limit`` items and keeps the rest of the input unscanned (:attr:`pending`) for the next
+    call (``feed(b"", limit)``): how the server serves a flooding client a few requests per
+    turn, as QEMU suspends a monitor whose queue holds 8 requests.
     """
 
     def __init__(self, max_message: int = DEFAULT_MAX_MESSAGE) -> None:
@@ -171,7 +215,12 @@ class JsonStream:
         """Bytes held for an incomplete message (what the size limit bounds)."""
         return len(self._buf)
 
-    def feed(self, data: bytes) -> list[Any]:
+    @property
+    def pending(self) -> bool:
+        """Input received but not scanned yet (a ``limit`` stopped :meth:`feed`)."""
+        return not self.dead and self._pos < len(self._buf)
+
+    def feed(self, data: bytes, limit: int | None = None) -> list[Any]:
         if self.dead:
             return []
         out: list[Any] = []
@@ -180,6 +229,8 @@ class JsonStream:
         n = len(buf)
         p = self._pos
         while p < n:
+            if limit is not None and len(out) >= limit:
+                break
             if self._recovering:
                 m = _RECOVERY_STOP.search(buf, p)
                 if m is None:
@@ -191,12 +242,58 @@ class JsonStream:
                 start = self._tok_start
                 kind = self._tok_kind
             else:
+                if self._depth_brace > 0 or self._depth_bracket > 0:  # inside a message
+                    m = _INNER_RUN.match(buf, p)
+                    if m is not None:
+                        p = m.end()
+                        if p >= n:
+                            break
                 start = p
                 c = buf[p]
                 if c in _WS:
-                    p += 1
+                    p = _WS_RUN.match(buf, p).end()
                     continue
-                if c in _OPEN or c in _CLOSE or c in _PUNCT:
+                if c in _OPEN:
+                    if self._msg_start < 0:  # a new message: whole, in one match?
+                        m = _MESSAGE.match(buf, p)
+                        if m is not None:
+                            p = m.end()
+                            self._msg_start = start
+                            self._complete(p, out)
+                            continue
+                    p = _OPEN_RUN.match(buf, p).end()
+                    if self._msg_start < 0:
+                        self._msg_start = start
+                    braces = buf.count(b"{", start, p)
+                    self._depth_brace += braces
+                    self._depth_bracket += p - start - braces
+                    if self._depth_brace + self._depth_bracket > MAX_NESTING:
+                        self._die(out, NESTING_LIMIT_DESC)
+                        break
+                    continue
+                if c in _CLOSE:
+                    # a run of one closing kind: where (if in it) the streamer's count ends
+                    # the message, found by arithmetic instead of one step per byte
+                    e = _CLOSE_RUN.match(buf, p).end()
+                    if self._msg_start < 0:
+                        self._msg_start = start
+                    if c == 0x5D:
+                        mine, other = self._depth_bracket, self._depth_brace
+                    else:
+                        mine, other = self._depth_brace, self._depth_bracket
+                    # the message ends when both counts are <= 0 or either is < 0
+                    need = max(mine, 1) if other <= 0 else mine + 1
+                    if e - p >= need:
+                        p += need
+                        self._complete(p, out)
+                        continue
+                    if c == 0x5D:
+                        self._depth_bracket -= e - p
+                    else:
+                        self._depth_brace -= e - p
+                    p = e
+                    continue
+                if c in _PUNCT:
                     p += 1
                     self._structural(c, start, p, out)
                     if self.dead:
@@ -249,8 +346,9 @@ class JsonStream:
         self._pos = p
         if not self.dead:
             self._compact()
-            held = len(self._buf)
-            if held > self.max_message:
+            # (stopped by ``limit``: no message is in progress, what is held is unscanned
+            # input, which the caller bounds by not reading while it is pending)
+            if p >= n and len(self._buf) > self.max_message:
                 self._die(out, SIZE_LIMIT_DESC)
         return out
 
@@ -349,11 +447,14 @@ def _pairs_no_dup(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return d
 
 
+_DECODER = json.JSONDecoder(object_pairs_hook=_pairs_no_dup, parse_int=_qnum_int)
+
+
 def parse_message(data: bytes) -> Any:
     """Parse one complete message (lexically valid, as cut by :class:`JsonStream`)."""
     if data.isascii() and b"\\u" not in data and not _ZERO_EXP.search(data):
         try:
-            return json.loads(data, object_pairs_hook=_pairs_no_dup, parse_int=_qnum_int)
+            return _DECODER.decode(data.decode("ascii"))
         except (ValueError, RecursionError):
             pass  # single quotes, a syntax error, a duplicate key, deep nesting: the slow way
     return _parse_tokens(data)

@@ -9,7 +9,11 @@ a locked list and a wake-up pipe, so a vCPU thread never blocks on a client.
 Semantics are QEMU's ``-qmp unix:PATH,server=on,wait=off`` / ``tcp:HOST:PORT,...``: the VM
 does not wait for a client (unless ``wait=on`` and the machine side calls
 :meth:`QmpServer.wait_for_client`), each client gets its own greeting and negotiation state,
-and events go to every client that has completed negotiation. Unlike QEMU's socket chardev,
+and events go to every client that has completed negotiation. A server started with
+``serve=False`` accepts connections (so ``wait=on`` is satisfied) but neither greets nor
+reads them until :meth:`QmpServer.serve`: QEMU serves its monitors from the main loop, which
+runs only once the machine and its vCPU threads exist, so no client can see a machine
+without vCPUs (``query-cpus-fast`` answering ``[]``). Unlike QEMU's socket chardev,
 which serves one client at a time (the next waits in the backlog until it leaves, however
 idle it is), up to ``max_clients`` are served at once; when all are taken and another
 connects, the client silent the longest (none negotiated first) makes room for it once it
@@ -20,6 +24,10 @@ Hostile clients (limits are per client, see docs/qmp.md):
 * malformed JSON gets QEMU's error reply and the connection keeps being served;
 * one message larger than ``max_message`` bytes (default 1 MiB; QEMU allows 64 MiB) or
   nested deeper than 1024 gets QEMU's limit error and the connection is closed;
+* a client's requests are handled at most ``QMP_REQ_QUEUE_LEN_MAX`` (8) per turn, the rest
+  of its input waiting unparsed and unread-from until then, so one that floods requests
+  gets its share of the thread, not all of it, and the thread rests between two turns of
+  a backlog as long as the turn took (the GIL free for the vCPU threads);
 * a client whose unsent output exceeds ``max_output`` (default 1 MiB: it stopped reading)
   is dropped, so neither the server nor the VM ever waits for it;
 * ``accept`` failing for lack of descriptors or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM)
@@ -39,13 +47,18 @@ from collections import deque
 from typing import Any
 
 from ..errors import ConfigError
-from ..log import get_logger
+from ..log import WARNING, EventLog, get_logger
 from .control import MachineControl
 from .events import check_event, event_message
 from .protocol import QmpSession
 from .qjson import DEFAULT_MAX_MESSAGE, to_line
 
 log = get_logger("microvm.qmp")
+#: what clients can repeat without bound (a message over the limits, not reading, taking a
+#: slot idle, a failing accept): the first of each kind is logged, repeats are counted and
+#: summarised (microvm.log.EventLog, as for guest errors), so a client reconnecting to send
+#: garbage cannot fill the host's log one warning per connection
+client_event = EventLog(log)
 
 DEFAULT_MAX_CLIENTS = 16
 #: seconds a client must have sent nothing before a new connection may take its place
@@ -59,6 +72,14 @@ DEFAULT_MAX_OUTPUT = 1 << 20
 #: (with a warning) rather than letting memory grow
 MAX_PENDING_EVENTS = 1 << 16
 _RECV_SIZE = 65536
+#: requests of one client handled per turn of the server loop (QEMU's QMP_REQ_QUEUE_LEN_MAX:
+#: it suspends a monitor whose queue holds 8). The rest of what the client sent stays
+#: unparsed and nothing more is read from it until it is handled, a turn at a time, between
+#: the other clients and the events: a flooding client gets its share, not the whole thread
+QMP_REQ_QUEUE_LEN_MAX = 8
+#: longest rest between two turns of a client's backlog (seconds; each rest is as long as
+#: the turn before it took)
+BACKLOG_REST = 0.01
 _LISTEN, _WAKE = "listen", "wake"
 #: how long close() keeps trying to deliver queued replies and events (quit's reply and
 #: the SHUTDOWN event)
@@ -109,7 +130,7 @@ class Address:
 
 
 class _Client:
-    __slots__ = ("sock", "session", "out", "out_bytes", "mask", "name", "last_input")
+    __slots__ = ("sock", "session", "out", "out_bytes", "mask", "name", "last_input", "backlog")
 
     def __init__(self, sock: socket.socket, session: QmpSession, name: str, now: float) -> None:
         self.sock = sock
@@ -120,6 +141,9 @@ class _Client:
         self.name = name
         #: time.monotonic() of the connection or of the last bytes received
         self.last_input = now
+        #: input received but not handled yet (QMP_REQ_QUEUE_LEN_MAX per turn): the client
+        #: is not read from (QEMU's suspended monitor) until it is handled
+        self.backlog = False
 
 
 class QmpServer:
@@ -161,6 +185,9 @@ class QmpServer:
         self._closed = False
         self._unix_id: tuple[int, int] | None = None
         self._connected = threading.Event()
+        #: serve() was called (set under _lock) / the server thread has acted on it
+        self._serve_requested = False
+        self._serving = False
         #: the listener is off until then (time.monotonic()): accept back-off, or a full
         #: server waiting for a client to become evictable; None: no such wait
         self._listen_at: float | None = None
@@ -188,7 +215,9 @@ class QmpServer:
         starting the vCPUs."""
         return self.address.wait
 
-    def start(self) -> None:
+    def start(self, serve: bool = True) -> None:
+        """Bind and start the thread. With ``serve=False`` connections are accepted but
+        not greeted nor read until :meth:`serve` (the machine does not exist yet)."""
         if self._thread is not None:
             raise RuntimeError("QMP server already started")
         self._listener = self._bind()
@@ -197,9 +226,20 @@ class QmpServer:
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._sel.register(self._wake_r, selectors.EVENT_READ, _WAKE)
         self._listen(True)
+        self._serve_requested = serve
         self._thread = threading.Thread(target=self._run, name="qmp", daemon=True)
         self._thread.start()
         log.info("QMP monitor listening on %s", self.address.text)
+
+    def serve(self) -> None:
+        """Start greeting and answering clients (those connected already first, in the
+        order they connected). Any thread; idempotent."""
+        with self._lock:
+            if self._serve_requested or self._closed:
+                return
+            self._serve_requested = True
+            if self._thread is not None:
+                self._wake()
 
     def wait_for_client(self, timeout: float | None = None) -> bool:
         """Block until a first client has connected (``wait=on`` semantics)."""
@@ -241,24 +281,6 @@ class QmpServer:
                     log.warning("QMP server thread is not taking events: dropping the oldest")
             self._pending.append(line)
             self._wake()  # under the lock: the thread closes the pipe under it too
-
-    def emit_stop(self) -> None:
-        self.emit_event("STOP")
-
-    def emit_resume(self) -> None:
-        self.emit_event("RESUME")
-
-    def emit_reset(self, guest: bool, reason: str) -> None:
-        self.emit_event("RESET", {"guest": guest, "reason": reason})
-
-    def emit_shutdown(self, guest: bool, reason: str) -> None:
-        self.emit_event("SHUTDOWN", {"guest": guest, "reason": reason})
-
-    def emit_guest_panicked(self, action: str, info: dict[str, Any] | None = None) -> None:
-        data: dict[str, Any] = {"action": action}
-        if info is not None:
-            data["info"] = info
-        self.emit_event("GUEST_PANICKED", data)
 
     @property
     def client_count(self) -> int:
@@ -347,8 +369,14 @@ class QmpServer:
         self._thread_ident = threading.get_ident()
         sel = self._sel
         assert sel is not None
+        rest = 0.0
         try:
             while not self._is_stopping():
+                if not self._serving:
+                    with self._lock:
+                        start_serving = self._serve_requested
+                    if start_serving:
+                        self._begin_serving()
                 timeout = None
                 if self._listen_at is not None:
                     timeout = self._listen_at - time.monotonic()
@@ -356,6 +384,12 @@ class QmpServer:
                         self._listen_at = None
                         self._listen(True)
                         timeout = None
+                behind = [c for c in self._clients.values() if c.backlog]
+                if behind:
+                    # a backlog is handled a turn at a time with the GIL free in between for
+                    # as long as the last turn held it (at most BACKLOG_REST): a client
+                    # flooding requests gets half the thread at most, the vCPUs the rest
+                    timeout = rest if timeout is None else min(timeout, rest)
                 for key, mask in sel.select(timeout):
                     if key.data is _LISTEN:
                         self._accept()
@@ -370,6 +404,11 @@ class QmpServer:
                             self._read(client)
                         if mask & selectors.EVENT_WRITE and client.sock.fileno() in self._clients:
                             self._flush(client)
+                began = time.monotonic()
+                for client in behind:
+                    if client.sock.fileno() in self._clients and client.backlog:
+                        self._handle_input(client, b"")
+                rest = min(time.monotonic() - began, BACKLOG_REST)
                 self._take_pending()
         except Exception:
             log.exception("QMP server thread failed")
@@ -398,7 +437,7 @@ class QmpServer:
             except OSError as e:
                 self.stats["accept_errors"] += 1
                 if e.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    log.warning("QMP: accept failed: %s", e.strerror)
+                    client_event("QMP: accept failed", WARNING, "QMP: accept failed: %s", e.strerror)
                     return
                 # the connection stays queued and the listener readable: polling it now would
                 # spin, so the listener is off for a while (and on again when a client leaves)
@@ -418,11 +457,26 @@ class QmpServer:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             client = _Client(sock, QmpSession(self.control, self.max_message), str(peer) or "unix client", now)
             self._clients[sock.fileno()] = client
-            self._sel.register(sock, selectors.EVENT_READ, client)
-            client.mask = selectors.EVENT_READ
             self.stats["accepted"] += 1
             self._connected.set()
-            self._queue(client, client.session.greeting_line())
+            if self._serving:
+                self._greet(client)
+
+    def _greet(self, client: _Client) -> None:
+        """Serve ``client`` from now on: its greeting, then its requests."""
+        assert self._sel is not None
+        self._sel.register(client.sock, selectors.EVENT_READ, client)
+        client.mask = selectors.EVENT_READ
+        self._queue(client, client.session.greeting_line())
+
+    def _begin_serving(self) -> None:
+        """serve() was called: greet the clients that connected before, oldest first (a
+        held client is in no selector set: until now nothing was read nor sent)."""
+        self._serving = True
+        for client in list(self._clients.values()):
+            if client.sock.fileno() in self._clients:
+                client.last_input = time.monotonic()  # its wait does not count as silence
+                self._greet(client)
 
     def _evict(self, now: float) -> bool:
         """Every slot is taken and a connection waits: drop the client that never negotiated
@@ -440,10 +494,9 @@ class QmpServer:
             self._listen(False)
             self._listen_at = victim.last_input + self.evict_idle
             return False
-        # a warning the first time, then info: reconnecting clients must not fill the log
-        log.log(30 if not self.stats["evicted"] else 20,
-                "QMP: all %d client slots taken; dropping %s (silent for %.0f s) for a new client",
-                self.max_clients, victim.name, now - victim.last_input)
+        client_event("QMP: idle clients evicted", WARNING,
+                     "QMP: all %d client slots taken; dropping %s (silent for %.0f s) for a new client",
+                     self.max_clients, victim.name, now - victim.last_input)
         self.stats["evicted"] += 1
         self._drop(victim)
         return True
@@ -459,13 +512,18 @@ class QmpServer:
             self._drop(client)
             return
         client.last_input = time.monotonic()
+        self._handle_input(client, data)
+
+    def _handle_input(self, client: _Client, data: bytes) -> None:
+        """Handle ``data`` (and what is left from before) up to QMP_REQ_QUEUE_LEN_MAX
+        requests; the rest waits for the next turn, the client unread meanwhile."""
         # events other threads emitted before a reply was made go out before it: those from
         # before this input arrived, and those a command caused on another thread (the
         # RESET of a system_reset comes from the main thread, which rebuilds the machine)
         self._take_pending()
         if client.sock.fileno() not in self._clients:
             return
-        for line in client.session.receive(data):
+        for line in client.session.receive(data, QMP_REQ_QUEUE_LEN_MAX):
             self._take_pending()
             if client.sock.fileno() not in self._clients:
                 return  # dropped while delivering them (it stopped reading)
@@ -474,8 +532,12 @@ class QmpServer:
         self._take_pending()
         if client.sock.fileno() not in self._clients:
             return
+        if client.session.pending_input != client.backlog:
+            client.backlog = not client.backlog
+            self._update_mask(client)
         if client.session.fatal:
-            log.warning("QMP client %s: message over the limits, closing", client.name)
+            client_event("QMP: clients over the message limits", WARNING,
+                         "QMP client %s: message over the limits, closing", client.name)
             self.stats["dropped_limit"] += 1
             self._flush(client)
             self._drop(client)
@@ -485,7 +547,8 @@ class QmpServer:
         client.out.append(line)
         client.out_bytes += len(line)
         if client.out_bytes > self.max_output:
-            log.warning("QMP client %s is not reading (%d bytes queued): dropping it", client.name, client.out_bytes)
+            client_event("QMP: clients not reading", WARNING, "QMP client %s is not reading (%d bytes queued): dropping it",
+                         client.name, client.out_bytes)
             self.stats["dropped_slow"] += 1
             self._drop(client)
             return False
@@ -508,13 +571,24 @@ class QmpServer:
             else:
                 out[0] = chunk[sent:]
                 break
-        want = selectors.EVENT_READ | (selectors.EVENT_WRITE if out else 0)
+        self._update_mask(client)
+        return True
+
+    def _update_mask(self, client: _Client) -> None:
+        """Select on what ``client`` needs: reading unless it has a backlog (or the server
+        is closing), writing while output is queued; neither: out of the selector."""
+        want = (0 if client.backlog else selectors.EVENT_READ) | (selectors.EVENT_WRITE if client.out else 0)
         if self._is_stopping():
             want = selectors.EVENT_WRITE  # closing: only delivering what is queued
-        if want != client.mask and self._sel is not None:
+        if want == client.mask or self._sel is None:
+            return
+        if not want:
+            self._sel.unregister(client.sock)
+        elif not client.mask:
+            self._sel.register(client.sock, want, client)
+        else:
             self._sel.modify(client.sock, want, client)
-            client.mask = want
-        return True
+        client.mask = want
 
     def _drop(self, client: _Client) -> None:
         fd = client.sock.fileno()

@@ -11,7 +11,7 @@ if TYPE_CHECKING:
     from .device import VirtioBlk
 
 __all__ = ["VirtioBlk"]
-__version__ = "0.1.0"
+__version__ = "0.3.0"
 
 
 def __getattr__(name: str):

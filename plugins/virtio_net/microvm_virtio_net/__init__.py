@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from .tap import Tap, open_tap
 
 __all__ = ["MacAllocator", "Tap", "VirtioNet", "open_tap"]
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 _WHERE = {"VirtioNet": "device", "Tap": "tap", "open_tap": "tap", "MacAllocator": "mac"}
 

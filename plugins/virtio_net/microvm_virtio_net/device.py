@@ -97,6 +97,10 @@ if TYPE_CHECKING:
     from microvm.api import GuestMemory, Virtqueue
 
 log = get_logger("microvm.virtio_net")
+#: how long pause() waits for the worker to finish its round: the core's notification
+#: workers' bound (microvm.virtio.slots.PAUSE_TIMEOUT), so a worker stuck in one round can
+#: delay a QMP ``stop`` (run under the run-state lock) by this much and no more
+PAUSE_TIMEOUT = 10.0
 
 #: Frames moved per direction per round of the worker: a transmit flood can't starve
 #: receive (nor the reverse), and interrupts are batched.
@@ -313,13 +317,29 @@ class VirtioNet(VirtioBackend):
 
     def pause(self) -> None:
         """The machine pauses (docs/virtio-backend.md): stop the worker between two rounds,
-        keeping the queues and every flag; frames that arrive meanwhile wait in the tap."""
+        keeping the queues and every flag; frames that arrive meanwhile wait in the tap.
+
+        The wait is bounded (:data:`PAUSE_TIMEOUT`, as the core's notification workers): a
+        worker still in its round then is logged and left to end that round (its stop is
+        requested, it leaves at the next check); the VM pauses anyway, so this device may
+        still complete that round's frames while paused. ``resume`` starts no second
+        worker next to it (two would share the rings)."""
         self._paused = True
-        self._stop_worker()
+        if not self._stop_worker(PAUSE_TIMEOUT):
+            log.warning("%s: worker still in its round after %.0f s; pausing anyway", self.name, PAUSE_TIMEOUT)
 
     def resume(self) -> None:
         """Start the worker again where it stopped (with the work it left, if any)."""
         self._paused = False
+        late = self._thread
+        if late is not None:  # pause() timed out: the worker has been asked to stop
+            late.join(PAUSE_TIMEOUT)
+            if late.is_alive():
+                log.warning("%s: worker still busy since the pause; not restarted (a second one would share the rings)",
+                            self.name)
+                return
+            self._thread = None
+            _drain(self._stop_fd)
         if self._active and self.threaded and self._thread is None:
             self._thread = threading.Thread(target=self._run, name=f"{self.name}-worker", daemon=True)
             self._thread.start()
@@ -348,14 +368,19 @@ class VirtioNet(VirtioBackend):
         for fd in self.queue_notify_fds:
             _drain(fd)
 
-    def _stop_worker(self) -> None:
+    def _stop_worker(self, timeout: float | None = None) -> bool:
+        """Stop the worker and wait for it (``timeout``: at most that long). False if it is
+        still running then: it stays ``_thread`` and its stop request stays posted."""
         t = self._thread
         if t is not None:
             os.eventfd_write(self._stop_fd, 1)
             if t is not threading.current_thread():
-                t.join()
+                t.join(timeout)
+                if t.is_alive():
+                    return False
             self._thread = None
         _drain(self._stop_fd)
+        return True
 
     # -- the worker ------------------------------------------------------------------------------
     def _run(self) -> None:

@@ -916,6 +916,47 @@ def test_pause_holds_the_worker_and_resume_serves_what_waited(mem):
     assert workers() == []
 
 
+def test_pause_waits_for_a_stuck_worker_only_so_long_and_resume_starts_no_second_one(mem, monkeypatch, caplog):
+    """pause() joins the worker with the core's bound (PAUSE_TIMEOUT, shortened here), not
+    forever: a worker stuck in a round (here: blocked inside it) is logged and left to end
+    that round; resume() while it is still stuck starts no second worker (two would share
+    the rings), and once it has ended the next resume() starts one again."""
+    import microvm_virtio_net.device as D
+
+    monkeypatch.setattr(D, "PAUSE_TIMEOUT", 0.2, raising=False)
+    up = NetEnv(mem, threaded=True).probe()
+    release, inside = threading.Event(), threading.Event()
+    real = up.net._work
+
+    def stuck(*a):
+        inside.set()
+        release.wait(60)
+        return real(*a)
+
+    up.net._work = stuck
+    up.drv.notify(N.RX_QUEUE)  # the worker starts a round and stays in it
+    assert inside.wait(20)
+    done = threading.Event()
+    threading.Thread(target=lambda: (up.net.pause(), done.set()), daemon=True).start()
+    try:
+        assert done.wait(20), "pause() waited for the stuck worker without a bound"
+        assert "still in its round" in caplog.text
+        assert len(workers()) == 1  # still there, asked to stop
+        up.net.resume()
+        assert len(workers()) == 1 and "not restarted" in caplog.text  # no second worker
+    finally:
+        release.set()
+    wait_for(lambda: workers() == [], "the stuck worker to leave")
+    up.net._work = real
+    up.net.resume()
+    assert len(workers()) == 1
+    head, _ = up.post([2048])
+    up.tap.send(vnet_hdr() + frame(100, seed=1))
+    assert wait_for(up.rxq.get_used) == [(head, 112)]  # and it serves the rings
+    up.close()
+    assert workers() == []
+
+
 def test_worker_thread_reports_a_broken_ring(mem):
     up = NetEnv(mem, threaded=True).probe()
     up.rxq.add([(MEM_SIZE, 4096, True)])
