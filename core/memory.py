@@ -87,17 +87,24 @@ class GuestMemory:
         out; QEMU's ``qemu_ram_setup_dump``)."""
         self.size = size
         self.regions: list[Region] = []
+        dontdump_failed = False
         for gpa, length in ram_layout(size):
             mm = mmap.mmap(-1, length, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, mmap.PROT_READ | mmap.PROT_WRITE)
             # transparent huge pages shorten the KVM page walk; KSM needs CONFIG_KSM (EINVAL
-            # without, as QEMU ignores it); all three are advice, harmless where unsupported
+            # without, as QEMU ignores it); all three are advice, harmless where unsupported.
+            # QEMU warns only when MADV_DONTDUMP fails (qemu_ram_setup_dump): the core dump
+            # the user asked to keep small would hold the guest's RAM
             for advice, wanted in (("MADV_HUGEPAGE", True), ("MADV_MERGEABLE", merge), ("MADV_DONTDUMP", not dump)):
                 if wanted:
                     try:
                         mm.madvise(getattr(mmap, advice))
                     except (AttributeError, OSError):
-                        pass
+                        dontdump_failed = dontdump_failed or advice == "MADV_DONTDUMP"
             self.regions.append(Region(gpa, length, mm))
+        if dontdump_failed:
+            from .log import say
+
+            say("microvm: warning: madvise doesn't support MADV_DONTDUMP, but dump_guest_core=off specified\n")
         self._views = [memoryview(r.mm) for r in self.regions]
         self.overlays: list[Overlay] = []
         self._overlay_views: list[memoryview] = []

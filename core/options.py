@@ -50,7 +50,9 @@ class OptionRegistry:
 
     def parse_machine(self, specs: Iterable[str]) -> dict[str, Any]:
         """Parse ``-M`` values (``microvm,key=value,...``; several ``-M`` merge left to right,
-        a key given twice keeps the last value, as QEMU's)."""
+        a key given twice keeps the last value, as QEMU's). Each value is converted as it
+        comes (a malformed one is an error), and the declarations' checks see the merged
+        values only: an earlier value a later one replaced is never refused."""
         values = self.defaults()
         given: set[str] = set()
         for spec in specs:
@@ -66,7 +68,11 @@ class OptionRegistry:
 
                     known = ", ".join(sorted(self.options)) or "(none: no plugin declares machine options)"
                     raise ConfigError(f"unknown machine option {key!r}{hint('machine', key)}; known: {known}")
-                values[key] = opt.parse(value)
+                values[key] = opt._convert(value, "")
+        for key in given:  # the merged values, as QEMU sets them: -M acpi=on -no-acpi is acpi=off
+            opt = self.options.get(key)
+            if opt is not None and opt.check is not None:
+                opt.check(values[key])
         _check_acpi_only(values, given)
         return values
 
@@ -140,10 +146,13 @@ def _check_acpi_only(values: dict[str, Any], given: set[str]) -> None:
 
 
 def join_machine_opts(pairs: list[tuple[str, str]], like: str = "") -> str | None:
-    """The inverse of :func:`split_machine_opts`: ``,`` in a value written ``,,``; the type
-    bare unless ``like`` (the text split) spelled it ``type=``; None when nothing is left."""
-    bare = not like.startswith("type=")
-    items = [v if k == "type" and bare else f"{k}={v.replace(',', ',,')}" for k, v in pairs]
+    """The inverse of :func:`split_machine_opts`: ``,`` in a value written ``,,``; None when
+    nothing is left. Only the first item may be bare (QEMU's implied ``type``), and only when
+    ``like`` (the text split) wrote it bare: a later ``type=microvm`` stays ``type=microvm``
+    (written bare it would read as a key without ``=``), and a bare type keeps its spelling
+    (its ``,`` is a separator there, never part of the value)."""
+    bare = bool(pairs) and pairs[0][0] == "type" and not like.startswith("type=") and "=" not in like.split(",")[0]
+    items = [v if n == 0 and bare else f"{k}={v.replace(',', ',,')}" for n, (k, v) in enumerate(pairs)]
     return ",".join(items) if items else None
 
 
@@ -165,7 +174,8 @@ def split_boot_opts(text: str) -> tuple[str | None, dict[str, str]]:
 
 
 def qemu_opts(text: str, implied: str | None = None, keys: Iterable[str] | None = None,
-              flags: list[tuple[str, str, str]] | None = None, id_ok: bool = False) -> dict[str, str]:
+              flags: list[tuple[str, str, str]] | None = None, id_ok: bool = False,
+              each: Callable[[str, str], None] | None = None, ids: list[str] | None = None) -> dict[str, str]:
     """``text`` as QEMU 7.2's QemuOpts parses it (``opts_do_parse`` in ``util/qemu-option.c``),
     for the options that use it (``-fw_cfg``, ``-m``, ``-name``, ``-accel``): ``{key: value}``.
 
@@ -175,7 +185,11 @@ def qemu_opts(text: str, implied: str | None = None, keys: Iterable[str] | None 
     ``nofoo`` is ``foo=off``; each is appended to ``flags`` as (as given, key, value) for the
     caller to warn about (:func:`short_flag_warning`). A key given twice keeps the last value.
     With ``keys`` (QEMU's option description), any other key is ``Invalid parameter 'KEY'``,
-    in QEMU's words; with ``id_ok``, ``id=`` is accepted and dropped (QemuOpts' own id).
+    in QEMU's words; with ``id_ok``, ``id=`` is QemuOpts' own id: checked as QEMU checks it
+    (``Parameter 'id' expects an identifier``), appended to ``ids`` and left out of the result
+    (the caller refuses duplicates: :func:`duplicate_id`).
+    ``each(key, value)`` sees every item in order, before a later one replaces it: QEMU
+    checks each value as it is parsed (``-m ,size=64`` fails on the empty first size).
     """
     out: dict[str, str] = {}
     allowed = None if keys is None else frozenset(keys)
@@ -198,11 +212,41 @@ def qemu_opts(text: str, implied: str | None = None, keys: Iterable[str] | None 
         i += 1  # past the separating comma (or beyond the end)
         first = False
         if key == "id" and id_ok:
+            if not is_identifier(value):
+                raise ConfigError("Parameter 'id' expects an identifier (letters, digits, '-', '.', '_', "
+                                  "starting with a letter)")
+            if ids is not None:
+                ids.append(value)
             continue
         if allowed is not None and key not in allowed:
             raise ConfigError(f"Invalid parameter '{key}'")
+        if each is not None:
+            each(key, value)
         out[key] = value
     return out
+
+
+def is_identifier(text: str) -> bool:
+    """QEMU's ``id_wellformed``: letters, digits, ``-``, ``.``, ``_``, starting with a letter."""
+    return (text[:1].isascii() and text[:1].isalpha()
+            and all(c.isascii() and (c.isalnum() or c in "-._") for c in text))
+
+
+def duplicate_id(option: str, texts: Iterable[str], implied: str) -> None:
+    """QEMU's QemuOpts list without ``merge_lists`` (``-fw_cfg``, ``-accel``) refuses an
+    ``id=`` given twice, on the later option: ``Duplicate ID 'X' for fw_cfg``. ``option`` is
+    how messages name it (``--fw-cfg``), the list's name its last word."""
+    seen: set[str] = set()
+    for text in texts:
+        ids: list[str] = []
+        try:
+            qemu_opts(text, implied, id_ok=True, ids=ids)
+        except ConfigError as e:
+            raise ConfigError(f"{option} {text}: {e}") from None
+        for ident in ids[-1:]:  # a key given twice keeps the last value
+            if ident in seen:
+                raise ConfigError(f"{option} {text}: Duplicate ID '{ident}' for {option.lstrip('-').replace('-', '_')}")
+            seen.add(ident)
 
 
 def _opt_value(text: str, i: int) -> tuple[str, int]:
@@ -234,7 +278,7 @@ def _refuse_dtb(value: Any) -> None:
 
 
 def _refuse_memory_backend(value: Any) -> None:
-    if value:  # QEMU 7.2's qemu_resolve_machine_memdev, word for word
+    if value is not None:  # QEMU 7.2's qemu_resolve_machine_memdev, word for word (also for '')
         raise ConfigError(f"Memory backend '{value}' not found (microvm has no -object memory-backend-*)")
 
 

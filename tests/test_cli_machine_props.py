@@ -107,6 +107,7 @@ def test_a_program_s_spec_gets_the_same_meaning(files: dict) -> None:
 
 @pytest.mark.parametrize("argv, pattern", [
     (["-M", "microvm,memory-backend=mem0"], r"^microvm: Memory backend 'mem0' not found \(microvm has no -object"),
+    (["-M", "microvm,memory-backend="], r"^microvm: Memory backend '' not found \(microvm has no -object"),
     (["-M", "microvm,dtb=board.dtb"], r"^microvm: machine option dtb=board.dtb: unsupported on microvm"),
 ])
 def test_properties_microvm_cannot_honour(argv: list, pattern: str, files: dict, capsys) -> None:
@@ -128,6 +129,8 @@ def test_accepted_machine_properties(text: str) -> None:
     opts = plugin_host().options
     parsed = opts.parse_machine([text])
     assert opts.legacy_devices(parsed) == opts.legacy_devices(opts.parse_machine(["microvm"]))
+    assert parsed["mem-merge"] is ("mem-merge=off" not in text)
+    assert parsed["dump-guest-core"] is ("dump-guest-core=off" not in text)
 
 
 def test_no_acpi_is_acpi_off(files: dict, specs: list, capsys) -> None:
@@ -164,16 +167,48 @@ KSM = os.path.isdir("/sys/kernel/mm/ksm")
 
 
 @pytest.mark.parametrize("merge, dump", [(True, True), (False, False), (True, False)])
-def test_guest_ram_advice(merge: bool, dump: bool) -> None:
+def test_guest_ram_dump_advice(merge: bool, dump: bool) -> None:
     mem = GuestMemory(8 * MiB, merge=merge, dump=dump)
     try:
         for region in mem:
             flags = vm_flags(region.mm)
             assert ("dd" in flags) == (not dump), flags
-            if KSM:
-                assert ("mg" in flags) == merge, flags
     finally:
         mem.close()
+
+
+@pytest.mark.parametrize("merge, dump", [(True, True), (False, False), (True, False)])
+def test_guest_ram_merge_advice(merge: bool, dump: bool) -> None:
+    if not KSM:
+        pytest.skip("the host kernel has no KSM (/sys/kernel/mm/ksm): MADV_MERGEABLE is refused, no 'mg' flag")
+    mem = GuestMemory(8 * MiB, merge=merge, dump=dump)
+    try:
+        for region in mem:
+            assert ("mg" in vm_flags(region.mm)) == merge
+    finally:
+        mem.close()
+
+
+def test_a_kernel_refusing_the_advice_still_gives_guest_ram(monkeypatch, capsys) -> None:
+    """The advice values made invalid (EINVAL from the real madvise, as from a kernel
+    without KSM or MADV_DONTDUMP): guest RAM is built all the same; a failed MADV_DONTDUMP
+    gets QEMU's warning (qemu_ram_setup_dump), once; a failed MADV_MERGEABLE nothing, as
+    in QEMU."""
+    import mmap
+
+    monkeypatch.setattr(mmap, "MADV_MERGEABLE", 0x7FFF, raising=False)
+    monkeypatch.setattr(mmap, "MADV_DONTDUMP", 0x7FFE, raising=False)
+    for dump, warned in ((True, False), (False, True)):
+        mem = GuestMemory(8 * MiB, merge=True, dump=dump)
+        try:
+            mem.write(0x1000, b"ok")
+            assert mem.read(0x1000, 2) == b"ok"
+            assert "dd" not in vm_flags(mem.regions[0].mm)
+        finally:
+            mem.close()
+        err = capsys.readouterr().err
+        want = "microvm: warning: madvise doesn't support MADV_DONTDUMP, but dump_guest_core=off specified\n"
+        assert err == (want if warned else ""), err
 
 
 @pytest.mark.parametrize("props, want, unwanted", [
@@ -210,3 +245,43 @@ def test_the_running_vmm_advises_its_guest_ram(tmp_path, props: str, want: set, 
     finally:
         proc.kill()
         proc.wait()
+
+
+# ---- a -M text microvm rewrites (boot keys, accel=) still means what the user wrote -----------
+@pytest.mark.parametrize("extra", ["kernel={vmlinux}", "accel=kvm", "kernel_irqchip=on", "append=a,,b"])
+@pytest.mark.parametrize("run_spelling", [False, True])
+def test_a_later_type_in_a_rewritten_machine_text(extra: str, run_spelling: bool, files: dict, specs: list,
+                                                  capsys) -> None:
+    """QEMU runs ``-M microvm,kernel=FILE,type=microvm``: only the first item may be bare, and
+    the text left after kernel=/accel= are taken out must not turn the later ``type=`` bare."""
+    text = f"microvm,{extra.format(**files)},type=microvm"
+    argv = (["run", "--kernel", files["vmlinux"], "--nodefaults", "--machine", text] if run_spelling
+            else ["-kernel", files["vmlinux"], "-nodefaults", "-M", text])
+    from microvm.errors import ConfigError
+    from microvm.plugins import plugin_host
+
+    opts = plugin_host().options
+    opts.parse_machine(one_spec(argv, specs, capsys).machine)   # before: "Expected '=' after parameter 'microvm'"
+    specs.clear()
+    machine = one_spec(argv[:-1] + [text.replace("type=microvm", "type=pc")], specs, capsys).machine
+    with pytest.raises(ConfigError, match="unsupported machine type 'pc'"):
+        opts.parse_machine(machine)
+
+
+def test_the_merged_machine_values_are_checked(files: dict, specs: list, capsys) -> None:
+    """QEMU 7.2 merges -M, -no-acpi and the rest into one dict and sets the properties from
+    it: -M acpi=on followed by -no-acpi is acpi=off there, and runs."""
+    from microvm.errors import ConfigError
+    from microvm.plugins import plugin_host
+
+    opts = plugin_host().options
+    spec = one_spec(["-M", "microvm,acpi=on,pcie=on", "-no-acpi", "-kernel", files["vmlinux"], "-nodefaults"],
+                    specs, capsys)
+    assert opts.parse_machine(spec.machine)["acpi"] == "off"
+    assert opts.parse_machine(["microvm,smm=on", "smm=off"])["smm"] == "off"
+    specs.clear()
+    spec = one_spec(["-no-acpi", "-M", "microvm,acpi=on", "-kernel", files["vmlinux"], "-nodefaults"], specs, capsys)
+    with pytest.raises(ConfigError, match=r"^machine option acpi=on: unsupported on microvm"):
+        opts.parse_machine(spec.machine)
+    with pytest.raises(ConfigError, match=r"expected on, off or auto"):  # malformed: refused even if replaced
+        opts.parse_machine(["microvm,acpi=maybe", "acpi=off"])

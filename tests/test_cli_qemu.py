@@ -281,6 +281,10 @@ REFUSED: dict[str, tuple[list[str], str]] = {
     "IDE disk": (["-hda", "disk.img"], r"-hda disk.img: unsupported on microvm \(microvm has only virtio-mmio disks"),
     "-m 12q": (["-m", "12q"], r"-m 12q: Parameter 'size' expects a non-negative number below 2\^64"),
     "-m size= (empty)": (["-m", "size="], r"-m size=: Parameter 'size' expects a non-negative number below 2\^64"),
+    # an empty size anywhere is refused (only -m "" is the default), in QEMU 7.2's words (measured)
+    "-m , (empty first size)": (["-m", ","], r"^microvm: -m ,: Parameter 'size' expects a non-negative number below 2\^64$"),
+    "-m ,size=64": (["-m", ",size=64"], r"^microvm: -m ,size=64: Parameter 'size' expects a non-negative number below 2\^64$"),
+    "-m ,128": (["-m", ",128"], r"^microvm: -m ,128: Parameter 'size' expects a non-negative number below 2\^64$"),
     "-m 128MB (QEMU refuses it)": (["-m", "128MB"], r"-m 128MB: Parameter 'size'"),
     "-m with hotplug": (["-m", "256,slots=2,maxmem=1G"], r"-m 256,slots=2,maxmem=1G: memory hotplug .* unsupported"),
     "-m unknown key": (["-m", "foo=1"], r"-m foo=1: Invalid parameter 'foo'"),

@@ -101,3 +101,31 @@ def test_short_form_booleans_are_warned_in_every_qemu_opts_option(files: dict, s
     assert rv == 0 and specs[0].name == "vm"
     assert err == ("microvm: warning: -name vm,debug-threads: short-form boolean option 'debug-threads' deprecated; "
                    "please use debug-threads=on instead\n")
+
+
+# ---- QemuOpts' own id= (-accel, -fw_cfg): QEMU checks its syntax and refuses duplicates -------
+def test_accel_takes_an_id(files: dict, specs: list, capsys) -> None:
+    one_spec(["-accel", "kvm,id=x", "-kernel", files["vmlinux"], "-nodefaults"], specs, capsys)
+    specs.clear()
+    one_spec(["-fw_cfg", "opt/a,string=1,id=a.b-c_d", "-fw_cfg", "opt/b,string=2,id=e", "-kernel", files["vmlinux"],
+              "-nodefaults"], specs, capsys)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["-accel", "kvm,id=1x"], "-accel kvm,id=1x: Parameter 'id' expects an identifier"),
+    (["-accel", "kvm,id="], "-accel kvm,id=: Parameter 'id' expects an identifier"),
+    (["-accel", "kvm,id=x", "-accel", "tcg,id=x"], "-accel tcg,id=x: Duplicate ID 'x' for accel"),
+    (["-fw_cfg", "opt/a,string=1,id=1y"], "-fw_cfg opt/a,string=1,id=1y: Parameter 'id' expects an identifier"),
+    (["-fw_cfg", "opt/a,string=1,id="], "-fw_cfg opt/a,string=1,id=: Parameter 'id' expects an identifier"),
+    (["-fw_cfg", "opt/a,string=1,id=y", "-fw_cfg", "opt/b,string=2,id=y"],
+     "-fw_cfg opt/b,string=2,id=y: Duplicate ID 'y' for fw_cfg"),
+])
+def test_bad_ids_in_qemus_words(argv: list, message: str, files: dict, capsys) -> None:
+    """QEMU 7.2's messages (measured), on the option that has the bad id."""
+    rv, out, err = run_main([*argv, "-kernel", files["vmlinux"], "-nodefaults"], capsys)
+    assert (rv, out) == (1, "") and err.startswith(f"microvm: {message}") and len(err.splitlines()) == 1, err
+    run_argv = ["run", "--kernel", files["vmlinux"]]
+    for i in range(0, len(argv), 2):
+        run_argv += ["--fw-cfg" if argv[i] == "-fw_cfg" else "--accel", argv[i + 1]]
+    rv, out, err = run_main(run_argv, capsys)
+    assert rv == 2 and err.startswith("microvm: error: -") and message.split(": ", 1)[1] in err, err

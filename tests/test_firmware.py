@@ -342,3 +342,57 @@ def test_fw_cfg_option_without_the_fw_cfg_plugin_is_refused(guest_cache):
     r = run_microvm("-kernel", str(elf), "-no-reboot", "-fw_cfg", "opt/x,string=1", env={"MICROVM_PLUGINS_DENY": "fw_cfg"})
     assert (r.returncode, r.stdout) == (1, b"")
     assert r.stderr == b"microvm: -fw_cfg opt/x: fw_cfg device not available (install microvm-fw-cfg)\n"
+
+
+# ---- pseudo-files and short reads (microvm.boot.files) --------------------------------------------
+def test_proc_and_sys_files_are_read_to_their_end():
+    """/proc files say size 0, sysfs ones 4096, neither is their content: read to the end,
+    as QEMU's g_file_get_contents does (before: an EMPTY fw_cfg file, 'changed while it was
+    read', 'file is empty')."""
+    cpuinfo = open("/proc/cpuinfo", "rb").read()
+    name, data = firmware.parse_fw_cfg_option("opt/x,file=/proc/cpuinfo")
+    assert name == "opt/x" and data[:9] == b"processor" and len(data) > 100
+    assert data.count(b"processor\t:") == cpuinfo.count(b"processor\t:")
+    online = "/sys/devices/system/cpu/online"
+    assert os.stat(online).st_size == 4096
+    assert firmware.parse_fw_cfg_option(f"opt/y,file={online}")[1] == open(online, "rb").read()
+    # a kernel that is /proc/self/status is not a kernel, but it is not empty either
+    assert "file is empty" not in _kernel_error("/proc/self/status")
+    # the caller's bound holds for a file whose size says 0
+    from microvm.boot.files import read_regular_file
+
+    with pytest.raises(BootError, match=r"^cpuinfo: more than 16 bytes, larger than 16 bytes$"):
+        read_regular_file("/proc/cpuinfo", "cpuinfo", 16)
+
+
+def test_a_short_read_is_worded_for_what_happened(tmp_path, monkeypatch):
+    from microvm.boot import files
+
+    path = write(tmp_path / "k", 8192)
+    real_readv, real_fstat = os.readv, os.fstat
+
+    def shrink_then_read(fd, bufs):  # the file really is truncated between fstat and read
+        os.truncate(path, 100)
+        return real_readv(fd, bufs)
+
+    monkeypatch.setattr(files.os, "readv", shrink_then_read)
+    assert _kernel_error(str(path)) == f"kernel {path}: the file changed while it was read"
+    monkeypatch.setattr(files.os, "readv", real_readv)
+
+    def bigger(fd):  # a file system that reports more than it delivers, the same both times
+        st = real_fstat(fd)
+        return os.stat_result((st.st_mode, st.st_ino, st.st_dev, st.st_nlink, st.st_uid, st.st_gid,
+                               st.st_size + 50, st.st_atime, st.st_mtime, st.st_ctime))
+
+    monkeypatch.setattr(files.os, "fstat", bigger)
+    assert _kernel_error(str(path)) == f"kernel {path}: shorter than its size (100 of 150 bytes read)"
+
+
+def test_an_empty_initrd_is_accepted_as_qemu_accepts_it(tmp_path):
+    from microvm.boot.loader import read_images
+
+    kernel = build_guest("spin", tmp_path)   # a PVH ELF (skips without binutils)
+    empty = tmp_path / "initrd"
+    empty.write_bytes(b"")
+    images = read_images(str(kernel), str(empty), 64 * MiB)
+    assert images.initrd is not None and len(images.initrd) == 0   # the kernel is told of no initrd

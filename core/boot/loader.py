@@ -51,13 +51,14 @@ def _mib(size: int) -> str:
     return f"{size >> 20} MiB" if size >= 1 << 20 else f"{size} bytes"
 
 
-def _read_file(path: str | os.PathLike[str], what: str, max_size: int | None = None) -> bytes:
+def _read_file(path: str | os.PathLike[str], what: str, max_size: int | None = None, empty_ok: bool = False) -> bytes:
     """The whole of a regular file of at most ``max_size`` bytes (the guest's RAM), read as
-    :func:`microvm.boot.files.read_regular_file` reads every file the user names."""
+    :func:`microvm.boot.files.read_regular_file` reads every file the user names. An empty
+    initrd is accepted, as QEMU accepts it (the kernel is then told of none)."""
     from .files import read_regular_file
 
     limit = f"guest RAM ({_mib(max_size)}); give the guest more memory with -m" if max_size is not None else ""
-    return read_regular_file(path, f"{what} {path}", max_size, limit=limit)
+    return read_regular_file(path, f"{what} {path}", max_size, limit=limit, empty_ok=empty_ok)
 
 
 def _put(memory: GuestMemory, gpa: int, data: bytes, what: str) -> None:
@@ -380,7 +381,7 @@ def read_images(
     if kernel_path is None:
         return BootImages(b"", None, "none", fw)
     image = _read_file(kernel_path, "kernel", max_size)
-    initrd = _read_file(initrd_path, "initrd", max_size) if initrd_path is not None else None
+    initrd = _read_file(initrd_path, "initrd", max_size, empty_ok=True) if initrd_path is not None else None
     kind = detect(image)
     if kind == "elf":
         segs, _ = _elf_segments(image)

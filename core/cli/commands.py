@@ -255,14 +255,30 @@ def guest_build_command(force: bool, variant: str | None = None) -> int:
     return 0
 
 
-def _run_signature() -> Any:
-    """run_command's signature: the option table's keywords, so callers (and tests) can bind
-    arguments by name as if they were spelled out."""
-    import inspect
+class _RunCommand:
+    """``run_command`` itself: a callable whose ``__signature__`` (the option table's
+    keywords, so callers and tests can bind arguments by name as if they were spelled out)
+    is made only when asked for: building it needs :mod:`inspect` (and with it ``re``,
+    ``enum``, ``dataclasses``...), which the default ``microvm run`` path must not import."""
 
-    from .options import RUN_OPTIONS
+    __name__ = __qualname__ = "run_command"
 
-    return inspect.Signature([inspect.Parameter(o.dest, inspect.Parameter.KEYWORD_ONLY, default=o.default) for o in RUN_OPTIONS])
+    def __init__(self, func: Any) -> None:
+        self._func = func
+        self.__doc__ = func.__doc__
+        self.__module__ = func.__module__
+
+    def __call__(self, **options: Any) -> int:
+        return self._func(**options)
+
+    @property
+    def __signature__(self) -> Any:
+        import inspect
+
+        from .options import RUN_OPTIONS
+
+        return inspect.Signature([inspect.Parameter(o.dest, inspect.Parameter.KEYWORD_ONLY, default=o.default)
+                                  for o in RUN_OPTIONS])
 
 
-run_command.__signature__ = _run_signature()  # type: ignore[attr-defined]
+run_command = _RunCommand(run_command)

@@ -79,10 +79,13 @@ def accel_irqchip(accel: list[str], machine_accels: list[str]) -> str | None:
             raise ConfigError(f"-machine accel={text}: invalid accelerator {first}")
         if first != "kvm":
             raise ConfigError(f"-machine accel={text}: unsupported on microvm (microvm runs on KVM only)")
+    from ..options import duplicate_id, qemu_opts
+
+    duplicate_id("-accel", accel, "accel")
     irqchip = None
     for n, text in enumerate(accel):
         try:
-            props = last_wins(text, "accel")
+            props = qemu_opts(text, "accel", id_ok=True)
         except ConfigError as e:
             raise ConfigError(f"-accel {text}: {e}") from None
         name = props.pop("accel", "")
@@ -114,21 +117,27 @@ def parse_memory(text: str) -> int:
     parse_memory_size` reads them, QEMU 7.2's rules); no memory hotplug."""
     from ..sizes import parse_memory_size
 
+    from ..options import qemu_opts
+
     text = str(text)
+
+    def check(key: str, value: str) -> None:  # in order, as QEMU checks each item
+        if key in ("slots", "maxmem"):
+            raise ConfigError("memory hotplug (slots=, maxmem=) is unsupported on microvm")
+        if key != "size":
+            raise ConfigError(f"Invalid parameter '{key}'")
+        if value == "":  # QEMU's qemu_opt_parse of an empty size: "" alone is the default
+            raise ConfigError("Parameter 'size' expects a non-negative number below 2^64")
+
+    if text == "":
+        return DEFAULT_RAM
     try:
-        props = last_wins(text, "size")
+        props = qemu_opts(text, "size", each=check)
     except ConfigError as e:
         raise ConfigError(f"-m {text}: {e}") from None
-    for key in props:
-        if key in ("slots", "maxmem"):
-            raise ConfigError(f"-m {text}: memory hotplug (slots=, maxmem=) is unsupported on microvm")
-        if key != "size":
-            raise ConfigError(f"-m {text}: Invalid parameter '{key}'")
     size = props.get("size")
     if size is None:
         return DEFAULT_RAM
-    if size == "" and "size=" in text:
-        raise ConfigError(f"-m {text}: Parameter 'size' expects a non-negative number below 2^64")
     try:
         return parse_memory_size(size) or DEFAULT_RAM
     except ConfigError as e:  # worded "-m SIZE: ...": name the whole argument
@@ -209,6 +218,9 @@ def build_spec(o: dict[str, Any], warn: Callable[[str], None]) -> Any:
     if o["daemonize"] and o["nographic"]:
         raise ConfigError("-nographic cannot be used with -daemonize")
     apply_boot_opts(o)
+    from ..options import duplicate_id
+
+    duplicate_id("--fw-cfg", [t for t in o["fw_cfg"] if isinstance(t, str)], "name")
     serial = default_serial(o)
     if o["daemonize"]:
         where = uses_stdio(serial, o["chardev"])
