@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
-import microvm.machine
-import microvm.cli.main as climain
 from microvm.cli import qemu
 from microvm.cli.options import BY_QEMU_NAME, RUN_OPTIONS
 from microvm.spec import MachineSpec
+
+from cli_spec import run_main, specs  # noqa: F401 (specs is a fixture)
 
 MICROVM = Path(sys.executable).with_name("microvm")
 MiB = 1 << 20
@@ -33,25 +33,6 @@ def kernel(tmp_path) -> str:
     k = tmp_path / "vmlinux"
     k.write_bytes(b"\x7fELF not really")
     return str(k)
-
-
-@pytest.fixture
-def specs(monkeypatch) -> list[MachineSpec]:
-    """Replace run_spec: record the MachineSpec, return 0."""
-    got: list[MachineSpec] = []
-
-    def fake_run_spec(spec, host=None, ready=None):
-        got.append(spec)
-        return 0
-
-    monkeypatch.setattr(microvm.machine, "run_spec", fake_run_spec)
-    return got
-
-
-def run_main(argv: list[str], capsys) -> tuple[int, str, str]:
-    rv = climain.main(list(argv))
-    out, err = capsys.readouterr()
-    return rv, out, err
 
 
 # ---- (1) what each accepted option means -------------------------------------------------------

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import pytest
 
-import microvm.cli.main as climain
-import microvm.machine
 from microvm.boot.firmware import parse_fw_cfg_option
 from microvm.cli.tospec import parse_name
 from microvm.errors import ConfigError
-from microvm.spec import MachineSpec
+
+from cli_spec import one_spec, run_main, specs  # noqa: F401 (specs is a fixture)
 
 MiB = 1 << 20
 
@@ -29,31 +28,6 @@ def files(tmp_path) -> dict[str, str]:
         (tmp_path / name).write_bytes(b"\x7fELF not really")
         out[name] = str(tmp_path / name)
     return out
-
-
-@pytest.fixture
-def specs(monkeypatch) -> list[MachineSpec]:
-    got: list[MachineSpec] = []
-
-    def fake_run_spec(spec, host=None, ready=None):
-        got.append(spec)
-        return 0
-
-    monkeypatch.setattr(microvm.machine, "run_spec", fake_run_spec)
-    return got
-
-
-def run_main(argv: list[str], capsys) -> tuple[int, str, str]:
-    rv = climain.main(list(argv))
-    out, err = capsys.readouterr()
-    return rv, out, err
-
-
-def one_spec(argv: list[str], specs: list, capsys) -> MachineSpec:
-    rv, _, err = run_main(argv, capsys)
-    assert (rv, err) == (0, ""), err
-    (spec,) = specs
-    return spec
 
 
 def test_qemu_opts_split() -> None:
